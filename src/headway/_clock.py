@@ -1,0 +1,110 @@
+"""The one clock every headway component reads and sleeps through.
+
+Nothing in headway calls :func:`time.monotonic` or :func:`asyncio.sleep` directly: it
+asks a :class:`Clock`. The default, :data:`LOOP_CLOCK`, reads the running event loop's
+``time()`` and sleeps with :func:`asyncio.sleep`, both looked up at call time. A test
+that patches ``asyncio.sleep`` or runs the loop in virtual time
+(:mod:`headway.testing`) therefore sees and controls every wait.
+
+>>> import asyncio
+>>> async def main() -> bool:
+...     t0 = LOOP_CLOCK.now()
+...     await LOOP_CLOCK.sleep(0)
+...     return LOOP_CLOCK.now() >= t0
+>>> asyncio.run(main())
+True
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol, runtime_checkable
+
+__all__ = ["LOOP_CLOCK", "Clock", "LoopClock", "ManualClock", "resolve_clock"]
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """Monotonic seconds and a sleep; all a timed component needs."""
+
+    def now(self) -> float:
+        """Return monotonic time in seconds."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Suspend the caller for ``seconds`` (at least zero)."""
+        ...
+
+
+class LoopClock:
+    """The default clock: the running loop's ``time()`` and ``asyncio.sleep``.
+
+    Outside a running loop ``now()`` falls back to :func:`time.monotonic`, which is the
+    same clock the default event loop reads.
+    """
+
+    __slots__ = ()
+
+    def now(self) -> float:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return time.monotonic()
+        return loop.time()
+
+    async def sleep(self, seconds: float) -> None:
+        # Looked up at call time so that patching ``asyncio.sleep`` is honoured.
+        await asyncio.sleep(seconds if seconds > 0 else 0)
+
+    def __repr__(self) -> str:
+        return "LoopClock()"
+
+
+LOOP_CLOCK: Clock = LoopClock()
+
+
+class ManualClock:
+    """A clock that only moves when told to; for unit tests without an event loop.
+
+    ``sleep`` advances the clock by the requested amount at once and yields to the loop,
+    so code under test runs to completion without real waiting.
+
+    >>> import asyncio
+    >>> clock = ManualClock(start=100.0)
+    >>> asyncio.run(clock.sleep(2.5))
+    >>> clock.now()
+    102.5
+    >>> clock.advance(1)
+    >>> clock.now()
+    103.5
+    """
+
+    __slots__ = ("_now", "sleeps")
+
+    def __init__(self, start: float = 0.0) -> None:
+        self._now = float(start)
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds`` (negative values are refused)."""
+        if seconds < 0:
+            raise ValueError("a clock cannot move backwards")
+        self._now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self.sleeps.append(seconds)
+        self._now += seconds
+        await asyncio.sleep(0)
+
+    def __repr__(self) -> str:
+        return f"ManualClock(now={self._now!r})"
+
+
+def resolve_clock(clock: Clock | None) -> Clock:
+    """Return ``clock``, or the default loop clock when it is ``None``."""
+    return LOOP_CLOCK if clock is None else clock

@@ -1,0 +1,186 @@
+"""Virtual time for asyncio: the loop's clock jumps to the next timer whenever it is idle.
+
+With a :class:`VirtualClock` installed on a loop, ``loop.time()`` returns virtual
+seconds. Whenever the loop has nothing ready to run and no I/O is pending, instead of
+sleeping until its next timer it moves virtual time forward to that timer at once. So
+``asyncio.sleep(3600)``, ``asyncio.timeout``, headway's limiters, backoff sleeps and
+breaker recovery, and FakeAPI's latencies all complete in microseconds of real time,
+and give the same result every run.
+
+Real I/O still works: when a socket is ready it is served before time moves, a wait
+with no timer at all is a real wait, and while work runs in a thread
+(``run_in_executor``, ``asyncio.to_thread``, DNS look-ups) the loop waits for it in real
+time instead of skipping past it.
+
+Pitfalls:
+
+* Code that reads :func:`time.monotonic` or :func:`time.time` directly does not see
+  virtual time. headway never does (see :mod:`headway._clock`).
+* A server in *another process* answers in real time while virtual time races ahead:
+  an ``asyncio.timeout`` around such a call may fire early. Give such a test a larger
+  ``io_grace`` (real seconds to wait for I/O before jumping), or no virtual time.
+* Only loops built on :mod:`selectors` (the default loop on every platform but the
+  Windows proactor) can be driven; uvloop cannot.
+
+>>> import asyncio
+>>> async def main() -> float:
+...     with VirtualClock() as clock:
+...         await asyncio.sleep(3600)  # one hour, instantly
+...         return round(clock.elapsed)
+>>> asyncio.run(main())
+3600
+"""
+
+from __future__ import annotations
+
+import asyncio
+import selectors
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self
+
+__all__ = ["VirtualClock"]
+
+#: Real seconds the loop polls for I/O before a jump while sockets are open.
+DEFAULT_IO_GRACE = 0.0002
+
+
+class VirtualClock:
+    """A loop clock that runs in virtual time; also a headway :class:`~headway.Clock`.
+
+    Use it as a context manager inside a running loop (``with VirtualClock() as c:``),
+    or call :meth:`install` / :meth:`uninstall` with a loop. The pytest fixture
+    ``virtual_clock`` and the ``virtual_time`` marker do this for you.
+
+    Args:
+        start: virtual time at install; by default the loop's current time, so timers
+            scheduled before install keep their order.
+        io_grace: real seconds to poll for I/O before each jump while sockets other
+            than the loop's own are registered.
+    """
+
+    def __init__(self, start: float | None = None, *, io_grace: float = DEFAULT_IO_GRACE) -> None:
+        self._start_arg = start
+        self.io_grace = io_grace
+        self._now = 0.0
+        self._start = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._selector: selectors.BaseSelector | None = None
+        self._real_select: Callable[[float | None], list[Any]] | None = None
+        self._real_time: Callable[[], float] | None = None
+        self._real_run_in_executor: Callable[..., asyncio.Future[Any]] | None = None
+        self._threads = 0
+        self.jumps = 0
+
+    # -- Clock protocol -------------------------------------------------------------------
+    def now(self) -> float:
+        """Current virtual time in seconds."""
+        return self._now
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds`` of virtual time."""
+        await asyncio.sleep(max(0.0, seconds))
+
+    # -- control --------------------------------------------------------------------------
+    @property
+    def elapsed(self) -> float:
+        """Virtual seconds since install."""
+        return self._now - self._start
+
+    @property
+    def installed(self) -> bool:
+        return self._loop is not None
+
+    def advance(self, seconds: float) -> None:
+        """Move virtual time forward by hand; timers now due run at the next iteration."""
+        if seconds < 0:
+            raise ValueError("virtual time cannot move backwards")
+        self._now += seconds
+
+    def install(self, loop: asyncio.AbstractEventLoop | None = None) -> Self:
+        """Drive ``loop`` (default: the running loop) in virtual time."""
+        if self._loop is not None:
+            raise RuntimeError("this VirtualClock is already installed on a loop")
+        loop = loop if loop is not None else asyncio.get_running_loop()
+        selector = getattr(loop, "_selector", None)
+        if not isinstance(selector, selectors.BaseSelector):
+            raise RuntimeError(
+                f"virtual time needs a selector event loop; {type(loop).__name__} is not one"
+            )
+        if getattr(loop.time, "__self__", None).__class__ is VirtualClock:
+            raise RuntimeError("another VirtualClock is already installed on this loop")
+        self._loop = loop
+        self._selector = selector
+        self._real_time = loop.time
+        self._real_select = selector.select
+        self._real_run_in_executor = loop.run_in_executor
+        self._now = self._start = loop.time() if self._start_arg is None else self._start_arg
+        self._shift_timers(self._now - self._real_time())
+        loop.time = self.now  # type: ignore[method-assign]
+        selector.select = self._select  # type: ignore[method-assign]
+        loop.run_in_executor = self._run_in_executor  # type: ignore[method-assign]
+        return self
+
+    def uninstall(self) -> None:
+        """Give the loop its real clock back; pending timers keep their remaining delay."""
+        loop, selector = self._loop, self._selector
+        if loop is None or selector is None:
+            return
+        del loop.time  # type: ignore[method-assign]
+        del selector.select  # type: ignore[method-assign]
+        del loop.run_in_executor  # type: ignore[method-assign]
+        self._shift_timers(loop.time() - self._now)
+        self._loop = self._selector = None
+
+    def __enter__(self) -> Self:
+        return self.install()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.uninstall()
+
+    def __repr__(self) -> str:
+        state = "installed" if self._loop is not None else "not installed"
+        return f"VirtualClock(elapsed={self.elapsed:.6f}, {state})"
+
+    # -- internals ------------------------------------------------------------------------
+    def _shift_timers(self, delta: float) -> None:
+        # Uniform shift keeps the heap order of the loop's timers.
+        for handle in getattr(self._loop, "_scheduled", ()):
+            handle._when += delta
+
+    def _select(self, timeout: float | None = None) -> list[Any]:
+        real_select = self._real_select
+        assert real_select is not None and self._selector is not None
+        if timeout is None or timeout <= 0:
+            # Nothing scheduled (a real wait for I/O or another thread), or work ready.
+            return real_select(timeout)
+        events = real_select(0)
+        if events:
+            return events
+        if self._threads:
+            # A thread is working: its time is real, wait for it (or for the timer).
+            events = real_select(timeout)
+            if events:
+                return events
+        elif self.io_grace > 0 and len(self._selector.get_map()) > 1:
+            events = real_select(min(timeout, self.io_grace))
+            if events:
+                return events
+        self._now += timeout
+        self.jumps += 1
+        return []
+
+    def _run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> Any:
+        assert self._real_run_in_executor is not None
+        future = self._real_run_in_executor(executor, func, *args)
+        self._threads += 1
+        future.add_done_callback(self._thread_done)
+        return future
+
+    def _thread_done(self, _future: asyncio.Future[Any]) -> None:
+        self._threads -= 1
