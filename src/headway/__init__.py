@@ -1,1 +1,81 @@
-"""headway."""
+"""headway: call HTTP APIs from asyncio at the full speed a provider allows and never faster.
+
+The public surface is re-exported here; everything else lives in submodules or behind an
+underscore. See the README and ``docs/`` for a tour.
+"""
+
+from __future__ import annotations
+
+from headway._clock import LOOP_CLOCK, Clock, ManualClock
+from headway.errors import (
+    APIClientError,
+    APIConnectionError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    CircuitBreakerOpenError,
+    ConfigurationError,
+    ExecutorShutdownError,
+    HeadwayError,
+    InvalidResponseError,
+    QuotaExceededError,
+    RateLimitError,
+    RateLimitExceededError,
+    RequestTooLargeError,
+    ResourceNotFoundError,
+    ServerError,
+    StreamError,
+    is_retryable,
+)
+from headway.events import Event, add_listener, remove_listener
+
+# --- limits (begin) ---
+# --- limits (end) ---
+# --- concurrency + breaker (begin) ---
+# --- concurrency + breaker (end) ---
+# --- retry + timeouts + policy (begin) ---
+# --- retry + timeouts + policy (end) ---
+# --- http (begin) ---
+# --- http (end) ---
+# --- backends (begin) ---
+# --- backends (end) ---
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LOOP_CLOCK",
+    "APIClientError",
+    "APIConnectionError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "CircuitBreakerOpenError",
+    "Clock",
+    "ConfigurationError",
+    "Event",
+    "ExecutorShutdownError",
+    "HeadwayError",
+    "InvalidResponseError",
+    "ManualClock",
+    "QuotaExceededError",
+    "RateLimitError",
+    "RateLimitExceededError",
+    "RequestTooLargeError",
+    "ResourceNotFoundError",
+    "ServerError",
+    "StreamError",
+    "__version__",
+    "add_listener",
+    "is_retryable",
+    "remove_listener",
+    # --- limits __all__ (begin) ---
+    # --- limits __all__ (end) ---
+    # --- concurrency + breaker __all__ (begin) ---
+    # --- concurrency + breaker __all__ (end) ---
+    # --- retry + timeouts + policy __all__ (begin) ---
+    # --- retry + timeouts + policy __all__ (end) ---
+    # --- http __all__ (begin) ---
+    # --- http __all__ (end) ---
+    # --- backends __all__ (begin) ---
+    # --- backends __all__ (end) ---
+]

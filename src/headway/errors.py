@@ -79,8 +79,13 @@ _EMPTY_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 class HeadwayError(Exception):
     """Base class of every error headway raises."""
 
-    #: Whether retrying may help. Subclasses set it; an instance may override it.
-    retryable: bool = False
+    #: Whether retrying may help, for the class; see :attr:`retryable`.
+    transient: ClassVar[bool] = False
+
+    @property
+    def retryable(self) -> bool:
+        """Whether retrying may help (the table in :mod:`headway.errors`)."""
+        return self.transient
 
 
 class ConfigurationError(HeadwayError, ValueError):
@@ -106,7 +111,7 @@ class RateLimitExceededError(HeadwayError):
     ``retry_after`` is the wait that was refused, in seconds.
     """
 
-    retryable = True
+    transient = True
 
     def __init__(self, message: str, *, retry_after: float = 0.0) -> None:
         super().__init__(message)
@@ -202,7 +207,7 @@ class APIClientError(HeadwayError):
             parts.append(f"({', '.join(extra)})")
         return " ".join(parts)
 
-    @property  # type: ignore[override]
+    @property
     def retryable(self) -> bool:
         if self.should_retry is not None:
             return self.should_retry
@@ -237,7 +242,9 @@ class APIClientError(HeadwayError):
         )
 
 
-def _rebuild(cls: type[APIClientError], message: str, kw: dict[str, Any], state: dict[str, Any]) -> Any:
+def _rebuild(
+    cls: type[APIClientError], message: str, kw: dict[str, Any], state: dict[str, Any]
+) -> Any:
     obj = cls.__new__(cls)
     APIClientError.__init__(obj, message, **kw)
     obj.__dict__.update(state)
@@ -326,7 +333,7 @@ class QuotaExceededError(RateLimitError):
     def _default_retryable(self) -> bool:
         return False
 
-    @property  # type: ignore[override]
+    @property
     def retryable(self) -> bool:
         return False
 

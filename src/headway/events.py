@@ -17,6 +17,7 @@ registered or the logger is enabled for the event's level.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -97,10 +98,8 @@ def add_listener(listener: EventListener) -> None:
 
 def remove_listener(listener: EventListener) -> None:
     """Stop calling ``listener``; a listener that was never added is ignored."""
-    try:
+    with contextlib.suppress(ValueError):
         _listeners.remove(listener)
-    except ValueError:
-        pass
 
 
 def enabled(level: int = logging.DEBUG, extra: tuple[EventListener, ...] = ()) -> bool:

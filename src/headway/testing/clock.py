@@ -118,7 +118,7 @@ class VirtualClock:
         self._shift_timers(self._now - self._real_time())
         loop.time = self.now  # type: ignore[method-assign]
         selector.select = self._select  # type: ignore[method-assign]
-        loop.run_in_executor = self._run_in_executor  # type: ignore[method-assign]
+        loop.run_in_executor = self._run_in_executor  # type: ignore[method-assign,assignment]
         return self
 
     def uninstall(self) -> None:
@@ -126,9 +126,9 @@ class VirtualClock:
         loop, selector = self._loop, self._selector
         if loop is None or selector is None:
             return
-        del loop.time  # type: ignore[method-assign]
-        del selector.select  # type: ignore[method-assign]
-        del loop.run_in_executor  # type: ignore[method-assign]
+        del loop.time
+        del selector.select
+        del loop.run_in_executor
         self._shift_timers(loop.time() - self._now)
         self._loop = self._selector = None
 
@@ -155,7 +155,8 @@ class VirtualClock:
 
     def _select(self, timeout: float | None = None) -> list[Any]:
         real_select = self._real_select
-        assert real_select is not None and self._selector is not None
+        assert real_select is not None
+        assert self._selector is not None
         if timeout is None or timeout <= 0:
             # Nothing scheduled (a real wait for I/O or another thread), or work ready.
             return real_select(timeout)

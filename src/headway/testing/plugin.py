@@ -17,7 +17,7 @@ from headway.testing.clock import VirtualClock
 try:
     import pytest_asyncio
 except ImportError:  # pragma: no cover - headway.testing's async fixtures need it
-    pytest_asyncio = None
+    pytest_asyncio = None  # type: ignore[assignment]
 
 
 def pytest_configure(config: pytest.Config) -> None:
