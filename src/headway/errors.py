@@ -17,6 +17,7 @@ error                                   transient  why
 :class:`APIClientError` 408 / 409       yes        as the official SDKs do
 :class:`InvalidResponseError`           yes        a truncated or garbled body
 :class:`RateLimitExceededError`         yes        a local limiter would wait too long
+:class:`BackendUnavailableError`        yes        Redis is down (``on_backend_error='fail'``)
 :class:`CircuitBreakerOpenError`        no [1]_    fail fast; retry after ``retry_after``
 :class:`QuotaExceededError`             no         billing or quota exhausted
 :class:`AuthenticationError` (401/403)  no         fix the key
@@ -54,6 +55,7 @@ __all__ = [
     "APIConnectionError",
     "APITimeoutError",
     "AuthenticationError",
+    "BackendUnavailableError",
     "BadRequestError",
     "CircuitBreakerOpenError",
     "ConfigurationError",
@@ -116,6 +118,16 @@ class RateLimitExceededError(HeadwayError):
     def __init__(self, message: str, *, retry_after: float = 0.0) -> None:
         super().__init__(message)
         self.retry_after = max(0.0, retry_after)
+
+
+class BackendUnavailableError(HeadwayError):
+    """A shared state backend (Redis) is unreachable and ``on_backend_error="fail"``.
+
+    Transient: the backend reconnects by itself. Use ``on_backend_error="local"`` (the
+    default) to keep calling at a share of the global rate during an outage instead.
+    """
+
+    transient = True
 
 
 class CircuitBreakerOpenError(HeadwayError):
