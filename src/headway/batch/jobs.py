@@ -1,0 +1,182 @@
+"""Reading a batch input file: one API request per line, streamed.
+
+Three line shapes are recognised, line by line (a file may mix them):
+
+* OpenAI Batch: ``{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+  "body": {...}}``
+* Anthropic Message Batches: ``{"custom_id": "a", "params": {...}}`` (sent to
+  ``/v1/messages``)
+* a bare request body: ``{"model": ..., "messages": [...]}``; its ``custom_id`` is its line
+  number (``"1"`` for the first line) and it goes to the default endpoint path.
+
+A line that is not JSON, not an object, or lacks what it needs becomes an
+:class:`InvalidLine` naming its line number; it never stops the batch. Blank lines are
+skipped. Files ending in ``.gz`` (or starting with the gzip magic bytes) are decompressed
+on the fly. Nothing is held in memory but the current line.
+
+>>> r = parse_line('{"custom_id": "a", "params": {"model": "m", "max_tokens": 5}}', 1)
+>>> r.custom_id, r.url, r.body, r.kind
+('a', '/v1/messages', {'model': 'm', 'max_tokens': 5}, 'anthropic')
+>>> parse_line('{"model": "m"}', 7, default_url="/v1/chat/completions").custom_id
+'7'
+>>> parse_line('{oops', 3).message
+'line 3: not valid JSON (Expecting property name enclosed in double quotes at column 2)'
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Literal
+
+__all__ = [
+    "ANTHROPIC_URL",
+    "DEFAULT_URL",
+    "BatchRequest",
+    "InvalidLine",
+    "count_lines",
+    "open_input",
+    "parse_line",
+    "read_requests",
+]
+
+#: Where a bare body goes when no endpoint path is configured.
+DEFAULT_URL = "/v1/chat/completions"
+#: Where an Anthropic batch line (``params``) goes.
+ANTHROPIC_URL = "/v1/messages"
+
+_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
+
+Kind = Literal["openai", "anthropic", "bare"]
+
+
+@dataclass(slots=True)
+class BatchRequest:
+    """One request of a batch.
+
+    Attributes:
+        custom_id: the caller's id for the request (unique within a batch).
+        line: its 1-based line number in the input file.
+        method: the HTTP method (``POST`` unless the line says otherwise).
+        url: the request path, e.g. ``/v1/chat/completions``.
+        body: the JSON body to send.
+        kind: which line shape it came from: ``openai``, ``anthropic`` or ``bare``.
+    """
+
+    custom_id: str
+    line: int
+    method: str
+    url: str
+    body: dict[str, Any]
+    kind: Kind
+
+
+@dataclass(slots=True)
+class InvalidLine:
+    """A line that cannot be sent; it yields an ``invalid_request`` result.
+
+    ``custom_id`` is the line's own id when it has a usable one, else its line number.
+    """
+
+    custom_id: str
+    line: int
+    message: str
+
+
+def _invalid(custom_id: Any, line: int, why: str) -> InvalidLine:
+    cid = custom_id if isinstance(custom_id, str) and custom_id else str(line)
+    return InvalidLine(cid, line, f"line {line}: {why}")
+
+
+def parse_line(
+    text: str | bytes, line: int, *, default_url: str = DEFAULT_URL
+) -> BatchRequest | InvalidLine:
+    """Parse one input line (already known not to be blank) into a request.
+
+    Args:
+        text: the line, with or without its newline.
+        line: its 1-based line number, used for the bare shape's id and in messages.
+        default_url: the path a bare body is sent to.
+    """
+    try:
+        obj = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        col = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+        return _invalid(None, line, f"not valid JSON ({why}{col})")
+    if not isinstance(obj, dict):
+        return _invalid(None, line, f"expected a JSON object, got {type(obj).__name__}")
+    if "custom_id" not in obj:
+        return BatchRequest(str(line), line, "POST", default_url, obj, "bare")
+    cid = obj["custom_id"]
+    if not isinstance(cid, str) or not cid:
+        return _invalid(None, line, "custom_id must be a non-empty string")
+    if "params" in obj:
+        params = obj["params"]
+        if not isinstance(params, dict):
+            return _invalid(cid, line, "params must be a JSON object")
+        return BatchRequest(cid, line, "POST", ANTHROPIC_URL, params, "anthropic")
+    if "body" not in obj:
+        return _invalid(cid, line, 'has a custom_id but neither "body" nor "params"')
+    body = obj["body"]
+    if not isinstance(body, dict):
+        return _invalid(cid, line, "body must be a JSON object")
+    method = obj.get("method", "POST")
+    if not isinstance(method, str) or method.upper() not in _METHODS:
+        return _invalid(cid, line, f"unsupported method {method!r}")
+    url = obj.get("url", default_url)
+    if not isinstance(url, str) or not url.startswith("/"):
+        return _invalid(cid, line, f"url must be a path starting with '/', got {url!r}")
+    return BatchRequest(cid, line, method.upper(), url, body, "openai")
+
+
+def open_input(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open an input file for reading, decompressing gzip (by magic bytes) on the fly."""
+    with open(path, "rb") as probe:
+        head = probe.read(2)
+    if head == b"\x1f\x8b":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+def read_requests(
+    path: str | os.PathLike[str], *, default_url: str = DEFAULT_URL
+) -> Iterator[BatchRequest | InvalidLine]:
+    """Yield the requests of an input file in order, one line at a time.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "in.jsonl"
+    >>> _ = p.write_text('{"model": "m"}\\n\\nnot json\\n')
+    >>> [(r.custom_id, type(r).__name__) for r in read_requests(p)]
+    [('1', 'BatchRequest'), ('3', 'InvalidLine')]
+    """
+    f = open_input(path)
+    try:
+        for n, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            yield parse_line(raw, n, default_url=default_url)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        # A truncated or corrupt .gz: report it where the file stops making sense.
+        raise OSError(f"cannot read {os.fspath(path)}: {exc}") from exc
+    finally:
+        f.close()
+
+
+def count_lines(path: str | os.PathLike[str]) -> int:
+    """Count the lines of an input file quickly (for progress and ETA).
+
+    Blank lines count too; the runner corrects its total at the end.
+    """
+    n = 0
+    last = b"\n"
+    with open_input(path) as f:
+        while chunk := f.read(1 << 20):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    if last != b"\n":
+        n += 1
+    return n

@@ -1,0 +1,407 @@
+"""The batch runner: input file in, result ledger out, exactly once.
+
+The runner streams the input (nothing but the set of custom_ids grows with its size),
+skips what an earlier run already wrote, hands each request to a *sender* from a fixed
+pool of ``concurrency`` workers, and writes each result the moment it completes.
+
+A sender is any async callable that takes a :class:`~headway.batch.jobs.BatchRequest`
+and returns a :class:`Response` (or raises a :mod:`headway.errors` error). Pacing,
+retries and the breaker live in the sender (:func:`headway.batch.sender.endpoint_sender`
+builds one on headway's HTTP layer); the runner only counts what it is told through
+:func:`note_retry`.
+
+Stopping: :meth:`BatchRunner.stop` (wired to SIGINT/SIGTERM by :func:`signal_handlers`)
+stops dispatching and lets requests in flight finish within ``grace`` seconds; a second
+call abandons them. Abandoned requests are not written, so the next run sends them.
+
+>>> import asyncio, tempfile, pathlib
+>>> d = pathlib.Path(tempfile.mkdtemp())
+>>> _ = (d / "in.jsonl").write_text('{"custom_id": "a", "body": {"x": 1}}\\n')
+>>> async def echo(request):
+...     return Response(200, {"echo": request.body})
+>>> stats = asyncio.run(BatchRunner(echo, d / "in.jsonl", d / "out.jsonl").run())
+>>> stats.succeeded, (d / "out.jsonl").read_text().count("\\n")
+(1, 1)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from headway._clock import Clock, resolve_clock
+from headway.batch.jobs import DEFAULT_URL, BatchRequest, InvalidLine, count_lines, read_requests
+from headway.batch.ledger import Ledger, Result, result_from_error
+from headway.batch.progress import NullProgress, ProgressReporter
+from headway.batch.summary import BatchStats
+from headway.errors import RateLimitError
+
+__all__ = [
+    "BatchRunner",
+    "Response",
+    "Sender",
+    "note_retry",
+    "signal_handlers",
+    "status_error_code",
+]
+
+
+@dataclass(slots=True)
+class Response:
+    """What a sender returns: the final answer to one request.
+
+    ``request_id`` defaults to the ``x-request-id`` (or ``request-id``) header.
+    """
+
+    status_code: int
+    body: Any
+    headers: Mapping[str, str] = field(default_factory=dict)
+    request_id: str | None = None
+
+
+class Sender(Protocol):
+    """Sends one request; returns its :class:`Response` or raises a headway error."""
+
+    async def __call__(self, request: BatchRequest, /) -> Response: ...
+
+
+def status_error_code(status: int) -> str:
+    """The error code of a non-2xx status a sender returned instead of raising.
+
+    >>> status_error_code(429), status_error_code(502), status_error_code(418)
+    ('rate_limit_exceeded', 'server_error', 'http_418')
+    """
+    if status in (400, 422):
+        return "bad_request"
+    if status in (401, 403):
+        return "authentication_error"
+    if status == 404:
+        return "not_found"
+    if status == 429:
+        return "rate_limit_exceeded"
+    if status >= 500:
+        return "server_error"
+    return f"http_{status}"
+
+
+@dataclass(slots=True)
+class _Job:
+    stats: BatchStats
+    retries: int = 0
+
+
+_CURRENT: ContextVar[_Job | None] = ContextVar("headway_batch_job", default=None)
+
+
+def note_retry(exc: BaseException | None = None) -> None:
+    """Tell the runner that the request being sent in this task is being retried.
+
+    Senders call it before each retry (the HTTP sender does it for you); ``exc`` is the
+    error that caused it, so 429s are counted. Outside a runner it does nothing.
+    """
+    job = _CURRENT.get()
+    if job is None:
+        return
+    stats = job.stats
+    if job.retries == 0:
+        stats.retrying += 1
+    job.retries += 1
+    stats.retries += 1
+    if isinstance(exc, RateLimitError) or getattr(exc, "status_code", None) == 429:
+        stats.rate_limited += 1
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None:
+        lower = name.lower()
+        for k, v in headers.items():
+            if k.lower() == lower:
+                return v
+    return value
+
+
+class BatchRunner:
+    """Run every request of an input file through a sender, writing each result once.
+
+    Args:
+        sender: sends one request (see :class:`Sender`).
+        input: the JSONL input (``.gz`` accepted).
+        output: the result file; results already in it are not sent again.
+        errors: optional separate file for failed results.
+        retry_failed: send again the requests whose earlier result is a failure.
+        concurrency: requests in flight at most (the number of workers).
+        default_url: where bare request bodies go.
+        progress: a progress reporter (default: none).
+        grace: seconds in-flight requests get to finish after :meth:`stop`.
+        fsync: fsync the result files after each write.
+        clock: the clock for elapsed time, ticks and the grace period.
+    """
+
+    def __init__(
+        self,
+        sender: Sender,
+        input: str | os.PathLike[str],
+        output: str | os.PathLike[str],
+        *,
+        errors: str | os.PathLike[str] | None = None,
+        retry_failed: bool = False,
+        concurrency: int = 64,
+        default_url: str = DEFAULT_URL,
+        progress: ProgressReporter | None = None,
+        grace: float = 30.0,
+        fsync: bool = False,
+        clock: Clock | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.sender = sender
+        self.input = os.fspath(input)
+        self.ledger = Ledger(output, errors, retry_failed=retry_failed, fsync=fsync)
+        self.concurrency = concurrency
+        self.default_url = default_url
+        self.progress: ProgressReporter = progress or NullProgress()
+        self.grace = grace
+        self.clock = resolve_clock(clock)
+        self.stats = BatchStats()
+        self.elapsed = 0.0
+        self._stopping = False
+        self._abandon = asyncio.Event()
+        self._queue: asyncio.Queue[BatchRequest | None] = asyncio.Queue(concurrency)
+        self._grace_task: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._released = False
+        self._started = False
+
+    @property
+    def notes(self) -> list[str]:
+        """What opening the ledger repaired or removed."""
+        return self.ledger.notes
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stopping
+
+    def stop(self) -> None:
+        """Stop dispatching; a second call abandons the requests in flight."""
+        if self._stopping:
+            self._abandon.set()
+            return
+        self._stopping = True
+        self.stats.interrupted = True
+        if self._reader is not None:
+            self._reader.cancel()
+            self._grace_task = asyncio.get_running_loop().create_task(self._grace_timer())
+
+    async def _grace_timer(self) -> None:
+        await self.clock.sleep(self.grace)
+        self._abandon.set()
+
+    def summary(self) -> dict[str, Any]:
+        """The run's summary (see :meth:`BatchStats.summary`)."""
+        return self.stats.summary(elapsed=self.elapsed)
+
+    async def run(self) -> BatchStats:
+        """Run the batch to its end (or until stopped) and return the counts."""
+        if self._started:
+            raise RuntimeError("a BatchRunner runs once; make a new one")
+        self._started = True
+        clock = self.clock
+        stats = self.stats
+        stats.total = count_lines(self.input)
+        self.ledger.open()
+        t0 = clock.now()
+        tasks: list[asyncio.Task[None]] = []
+        ticker: asyncio.Task[None] | None = None
+        try:
+            self.progress.start(stats, t0)
+            loop = asyncio.get_running_loop()
+            ticker = loop.create_task(self._tick())
+            reader = self._reader = loop.create_task(self._read())
+            workers = [loop.create_task(self._worker()) for _ in range(self.concurrency)]
+            tasks = [reader, *workers]
+            if self._stopping:  # stopped before it started
+                reader.cancel()
+            await self._wait(reader, workers)
+            if not self._stopping:
+                stats.total = stats.done
+        finally:
+            for task in tasks:
+                task.cancel()
+            for extra in (ticker, self._grace_task):
+                if extra is not None:
+                    extra.cancel()
+                    tasks.append(extra)
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.elapsed = clock.now() - t0
+            self.ledger.close()
+            self.progress.stop(stats, clock.now())
+        return stats
+
+    async def _wait(self, reader: asyncio.Task[None], workers: list[asyncio.Task[None]]) -> None:
+        abandon = asyncio.get_running_loop().create_task(self._abandon.wait())
+        pending: set[asyncio.Task[Any]] = {reader, *workers}
+        failure: BaseException | None = None
+        try:
+            while pending:
+                done, pending = await asyncio.wait(
+                    pending | {abandon}, return_when=asyncio.FIRST_COMPLETED
+                )
+                pending.discard(abandon)
+                for task in done:
+                    cancelled = task is abandon or task.cancelled()
+                    exc = None if cancelled else task.exception()
+                    if exc is not None and task is reader:
+                        # The input broke off: finish what is in flight, then report it.
+                        failure = exc
+                        self._stopping = True
+                    elif exc is not None:
+                        raise exc
+                    if task is reader and self._stopping:
+                        self._release_workers()
+                if abandon in done:
+                    self.stats.abandoned = self.stats.in_flight
+                    break
+            if failure is not None:
+                raise failure
+        finally:
+            abandon.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await abandon
+
+    def _release_workers(self) -> None:
+        """Drop what is queued and tell every worker to finish (when stopping)."""
+        if self._released:
+            return
+        self._released = True
+        queue = self._queue
+        while not queue.empty():
+            queue.get_nowait()
+        for _ in range(self.concurrency):
+            queue.put_nowait(None)
+
+    async def _tick(self) -> None:
+        progress, clock, stats = self.progress, self.clock, self.stats
+        while True:
+            await clock.sleep(progress.interval)
+            progress.update(stats, clock.now())
+
+    async def _read(self) -> None:
+        stats, ledger, queue = self.stats, self.ledger, self._queue
+        skip = ledger.skip
+        seen: set[str] = set()
+        n = 0
+        for item in read_requests(self.input, default_url=self.default_url):
+            if self._stopping:
+                break
+            n += 1
+            if n & 1023 == 0:
+                await asyncio.sleep(0)  # let the workers and the ticker breathe
+            cid = item.custom_id
+            if cid in seen:
+                stats.duplicates += 1
+                if len(stats.duplicate_examples) < 10:
+                    stats.duplicate_examples.append((cid, item.line))
+                continue
+            seen.add(cid)
+            if cid in skip:
+                skip.discard(cid)
+                stats.skipped += 1
+                continue
+            if isinstance(item, InvalidLine):
+                result = Result.failure(cid, "invalid_request", item.message)
+                ledger.write(result)
+                stats.record(result)
+                continue
+            await queue.put(item)
+        if self._stopping:
+            self._release_workers()
+            return
+        for _ in range(self.concurrency):
+            await queue.put(None)
+        self._released = True
+
+    async def _worker(self) -> None:
+        queue, stats, ledger, clock = self._queue, self.stats, self.ledger, self.clock
+        send = self.sender
+        while True:
+            request = await queue.get()
+            if request is None:
+                return
+            job = _Job(stats)
+            token = _CURRENT.set(job)
+            stats.in_flight += 1
+            t0 = clock.now()
+            try:
+                response = await send(request)
+            except Exception as exc:
+                result = result_from_error(
+                    request.custom_id, exc, latency=clock.now() - t0, attempts=job.retries + 1
+                )
+            else:
+                result = self._result(request, response, clock.now() - t0, job.retries + 1)
+            finally:
+                stats.in_flight -= 1
+                if job.retries:
+                    stats.retrying -= 1
+                _CURRENT.reset(token)
+            ledger.write(result)
+            stats.record(result)
+            if self._stopping:
+                return
+
+    @staticmethod
+    def _result(request: BatchRequest, response: Response, latency: float, attempts: int) -> Result:
+        headers = response.headers
+        rid = response.request_id
+        if rid is None and headers:
+            rid = _header(headers, "x-request-id") or _header(headers, "request-id")
+        status = response.status_code
+        if 200 <= status < 300:
+            return Result.success(
+                request.custom_id,
+                status,
+                response.body,
+                request_id=rid,
+                latency=latency,
+                attempts=attempts,
+            )
+        return Result.failure(
+            request.custom_id,
+            status_error_code(status),
+            f"HTTP {status}",
+            status_code=status,
+            request_id=rid,
+            body=response.body,
+            latency=latency,
+            attempts=attempts,
+        )
+
+
+@contextlib.contextmanager
+def signal_handlers(runner: BatchRunner) -> Iterator[None]:
+    """Route SIGINT and SIGTERM to ``runner.stop()`` while the block runs.
+
+    The first signal stops dispatching and lets in-flight requests finish; the second
+    abandons them. Where the loop cannot take signal handlers, nothing is installed.
+    """
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, runner.stop)
+        except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
+            continue
+        installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
