@@ -1,0 +1,127 @@
+"""Hypothesis properties of the backoff schedule, the retry budget and cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from headway import APIConnectionError, ManualClock
+from headway.resilience.retry import RetryBudget, RetryPolicy, retry_with_backoff
+
+delays = st.floats(min_value=0.0, max_value=100.0, allow_nan=False)
+factors = st.floats(min_value=1.0, max_value=10.0, allow_nan=False)
+
+
+@st.composite
+def schedules(draw: st.DrawFn) -> tuple[float, float, float, int]:
+    base = draw(delays)
+    cap = draw(st.floats(min_value=base, max_value=1000.0, allow_nan=False))
+    return base, cap, draw(factors), draw(st.integers(1, 40))
+
+
+@given(schedules())
+def test_unjittered_schedule_is_exponential_capped_and_monotone(
+    s: tuple[float, float, float, int],
+) -> None:
+    base, cap, factor, n = s
+    policy = RetryPolicy(
+        max_retries=n, base_delay=base, max_delay=cap, backoff_factor=factor, jitter=False
+    )
+    got = list(policy.delays())
+    assert len(got) == n
+    for i, d in enumerate(got, start=1):
+        assert d <= cap
+        assert d == min(base * factor ** (i - 1), cap) or d == cap
+    assert all(a <= b for a, b in itertools.pairwise(got))
+
+
+@given(schedules(), st.sampled_from(["full", "equal"]))
+def test_full_and_equal_jitter_stay_in_range(s: tuple[float, float, float, int], mode: str) -> None:
+    base, cap, factor, n = s
+    policy = RetryPolicy(
+        max_retries=n, base_delay=base, max_delay=cap, backoff_factor=factor, jitter=mode
+    )
+    exact = RetryPolicy(
+        max_retries=n, base_delay=base, max_delay=cap, backoff_factor=factor, jitter=False
+    )
+    for d, top in zip(policy.delays(), exact.delays(), strict=True):
+        low = 0.0 if mode == "full" else top / 2
+        assert low <= d <= top
+
+
+@given(schedules())
+def test_decorrelated_jitter_stays_between_base_and_cap(s: tuple[float, float, float, int]) -> None:
+    base, cap, factor, n = s
+    policy = RetryPolicy(
+        max_retries=n, base_delay=base, max_delay=cap, backoff_factor=factor, jitter="decorrelated"
+    )
+    previous = base
+    for d in policy.delays():
+        assert min(base, cap) <= d <= cap
+        assert d <= max(3 * previous, base)
+        previous = d
+
+
+@given(
+    ratio=st.floats(0.0, 2.0),
+    floor=st.floats(0.0, 5.0),
+    window=st.floats(0.5, 30.0),
+    ops=st.lists(
+        st.tuples(st.sampled_from(["request", "retry"]), st.floats(0.0, 3.0)), max_size=200
+    ),
+)
+def test_budget_never_allows_more_than_ratio_plus_floor_in_a_window(
+    ratio: float, floor: float, window: float, ops: list[tuple[str, float]]
+) -> None:
+    clock = ManualClock()
+    budget = RetryBudget(ratio=ratio, min_retries_per_second=floor, window=window, clock=clock)
+    history: list[tuple[float, str]] = []
+    for op, dt in ops:
+        clock.advance(dt)
+        if op == "request":
+            budget.record_request()
+            history.append((clock.now(), "request"))
+        elif budget.try_spend():
+            history.append((clock.now(), "retry"))
+        # Over the last `window` seconds (a bucket more, for bucket granularity), the
+        # retries spent stay within the allowance of the requests seen.
+        since = clock.now() - window - window / 10
+        recent = [k for t, k in history if t > since]
+        retries = recent.count("retry")
+        requests = recent.count("request")
+        assert retries <= ratio * requests + floor * window + 1e-9
+
+
+@given(st.integers(0, 5), st.sampled_from([True, False, "equal", "decorrelated"]))
+def test_cancelled_error_is_never_retried(n_failures: int, jitter: bool | str) -> None:
+    calls: list[int] = []
+
+    async def func() -> None:
+        calls.append(1)
+        if len(calls) <= n_failures:
+            raise APIConnectionError("reset")
+        raise asyncio.CancelledError
+
+    async def main() -> None:
+        policy = RetryPolicy(max_retries=10, jitter=jitter, clock=ManualClock())
+        try:
+            await policy.call(func)
+        except asyncio.CancelledError:
+            pass
+        else:  # pragma: no cover - the property failed
+            raise AssertionError("CancelledError was swallowed")
+        calls.clear()
+        try:
+            await retry_with_backoff(
+                func, max_retries=10, base_delay=0, retry_exceptions=(BaseException,)
+            )
+        except asyncio.CancelledError:
+            pass
+        else:  # pragma: no cover
+            raise AssertionError("CancelledError was swallowed")
+
+    asyncio.run(main())
+    assert len(calls) == n_failures + 1
