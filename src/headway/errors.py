@@ -142,9 +142,9 @@ class CircuitBreakerOpenError(HeadwayError):
         self.retry_after = max(0.0, float(retry_after))
         self.name = name
         if message is None:
-            who = f" '{name}'" if name else ""
+            who = f" ({name!r})" if name else ""
             message = (
-                f"Circuit breaker{who} is open: calls are rejected for "
+                f"Circuit breaker is open{who}: calls are rejected for "
                 f"{self.retry_after:.2f}s more while the service recovers"
             )
         super().__init__(message)
