@@ -1,0 +1,670 @@
+"""The circuit breaker: stop calling a service that is down, and find out when it is back.
+
+A :class:`CircuitBreaker` is ``CLOSED`` while calls go well. When too many fail it
+trips ``OPEN`` and rejects calls at once with
+:class:`~headway.errors.CircuitBreakerOpenError` (``retry_after`` says when to come
+back), without calling. After ``recovery_time`` it lets ``half_open_max_calls`` trial
+calls through (``HALF_OPEN``): ``success_threshold`` successes close it again, one
+failure re-opens it.
+
+What trips it:
+
+* **consecutive failures** (default): ``failure_threshold`` failures in a row;
+* **failure ratio**: with ``failure_rate_threshold`` set, the share of failures among
+  the calls of the last ``window`` seconds, once at least ``minimum_calls`` were made;
+* **slow calls**: with ``slow_call_duration`` set, the share of calls slower than that
+  (successful or not) over the same window reaching ``slow_call_rate_threshold``.
+
+What counts as a failure: any exception, except
+
+* ``excluded_exceptions`` and cancellation: neither success nor failure (a trial
+  call's permit is freed for the next trial);
+* headway's own local errors (a local limiter refusing to wait, a shut-down executor,
+  another open breaker, a configuration error): they say nothing about the service;
+* errors ``failure_predicate(exc)`` says are not failures: by default
+  (:func:`default_failure_predicate`) 4xx client errors and 429s, since a service that
+  answers "bad request" or "slow down" is up. These count as successes.
+
+>>> import asyncio
+>>> from headway import ManualClock
+>>> clock = ManualClock()
+>>> breaker = CircuitBreaker(failure_threshold=2, recovery_time=10, clock=clock)
+>>> async def boom() -> None:
+...     raise ConnectionError("down")
+>>> async def main() -> list[str]:
+...     seen = []
+...     for _ in range(3):
+...         try:
+...             await breaker.execute(boom)
+...         except Exception as exc:
+...             seen.append(type(exc).__name__)
+...     return seen
+>>> asyncio.run(main())
+['ConnectionError', 'ConnectionError', 'CircuitBreakerOpenError']
+>>> breaker.state
+<CircuitState.OPEN: 'open'>
+>>> clock.advance(10)
+>>> breaker.state
+<CircuitState.HALF_OPEN: 'half_open'>
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+from headway._clock import Clock, resolve_clock
+from headway.errors import (
+    APIClientError,
+    APIConnectionError,
+    APITimeoutError,
+    CircuitBreakerOpenError,
+    ConfigurationError,
+    HeadwayError,
+)
+from headway.events import (
+    BREAKER_REJECTED,
+    BREAKER_STATE_CHANGED,
+    EventListener,
+    emit,
+    enabled,
+)
+
+__all__ = [
+    "BreakerPermit",
+    "CircuitBreaker",
+    "CircuitState",
+    "default_failure_predicate",
+]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: Number of buckets the failure-ratio window is kept in.
+WINDOW_BUCKETS = 20
+
+
+class CircuitState(enum.StrEnum):
+    """The three states of a :class:`CircuitBreaker` (equal to their string values)."""
+
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+def default_failure_predicate(exc: BaseException) -> bool:
+    """Whether ``exc`` counts as a breaker failure by default.
+
+    Client errors (any :class:`~headway.errors.APIClientError` with a status below 500,
+    429 included) are not failures: the service answered. Connection errors, timeouts,
+    5xx and anything else are.
+
+    >>> from headway.errors import BadRequestError, RateLimitError, ServerError
+    >>> default_failure_predicate(BadRequestError("bad", status_code=400))
+    False
+    >>> default_failure_predicate(RateLimitError("slow down", status_code=429))
+    False
+    >>> default_failure_predicate(ServerError("oops", status_code=503))
+    True
+    """
+    if isinstance(exc, APIClientError) and not isinstance(
+        exc, APIConnectionError | APITimeoutError
+    ):
+        code = exc.status_code
+        return code is None or code >= 500
+    return True
+
+
+# Outcome of a finished call, as the state machine sees it.
+_SUCCESS = 0
+_FAILURE = 1
+_IGNORED = 2
+
+
+@dataclass(slots=True)
+class _Bucket:
+    start: float
+    calls: int = 0
+    failures: int = 0
+    slow: int = 0
+
+
+@dataclass(slots=True)
+class _Window:
+    """Call outcomes of the last ``span`` seconds, in ``WINDOW_BUCKETS`` time buckets."""
+
+    span: float
+    width: float
+    buckets: deque[_Bucket] = field(default_factory=deque)
+    calls: int = 0
+    failures: int = 0
+    slow: int = 0
+
+    def add(self, now: float, failed: bool, slow: bool) -> None:
+        self.evict(now)
+        buckets = self.buckets
+        if buckets and now < buckets[-1].start + self.width:
+            bucket = buckets[-1]
+        else:
+            bucket = _Bucket(math.floor(now / self.width) * self.width)
+            buckets.append(bucket)
+        bucket.calls += 1
+        self.calls += 1
+        if failed:
+            bucket.failures += 1
+            self.failures += 1
+        if slow:
+            bucket.slow += 1
+            self.slow += 1
+
+    def evict(self, now: float) -> None:
+        horizon = now - self.span
+        buckets = self.buckets
+        while buckets and buckets[0].start + self.width <= horizon:
+            old = buckets.popleft()
+            self.calls -= old.calls
+            self.failures -= old.failures
+            self.slow -= old.slow
+
+    def clear(self) -> None:
+        self.buckets.clear()
+        self.calls = self.failures = self.slow = 0
+
+
+@dataclass(slots=True)
+class _BreakerState:
+    """Everything about a breaker that changes: the seam for shared backends.
+
+    The in-memory default is this plain object. A shared backend (Redis, later)
+    supplies an object with the same attributes through ``backend.breaker_state(name)``.
+    """
+
+    state: CircuitState = CircuitState.CLOSED
+    generation: int = 0  # bumped at every transition; permits of older ones are ignored
+    open_until: float = 0.0  # OPEN: when trial calls may start
+    forced: bool = False  # opened by force_open(): only reset() closes it
+    consecutive_failures: int = 0
+    trials_in_flight: int = 0
+    trial_successes: int = 0
+    window: _Window | None = None
+
+
+class BreakerPermit:
+    """Leave to make one call through a :class:`CircuitBreaker`; report how it went.
+
+    Exactly one report counts: :meth:`record_success`, :meth:`record_failure` or
+    :meth:`release` (the call was cancelled or is not to be judged); later ones are
+    ignored. As a (sync) context manager it reports the block's outcome itself.
+
+    Attributes:
+        trial: whether this is a half-open trial call.
+        started: the clock time the permit was granted (0.0 when durations are not
+            measured).
+    """
+
+    __slots__ = ("_breaker", "_done", "_generation", "started", "trial")
+
+    def __init__(
+        self, breaker: CircuitBreaker, generation: int, trial: bool, started: float
+    ) -> None:
+        self._breaker = breaker
+        self._generation = generation
+        self.trial = trial
+        self.started = started
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        """Whether the outcome was reported (or the permit released)."""
+        return self._done
+
+    def record_success(self, duration: float | None = None) -> None:
+        """The call succeeded, after ``duration`` seconds (default: measured)."""
+        if not self._done:
+            self._done = True
+            self._breaker._finish(self, _SUCCESS, duration)
+
+    def record_failure(
+        self, exc: BaseException | None = None, duration: float | None = None
+    ) -> None:
+        """The call raised ``exc``; the breaker decides whether that is a failure.
+
+        Excluded exceptions and cancellation release the permit, errors the failure
+        predicate rejects count as successes, the rest as failures. ``exc=None`` is a
+        plain failure.
+        """
+        if not self._done:
+            self._done = True
+            breaker = self._breaker
+            outcome = _FAILURE if exc is None else breaker._classify(exc)
+            breaker._finish(self, outcome, duration)
+
+    def release(self) -> None:
+        """Give the permit back without a verdict (cancelled, or excluded)."""
+        if not self._done:
+            self._done = True
+            self._breaker._finish(self, _IGNORED, None)
+
+    def __enter__(self) -> BreakerPermit:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.record_success()
+        else:
+            self.record_failure(exc)
+
+    def __repr__(self) -> str:
+        kind = "trial" if self.trial else "normal"
+        return f"BreakerPermit({kind}, done={self._done})"
+
+
+# The permits of ``async with breaker:`` blocks, innermost first, per task context.
+_GUARDS: ContextVar[tuple[BreakerPermit, Any] | None] = ContextVar(
+    "headway_breaker_guards", default=None
+)
+
+
+class CircuitBreaker:
+    """Stop calling a failing service; let a few trial calls find out when it is back.
+
+    Args:
+        failure_threshold: consecutive failures that trip a closed breaker (used when
+            ``failure_rate_threshold`` is ``None``).
+        recovery_time: seconds to stay open before trial calls are let through.
+        half_open_max_calls: trial calls allowed in flight at once while half-open.
+        success_threshold: trial successes needed to close again.
+        excluded_exceptions: exception types that are neither success nor failure.
+        failure_predicate: ``predicate(exc) -> bool``, whether an exception is a failure
+            (``False`` counts as a success). Default: :func:`default_failure_predicate`.
+        name: the breaker's name, in errors and events.
+        clock: the clock all times are read from.
+        failure_rate_threshold: trip when this share (0 < x <= 1) of the calls in the
+            last ``window`` seconds failed, once ``minimum_calls`` were made there.
+        window: seconds the failure and slow-call ratios look back.
+        minimum_calls: calls needed in the window before a ratio can trip the breaker.
+        slow_call_duration: a call slower than this (seconds) is slow. A slow trial call
+            re-opens a half-open breaker.
+        slow_call_rate_threshold: trip when this share of the window's calls were slow.
+        listeners: event listeners for this breaker's events (state changes at INFO,
+            WARNING when opening; rejections at DEBUG). Each event's ``data`` has
+            ``old``, ``new`` and ``reason`` for state changes.
+        backend: where the state lives. ``None`` (default): in this process. A shared
+            backend provides ``breaker_state(name)`` returning an object with the
+            attributes of the in-memory state (``_BreakerState``); all transitions
+            go through that one object, so swapping it is the whole seam.
+
+    The low-level API, for code that needs the steps apart (the Policy)::
+
+        permit = breaker.acquire()          # raises CircuitBreakerOpenError
+        try:
+            result = await call()
+        except BaseException as exc:
+            permit.record_failure(exc)      # classifies: failure / success / ignored
+            raise
+        permit.record_success()
+
+    >>> import asyncio
+    >>> breaker = CircuitBreaker(failure_threshold=3, name="api")
+    >>> async def ok() -> int:
+    ...     return 42
+    >>> asyncio.run(breaker.execute(ok))
+    42
+    >>> breaker.force_open()
+    >>> try:
+    ...     breaker.acquire()
+    ... except CircuitBreakerOpenError as exc:
+    ...     print(str(exc).startswith("Circuit breaker is open"))
+    True
+    >>> breaker.reset()
+    >>> breaker.state.value
+    'closed'
+    """
+
+    __slots__ = (
+        "_clock",
+        "_listeners",
+        "_s",
+        "excluded_exceptions",
+        "failure_predicate",
+        "failure_rate_threshold",
+        "failure_threshold",
+        "half_open_max_calls",
+        "minimum_calls",
+        "name",
+        "recovery_time",
+        "slow_call_duration",
+        "slow_call_rate_threshold",
+        "success_threshold",
+        "window",
+    )
+
+    def __init__(
+        self,
+        failure_threshold: int = 5,
+        recovery_time: float = 30.0,
+        *,
+        half_open_max_calls: int = 1,
+        success_threshold: int = 1,
+        excluded_exceptions: Iterable[type[BaseException]] = (),
+        failure_predicate: Callable[[BaseException], bool] | None = None,
+        name: str | None = None,
+        clock: Clock | None = None,
+        failure_rate_threshold: float | None = None,
+        window: float = 60.0,
+        minimum_calls: int = 10,
+        slow_call_duration: float | None = None,
+        slow_call_rate_threshold: float = 1.0,
+        listeners: Iterable[EventListener] = (),
+        backend: Any = None,
+    ) -> None:
+        _positive_int("failure_threshold", failure_threshold)
+        _positive_int("half_open_max_calls", half_open_max_calls)
+        _positive_int("success_threshold", success_threshold)
+        _positive_int("minimum_calls", minimum_calls)
+        if not recovery_time >= 0:
+            raise ConfigurationError(f"recovery_time must be >= 0 seconds, got {recovery_time!r}")
+        if not window > 0:
+            raise ConfigurationError(f"window must be > 0 seconds, got {window!r}")
+        if failure_rate_threshold is not None:
+            _ratio("failure_rate_threshold", failure_rate_threshold)
+        _ratio("slow_call_rate_threshold", slow_call_rate_threshold)
+        if slow_call_duration is not None and not slow_call_duration > 0:
+            raise ConfigurationError(
+                f"slow_call_duration must be > 0 seconds, got {slow_call_duration!r}"
+            )
+        self.failure_threshold = failure_threshold
+        self.recovery_time = float(recovery_time)
+        self.half_open_max_calls = half_open_max_calls
+        self.success_threshold = success_threshold
+        self.excluded_exceptions: tuple[type[BaseException], ...] = tuple(excluded_exceptions)
+        self.failure_predicate = failure_predicate or default_failure_predicate
+        self.name = name
+        self.failure_rate_threshold = failure_rate_threshold
+        self.window = float(window)
+        self.minimum_calls = minimum_calls
+        self.slow_call_duration = slow_call_duration
+        self.slow_call_rate_threshold = float(slow_call_rate_threshold)
+        self._listeners: tuple[EventListener, ...] = tuple(listeners)
+        self._clock = resolve_clock(clock)
+        if backend is None:
+            state = _BreakerState()
+        else:
+            factory = getattr(backend, "breaker_state", None)
+            if factory is None:
+                raise ConfigurationError(
+                    f"{backend!r} cannot hold breaker state (it has no breaker_state()); "
+                    "pass backend=None to keep the state in this process"
+                )
+            state = factory(name)
+        if state.window is None and (
+            failure_rate_threshold is not None or slow_call_duration is not None
+        ):
+            state.window = _Window(self.window, self.window / WINDOW_BUCKETS)
+        self._s = state
+
+    # -- state ----------------------------------------------------------------------------
+    @property
+    def state(self) -> CircuitState:
+        """The current state (an open breaker whose recovery time is over is half-open)."""
+        s = self._s
+        if s.state is CircuitState.OPEN and not s.forced:
+            now = self._clock.now()
+            if now >= s.open_until:
+                self._transition(CircuitState.HALF_OPEN, "recovery time elapsed", now)
+        return s.state
+
+    @property
+    def failure_count(self) -> int:
+        """Consecutive failures while closed (reset by a success and on closing)."""
+        return self._s.consecutive_failures
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds until a call may be let through (0.0 unless open)."""
+        s = self._s
+        if s.state is not CircuitState.OPEN:
+            return 0.0
+        if s.forced:
+            return self.recovery_time
+        return max(0.0, s.open_until - self._clock.now())
+
+    @property
+    def listeners(self) -> tuple[EventListener, ...]:
+        """This breaker's own event listeners."""
+        return self._listeners
+
+    def add_listener(self, listener: EventListener) -> None:
+        """Call ``listener(event)`` for this breaker's events (state changes, rejections)."""
+        self._listeners = (*self._listeners, listener)
+
+    def remove_listener(self, listener: EventListener) -> None:
+        """Stop calling ``listener``; unknown listeners are ignored."""
+        self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+    # -- calls ----------------------------------------------------------------------------
+    def acquire(self) -> BreakerPermit:
+        """Ask leave to make one call.
+
+        Returns a :class:`BreakerPermit` to report the outcome with. Raises
+        :class:`~headway.errors.CircuitBreakerOpenError` (without side effects on the
+        call) when open, or half-open with every trial permit taken.
+        """
+        s = self._s
+        if s.state is CircuitState.CLOSED:
+            started = 0.0 if self.slow_call_duration is None else self._clock.now()
+            return BreakerPermit(self, s.generation, False, started)
+        now = self._clock.now()
+        if s.state is CircuitState.OPEN:
+            if s.forced or now < s.open_until:
+                raise self._rejection(now)
+            self._transition(CircuitState.HALF_OPEN, "recovery time elapsed", now)
+        if s.trials_in_flight >= self.half_open_max_calls:
+            raise self._rejection(now)
+        s.trials_in_flight += 1
+        return BreakerPermit(self, s.generation, True, now)
+
+    async def execute(
+        self, func: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Call ``await func(*args, **kwargs)`` through the breaker and record the outcome.
+
+        Raises:
+            CircuitBreakerOpenError: the breaker is open; ``func`` was not called.
+        """
+        permit = self.acquire()
+        try:
+            result = await func(*args, **kwargs)
+        except BaseException as exc:
+            permit.record_failure(exc)
+            raise
+        permit.record_success()
+        return result
+
+    async def __aenter__(self) -> BreakerPermit:
+        permit = self.acquire()
+        _GUARDS.set((permit, _GUARDS.get()))
+        return permit
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        top = _GUARDS.get()
+        if top is None or top[0]._breaker is not self:
+            raise RuntimeError("`async with breaker:` exited in another task than it entered")
+        permit, outer = top
+        _GUARDS.set(outer)
+        if exc is None:
+            permit.record_success()
+        else:
+            permit.record_failure(exc)
+
+    # -- manual control -------------------------------------------------------------------
+    def force_open(self, seconds: float | None = None) -> None:
+        """Open now: for ``seconds``, or (``None``) until :meth:`reset`.
+
+        While forced open indefinitely, rejections carry ``retry_after=recovery_time``
+        as a polling hint.
+        """
+        now = self._clock.now()
+        s = self._s
+        self._transition(CircuitState.OPEN, "forced open", now, force=True)
+        if seconds is not None:
+            s.forced = False
+            s.open_until = now + max(0.0, seconds)
+
+    def reset(self) -> None:
+        """Close now and forget all counts."""
+        self._transition(CircuitState.CLOSED, "reset", self._clock.now())
+
+    # -- internals ------------------------------------------------------------------------
+    def _classify(self, exc: BaseException) -> int:
+        if not isinstance(exc, Exception):  # cancellation, KeyboardInterrupt, ...
+            return _IGNORED
+        if self.excluded_exceptions and isinstance(exc, self.excluded_exceptions):
+            return _IGNORED
+        if isinstance(exc, HeadwayError) and not isinstance(exc, APIClientError):
+            return _IGNORED  # a local decision, not the service's answer
+        return _FAILURE if self.failure_predicate(exc) else _SUCCESS
+
+    def _finish(self, permit: BreakerPermit, outcome: int, duration: float | None) -> None:
+        s = self._s
+        if permit._generation != s.generation:
+            return  # granted before the last transition: it no longer counts
+        slow = False
+        if outcome != _IGNORED and self.slow_call_duration is not None:
+            if duration is None:
+                duration = self._clock.now() - permit.started
+            slow = duration > self.slow_call_duration
+        if permit.trial:
+            s.trials_in_flight -= 1
+            if outcome == _IGNORED:
+                return
+            now = self._clock.now()
+            if outcome == _FAILURE or slow:
+                reason = "trial call failed" if outcome == _FAILURE else "trial call was slow"
+                self._transition(CircuitState.OPEN, reason, now)
+                return
+            s.trial_successes += 1
+            if s.trial_successes >= self.success_threshold:
+                self._transition(CircuitState.CLOSED, "trial calls succeeded", now)
+            return
+        if outcome == _IGNORED:
+            return
+        if outcome == _FAILURE:
+            s.consecutive_failures += 1
+        else:
+            s.consecutive_failures = 0
+        window = s.window
+        if window is None:
+            if s.consecutive_failures >= self.failure_threshold:
+                reason = f"{s.consecutive_failures} consecutive failures"
+                self._transition(CircuitState.OPEN, reason, self._clock.now())
+            return
+        now = self._clock.now()
+        window.add(now, outcome == _FAILURE, slow)
+        trip = self._window_trips(window)
+        if (
+            trip is None
+            and self.failure_rate_threshold is None
+            and s.consecutive_failures >= self.failure_threshold
+        ):
+            trip = f"{s.consecutive_failures} consecutive failures"
+        if trip is not None:
+            self._transition(CircuitState.OPEN, trip, now)
+
+    def _window_trips(self, window: _Window) -> str | None:
+        calls = window.calls
+        if calls < self.minimum_calls:
+            return None
+        rate = self.failure_rate_threshold
+        if rate is not None and window.failures >= rate * calls:
+            return f"failure rate {window.failures}/{calls} in {self.window:g}s"
+        if self.slow_call_duration is not None and window.slow >= (
+            self.slow_call_rate_threshold * calls
+        ):
+            return f"slow call rate {window.slow}/{calls} in {self.window:g}s"
+        return None
+
+    def _transition(
+        self, new: CircuitState, reason: str, now: float, *, force: bool = False
+    ) -> None:
+        s = self._s
+        old = s.state
+        s.state = new
+        s.generation += 1
+        s.trials_in_flight = 0
+        s.trial_successes = 0
+        s.forced = force
+        if new is CircuitState.OPEN:
+            s.open_until = now + self.recovery_time
+        elif new is CircuitState.CLOSED:
+            s.consecutive_failures = 0
+            if s.window is not None:
+                s.window.clear()
+        if old is new:
+            return
+        level = logging.WARNING if new is CircuitState.OPEN else logging.INFO
+        emit(
+            BREAKER_STATE_CHANGED,
+            source=self.name,
+            level=level,
+            listeners=self._listeners,
+            old=old,
+            new=new,
+            reason=reason,
+        )
+
+    def _rejection(self, now: float) -> CircuitBreakerOpenError:
+        s = self._s
+        if s.state is CircuitState.HALF_OPEN:
+            retry_after = 0.0
+            who = f" ({self.name!r})" if self.name else ""
+            message = (
+                f"Circuit breaker is open{who}: half-open with {s.trials_in_flight} trial "
+                "call(s) in flight; try again when they finish"
+            )
+        else:
+            retry_after = self.recovery_time if s.forced else max(0.0, s.open_until - now)
+            message = None
+        if enabled(logging.DEBUG, self._listeners):
+            emit(
+                BREAKER_REJECTED,
+                source=self.name,
+                listeners=self._listeners,
+                retry_after=retry_after,
+                state=s.state,
+            )
+        return CircuitBreakerOpenError(message, retry_after=retry_after, name=self.name)
+
+    def __repr__(self) -> str:
+        s = self._s
+        return (
+            f"CircuitBreaker(name={self.name!r}, state={s.state.value}, "
+            f"failure_count={s.consecutive_failures})"
+        )
+
+
+def _positive_int(what: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{what} must be an integer >= 1, got {value!r}")
+
+
+def _ratio(what: str, value: float) -> None:
+    if not 0 < value <= 1:
+        raise ConfigurationError(f"{what} must be a ratio in (0, 1], got {value!r}")
