@@ -34,6 +34,10 @@ from headway.events import Event, add_listener, remove_listener
 # --- concurrency + breaker (begin) ---
 # --- concurrency + breaker (end) ---
 # --- retry + timeouts + policy (begin) ---
+from headway.resilience.policy import AttemptContext, Policy
+from headway.resilience.retry import RetryBudget, RetryPolicy, retry, retry_with_backoff
+from headway.resilience.timeouts import Timeouts, with_timeout
+
 # --- retry + timeouts + policy (end) ---
 # --- http (begin) ---
 # --- http (end) ---
@@ -73,6 +77,14 @@ __all__ = [
     # --- concurrency + breaker __all__ (begin) ---
     # --- concurrency + breaker __all__ (end) ---
     # --- retry + timeouts + policy __all__ (begin) ---
+    "AttemptContext",
+    "Policy",
+    "RetryBudget",
+    "RetryPolicy",
+    "Timeouts",
+    "retry",
+    "retry_with_backoff",
+    "with_timeout",
     # --- retry + timeouts + policy __all__ (end) ---
     # --- http __all__ (begin) ---
     # --- http __all__ (end) ---

@@ -424,14 +424,15 @@ class RetryPolicy(BaseModel):
         exc: BaseException,
         retry: int,
         previous: float,
-        deadline: float | None = None,
+        remaining: float | None = None,
         source: str | None = None,
         listeners: tuple[EventListener, ...] = (),
     ) -> float | None:
         """Decide the retry after ``exc``: the delay to sleep, or ``None`` to give up.
 
         ``retry`` is the number of the retry being considered (1 after the first failure);
-        ``deadline`` a clock time after which no retry may start. Emits the events.
+        ``remaining`` the seconds left before a deadline (no retry may start after it).
+        Emits the events.
         """
         listeners = listeners or self.listeners
         source = source or self.name
@@ -463,7 +464,7 @@ class RetryPolicy(BaseModel):
                 self.max_delay,
                 self._rand,
             )
-        if deadline is not None and self._clock.now() + delay >= deadline:
+        if remaining is not None and delay >= remaining:
             self._gave_up(exc, retry, "deadline would pass before the retry", source, listeners)
             return None
         budget = self.budget

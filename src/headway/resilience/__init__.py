@@ -1,0 +1,32 @@
+"""Resilience: circuit breaker, retry with backoff and budget, deadlines, and the Policy.
+
+* :class:`CircuitBreaker` stops calling what is down (:mod:`~headway.resilience.breaker`);
+* :func:`retry_with_backoff`, :class:`RetryPolicy`, :func:`retry` and :class:`RetryBudget`
+  retry what is transient (:mod:`~headway.resilience.retry`);
+* :func:`deadline`, :func:`with_timeout` and :class:`Timeouts` bound how long a call may
+  take (:mod:`~headway.resilience.timeouts`);
+* :class:`Policy` composes all of them with a limiter and a concurrency limit in one
+  documented order (:mod:`~headway.resilience.policy`).
+"""
+
+from __future__ import annotations
+
+from headway.resilience.breaker import CircuitBreaker, CircuitState
+from headway.resilience.policy import AttemptContext, Policy
+from headway.resilience.retry import RetryBudget, RetryPolicy, retry, retry_with_backoff
+from headway.resilience.timeouts import Deadline, Timeouts, deadline, with_timeout
+
+__all__ = [
+    "AttemptContext",
+    "CircuitBreaker",
+    "CircuitState",
+    "Deadline",
+    "Policy",
+    "RetryBudget",
+    "RetryPolicy",
+    "Timeouts",
+    "deadline",
+    "retry",
+    "retry_with_backoff",
+    "with_timeout",
+]

@@ -1,0 +1,422 @@
+"""Policy: rate limits, concurrency, circuit breaker, retry and deadlines in one order.
+
+A :class:`Policy` runs a call through every protection headway has, always in this order::
+
+    total deadline                       (Policy(total_timeout=...); the whole call)
+    └─ retry loop (+ retry budget)       (Policy(retry=RetryPolicy(...)))
+       └─ per attempt:
+          1. breaker permit              (CircuitBreakerOpenError at once if open)
+          2. concurrency slot            (ConcurrencyLimit / AdaptiveConcurrency)
+          3. limiter reservation + wait  (requests and estimated tokens, FIFO)
+          4. attempt deadline            (Policy(attempt_timeout=...))
+          5. the call
+          6. record the outcome          (breaker success/failure, adaptive limit)
+       └─ backoff sleep                  (holds no permit, no slot, no reservation)
+
+Why this order:
+
+* The breaker comes first: when the service is down, nothing queues for a slot or spends
+  rate-limit budget on a call that will be rejected anyway.
+* The slot is taken before the limiter wait, so the limiter paces only calls that can
+  go at once: a reservation is never held by a call still queueing for a slot.
+* The attempt deadline covers the call only, not local queueing; the total deadline
+  covers everything, backoff sleeps included. When the next backoff would outlast the
+  total deadline, the call gives up at once with its last error.
+* Between attempts nothing is held: the slot goes back, the breaker permit is recorded
+  or released, the reservation has been used (the call was sent) or refunded (the wait
+  was cancelled).
+
+Every attempt passes the limiter and the breaker again. A :class:`~headway.RateLimitError`
+with ``retry_after`` pauses the whole shared limiter (``limiter.pause(retry_after)``),
+so every caller sharing it backs off, not just the one that got the 429. Outcomes feed an
+:class:`~headway.concurrency.AdaptiveConcurrency` (success with latency, overload on
+429 / timeout / 503) through its slot. Cancellation from outside is never retried and
+gives back what it held.
+
+Two ways to call:
+
+* ``await policy.execute(func, *args, requests=1, tokens=0, **kwargs)`` for any
+  coroutine function;
+* ``await policy.run(attempt_fn, requests=1, tokens=estimate)`` where
+  ``attempt_fn(ctx)`` receives an :class:`AttemptContext`: the attempt number, the
+  limiter :class:`~headway.limits.Reservation` (``ctx.settle(actual_tokens)``) and the
+  limiter itself (to ``sync`` it from rate-limit headers). This is what the HTTP layer
+  uses.
+
+>>> import asyncio
+>>> from headway import APIConnectionError
+>>> from headway.limits import MultiLimiter
+>>> from headway.resilience.retry import RetryPolicy
+>>> policy = Policy(
+...     limiter=MultiLimiter.for_llm(rpm=600_000, tpm=10_000_000),
+...     concurrency=8,
+...     retry=RetryPolicy(max_retries=2, base_delay=0.001),
+...     attempt_timeout=5.0,
+...     total_timeout=30.0,
+... )
+>>> failures = [APIConnectionError("reset")]
+>>> async def complete(ctx: AttemptContext) -> str:
+...     if failures:
+...         raise failures.pop()
+...     ctx.settle(120)  # the response's usage said 120 tokens, not the 500 estimated
+...     return f"done on attempt {ctx.attempt}"
+>>> asyncio.run(policy.run(complete, tokens=500))
+'done on attempt 2'
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from headway._clock import LOOP_CLOCK, Clock, resolve_clock
+from headway.errors import ConfigurationError, RateLimitError
+from headway.events import EventListener
+from headway.resilience.retry import RetryPolicy
+from headway.resilience.timeouts import Deadline
+
+if TYPE_CHECKING:
+    from headway.concurrency import AdaptiveConcurrency, ConcurrencyLimit
+    from headway.limits import Limiter, Reservation
+    from headway.resilience.breaker import CircuitBreaker
+
+__all__ = ["AttemptContext", "Policy"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+L = TypeVar("L")
+
+
+class _Default:
+    """Marker for "use the default retry policy"."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Any = _Default()
+
+
+class AttemptContext(Generic[L]):
+    """What one attempt of :meth:`Policy.run` gets to know and to steer.
+
+    Attributes:
+        attempt: 1 for the first attempt, 2 for the first retry, ...
+        reservation: the limiter reservation of this attempt (``None`` without a limiter).
+        limiter: the policy's limiter, to ``sync`` from rate-limit headers or pause.
+        policy: the policy running the call.
+
+    One context object is reused by the attempts of a call.
+    """
+
+    __slots__ = ("attempt", "limiter", "policy", "reservation")
+
+    def __init__(self, policy: Policy, limiter: L) -> None:
+        self.attempt = 0
+        self.reservation: Reservation | None = None
+        self.limiter = limiter
+        self.policy = policy
+
+    def settle(self, tokens: float) -> None:
+        """Record the actual token use of this attempt (no-op without a limiter)."""
+        if self.reservation is not None:
+            self.reservation.settle(tokens)
+
+    def __repr__(self) -> str:
+        return f"<AttemptContext attempt={self.attempt} reservation={self.reservation!r}>"
+
+
+class Policy:
+    """Limiter, concurrency, breaker, retry (+budget) and deadlines, composed in one order.
+
+    See :mod:`headway.resilience.policy` for the order and why. Every argument is
+    optional; a bare ``Policy()`` retries transient errors (:func:`headway.is_retryable`)
+    three times with full-jitter backoff under a retry budget.
+
+    Args:
+        retry: a :class:`RetryPolicy`; by default ``RetryPolicy()``; ``None`` never retries.
+        limiter: a :class:`~headway.limits.MultiLimiter`,
+            :class:`~headway.limits.TokenBucketRateLimiter` or any
+            :class:`~headway.limits.Limiter`; shared by everyone using it.
+        concurrency: an ``int`` (a :class:`~headway.concurrency.ConcurrencyLimit` of that
+            size), a :class:`~headway.concurrency.ConcurrencyLimit` or an
+            :class:`~headway.concurrency.AdaptiveConcurrency`.
+        breaker: a :class:`~headway.CircuitBreaker`.
+        attempt_timeout: seconds allowed for one attempt's call (not its queueing).
+        total_timeout: seconds allowed for the whole call, retries and waits included.
+        clock: where backoff sleeps happen (default: the retry policy's, else the loop's).
+            Deadlines always run on the event loop's clock.
+        name: the ``source`` of this policy's events.
+        listeners: extra event listeners for this policy's retry and timeout events.
+
+    Raises:
+        ConfigurationError: for a timeout <= 0 or a concurrency that is not one of the above.
+    """
+
+    __slots__ = (
+        "_clock",
+        "_concurrency",
+        "attempt_timeout",
+        "breaker",
+        "limiter",
+        "listeners",
+        "name",
+        "retry",
+        "total_timeout",
+    )
+
+    def __init__(
+        self,
+        *,
+        retry: RetryPolicy | None = DEFAULT,
+        limiter: Limiter | None = None,
+        concurrency: ConcurrencyLimit | AdaptiveConcurrency | int | None = None,
+        breaker: CircuitBreaker | None = None,
+        attempt_timeout: float | None = None,
+        total_timeout: float | None = None,
+        clock: Clock | None = None,
+        name: str | None = None,
+        listeners: tuple[EventListener, ...] = (),
+    ) -> None:
+        if retry is DEFAULT:
+            retry = RetryPolicy(clock=clock, name=name)
+        elif retry is not None and not isinstance(retry, RetryPolicy):
+            raise ConfigurationError(f"retry must be a RetryPolicy or None, got {retry!r}")
+        for what, value in (("attempt_timeout", attempt_timeout), ("total_timeout", total_timeout)):
+            if value is not None and not value > 0:
+                raise ConfigurationError(f"{what} must be > 0 seconds or None, got {value!r}")
+        self.retry = retry
+        self.limiter = limiter
+        self._concurrency = _concurrency(concurrency)
+        self.breaker = breaker
+        self.attempt_timeout = attempt_timeout
+        self.total_timeout = total_timeout
+        if clock is None and retry is not None and retry.clock is not None:
+            clock = retry.clock
+        self._clock = resolve_clock(clock)
+        self.name = name
+        self.listeners = tuple(listeners)
+
+    @property
+    def concurrency(self) -> ConcurrencyLimit | None:
+        """The concurrency limit (an int given at construction became a ConcurrencyLimit)."""
+        return self._concurrency
+
+    @property
+    def clock(self) -> Clock:
+        """The clock backoff sleeps go through."""
+        return self._clock
+
+    # -- entry points ----------------------------------------------------------------------
+    async def execute(
+        self,
+        func: Callable[..., Awaitable[T]],
+        /,
+        *args: Any,
+        requests: float = 1.0,
+        tokens: float = 0.0,
+        **kwargs: Any,
+    ) -> T:
+        """Call ``await func(*args, **kwargs)`` through the policy.
+
+        ``requests`` and ``tokens`` (an estimate) are what each attempt reserves on the
+        limiter; they are not passed to ``func``.
+        """
+        if self.total_timeout is None:
+            return await self._call(func, args, kwargs, requests, tokens, None)
+        async with Deadline(
+            self.total_timeout, scope="total", source=self.name, listeners=self.listeners
+        ) as dl:
+            return await self._call(func, args, kwargs, requests, tokens, dl)
+
+    async def run(
+        self,
+        attempt_fn: Callable[[AttemptContext[Any]], Awaitable[T]],
+        /,
+        *,
+        requests: float = 1.0,
+        tokens: float = 0.0,
+    ) -> T:
+        """Call ``await attempt_fn(ctx)`` through the policy, with an :class:`AttemptContext`.
+
+        >>> import asyncio
+        >>> async def attempt(ctx: AttemptContext) -> int:
+        ...     return ctx.attempt
+        >>> asyncio.run(Policy(retry=None).run(attempt))
+        1
+        """
+        if self.total_timeout is None:
+            return await self._call(attempt_fn, None, None, requests, tokens, None)
+        async with Deadline(
+            self.total_timeout, scope="total", source=self.name, listeners=self.listeners
+        ) as dl:
+            return await self._call(attempt_fn, None, None, requests, tokens, dl)
+
+    def wrap(self, func: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]:
+        """Decorate ``func`` so that every call goes through the policy (signature kept).
+
+        >>> import asyncio
+        >>> policy = Policy(concurrency=2)
+        >>> @policy.wrap
+        ... async def double(x: int) -> int:
+        ...     return 2 * x
+        >>> asyncio.run(double(21))
+        42
+        """
+        call = self._call
+
+        @functools.wraps(func)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            if self.total_timeout is None:
+                return await call(func, args, kwargs, 1.0, 0.0, None)
+            async with Deadline(
+                self.total_timeout, scope="total", source=self.name, listeners=self.listeners
+            ) as dl:
+                return await call(func, args, kwargs, 1.0, 0.0, dl)
+
+        return wrapper
+
+    # -- the loop ----------------------------------------------------------------------------
+    async def _call(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...] | None,
+        kwargs: dict[str, Any] | None,
+        requests: float,
+        tokens: float,
+        total: Deadline | None,
+    ) -> T:
+        retry = self.retry
+        breaker = self.breaker
+        conc = self._concurrency
+        limiter = self.limiter
+        attempt_timeout = self.attempt_timeout
+        now = self._clock.now
+        # Durations are measured only for a breaker that judges slow calls.
+        timed = breaker is not None and breaker.slow_call_duration is not None
+        ctx: AttemptContext[Any] | None = None
+        if args is None:
+            ctx = AttemptContext(self, limiter)
+        previous = 0.0
+        if retry is not None:
+            budget = retry.budget
+            if budget is not None:
+                budget.record_request()
+            previous = retry.base_delay
+        attempt = 0
+        while True:
+            attempt += 1
+            permit = None
+            slot = None
+            called = False
+            started = 0.0
+            try:
+                if breaker is not None:
+                    permit = breaker.acquire()
+                if conc is not None:
+                    cm = conc.slot()
+                    await cm.__aenter__()
+                    slot = cm
+                reservation = None
+                if limiter is not None:
+                    reservation = await limiter.reserve(requests, tokens)
+                    if reservation.delay > 0.0:
+                        await reservation.wait()
+                if ctx is not None:
+                    ctx.attempt = attempt
+                    ctx.reservation = reservation
+                if timed:
+                    started = now()
+                called = True
+                if attempt_timeout is None:
+                    if ctx is None:
+                        result = await fn(*args, **kwargs)  # type: ignore[misc,arg-type]
+                    else:
+                        result = await fn(ctx)
+                else:
+                    async with Deadline(
+                        attempt_timeout,
+                        scope="attempt",
+                        source=self.name,
+                        listeners=self.listeners,
+                    ):
+                        if ctx is None:
+                            result = await fn(*args, **kwargs)  # type: ignore[misc,arg-type]
+                        else:
+                            result = await fn(ctx)
+            except BaseException as exc:
+                if slot is not None:
+                    await slot.__aexit__(type(exc), exc, exc.__traceback__)
+                if permit is not None:
+                    if called and isinstance(exc, Exception):
+                        permit.record_failure(exc, now() - started if timed else None)
+                    else:
+                        # Cancelled, or stopped before the call (no slot, limiter refusal).
+                        permit.release()
+                if not isinstance(exc, Exception):
+                    raise
+                if limiter is not None and isinstance(exc, RateLimitError):
+                    self._pause(limiter, exc)
+                if retry is None:
+                    raise
+                remaining = None
+                if total is not None:
+                    when = total.when()
+                    if when is not None:
+                        remaining = when - LOOP_CLOCK.now()
+                delay = retry._next_delay(
+                    exc, attempt, previous, remaining, self.name, self.listeners
+                )
+                if delay is None:
+                    raise
+                previous = delay if delay > 0.0 else retry.base_delay
+            else:
+                if slot is not None:
+                    await slot.__aexit__(None, None, None)
+                if permit is not None:
+                    permit.record_success(now() - started if timed else None)
+                return result
+            await self._clock.sleep(delay)
+
+    @staticmethod
+    def _pause(limiter: Limiter, exc: RateLimitError) -> None:
+        seconds = exc.retry_after
+        if seconds is None or seconds <= 0.0:
+            return
+        pause = getattr(limiter, "pause", None)
+        if pause is not None:
+            pause(seconds)
+        else:
+            limiter.pause_until(resolve_clock(None).now() + seconds)
+
+    def __repr__(self) -> str:
+        parts = []
+        for key in ("retry", "limiter", "concurrency", "breaker"):
+            value = getattr(self, key)
+            if value is not None:
+                parts.append(f"{key}={type(value).__name__}")
+        for key in ("attempt_timeout", "total_timeout", "name"):
+            value = getattr(self, key)
+            if value is not None:
+                parts.append(f"{key}={value!r}")
+        return f"Policy({', '.join(parts)})"
+
+
+def _concurrency(value: Any) -> ConcurrencyLimit | None:
+    if value is None:
+        return None
+    from headway.concurrency import ConcurrencyLimit
+
+    if isinstance(value, bool):
+        raise ConfigurationError(f"concurrency must be an int >= 1 or a limit, got {value!r}")
+    if isinstance(value, int):
+        return ConcurrencyLimit(value)
+    if isinstance(value, ConcurrencyLimit):
+        return value
+    raise ConfigurationError(
+        "concurrency must be an int, a ConcurrencyLimit or an AdaptiveConcurrency, "
+        f"got {type(value).__name__}"
+    )
