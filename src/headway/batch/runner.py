@@ -99,11 +99,12 @@ class _Job:
 _CURRENT: ContextVar[_Job | None] = ContextVar("headway_batch_job", default=None)
 
 
-def note_retry(exc: BaseException | None = None) -> None:
+def note_retry(exc: BaseException | None = None, *, rate_limited: bool | None = None) -> None:
     """Tell the runner that the request being sent in this task is being retried.
 
     Senders call it before each retry (the HTTP sender does it for you); ``exc`` is the
-    error that caused it, so 429s are counted. Outside a runner it does nothing.
+    error that caused it, so 429s are counted (or say so with ``rate_limited``). Outside
+    a runner it does nothing.
     """
     job = _CURRENT.get()
     if job is None:
@@ -113,7 +114,9 @@ def note_retry(exc: BaseException | None = None) -> None:
         stats.retrying += 1
     job.retries += 1
     stats.retries += 1
-    if isinstance(exc, RateLimitError) or getattr(exc, "status_code", None) == 429:
+    if rate_limited is None:
+        rate_limited = isinstance(exc, RateLimitError) or getattr(exc, "status_code", None) == 429
+    if rate_limited:
         stats.rate_limited += 1
 
 

@@ -1,0 +1,235 @@
+"""The HTTP sender of ``headway run``: headway's client and Policy under the batch runner.
+
+:func:`open_sender` opens one pooled :class:`~headway.http.client.AsyncAPIClient` whose
+:class:`~headway.resilience.policy.Policy` holds everything that paces and protects the
+batch: the requests- and tokens-per-minute limits (tokens estimated before sending,
+settled from ``usage``; server limit headers and ``Retry-After`` followed), the retry
+policy with its budget, the circuit breaker, the concurrency cap and the per-attempt
+timeout. The runner only sees an async callable.
+
+>>> t = resolve_target(provider=None, base_url="http://127.0.0.1:8000/v1", endpoint=None,
+...                    api_key_env=None, environ={})
+>>> t.base_url, t.default_url, t.api_key is None
+('http://127.0.0.1:8000', '/v1/chat/completions', True)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import SecretStr
+
+from headway._clock import Clock
+from headway.batch.jobs import ANTHROPIC_URL, DEFAULT_URL, BatchRequest
+from headway.batch.runner import Response, Sender, note_retry
+from headway.errors import ConfigurationError
+from headway.events import RETRY_SCHEDULED, Event
+
+__all__ = [
+    "PROVIDERS",
+    "ProviderInfo",
+    "SenderSettings",
+    "Target",
+    "open_sender",
+    "resolve_target",
+]
+
+AuthType = Literal["bearer", "x-api-key", "none"]
+
+
+@dataclass(slots=True, frozen=True)
+class ProviderInfo:
+    """Where a known provider lives and how it wants its key."""
+
+    base_url: str
+    key_env: str | None
+    auth: AuthType = "bearer"
+    default_url: str = DEFAULT_URL
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+#: Providers ``--provider`` knows. Base URLs stop before ``/v1`` so that OpenAI Batch
+#: lines (``"url": "/v1/chat/completions"``) join as they are.
+PROVIDERS: dict[str, ProviderInfo] = {
+    "openai": ProviderInfo("https://api.openai.com", "OPENAI_API_KEY"),
+    "anthropic": ProviderInfo(
+        "https://api.anthropic.com",
+        "ANTHROPIC_API_KEY",
+        "x-api-key",
+        ANTHROPIC_URL,
+        {"anthropic-version": "2023-06-01"},
+    ),
+    "groq": ProviderInfo("https://api.groq.com/openai", "GROQ_API_KEY"),
+    "openrouter": ProviderInfo("https://openrouter.ai/api", "OPENROUTER_API_KEY"),
+    "perplexity": ProviderInfo(
+        "https://api.perplexity.ai", "PERPLEXITY_API_KEY", default_url="/chat/completions"
+    ),
+    "ollama": ProviderInfo("http://localhost:11434", None, "none"),
+}
+
+
+@dataclass(slots=True)
+class Target:
+    """Where requests go: base URL, key, auth style, extra headers, path for bare bodies."""
+
+    base_url: str
+    api_key: SecretStr | None = None
+    auth: AuthType = "bearer"
+    headers: dict[str, str] = field(default_factory=dict)
+    default_url: str = DEFAULT_URL
+
+    def url_path(self, path: str) -> str:
+        """The path to send ``path`` (a line's ``url``) to, relative to :attr:`base_url`."""
+        return path
+
+
+def _strip_v1(base_url: str) -> str:
+    base = base_url.rstrip("/")
+    if urlsplit(base).path.endswith("/v1"):
+        base = base[: -len("/v1")]
+    return base
+
+
+def resolve_target(
+    *,
+    provider: str | None,
+    base_url: str | None,
+    endpoint: str | None,
+    api_key_env: str | None,
+    environ: Mapping[str, str] | None = None,
+) -> Target:
+    """Work out the target from ``run``'s flags; :class:`ConfigurationError` if impossible.
+
+    A provider's key variable must be set (except for keyless ones such as ollama); with
+    ``--base-url`` alone no key is sent unless ``--api-key-env`` names one. A named
+    variable that is not set is an error, never an empty key.
+    """
+    env = os.environ if environ is None else environ
+    info: ProviderInfo | None = None
+    if provider is not None:
+        try:
+            info = PROVIDERS[provider]
+        except KeyError:
+            raise ConfigurationError(
+                f"unknown provider {provider!r} (known: {', '.join(sorted(PROVIDERS))})"
+            ) from None
+    if base_url is None and info is None:
+        raise ConfigurationError(
+            "say where to send the requests: --provider NAME or --base-url URL"
+        )
+    if base_url is not None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigurationError(f"--base-url must be an http(s) URL, got {base_url!r}")
+    base = _strip_v1(base_url if base_url is not None else info.base_url)  # type: ignore[union-attr]
+    key_env = api_key_env if api_key_env is not None else (info.key_env if info else None)
+    key: SecretStr | None = None
+    if key_env:
+        value = env.get(key_env)
+        if not value:
+            raise ConfigurationError(
+                f"the API key variable {key_env} is not set; export it "
+                "(or name another with --api-key-env)"
+            )
+        key = SecretStr(value)
+    auth: AuthType = info.auth if info is not None else "bearer"
+    if key is None:
+        auth = "none"
+    default_url = endpoint or (info.default_url if info is not None else DEFAULT_URL)
+    if not default_url.startswith("/"):
+        default_url = "/" + default_url
+    headers = dict(info.headers) if info is not None else {}
+    return Target(base, key, auth, headers, default_url)
+
+
+@dataclass(slots=True)
+class SenderSettings:
+    """Everything :func:`open_sender` needs (``run``'s flags, resolved)."""
+
+    target: Target
+    rpm: float | None = None
+    tpm: float | None = None
+    concurrency: int = 64
+    max_attempts: int = 6
+    timeout: float = 120.0
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    burst: float | None = None
+
+
+def _on_event(event: Event) -> None:
+    if event.kind == RETRY_SCHEDULED:
+        reason = str(event.data.get("reason", ""))
+        note_retry(rate_limited=reason.startswith(("RateLimitError", "429")) or " 429 " in reason)
+
+
+def build_policy(settings: SenderSettings, *, clock: Clock | None = None) -> Any:
+    """The :class:`~headway.resilience.policy.Policy` for ``settings``."""
+    from headway.limits.multi import MultiLimiter
+    from headway.resilience.policy import Policy
+    from headway.resilience.retry import RetryPolicy
+
+    limiter = None
+    if settings.rpm is not None or settings.tpm is not None:
+        burst = settings.burst
+        if burst is None and settings.rpm is not None:
+            # A second's worth of requests: smooth pacing from the first request on.
+            burst = max(1.0, settings.rpm / 60.0)
+        limiter = MultiLimiter.for_llm(
+            rpm=settings.rpm, tpm=settings.tpm, burst=burst, clock=clock, name="batch"
+        )
+    retry = RetryPolicy(
+        max_retries=settings.max_attempts - 1,
+        base_delay=settings.base_delay,
+        max_delay=max(settings.max_delay, settings.base_delay),
+        clock=clock,
+        name="batch",
+        listeners=(_on_event,),
+    )
+    return Policy(
+        retry=retry,
+        limiter=limiter,
+        concurrency=settings.concurrency,
+        attempt_timeout=settings.timeout,
+        clock=clock,
+        name="batch",
+    )
+
+
+class _ClientSender:
+    __slots__ = ("client", "target")
+
+    def __init__(self, client: Any, target: Target) -> None:
+        self.client = client
+        self.target = target
+
+    async def __call__(self, request: BatchRequest) -> Response:
+        resp = await self.client.request_raw(request.method, request.url, json=request.body)
+        return Response(resp.status, resp.parsed(), resp.headers)
+
+
+@asynccontextmanager
+async def open_sender(
+    settings: SenderSettings, *, clock: Clock | None = None
+) -> AsyncIterator[Sender]:
+    """Open a pooled client with the batch's Policy; yield a :class:`Sender` using it."""
+    from headway.http.client import AsyncAPIClient
+
+    target = settings.target
+    client = AsyncAPIClient(
+        target.base_url,
+        timeout=settings.timeout,
+        headers=target.headers,
+        auth=target.api_key,
+        auth_type=target.auth,
+        policy=build_policy(settings, clock=clock),
+        max_connections=settings.concurrency,
+        name="headway-batch",
+    )
+    async with client:
+        yield _ClientSender(client, target)
