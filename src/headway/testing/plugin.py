@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from headway.testing.clock import VirtualClock
+from headway.testing.fake_api import FakeAPI
 
 try:
     import pytest_asyncio
@@ -45,3 +46,14 @@ if pytest_asyncio is not None:
         """
         with VirtualClock() as clock:
             yield clock
+
+    @pytest_asyncio.fixture
+    async def fake_api() -> AsyncIterator[FakeAPI]:
+        """A running :class:`~headway.testing.FakeAPI` with default settings.
+
+        Configure it in the test (``fake_api.route(...)``, ``fake_api.script(...)``,
+        ``fake_api.set_limits(rpm=...)``, ``fake_api.set_chaos(...)``); point clients at
+        ``fake_api.url``. It is closed after the test.
+        """
+        async with FakeAPI() as api:
+            yield api

@@ -1,0 +1,54 @@
+"""A registry of open headway resources, for the leak guard of :mod:`headway.testing`.
+
+Anything in headway that owns a session, a socket or tasks (a client, an endpoint, an
+executor, a runner) calls :func:`track` when it opens and :func:`untrack` when it
+closes. :func:`open_resources` lists what is still open, which is how the pytest leak
+guard names "a client that was never closed". Tracking is a set insertion: cheap
+enough for any constructor. Objects are held weakly when they allow it (give a slots
+class a ``__weakref__`` slot); otherwise strongly until :func:`untrack`.
+
+>>> class Client:
+...     def __init__(self) -> None:
+...         track(self)
+...     def close(self) -> None:
+...         untrack(self)
+>>> c = Client()
+>>> c in open_resources()
+True
+>>> c.close()
+>>> c in open_resources()
+False
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+__all__ = ["open_resources", "track", "untrack"]
+
+_weak: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+_strong: dict[int, Any] = {}
+
+
+def track(obj: object) -> None:
+    """Record ``obj`` as open (idempotent)."""
+    key = id(obj)
+    try:
+        _weak[key] = obj
+    except TypeError:
+        _strong[key] = obj
+
+
+def untrack(obj: object) -> None:
+    """Record ``obj`` as closed (idempotent; unknown objects are ignored)."""
+    key = id(obj)
+    if _weak.get(key) is obj:
+        del _weak[key]
+    if _strong.get(key) is obj:
+        del _strong[key]
+
+
+def open_resources() -> list[object]:
+    """The tracked resources that are still open, oldest first."""
+    return [*_weak.values(), *_strong.values()]
