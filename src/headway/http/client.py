@@ -1,0 +1,694 @@
+"""AsyncAPIClient: a small, fast HTTP API client with typed errors and optional resilience.
+
+>>> import asyncio
+>>> async def main() -> None:
+...     async with AsyncAPIClient("https://api.example.com", timeout=5.0) as client:
+...         print(client)
+>>> asyncio.run(main())
+AsyncAPIClient(base_url='https://api.example.com', timeout=5.0, headers={}, policy=None)
+"""
+
+from __future__ import annotations
+
+import json as _json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, TypeVar
+
+from pydantic import SecretStr
+
+from headway._resources import track as _track
+from headway._resources import untrack as _untrack
+from headway._secrets import mask_headers, redact_url
+from headway.errors import InvalidResponseError, StreamError
+from headway.http.headers import AuthType, HeaderFactory
+from headway.http.mapping import error_for_status, error_message
+from headway.http.ratelimit_headers import parse_rate_limit_headers, sync_limiter
+from headway.http.streaming import DONE, LineDecoder, NDJSONDecoder, SSEDecoder
+from headway.http.tokens import TokenMethod, estimate_tokens, usage_tokens
+from headway.http.transport import (
+    AiohttpTransport,
+    HttpxTransport,
+    Response,
+    StreamResponse,
+    Transport,
+)
+
+if TYPE_CHECKING:
+    import aiohttp
+
+__all__ = ["AsyncAPIClient", "EventStream", "PolicyLike", "StreamMode"]
+
+T = TypeVar("T")
+StreamMode = Literal["bytes", "lines", "events", "json", "ndjson"]
+
+
+class PolicyLike(Protocol):
+    """What the client needs of a :class:`headway.Policy`."""
+
+    async def run(
+        self,
+        attempt_fn: Callable[[Any], Awaitable[T]],
+        *,
+        requests: float = 1.0,
+        tokens: float = 0.0,
+    ) -> T:
+        """Run ``attempt_fn(ctx)`` under retry, breaker, concurrency and limits."""
+        ...
+
+
+_CLOSED_MSG = (
+    "{name} is closed: it cannot send requests after aclose() or leaving 'async with'; "
+    "create a new client"
+)
+
+
+def _json_or_none(resp: Response) -> Any:
+    ctype = resp.headers.get("Content-Type") or ""
+    if "json" not in ctype or not resp.content:
+        return None
+    try:
+        return resp.json()
+    except InvalidResponseError:
+        return None
+
+
+class _Attempt:
+    """One request, sent once per attempt by a policy (no per-call closures)."""
+
+    __slots__ = (
+        "data",
+        "headers",
+        "json",
+        "method",
+        "params",
+        "parse",
+        "timeout",
+        "transport",
+        "url",
+    )
+
+    def __init__(
+        self,
+        transport: Transport,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        params: Mapping[str, Any] | None,
+        json: Any,
+        data: Any,
+        timeout: float | None,
+        parse: bool,
+    ) -> None:
+        self.transport = transport
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.params = params
+        self.json = json
+        self.data = data
+        self.timeout = timeout
+        self.parse = parse
+
+    async def __call__(self, ctx: Any) -> Response:
+        resp = await self.transport.send(
+            self.method,
+            self.url,
+            headers=self.headers,
+            params=self.params,
+            json=self.json,
+            data=self.data,
+            timeout=self.timeout,
+        )
+        limiter = ctx.limiter
+        if limiter is not None:
+            info = parse_rate_limit_headers(resp.headers)
+            if info is not None:
+                sync_limiter(limiter, info)
+        if resp.status >= 400:
+            raise error_for_status(resp.status, resp.headers, resp.content, self.method, self.url)
+        if self.parse:
+            resp.parsed()  # a garbled body fails this attempt (and is retried)
+        reservation = ctx.reservation
+        if reservation is not None and reservation.tokens:
+            used = usage_tokens(_json_or_none(resp))
+            if used is not None:
+                reservation.settle(used)
+        return resp
+
+
+class _StreamAttempt:
+    __slots__ = ("call", "reservation")
+
+    def __init__(self, call: _Attempt) -> None:
+        self.call = call
+        self.reservation: Any = None
+
+    async def __call__(self, ctx: Any) -> StreamResponse:
+        c = self.call
+        resp = await _open_checked(c, ctx.limiter)
+        self.reservation = ctx.reservation
+        return resp
+
+
+async def _open_checked(c: _Attempt, limiter: Any) -> StreamResponse:
+    resp = await c.transport.open_stream(
+        c.method,
+        c.url,
+        headers=c.headers,
+        params=c.params,
+        json=c.json,
+        data=c.data,
+        timeout=c.timeout,
+    )
+    try:
+        if limiter is not None:
+            info = parse_rate_limit_headers(resp.headers)
+            if info is not None:
+                sync_limiter(limiter, info)
+        if resp.status >= 400:
+            content = await resp.aread()
+            raise error_for_status(resp.status, resp.headers, content, c.method, c.url)
+    except BaseException:
+        await resp.aclose()
+        raise
+    return resp
+
+
+class EventStream(AsyncIterator[T]):
+    """Items of a streamed response; an async iterator and an async context manager.
+
+    Use ``async with`` when you may stop early, so the connection is released at once::
+
+        async with client.stream("POST", "/chat", json=body) as events:
+            async for event in events:
+                ...
+    """
+
+    __slots__ = ("_agen",)
+
+    def __init__(self, agen: AsyncIterator[T]) -> None:
+        self._agen = agen
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> T:
+        return await self._agen.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop the stream and release its connection (idempotent)."""
+        aclose = getattr(self._agen, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _stream_error(payload: Any, resp: StreamResponse, default: str) -> StreamError:
+    detail = error_message(payload) or default
+    return StreamError(
+        f"error event in stream: {detail}",
+        status_code=resp.status,
+        headers=resp.headers,
+        body=payload,
+        method=resp.method,
+        url=resp.url,
+    )
+
+
+def _is_error_payload(payload: Any) -> bool:
+    if not isinstance(payload, Mapping):
+        return False
+    return bool(payload.get("error")) or payload.get("type") == "error"
+
+
+class AsyncAPIClient:
+    """An HTTP API client on one pooled connection session.
+
+    Args:
+        base_url: prefix of every relative path (``"https://api.openai.com/v1"``).
+        timeout: seconds allowed to connect and between reads (not for the whole
+            response, so long streams survive); ``None`` for no limit.
+        headers: sent with every request.
+        auth: an API key (``str`` or :class:`~pydantic.SecretStr`), sent as
+            ``auth_type`` says; never shown in ``repr``, logs or errors.
+        auth_type: ``"bearer"`` (``Authorization: Bearer ...``), ``"x-api-key"`` or
+            ``"none"``.
+        transport: a :class:`~headway.http.Transport`, or ``"aiohttp"`` (default) /
+            ``"httpx"``. A transport passed in is never closed by the client.
+        policy: a :class:`headway.Policy`; with it every call is retried, limited and
+            guarded by its breaker; without it (``None``) each call is one attempt and
+            errors are raised as they come.
+        session: an :class:`aiohttp.ClientSession` to use (never closed by the client).
+        max_connections: the connection pool's size; by default the policy's
+            concurrency limit, else unlimited.
+        token_estimator: how to estimate a JSON body's tokens for the policy's
+            tokens-per-minute limit (``"heuristic"``, ``"tiktoken"``, ``"auto"``), or
+            ``None`` to reserve none unless a call passes ``tokens=``.
+        name: a name for logs and the leak guard.
+
+    Use it as an async context manager: entering opens one pooled session that serves
+    every call, leaving closes it (also on error). Without ``async with`` each call opens
+    and closes a temporary session (correct, but slower).
+
+    Example::
+
+        async with AsyncAPIClient("https://api.example.com", auth=key) as client:
+            data = await client.get("/items", params={"limit": 10})
+            created = await client.post("/items", json={"name": "x"})
+    """
+
+    def __init__(
+        self,
+        base_url: str = "",
+        timeout: float | None = 10.0,
+        headers: Mapping[str, str] | None = None,
+        *,
+        auth: str | SecretStr | None = None,
+        auth_type: AuthType = "bearer",
+        transport: Transport | Literal["aiohttp", "httpx"] | None = None,
+        policy: PolicyLike | None = None,
+        session: aiohttp.ClientSession | None = None,
+        max_connections: int | None = None,
+        token_estimator: TokenMethod | None = "heuristic",
+        name: str | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.headers: dict[str, str] = dict(headers or {})
+        self.policy = policy
+        self.name = name
+        self.token_estimator = token_estimator
+        if max_connections is None and policy is not None:
+            max_connections = _policy_concurrency(policy)
+        self.max_connections = max_connections
+        self._send_headers = dict(self.headers)
+        if auth is not None or auth_type == "none":
+            self._send_headers.update(
+                HeaderFactory.get_header(auth_type=auth_type, content_type=None, api_key=auth)
+            )
+        self._kind: str = "aiohttp"
+        self._session = session
+        self._transport: Transport | None = None
+        self._owns_transport = True
+        if isinstance(transport, str):
+            if transport not in ("aiohttp", "httpx"):
+                raise ValueError(f"unknown transport {transport!r}: use 'aiohttp' or 'httpx'")
+            self._kind = transport
+        elif transport is not None:
+            self._transport = transport
+            self._owns_transport = False
+        if session is not None and self._transport is None:
+            self._transport = self._make_transport()
+        self._closed = False
+        self._entered = False
+
+    # -- lifecycle ----------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called (or the ``async with`` block was left)."""
+        return self._closed
+
+    def _make_transport(self) -> Transport:
+        if self._kind == "httpx":
+            return HttpxTransport(max_connections=self.max_connections, timeout=self.timeout)
+        return AiohttpTransport(
+            session=self._session, max_connections=self.max_connections, timeout=self.timeout
+        )
+
+    async def __aenter__(self) -> Self:
+        if self._closed:
+            raise RuntimeError(_CLOSED_MSG.format(name=type(self).__name__))
+        if self._transport is None:
+            self._transport = self._make_transport()
+        self._entered = True
+        _track(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pooled session (if the client opened it). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        transport = self._transport
+        self._transport = None
+        try:
+            if transport is not None and self._owns_transport:
+                await transport.aclose()
+        finally:
+            _untrack(self)
+
+    # -- requests -----------------------------------------------------------------------
+    def _url(self, path: str) -> str:
+        if not path:
+            return self.base_url
+        if path.startswith(("http://", "https://")):
+            return path
+        if path[0] == "/":
+            return self.base_url + path
+        return f"{self.base_url}/{path}"
+
+    async def _send(
+        self,
+        transport: Transport,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        params: Mapping[str, Any] | None,
+        json: Any,
+        data: Any,
+        timeout: float | None,
+        tokens: float | None,
+        parse: bool,
+    ) -> Response:
+        policy = self.policy
+        if policy is None:
+            resp = await transport.send(
+                method, url, headers=headers, params=params, json=json, data=data, timeout=timeout
+            )
+            if resp.status >= 400:
+                raise error_for_status(resp.status, resp.headers, resp.content, method, url)
+            return resp
+        if tokens is None:
+            method_ = self.token_estimator
+            tokens = (
+                estimate_tokens(json, method=method_)
+                if method_ is not None and isinstance(json, Mapping)
+                else 0.0
+            )
+        attempt = _Attempt(transport, method, url, headers, params, json, data, timeout, parse)
+        return await policy.run(attempt, requests=1.0, tokens=tokens)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None,
+        json: Any,
+        data: Any,
+        headers: Mapping[str, str] | None,
+        timeout: float | None,
+        tokens: float | None,
+        parse: bool,
+    ) -> Response:
+        url = self._url(path)
+        hdrs = self._send_headers if headers is None else {**self._send_headers, **headers}
+        transport = self._transport
+        if transport is not None:
+            return await self._send(
+                transport, method, url, hdrs, params, json, data, timeout, tokens, parse
+            )
+        if self._closed:
+            raise RuntimeError(_CLOSED_MSG.format(name=type(self).__name__))
+        transport = self._make_transport()
+        try:
+            return await self._send(
+                transport, method, url, hdrs, params, json, data, timeout, tokens, parse
+            )
+        finally:
+            await transport.aclose()
+
+    async def request_raw(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        data: Any = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        tokens: float | None = None,
+    ) -> Response:
+        """Send a request; return the whole :class:`~headway.http.Response`.
+
+        A status >= 400 raises the matching :mod:`headway.errors` class (see
+        :mod:`headway.http.mapping`).
+
+        Args:
+            method: ``"GET"``, ``"POST"``, ...
+            path: appended to ``base_url`` (or an absolute URL).
+            params: query parameters.
+            json: a JSON body.
+            data: a raw body (bytes/str) or form fields.
+            headers: extra headers for this call.
+            timeout: this call's connect/read timeout, instead of the client's.
+            tokens: tokens to reserve on the policy's limiter; by default estimated
+                from ``json``.
+        """
+        return await self._request(
+            method, path, params, json, data, headers, timeout, tokens, False
+        )
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        data: Any = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        tokens: float | None = None,
+    ) -> Any:
+        """Send a request; return its parsed body.
+
+        Returns the parsed JSON for a JSON content type, the text for any other, and
+        ``None`` for 204 No Content or an empty body. Arguments as :meth:`request_raw`.
+
+        Raises:
+            APIClientError: and subclasses, as :mod:`headway.http.mapping` maps statuses.
+            InvalidResponseError: the content type says JSON but the body is not.
+            APIConnectionError: the server could not be reached.
+            APITimeoutError: connecting or reading took longer than the timeout.
+        """
+        resp = await self._request(method, path, params, json, data, headers, timeout, tokens, True)
+        return resp.parsed()
+
+    async def get(self, path: str, **kwargs: Any) -> Any:
+        """``request("GET", path, ...)``: ``await client.get("/x", params={"k": "v"})``."""
+        return await self.request("GET", path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> Any:
+        """``request("POST", path, ...)``."""
+        return await self.request("POST", path, **kwargs)
+
+    async def put(self, path: str, **kwargs: Any) -> Any:
+        """``request("PUT", path, ...)``."""
+        return await self.request("PUT", path, **kwargs)
+
+    async def patch(self, path: str, **kwargs: Any) -> Any:
+        """``request("PATCH", path, ...)``."""
+        return await self.request("PATCH", path, **kwargs)
+
+    async def delete(self, path: str, **kwargs: Any) -> Any:
+        """``request("DELETE", path, ...)``."""
+        return await self.request("DELETE", path, **kwargs)
+
+    # -- streaming ----------------------------------------------------------------------
+    def stream(
+        self,
+        method: str,
+        path: str,
+        *,
+        mode: StreamMode = "events",
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        data: Any = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        tokens: float | None = None,
+    ) -> EventStream[Any]:
+        """Stream a response.
+
+        ``mode`` picks what is yielded:
+
+        * ``"bytes"``: raw chunks as they arrive;
+        * ``"lines"``: decoded lines (CR, LF or CRLF);
+        * ``"events"``: :class:`~headway.http.ServerSentEvent` objects, ending at
+          ``data: [DONE]``; an ``error`` event raises :class:`~headway.errors.StreamError`;
+        * ``"json"``: each SSE event's data parsed as JSON (same ending and errors; a
+          payload with an ``error`` member also raises);
+        * ``"ndjson"``: one parsed JSON document per line (Ollama's native streaming).
+
+        With a policy, opening the stream (up to the response headers) is retried,
+        limited and guarded; once items flow, a broken stream raises
+        :class:`~headway.errors.StreamError` and is not retried (it may have had effects).
+        The concurrency slot is held only while opening.
+        """
+        return EventStream(
+            self._stream(method, path, mode, params, json, data, headers, timeout, tokens)
+        )
+
+    async def _open_stream(
+        self,
+        transport: Transport,
+        attempt: _Attempt,
+        tokens: float | None,
+    ) -> tuple[StreamResponse, Any]:
+        policy = self.policy
+        if policy is None:
+            return await _open_checked(attempt, None), None
+        if tokens is None:
+            method_ = self.token_estimator
+            json = attempt.json
+            tokens = (
+                estimate_tokens(json, method=method_)
+                if method_ is not None and isinstance(json, Mapping)
+                else 0.0
+            )
+        stream_attempt = _StreamAttempt(attempt)
+        resp = await policy.run(stream_attempt, requests=1.0, tokens=tokens)
+        return resp, stream_attempt.reservation
+
+    async def _stream(
+        self,
+        method: str,
+        path: str,
+        mode: StreamMode,
+        params: Mapping[str, Any] | None,
+        json: Any,
+        data: Any,
+        headers: Mapping[str, str] | None,
+        timeout: float | None,
+        tokens: float | None,
+    ) -> AsyncIterator[Any]:
+        url = self._url(path)
+        hdrs = self._send_headers if headers is None else {**self._send_headers, **headers}
+        transport = self._transport
+        temp: Transport | None = None
+        if transport is None:
+            if self._closed:
+                raise RuntimeError(_CLOSED_MSG.format(name=type(self).__name__))
+            transport = temp = self._make_transport()
+        try:
+            attempt = _Attempt(transport, method, url, hdrs, params, json, data, timeout, False)
+            resp, reservation = await self._open_stream(transport, attempt, tokens)
+            try:
+                used: int | None = None
+                async for item in _iterate(resp, mode):
+                    if reservation is not None and mode in ("json", "ndjson"):
+                        n = usage_tokens(item)
+                        if n is not None:
+                            used = n
+                    yield item
+                if used is not None and reservation is not None and reservation.tokens:
+                    reservation.settle(used)
+            finally:
+                await resp.aclose()
+        finally:
+            if temp is not None:
+                await temp.aclose()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(base_url={redact_url(self.base_url)!r}, "
+            f"timeout={self.timeout!r}, headers={mask_headers(self.headers)!r}, "
+            f"policy={self.policy!r})"
+        )
+
+
+def _policy_concurrency(policy: Any) -> int | None:
+    """The policy's concurrency limit, to size the connection pool to it."""
+    conc = getattr(policy, "concurrency", None)
+    if isinstance(conc, int):
+        return conc
+    limit = getattr(conc, "max_limit", None) or getattr(conc, "limit", None)
+    return limit if isinstance(limit, int) else None
+
+
+async def _iterate(resp: StreamResponse, mode: StreamMode) -> AsyncIterator[Any]:
+    """Frame a streamed body as ``mode`` says."""
+    if mode == "bytes":
+        async for chunk in resp.aiter_bytes():
+            yield chunk
+        return
+    if mode == "lines":
+        lines = LineDecoder()
+        async for chunk in resp.aiter_bytes():
+            for line in lines.feed(chunk):
+                yield line.decode("utf-8", "replace")
+        for line in lines.flush():
+            yield line.decode("utf-8", "replace")
+        return
+    if mode == "ndjson":
+        nd = NDJSONDecoder()
+        try:
+            async for chunk in resp.aiter_bytes():
+                for doc in nd.feed(chunk):
+                    if _is_error_payload(doc):
+                        raise _stream_error(doc, resp, "error")
+                    yield doc
+            for doc in nd.flush():
+                if _is_error_payload(doc):
+                    raise _stream_error(doc, resp, "error")
+                yield doc
+        except _json.JSONDecodeError as exc:
+            raise InvalidResponseError(
+                f"a streamed line is not JSON ({exc})",
+                status_code=resp.status,
+                headers=resp.headers,
+                method=resp.method,
+                url=resp.url,
+            ) from None
+        return
+    sse = SSEDecoder()
+    as_json = mode == "json"
+    async for chunk in resp.aiter_bytes():
+        for event in sse.feed(chunk):
+            if event.data == DONE:
+                return
+            item = _event_item(event, resp, as_json)
+            if item is not None:
+                yield item
+    for event in sse.flush():
+        if event.data == DONE:
+            return
+        item = _event_item(event, resp, as_json)
+        if item is not None:
+            yield item
+
+
+def _event_item(event: Any, resp: StreamResponse, as_json: bool) -> Any:
+    if event.event == "error":
+        try:
+            payload: Any = _json.loads(event.data)
+        except ValueError:
+            payload = event.data
+        raise _stream_error(payload, resp, event.data or "error")
+    if not as_json:
+        return event
+    if not event.data:
+        return None
+    try:
+        payload = _json.loads(event.data)
+    except ValueError:
+        raise InvalidResponseError(
+            f"a streamed event is not JSON: {event.data[:200]!r}",
+            status_code=resp.status,
+            headers=resp.headers,
+            method=resp.method,
+            url=resp.url,
+        ) from None
+    if _is_error_payload(payload):
+        raise _stream_error(payload, resp, "error")
+    return payload

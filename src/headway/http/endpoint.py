@@ -1,0 +1,273 @@
+"""Endpoint: one configured API endpoint, called through a shared pooled client and policy.
+
+Example::
+
+    config = EndpointConfig(name="chat", provider="openai",
+                            base_url="https://api.openai.com/v1", endpoint="chat/completions",
+                            api_key_env="OPENAI_API_KEY", rpm=500, tpm=200_000,
+                            defaults={"model": "gpt-4o-mini"})
+    async with Endpoint(config) as ep:
+        reply = await ep.call({"messages": [{"role": "user", "content": "Hi"}]})
+        async for chunk in ep.stream({"messages": [...]}):
+            ...
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+from pydantic import BaseModel
+
+from headway._clock import Clock
+from headway._resources import track as _track
+from headway._resources import untrack as _untrack
+from headway.http.client import AsyncAPIClient, PolicyLike, StreamMode
+from headway.http.config import EndpointConfig
+from headway.http.transport import Transport
+
+__all__ = ["Endpoint", "default_policy"]
+
+logger = logging.getLogger("headway")
+
+
+def default_policy(config: EndpointConfig, *, clock: Clock | None = None) -> PolicyLike | None:
+    """The :class:`headway.Policy` an endpoint gets when none is passed.
+
+    Retries ``config.max_retries`` times (SDK-style: 408/409/429/5xx, connection errors and
+    timeouts; a 429's Retry-After pauses every caller), limits requests and tokens per
+    minute (``rpm``, ``tpm``) and caps concurrency (``concurrency``).
+    """
+    import importlib
+
+    try:
+        policy_cls: Any = importlib.import_module("headway.resilience.policy").Policy
+        retry_cls: Any = importlib.import_module("headway.resilience.retry").RetryPolicy
+    except (ImportError, AttributeError):  # pragma: no cover - the core ships with headway
+        return None
+    limiter: Any = None
+    if config.rpm is not None or config.tpm is not None:
+        limits: Any = importlib.import_module("headway.limits")
+        limiter = limits.MultiLimiter.for_llm(rpm=config.rpm, tpm=config.tpm, clock=clock)
+    retry: Any = retry_cls(max_retries=config.max_retries, clock=clock)
+    policy: PolicyLike = policy_cls(
+        retry=retry,
+        limiter=limiter,
+        concurrency=config.concurrency,
+        clock=clock,
+        name=config.name,
+    )
+    return policy
+
+
+def _payload(request: Mapping[str, Any] | BaseModel | None, defaults: dict[str, Any]) -> Any:
+    if request is None:
+        body: dict[str, Any] = {}
+    elif isinstance(request, BaseModel):
+        body = request.model_dump(exclude_none=True)
+    else:
+        body = dict(request)
+    if defaults:
+        body = {**defaults, **body}
+    return body
+
+
+class Endpoint:
+    """Call one endpoint as its :class:`EndpointConfig` says.
+
+    Args:
+        config: the endpoint's configuration (or a dict of its fields).
+        policy: the resilience policy; by default :func:`default_policy` builds one from
+            the config (retries, rpm/tpm limits, concurrency). It is shared by every call
+            and kept across ``async with`` blocks, so limits hold over the endpoint's life.
+        transport: a transport to use (never closed by the endpoint).
+        clock: the clock of the default policy.
+
+    ``endpoint.client`` is ``None`` until ``async with`` opens it and again after it
+    closes; inside, one pooled client serves every concurrent call. Outside a context,
+    each :meth:`call` opens a client, uses it and closes it.
+    """
+
+    def __init__(
+        self,
+        config: EndpointConfig | Mapping[str, Any],
+        *,
+        policy: PolicyLike | None = None,
+        transport: Transport | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if not isinstance(config, EndpointConfig):
+            config = EndpointConfig.model_validate(dict(config))
+        self.config = config
+        self.policy = policy if policy is not None else default_policy(config, clock=clock)
+        self._transport = transport
+        self.client: AsyncAPIClient | None = None
+        self._client_transport: Transport | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def _new_client(self) -> tuple[AsyncAPIClient, Transport | None]:
+        cfg = self.config
+        owned: Transport | None = None
+        transport: Transport | str = self._transport or cfg.transport
+        headers = cfg.headers()
+        if self._transport is None and cfg.transport_type == "sdk":
+            from headway.http.sdk import OpenAISDKTransport
+
+            owned = OpenAISDKTransport(
+                api_key=cfg.resolve_api_key(),
+                base_url=cfg.base_url,
+                timeout=cfg.timeout,
+                default_headers=cfg.default_headers,
+            )
+            transport = owned
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        client = AsyncAPIClient(
+            cfg.base_url,
+            timeout=cfg.timeout,
+            headers=headers,
+            auth_type="none",
+            transport=transport,  # type: ignore[arg-type]
+            policy=self.policy,
+            max_connections=cfg.concurrency,
+            token_estimator=cfg.token_estimator,
+            name=cfg.name,
+        )
+        return client, owned
+
+    async def __aenter__(self) -> Self:
+        if self.client is None:
+            client, owned = self._new_client()
+            try:
+                await client.__aenter__()
+            except BaseException:
+                if owned is not None:
+                    await owned.aclose()
+                raise
+            self.client, self._client_transport = client, owned
+            _track(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pooled client. Idempotent; never raises for a failed close (logs it)."""
+        client, owned = self.client, self._client_transport
+        self.client = None
+        self._client_transport = None
+        try:
+            if client is not None:
+                await client.aclose()
+            if owned is not None:
+                await owned.aclose()
+        except Exception:
+            logger.warning("closing endpoint %r failed", self.config.name, exc_info=True)
+        finally:
+            _untrack(self)
+
+    # -- calls --------------------------------------------------------------------------
+    async def call(
+        self,
+        request: Mapping[str, Any] | BaseModel | None = None,
+        *,
+        endpoint_params: dict[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        tokens: float | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send ``request`` (merged over ``config.defaults``); return the parsed response.
+
+        For a ``GET`` endpoint the payload goes in the query string.
+        """
+        cfg = self.config
+        body = _payload(request, cfg.defaults)
+        path = cfg.path(endpoint_params)
+        json: Any = body
+        if cfg.method == "GET":
+            params = {**body, **(params or {})}
+            json = None
+        client = self.client
+        if client is not None:
+            return await client.request(
+                cfg.method,
+                path,
+                params=params,
+                json=json,
+                headers=headers,
+                timeout=timeout,
+                tokens=tokens,
+            )
+        client, owned = self._new_client()
+        try:
+            async with client:
+                return await client.request(
+                    cfg.method,
+                    path,
+                    params=params,
+                    json=json,
+                    headers=headers,
+                    timeout=timeout,
+                    tokens=tokens,
+                )
+        finally:
+            if owned is not None:
+                await owned.aclose()
+
+    async def stream(
+        self,
+        request: Mapping[str, Any] | BaseModel | None = None,
+        *,
+        endpoint_params: dict[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        tokens: float | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Any]:
+        """Stream ``request``; yield each parsed chunk (SSE data or NDJSON lines).
+
+        Sets ``"stream": true`` in the payload unless it is set. The stream ends at
+        ``[DONE]`` or when the server closes it; an error event raises
+        :class:`~headway.errors.StreamError`.
+        """
+        cfg = self.config
+        body = _payload(request, cfg.defaults)
+        body.setdefault("stream", True)
+        path = cfg.path(endpoint_params)
+        mode: StreamMode = "ndjson" if cfg.stream_format == "ndjson" else "json"
+        client = self.client
+        owned: Transport | None = None
+        temp = client is None
+        if client is None:
+            client, owned = self._new_client()
+            await client.__aenter__()
+        try:
+            async with client.stream(
+                cfg.method,
+                path,
+                mode=mode,
+                params=params,
+                json=body,
+                headers=headers,
+                timeout=timeout,
+                tokens=tokens,
+            ) as items:
+                async for item in items:
+                    yield item
+        finally:
+            if temp:
+                await client.aclose()
+            if owned is not None:
+                await owned.aclose()
+
+    def __repr__(self) -> str:
+        state = "open" if self.client is not None else "closed"
+        url = f"{self.config.base_url}/{self.config.endpoint}"
+        return f"Endpoint(name={self.config.name!r}, url={url!r}, {state})"

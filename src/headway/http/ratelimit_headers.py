@@ -1,0 +1,362 @@
+"""Read a server's rate-limit and retry headers.
+
+Three families of limit headers are understood:
+
+* OpenAI (and Groq, OpenRouter, most OpenAI-compatible servers):
+  ``x-ratelimit-{limit,remaining,reset}-{requests,tokens}``, resets as Go durations
+  (``6m0s``, ``1.5s``, ``12ms``).
+* Anthropic: ``anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-{limit,
+  remaining,reset}``, resets as RFC 3339 timestamps.
+* IETF (draft-ietf-httpapi-ratelimit-headers): ``RateLimit: "p";r=50;t=30`` with
+  ``RateLimit-Policy: "p";q=100;w=60``, the older ``RateLimit: limit=100, remaining=50,
+  reset=30`` and the separate ``RateLimit-Limit`` / ``-Remaining`` / ``-Reset`` fields.
+
+Retry delays come from ``retry-after-ms`` (milliseconds), ``Retry-After`` in seconds or
+as an HTTP-date; header names are case-insensitive.
+
+>>> parse_go_duration("6m0s"), parse_go_duration("12ms"), parse_go_duration("1h2m3.5s")
+(360.0, 0.012, 3723.5)
+>>> parse_retry_after({"Retry-After-Ms": "250"})
+0.25
+>>> info = parse_rate_limit_headers({
+...     "x-ratelimit-limit-requests": "500", "x-ratelimit-remaining-requests": "499",
+...     "x-ratelimit-reset-requests": "120ms"})
+>>> info.requests
+LimitState(limit=500.0, remaining=499.0, reset_after=0.12)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+__all__ = [
+    "LimitState",
+    "RateLimitInfo",
+    "parse_go_duration",
+    "parse_rate_limit_headers",
+    "parse_retry_after",
+    "sync_limiter",
+]
+
+_GO_UNITS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "μs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+}
+_GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
+
+
+def parse_go_duration(text: str) -> float | None:
+    """Parse a Go duration (``"6m0s"``, ``"1.5s"``, ``"20ms"``) or bare seconds into seconds.
+
+    Returns ``None`` when ``text`` is not a duration.
+
+    >>> parse_go_duration("2m30s"), parse_go_duration("0.5"), parse_go_duration("soon")
+    (150.0, 0.5, None)
+    """
+    s = text.strip()
+    if not s:
+        return None
+    try:
+        return max(0.0, float(s))
+    except ValueError:
+        pass
+    sign = 1.0
+    if s[0] in "+-":
+        sign = -1.0 if s[0] == "-" else 1.0
+        s = s[1:]
+    total = 0.0
+    pos = 0
+    for match in _GO_PART.finditer(s):
+        if match.start() != pos:
+            return None
+        total += float(match.group(1)) * _GO_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(s) or pos == 0:
+        return None
+    return max(0.0, sign * total)
+
+
+def _wall_now(headers: Mapping[str, str] | None) -> datetime:
+    """The server's idea of now (its ``Date`` header) or, failing that, ours."""
+    if headers is not None:
+        date = headers.get("date") or headers.get("Date")
+        if date:
+            try:
+                parsed = parsedate_to_datetime(date)
+            except (TypeError, ValueError):
+                parsed = None
+            if parsed is not None:
+                return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return datetime.now(UTC)
+
+
+def _seconds_until(when: datetime, headers: Mapping[str, str] | None) -> float:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - _wall_now(headers)).total_seconds())
+
+
+def _parse_rfc3339(text: str) -> datetime | None:
+    s = text.strip()
+    if s.endswith(("Z", "z")):
+        s = s[:-1] + "+00:00"
+    try:
+        return datetime.fromisoformat(s)
+    except ValueError:
+        return None
+
+
+def _get(headers: Mapping[str, str], name: str) -> str | None:
+    """Case-insensitive header lookup that works on plain dicts too."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lname = name.lower()
+    for key, val in headers.items():
+        if key.lower() == lname:
+            return val
+    return None
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds the server asks to wait: ``retry-after-ms``, then ``Retry-After``.
+
+    ``Retry-After`` may be seconds or an HTTP-date (measured against the response's
+    ``Date`` header when present, so clock skew does not matter). Names are
+    case-insensitive; an unreadable value gives ``None``.
+
+    >>> parse_retry_after({"retry-after": "3"})
+    3.0
+    >>> parse_retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:05 GMT",
+    ...                    "Date": "Wed, 21 Oct 2015 07:28:00 GMT"})
+    5.0
+    >>> parse_retry_after({}) is None
+    True
+    """
+    if not headers:
+        return None
+    ms = _get(headers, "retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = _get(headers, "retry-after")
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return _seconds_until(when, headers)
+
+
+@dataclass(slots=True, frozen=True)
+class LimitState:
+    """One limit as the server reports it.
+
+    Attributes:
+        limit: the window's capacity, if given.
+        remaining: what is left in the current window, if given.
+        reset_after: seconds until the window is refilled, if given.
+    """
+
+    limit: float | None = None
+    remaining: float | None = None
+    reset_after: float | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class RateLimitInfo:
+    """The server's view of the caller's limits, by unit (``requests`` and ``tokens``).
+
+    Anthropic's separate input/output token limits are kept in ``extra``; its combined
+    ``tokens`` limit (or, failing that, the input-token limit) fills ``tokens``.
+    """
+
+    requests: LimitState | None = None
+    tokens: LimitState | None = None
+    extra: Mapping[str, LimitState] | None = None
+
+    def units(self) -> dict[str, LimitState]:
+        """The known limits as ``{unit: state}``."""
+        out: dict[str, LimitState] = {}
+        if self.requests is not None:
+            out["requests"] = self.requests
+        if self.tokens is not None:
+            out["tokens"] = self.tokens
+        return out
+
+
+def _num(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value.strip())
+    except ValueError:
+        return None
+
+
+def _state(limit: float | None, remaining: float | None, reset: float | None) -> LimitState | None:
+    if limit is None and remaining is None and reset is None:
+        return None
+    return LimitState(limit, remaining, reset)
+
+
+def _openai(headers: Mapping[str, str], unit: str) -> LimitState | None:
+    reset = headers.get(f"x-ratelimit-reset-{unit}")
+    return _state(
+        _num(headers.get(f"x-ratelimit-limit-{unit}")),
+        _num(headers.get(f"x-ratelimit-remaining-{unit}")),
+        None if reset is None else parse_go_duration(reset),
+    )
+
+
+def _anthropic(headers: Mapping[str, str], unit: str) -> LimitState | None:
+    reset_text = headers.get(f"anthropic-ratelimit-{unit}-reset")
+    reset: float | None = None
+    if reset_text is not None:
+        when = _parse_rfc3339(reset_text)
+        reset = _seconds_until(when, headers) if when is not None else _num(reset_text)
+    return _state(
+        _num(headers.get(f"anthropic-ratelimit-{unit}-limit")),
+        _num(headers.get(f"anthropic-ratelimit-{unit}-remaining")),
+        reset,
+    )
+
+
+def _sf_params(member: str) -> tuple[str, dict[str, str]]:
+    """Split one structured-field list member ``"name";k=v;k2=v2`` into name and params."""
+    parts = [p.strip() for p in member.split(";")]
+    name = parts[0].strip('"')
+    params: dict[str, str] = {}
+    for part in parts[1:]:
+        key, _, val = part.partition("=")
+        params[key.strip().lower()] = val.strip().strip('"')
+    return name, params
+
+
+def _ietf(headers: Mapping[str, str]) -> dict[str, LimitState]:
+    out: dict[str, LimitState] = {}
+    field = headers.get("ratelimit")
+    policy = headers.get("ratelimit-policy")
+    if field is not None and ("remaining=" in field or "limit=" in field):
+        # draft 03-06: RateLimit: limit=100, remaining=50, reset=30
+        kv: dict[str, str] = {}
+        for part in re.split(r"[,;]", field):
+            key, _, val = part.partition("=")
+            kv[key.strip().lower()] = val.strip()
+        state = _state(_num(kv.get("limit")), _num(kv.get("remaining")), _num(kv.get("reset")))
+        if state is not None:
+            out["requests"] = state
+        return out
+    if field is not None:
+        # draft 07+: RateLimit: "name";r=50;t=30  RateLimit-Policy: "name";q=100;w=60
+        policies: dict[str, dict[str, str]] = {}
+        if policy:
+            for member in policy.split(","):
+                name, params = _sf_params(member)
+                policies[name] = params
+        for member in field.split(","):
+            name, params = _sf_params(member)
+            pol = policies.get(name, {})
+            unit = (pol.get("qu") or params.get("qu") or "requests").lower()
+            unit = "tokens" if "token" in unit else "requests"
+            if unit in out:
+                continue
+            state = _state(_num(pol.get("q")), _num(params.get("r")), _num(params.get("t")))
+            if state is not None:
+                out[unit] = state
+        return out
+    limit = headers.get("ratelimit-limit") or headers.get("x-ratelimit-limit")
+    remaining = headers.get("ratelimit-remaining") or headers.get("x-ratelimit-remaining")
+    reset = headers.get("ratelimit-reset") or headers.get("x-ratelimit-reset")
+    if limit is not None:
+        limit = limit.split(",")[0].split(";")[0]
+    reset_s = _num(reset)
+    if reset_s is not None and reset_s > 1e9:  # an epoch timestamp (GitHub style)
+        reset_s = _seconds_until(datetime.fromtimestamp(reset_s, UTC), headers)
+    state = _state(_num(limit), _num(remaining), reset_s)
+    if state is not None:
+        out["requests"] = state
+    return out
+
+
+def parse_rate_limit_headers(headers: Mapping[str, str] | None) -> RateLimitInfo | None:
+    """The limits a response reports, or ``None`` when it reports none.
+
+    ``headers`` should be case-insensitive (aiohttp's and httpx's are); a plain ``dict``
+    must use lower-case names.
+
+    >>> info = parse_rate_limit_headers({"ratelimit": '"default";r=7;t=30',
+    ...                                  "ratelimit-policy": '"default";q=10;w=60'})
+    >>> info.requests
+    LimitState(limit=10.0, remaining=7.0, reset_after=30.0)
+    """
+    if not headers:
+        return None
+    if (
+        headers.get("x-ratelimit-remaining-requests") is not None
+        or headers.get("x-ratelimit-remaining-tokens") is not None
+    ):
+        return RateLimitInfo(_openai(headers, "requests"), _openai(headers, "tokens"))
+    if (
+        headers.get("anthropic-ratelimit-requests-remaining") is not None
+        or headers.get("anthropic-ratelimit-tokens-remaining") is not None
+        or headers.get("anthropic-ratelimit-input-tokens-remaining") is not None
+    ):
+        extra: dict[str, LimitState] = {}
+        for unit in ("input-tokens", "output-tokens"):
+            state = _anthropic(headers, unit)
+            if state is not None:
+                extra[unit] = state
+        tokens = _anthropic(headers, "tokens") or extra.get("input-tokens")
+        return RateLimitInfo(_anthropic(headers, "requests"), tokens, extra or None)
+    if (
+        headers.get("ratelimit") is not None
+        or headers.get("ratelimit-remaining") is not None
+        or headers.get("x-ratelimit-remaining") is not None
+    ):
+        units = _ietf(headers)
+        if units:
+            return RateLimitInfo(units.get("requests"), units.get("tokens"))
+    return None
+
+
+def sync_limiter(limiter: Any, info: RateLimitInfo) -> None:
+    """Bring ``limiter`` in step with what the server reported.
+
+    ``limiter`` is a :class:`~headway.limits.MultiLimiter`-like object
+    (``sync(unit, remaining, reset_after, limit)``) or a single bucket with a ``unit``
+    attribute (``sync(remaining, reset_after, limit)``); units it does not hold are
+    skipped.
+    """
+    sync = getattr(limiter, "sync", None)
+    if sync is None:
+        return
+    unit_of = getattr(limiter, "unit", None)
+    for unit, state in info.units().items():
+        if state.remaining is None:
+            continue
+        if isinstance(unit_of, str):
+            if unit_of == unit:
+                sync(state.remaining, state.reset_after, state.limit)
+        else:
+            sync(unit, state.remaining, state.reset_after, state.limit)

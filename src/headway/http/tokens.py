@@ -1,0 +1,179 @@
+"""Estimate an LLM request's tokens before sending it, and read what it really used.
+
+A request is reserved on a tokens-per-minute limit for its prompt (estimated) plus the
+completion it may produce (``max_tokens``, ``max_completion_tokens`` or
+``max_output_tokens``, times ``n``); the response's ``usage`` then settles the
+reservation. The prompt estimate is a fast character heuristic (about four characters
+per token, plus a few tokens per message) or, with ``method="tiktoken"`` (or ``"auto"``
+when the ``tiktoken`` package and its encoding are available), an exact count.
+
+>>> estimate_tokens({"messages": [{"role": "user", "content": "Hello there!"}],
+...                  "max_tokens": 100}, method="heuristic")
+110
+>>> usage_tokens({"usage": {"prompt_tokens": 9, "completion_tokens": 12, "total_tokens": 21}})
+21
+>>> usage_tokens({"usage": {"input_tokens": 5, "output_tokens": 7}})
+12
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+__all__ = ["TokenMethod", "completion_budget", "estimate_tokens", "usage_tokens"]
+
+TokenMethod = Literal["auto", "heuristic", "tiktoken"]
+
+#: Characters per token in the heuristic (OpenAI's rule of thumb for English).
+CHARS_PER_TOKEN = 4
+#: Overhead tokens per chat message (role, separators), and per request (priming).
+PER_MESSAGE = 4
+PER_REQUEST = 3
+
+_TEXT_KEYS = ("messages", "input", "prompt", "system", "instructions", "tools", "query", "text")
+_BUDGET_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "num_predict")
+
+_encoding: Any = None
+_encoding_failed = False
+
+
+def _tiktoken_encoding() -> Any:
+    """The cl100k encoding, loaded once; ``None`` when tiktoken or its data is missing."""
+    global _encoding, _encoding_failed
+    if _encoding is not None or _encoding_failed:
+        return _encoding
+    try:
+        import tiktoken
+
+        _encoding = tiktoken.get_encoding("cl100k_base")
+    except Exception:  # not installed, or its encoding cannot be fetched (offline)
+        _encoding_failed = True
+    return _encoding
+
+
+def _count_text(value: Any, counter: Any) -> tuple[int, int]:
+    """(tokens, messages) in the text of ``value``: strings, lists, message dicts."""
+    if isinstance(value, str):
+        return counter(value), 0
+    tokens = 0
+    messages = 0
+    if isinstance(value, Mapping):
+        if "role" in value:
+            messages += 1
+        for key, item in value.items():
+            if key in ("image_url", "image", "images", "source", "file"):
+                tokens += 85  # a low-detail image; exact costs vary by model
+            elif isinstance(item, str | list | Mapping) and key not in ("type", "role", "id"):
+                t, m = _count_text(item, counter)
+                tokens += t
+                messages += m
+    elif isinstance(value, list | tuple):
+        for item in value:
+            t, m = _count_text(item, counter)
+            tokens += t
+            messages += m
+    return tokens, messages
+
+
+def _heuristic(text: str) -> int:
+    return -(-len(text) // CHARS_PER_TOKEN)
+
+
+def completion_budget(payload: Mapping[str, Any], default: int = 0) -> int:
+    """The most tokens the response may hold: ``max_tokens`` (or kin) times ``n``.
+
+    >>> completion_budget({"max_completion_tokens": 50, "n": 2})
+    100
+    """
+    budget: Any = None
+    for key in _BUDGET_KEYS:
+        budget = payload.get(key)
+        if budget is not None:
+            break
+    if budget is None:
+        options = payload.get("options")
+        if isinstance(options, Mapping):
+            budget = options.get("num_predict")
+    if not isinstance(budget, int | float) or budget < 0:
+        budget = default
+    n = payload.get("n")
+    if isinstance(n, int) and n > 1:
+        budget *= n
+    return int(budget)
+
+
+def estimate_tokens(
+    payload: Mapping[str, Any] | None,
+    *,
+    method: TokenMethod = "auto",
+    default_completion: int = 0,
+) -> int:
+    """Tokens to reserve for ``payload``: estimated prompt plus completion budget.
+
+    Args:
+        payload: the JSON body of a chat, completion, responses or embeddings request.
+        method: ``"heuristic"`` (fast, about 4 characters per token), ``"tiktoken"``
+            (exact for OpenAI models; falls back to the heuristic when unavailable) or
+            ``"auto"`` (tiktoken if it loads, else the heuristic). Note that tiktoken
+            fetches its encoding over the network the first time.
+        default_completion: tokens to reserve for the completion when the payload sets
+            no ``max_tokens``.
+    """
+    if not payload:
+        return 0
+    counter = _heuristic
+    if method != "heuristic":
+        enc = _tiktoken_encoding()
+        if enc is not None:
+            encode = enc.encode_ordinary
+
+            def counter(text: str) -> int:
+                return len(encode(text))
+
+    tokens = 0
+    messages = 0
+    for key in _TEXT_KEYS:
+        value = payload.get(key)
+        if value is not None:
+            t, m = _count_text(value, counter)
+            tokens += t
+            messages += m
+    prompt = tokens + messages * PER_MESSAGE + (PER_REQUEST if messages else 0)
+    return prompt + completion_budget(payload, default_completion)
+
+
+def usage_tokens(body: Any) -> int | None:
+    """Tokens a response says it used (``usage``), or ``None`` when it does not say.
+
+    Understands OpenAI (``total_tokens``; ``prompt_tokens`` + ``completion_tokens``),
+    Anthropic and the Responses API (``input_tokens`` + ``output_tokens``) and Ollama's
+    native ``prompt_eval_count`` + ``eval_count``.
+    """
+    if not isinstance(body, Mapping):
+        return None
+    usage = body.get("usage")
+    if isinstance(usage, Mapping):
+        total = usage.get("total_tokens")
+        if isinstance(total, int | float):
+            return int(total)
+        count = 0
+        found = False
+        for key in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens"):
+            value = usage.get(key)
+            if isinstance(value, int | float):
+                count += int(value)
+                found = True
+        for key in ("cache_creation_input_tokens", "cache_read_input_tokens"):
+            value = usage.get(key)
+            if isinstance(value, int | float):
+                count += int(value)
+        return count if found else None
+    if "eval_count" in body or "prompt_eval_count" in body:
+        count = 0
+        for key in ("prompt_eval_count", "eval_count"):
+            with contextlib.suppress(TypeError, ValueError):
+                count += int(body.get(key) or 0)
+        return count
+    return None

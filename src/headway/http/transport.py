@@ -1,0 +1,545 @@
+"""Transports: the one place bytes meet the network.
+
+A :class:`Transport` sends one request and returns a :class:`Response` (or opens a
+:class:`StreamResponse`), turning network failures into
+:class:`~headway.errors.APIConnectionError` and :class:`~headway.errors.APITimeoutError`.
+It never interprets status codes; :class:`~headway.http.AsyncAPIClient` does.
+
+Two implementations ship:
+
+* :class:`AiohttpTransport` (the default): the fastest asyncio client measured
+  (``benchmarks/http_throughput.py``). Its pitfalls are handled: the connector's limit is
+  sized by the caller (aiohttp's default of 100 connections silently caps concurrency),
+  the timeout is a connect + per-read timeout rather than a total one (so a long stream
+  survives as long as bytes keep coming), and streamed bodies are read as raw chunks
+  (no line-length limit).
+* :class:`HttpxTransport` (``pip install 'headway[httpx]'``), for code standardised on
+  httpx; much slower under concurrency (encode/httpx#3215).
+"""
+
+from __future__ import annotations
+
+import json as _json
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from headway._secrets import redact_url
+from headway.errors import (
+    APIConnectionError,
+    APITimeoutError,
+    InvalidResponseError,
+    StreamError,
+)
+
+if TYPE_CHECKING:
+    import aiohttp
+    import httpx
+
+__all__ = [
+    "AiohttpTransport",
+    "HttpxTransport",
+    "Response",
+    "StreamResponse",
+    "Transport",
+]
+
+Params = Mapping[str, Any] | None
+
+
+class Response:
+    """A complete HTTP response.
+
+    Attributes:
+        status: the status code.
+        headers: case-insensitive headers.
+        content: the raw body.
+        method: the request method.
+        url: the request URL (as sent; redacted in ``repr``).
+    """
+
+    __slots__ = ("_json", "content", "headers", "method", "status", "url")
+
+    _MISSING: Any = object()
+
+    def __init__(
+        self, status: int, headers: Mapping[str, str], content: bytes, method: str, url: str
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.content = content
+        self.method = method
+        self.url = url
+        self._json: Any = Response._MISSING
+
+    @property
+    def text(self) -> str:
+        """The body decoded as UTF-8 (undecodable bytes replaced)."""
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body parsed as JSON (cached).
+
+        Raises:
+            InvalidResponseError: the body is not JSON.
+        """
+        value = self._json
+        if value is Response._MISSING:
+            try:
+                value = _json.loads(self.content)
+            except ValueError as exc:
+                raise InvalidResponseError(
+                    f"the response body is not valid JSON ({exc})",
+                    status_code=self.status,
+                    headers=self.headers,
+                    body=self.content[:2048],
+                    method=self.method,
+                    url=self.url,
+                ) from None
+            self._json = value
+        return value
+
+    def parsed(self) -> Any:
+        """JSON when the content type says JSON, text otherwise, ``None`` when empty/204."""
+        if self.status == 204 or not self.content:
+            return None
+        ctype = self.headers.get("Content-Type") or ""
+        if "json" in ctype:
+            return self.json()
+        return self.text
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.method} {redact_url(self.url)}>"
+
+
+class StreamResponse(Protocol):
+    """An open streamed response; read it with :meth:`aiter_bytes`, then :meth:`aclose`."""
+
+    status: int
+    headers: Mapping[str, str]
+    method: str
+    url: str
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body's chunks as they arrive."""
+        ...
+
+    async def aread(self) -> bytes:
+        """The whole (rest of the) body."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the connection (idempotent)."""
+        ...
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """Sends requests; maps network failures to headway errors; knows no status codes."""
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Params = None,
+        json: Any = None,
+        data: Any = None,
+        timeout: float | None = None,
+    ) -> Response:
+        """Send one request and read its whole body."""
+        ...
+
+    async def open_stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Params = None,
+        json: Any = None,
+        data: Any = None,
+        timeout: float | None = None,
+    ) -> StreamResponse:
+        """Send one request and return as soon as the headers are in."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close what the transport opened (idempotent)."""
+        ...
+
+
+def _timeout_error(method: str, url: str, exc: BaseException) -> APITimeoutError:
+    detail = str(exc) or type(exc).__name__
+    return APITimeoutError(f"Request timed out: {detail}", method=method, url=url)
+
+
+def _connection_error(method: str, url: str, exc: BaseException) -> APIConnectionError:
+    detail = str(exc) or type(exc).__name__
+    return APIConnectionError(f"Connection error: {detail}", method=method, url=url)
+
+
+class _AiohttpStream:
+    __slots__ = ("_resp", "headers", "method", "status", "url")
+
+    def __init__(self, resp: aiohttp.ClientResponse, method: str, url: str) -> None:
+        self._resp = resp
+        self.status = resp.status
+        self.headers: Mapping[str, str] = resp.headers
+        self.method = method
+        self.url = url
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        import aiohttp
+
+        content = self._resp.content
+        try:
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    return
+                yield chunk
+        except TimeoutError as exc:
+            raise _timeout_error(self.method, self.url, exc) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise StreamError(
+                f"the stream broke off: {exc or type(exc).__name__}",
+                status_code=self.status,
+                headers=self.headers,
+                method=self.method,
+                url=self.url,
+            ) from exc
+
+    async def aread(self) -> bytes:
+        import aiohttp
+
+        try:
+            return await self._resp.read()
+        except TimeoutError as exc:
+            raise _timeout_error(self.method, self.url, exc) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _connection_error(self.method, self.url, exc) from exc
+
+    async def aclose(self) -> None:
+        resp = self._resp
+        if resp.content.at_eof():
+            resp.release()
+        else:
+            resp.close()
+
+
+class AiohttpTransport:
+    """The default transport, on one pooled :class:`aiohttp.ClientSession`.
+
+    Args:
+        session: use this session (never closed by the transport); by default one is
+            created on first use and closed by :meth:`aclose`.
+        max_connections: the connector's limit; ``0`` or ``None`` for no limit. Size it
+            to the concurrency you allow (aiohttp's own default of 100 silently caps it).
+        timeout: seconds allowed to connect and for each read (not for the whole
+            response, so long streams survive); ``None`` for no timeout.
+        connect_timeout: seconds to connect, when different from ``timeout``.
+        trust_env: honour ``HTTP(S)_PROXY`` and ``.netrc`` (aiohttp's option).
+    """
+
+    def __init__(
+        self,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        max_connections: int | None = None,
+        timeout: float | None = 10.0,
+        connect_timeout: float | None = None,
+        trust_env: bool = False,
+    ) -> None:
+        self._session = session
+        self._owns = session is None
+        self.max_connections = max_connections or 0
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout if connect_timeout is not None else timeout
+        self.trust_env = trust_env
+        self._timeouts: dict[float | None, Any] = {}
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
+    def _client_timeout(self, timeout: float | None) -> aiohttp.ClientTimeout:
+        cached = self._timeouts.get(timeout)
+        if cached is None:
+            import aiohttp
+
+            connect = timeout if self.connect_timeout is None else self.connect_timeout
+            if timeout is not None and connect is not None:
+                connect = min(connect, timeout)
+            cached = aiohttp.ClientTimeout(total=None, connect=connect, sock_read=timeout)
+            self._timeouts[timeout] = cached
+        return cached
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        session = self._session
+        if session is None:
+            if self._closed:
+                raise RuntimeError("the transport is closed")
+            import aiohttp
+
+            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0)
+            session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._client_timeout(self.timeout),
+                trust_env=self.trust_env,
+            )
+            self._session = session
+        return session
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Params = None,
+        json: Any = None,
+        data: Any = None,
+        timeout: float | None = None,
+    ) -> Response:
+        import aiohttp
+
+        session = self._session or self._get_session()
+        try:
+            if timeout is None:
+                cm = session.request(
+                    method, url, headers=headers, params=params, json=json, data=data
+                )
+            else:
+                cm = session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    params=params,
+                    json=json,
+                    data=data,
+                    timeout=self._client_timeout(timeout),
+                )
+            async with cm as resp:
+                content = await resp.read()
+                return Response(resp.status, resp.headers, content, method, url)
+        except TimeoutError as exc:
+            raise _timeout_error(method, url, exc) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _connection_error(method, url, exc) from exc
+
+    async def open_stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Params = None,
+        json: Any = None,
+        data: Any = None,
+        timeout: float | None = None,
+    ) -> StreamResponse:
+        import aiohttp
+
+        session = self._session or self._get_session()
+        try:
+            resp = await session.request(
+                method,
+                url,
+                headers=headers,
+                params=params,
+                json=json,
+                data=data,
+                timeout=self._client_timeout(self.timeout if timeout is None else timeout),
+            )
+        except TimeoutError as exc:
+            raise _timeout_error(method, url, exc) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise _connection_error(method, url, exc) from exc
+        return _AiohttpStream(resp, method, url)
+
+    async def aclose(self) -> None:
+        """Close the session if the transport created it (idempotent)."""
+        self._closed = True
+        session = self._session
+        if session is not None and self._owns:
+            self._session = None
+            await session.close()
+
+    def __repr__(self) -> str:
+        return f"AiohttpTransport(max_connections={self.max_connections}, timeout={self.timeout})"
+
+
+class _HttpxStream:
+    __slots__ = ("_resp", "headers", "method", "status", "url")
+
+    def __init__(self, resp: httpx.Response, method: str, url: str) -> None:
+        self._resp = resp
+        self.status = resp.status_code
+        self.headers: Mapping[str, str] = resp.headers
+        self.method = method
+        self.url = url
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        import httpx
+
+        try:
+            async for chunk in self._resp.aiter_bytes():
+                yield chunk
+        except httpx.TimeoutException as exc:
+            raise _timeout_error(self.method, self.url, exc) from exc
+        except httpx.TransportError as exc:
+            raise StreamError(
+                f"the stream broke off: {exc or type(exc).__name__}",
+                status_code=self.status,
+                headers=self.headers,
+                method=self.method,
+                url=self.url,
+            ) from exc
+
+    async def aread(self) -> bytes:
+        import httpx
+
+        try:
+            return await self._resp.aread()
+        except httpx.TimeoutException as exc:
+            raise _timeout_error(self.method, self.url, exc) from exc
+        except httpx.TransportError as exc:
+            raise _connection_error(self.method, self.url, exc) from exc
+
+    async def aclose(self) -> None:
+        await self._resp.aclose()
+
+
+class HttpxTransport:
+    """A transport on :class:`httpx.AsyncClient` (``pip install 'headway[httpx]'``).
+
+    Same arguments as :class:`AiohttpTransport`; ``client`` is an ``httpx.AsyncClient``
+    to use (never closed by the transport).
+    """
+
+    def __init__(
+        self,
+        *,
+        client: httpx.AsyncClient | None = None,
+        max_connections: int | None = None,
+        timeout: float | None = 10.0,
+        connect_timeout: float | None = None,
+        trust_env: bool = False,
+    ) -> None:
+        try:
+            import httpx
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError("HttpxTransport needs httpx: pip install 'headway[httpx]'") from exc
+        self._owns = client is None
+        if client is None:
+            limits = httpx.Limits(
+                max_connections=max_connections or None,
+                max_keepalive_connections=max_connections or None,
+            )
+            client = httpx.AsyncClient(
+                limits=limits,
+                timeout=httpx.Timeout(
+                    timeout,
+                    connect=connect_timeout if connect_timeout is not None else timeout,
+                    pool=None,
+                ),
+                trust_env=trust_env,
+            )
+        self._client = client
+        self.timeout = timeout
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
+    def _build(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        params: Params,
+        json: Any,
+        data: Any,
+        timeout: float | None,
+    ) -> httpx.Request:
+        import httpx
+
+        content = data if isinstance(data, bytes | str) else None
+        form = None if content is not None else data
+        extensions = None
+        if timeout is not None:
+            extensions = {"timeout": httpx.Timeout(timeout).as_dict()}
+        return self._client.build_request(
+            method,
+            url,
+            headers=headers,
+            params=params,
+            json=json,
+            content=content,
+            data=form,
+            extensions=extensions,
+        )
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Params = None,
+        json: Any = None,
+        data: Any = None,
+        timeout: float | None = None,
+    ) -> Response:
+        import httpx
+
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        request = self._build(method, url, headers, params, json, data, timeout)
+        try:
+            resp = await self._client.send(request)
+        except httpx.TimeoutException as exc:
+            raise _timeout_error(method, url, exc) from exc
+        except httpx.TransportError as exc:
+            raise _connection_error(method, url, exc) from exc
+        return Response(resp.status_code, resp.headers, resp.content, method, url)
+
+    async def open_stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: Mapping[str, str] | None = None,
+        params: Params = None,
+        json: Any = None,
+        data: Any = None,
+        timeout: float | None = None,
+    ) -> StreamResponse:
+        import httpx
+
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        request = self._build(method, url, headers, params, json, data, timeout)
+        try:
+            resp = await self._client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise _timeout_error(method, url, exc) from exc
+        except httpx.TransportError as exc:
+            raise _connection_error(method, url, exc) from exc
+        return _HttpxStream(resp, method, url)
+
+    async def aclose(self) -> None:
+        """Close the client if the transport created it (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns:
+            await self._client.aclose()
+
+    def __repr__(self) -> str:
+        return f"HttpxTransport(timeout={self.timeout})"

@@ -1,0 +1,125 @@
+"""SSE, NDJSON and line framing over arbitrary chunking."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from headway.http import LineDecoder, NDJSONDecoder, ServerSentEvent, SSEDecoder
+
+
+def feed_all(decoder: SSEDecoder, chunks: list[bytes]) -> list[ServerSentEvent]:
+    out: list[ServerSentEvent] = []
+    for chunk in chunks:
+        out.extend(decoder.feed(chunk))
+    out.extend(decoder.flush())
+    return out
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    chunks, start = [], 0
+    for p in points:
+        chunks.append(data[start:p])
+        start = p
+    chunks.append(data[start:])
+    return chunks
+
+
+@pytest.mark.parametrize("eol", [b"\n", b"\r", b"\r\n"])
+def test_sse_line_endings(eol: bytes) -> None:
+    raw = eol.join([b"event: a", b"id: 7", b"retry: 1500", b"data: x", b"data: y", b"", b""])
+    events = feed_all(SSEDecoder(), [raw])
+    assert events == [ServerSentEvent("a", "x\ny", "7", 1500)]
+
+
+def test_sse_comments_fields_and_defaults() -> None:
+    raw = (
+        b"\xef\xbb\xbf: keep-alive\n\ndata\n\ndata:no-space\nunknown: z\n\n"
+        b"id: bad\x00id\nretry: soon\ndata: q\n\nevent: only\n\n"
+    )
+    events = feed_all(SSEDecoder(), [raw])
+    assert [(e.event, e.data, e.id, e.retry) for e in events] == [
+        ("message", "", None, None),
+        ("message", "no-space", None, None),
+        ("message", "q", None, None),
+    ]
+
+
+def test_sse_event_json_and_flush_of_unterminated_event() -> None:
+    dec = SSEDecoder()
+    assert dec.feed(b'data: {"a": 1}') == []
+    [event] = dec.flush()
+    assert event.json() == {"a": 1}
+
+
+def test_sse_one_mebibyte_event_in_small_chunks() -> None:
+    payload = json.dumps({"text": "x" * (1 << 20)}).encode()
+    raw = b"data: " + payload + b"\n\n"
+    dec = SSEDecoder()
+    events: list[ServerSentEvent] = []
+    for i in range(0, len(raw), 1000):
+        events.extend(dec.feed(raw[i : i + 1000]))
+    assert len(events) == 1
+    assert len(events[0].json()["text"]) == 1 << 20
+
+
+def test_crlf_split_between_chunks_is_one_line_end() -> None:
+    dec = LineDecoder()
+    assert dec.feed(b"a\r") == [b"a"]
+    assert dec.feed(b"\n") == []
+    assert dec.feed(b"\nb") == [b""]
+    assert dec.flush() == [b"b"]
+    assert dec.flush() == []
+    assert dec.feed(b"") == []
+
+
+lines_st = st.lists(st.text(alphabet=st.characters(blacklist_characters="\r\n"), max_size=20))
+
+
+@given(
+    lines=lines_st, eol=st.sampled_from(["\n", "\r", "\r\n"]), cuts=st.lists(st.integers(0, 10_000))
+)
+def test_line_decoder_is_independent_of_chunking(
+    lines: list[str], eol: str, cuts: list[int]
+) -> None:
+    data = "".join(line + eol for line in lines).encode()
+    dec = LineDecoder()
+    got: list[bytes] = []
+    for chunk in split(data, cuts):
+        got.extend(dec.feed(chunk))
+    got.extend(dec.flush())
+    assert got == [line.encode() for line in lines]
+
+
+@given(
+    datas=st.lists(
+        st.text(
+            alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=["Cs"]),
+            max_size=30,
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    cuts=st.lists(st.integers(0, 10_000), max_size=8),
+)
+def test_sse_is_independent_of_chunking(datas: list[str], cuts: list[int]) -> None:
+    raw = "".join(f"data: {d}\r\n\r\n" for d in datas).encode()
+    events = feed_all(SSEDecoder(), split(raw, cuts))
+    assert [e.data for e in events] == datas
+
+
+def test_ndjson_decoder() -> None:
+    dec = NDJSONDecoder()
+    assert dec.feed(b'{"a": 1}\n\n{"b"') == [{"a": 1}]
+    assert dec.feed(b": 2}\r\n[1") == [{"b": 2}]
+    with pytest.raises(json.JSONDecodeError):
+        dec.flush()
+    dec2 = NDJSONDecoder()
+    dec2.feed(b"[1, 2]")
+    assert dec2.flush() == [[1, 2]]
+    with pytest.raises(json.JSONDecodeError):
+        NDJSONDecoder().feed(b"nope\n")
