@@ -467,7 +467,7 @@ def check_exactly_once(input_path: Path, output_path: Path) -> tuple[int, list[s
     "--requests",
     "n_requests",
     type=click.IntRange(min=1),
-    default=1000,
+    default=600,
     show_default=True,
     help="How many chat requests to run.",
 )
@@ -603,7 +603,8 @@ def demo_chaos() -> Any:
             "server_error": 0.05,
             "server_error_statuses": (503,),
             "reset": 0.01,
-            "retry_after": 0.2,
+            "retry_after": 0.1,
+            "retry_after_style": "ms",
         }
     )
 

@@ -24,10 +24,10 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from headway._clock import Clock
+from headway._clock import Clock, resolve_clock
 from headway.batch.jobs import ANTHROPIC_URL, DEFAULT_URL, BatchRequest
 from headway.batch.runner import Response, Sender, note_retry
-from headway.errors import ConfigurationError
+from headway.errors import CircuitBreakerOpenError, ConfigurationError
 from headway.events import RETRY_SCHEDULED, Event
 
 __all__ = [
@@ -160,6 +160,8 @@ class SenderSettings:
     base_delay: float = 0.5
     max_delay: float = 30.0
     burst: float | None = None
+    breaker_recovery: float = 5.0
+    max_breaker_wait: float = 600.0
 
 
 def _on_event(event: Event) -> None:
@@ -171,6 +173,7 @@ def _on_event(event: Event) -> None:
 def build_policy(settings: SenderSettings, *, clock: Clock | None = None) -> Any:
     """The :class:`~headway.resilience.policy.Policy` for ``settings``."""
     from headway.limits.multi import MultiLimiter
+    from headway.resilience.breaker import CircuitBreaker
     from headway.resilience.policy import Policy
     from headway.resilience.retry import RetryPolicy
 
@@ -191,9 +194,21 @@ def build_policy(settings: SenderSettings, *, clock: Clock | None = None) -> Any
         name="batch",
         listeners=(_on_event,),
     )
+    # A breaker by failure ratio: when most calls fail, stop calling for a while (the
+    # sender waits for it to close instead of failing the rest of the batch).
+    breaker = CircuitBreaker(
+        failure_threshold=1_000_000,
+        recovery_time=settings.breaker_recovery,
+        failure_rate_threshold=0.5,
+        window=30.0,
+        minimum_calls=max(20, settings.concurrency),
+        clock=clock,
+        name="batch",
+    )
     return Policy(
         retry=retry,
         limiter=limiter,
+        breaker=breaker,
         concurrency=settings.concurrency,
         attempt_timeout=settings.timeout,
         clock=clock,
@@ -202,15 +217,27 @@ def build_policy(settings: SenderSettings, *, clock: Clock | None = None) -> Any
 
 
 class _ClientSender:
-    __slots__ = ("client", "target")
+    __slots__ = ("client", "clock", "max_breaker_wait")
 
-    def __init__(self, client: Any, target: Target) -> None:
+    def __init__(self, client: Any, clock: Clock, max_breaker_wait: float) -> None:
         self.client = client
-        self.target = target
+        self.clock = clock
+        self.max_breaker_wait = max_breaker_wait
 
     async def __call__(self, request: BatchRequest) -> Response:
-        resp = await self.client.request_raw(request.method, request.url, json=request.body)
-        return Response(resp.status, resp.parsed(), resp.headers)
+        waited = 0.0
+        while True:
+            try:
+                resp = await self.client.request_raw(request.method, request.url, json=request.body)
+            except CircuitBreakerOpenError as exc:
+                # Nothing was sent: wait for the breaker instead of failing the request.
+                if waited >= self.max_breaker_wait:
+                    raise
+                delay = max(exc.retry_after, 0.25)
+                waited += delay
+                await self.clock.sleep(delay)
+                continue
+            return Response(resp.status, resp.parsed(), resp.headers)
 
 
 @asynccontextmanager
@@ -232,4 +259,4 @@ async def open_sender(
         name="headway-batch",
     )
     async with client:
-        yield _ClientSender(client, target)
+        yield _ClientSender(client, resolve_clock(clock), settings.max_breaker_wait)
