@@ -126,6 +126,7 @@ class _Attempt:
             if info is not None:
                 sync_limiter(limiter, info)
         if resp.status >= 400:
+            _refund_tokens(ctx.reservation)
             raise error_for_status(resp.status, resp.headers, resp.content, self.method, self.url)
         if self.parse:
             resp.parsed()  # a garbled body fails this attempt (and is retried)
@@ -137,6 +138,12 @@ class _Attempt:
         return resp
 
 
+def _refund_tokens(reservation: Any) -> None:
+    """An error answer generated no tokens: give the attempt's token estimate back."""
+    if reservation is not None and reservation.tokens:
+        reservation.settle(0)
+
+
 class _StreamAttempt:
     __slots__ = ("call", "reservation")
 
@@ -145,13 +152,11 @@ class _StreamAttempt:
         self.reservation: Any = None
 
     async def __call__(self, ctx: Any) -> StreamResponse:
-        c = self.call
-        resp = await _open_checked(c, ctx.limiter)
         self.reservation = ctx.reservation
-        return resp
+        return await _open_checked(self.call, ctx.limiter, ctx.reservation)
 
 
-async def _open_checked(c: _Attempt, limiter: Any) -> StreamResponse:
+async def _open_checked(c: _Attempt, limiter: Any, reservation: Any) -> StreamResponse:
     resp = await c.transport.open_stream(
         c.method,
         c.url,
@@ -167,6 +172,7 @@ async def _open_checked(c: _Attempt, limiter: Any) -> StreamResponse:
             if info is not None:
                 sync_limiter(limiter, info)
         if resp.status >= 400:
+            _refund_tokens(reservation)
             content = await resp.aread()
             raise error_for_status(resp.status, resp.headers, content, c.method, c.url)
     except BaseException:
@@ -547,7 +553,7 @@ class AsyncAPIClient:
     ) -> tuple[StreamResponse, Any]:
         policy = self.policy
         if policy is None:
-            return await _open_checked(attempt, None), None
+            return await _open_checked(attempt, None, None), None
         if tokens is None:
             method_ = self.token_estimator
             json = attempt.json
