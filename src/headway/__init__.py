@@ -30,6 +30,14 @@ from headway.errors import (
 from headway.events import Event, add_listener, remove_listener
 
 # --- limits (begin) ---
+from headway.limits import (
+    KeyedLimiter,
+    Limiter,
+    MultiLimiter,
+    Reservation,
+    TokenBucketRateLimiter,
+)
+
 # --- limits (end) ---
 # --- concurrency + breaker (begin) ---
 # --- concurrency + breaker (end) ---
@@ -73,6 +81,11 @@ __all__ = [
     "is_retryable",
     "remove_listener",
     # --- limits __all__ (begin) ---
+    "KeyedLimiter",
+    "Limiter",
+    "MultiLimiter",
+    "Reservation",
+    "TokenBucketRateLimiter",
     # --- limits __all__ (end) ---
     # --- concurrency + breaker __all__ (begin) ---
     # --- concurrency + breaker __all__ (end) ---
