@@ -1,0 +1,230 @@
+"""Backend-neutral pieces: limit specs, sharding, the backend protocols."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from headway.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from headway._clock import Clock
+
+__all__ = [
+    "Backend",
+    "BreakerStateStore",
+    "Limit",
+    "limits_of",
+    "Shard",
+    "llm_limits",
+    "shard_of",
+]
+
+
+@pydantic_dataclass(frozen=True)
+class Limit:
+    """One rate limit: ``rate`` units per ``period`` seconds, bursts up to ``burst``.
+
+    ``unit`` says what a reservation is charged with: ``"requests"`` (one per call) or
+    ``"tokens"`` (the call's token estimate, settled later with the actual use).
+
+    >>> Limit(100, 60, burst=10, unit="tokens")
+    Limit(rate=100.0, period=60.0, burst=10.0, unit='tokens')
+    >>> Limit(0)
+    Traceback (most recent call last):
+    ...
+    pydantic_core._pydantic_core.ValidationError: 1 validation error for Limit
+    ...
+    """
+
+    rate: float = Field(gt=0)
+    period: float = Field(default=1.0, gt=0)
+    burst: float | None = Field(default=None, gt=0)
+    unit: Literal["requests", "tokens"] = "requests"
+
+    @property
+    def capacity(self) -> float:
+        """The most units ever available at once (``burst``, else ``rate``)."""
+        return float(self.rate if self.burst is None else self.burst)
+
+    @property
+    def per_second(self) -> float:
+        """The sustained rate in units per second."""
+        return self.rate / self.period
+
+
+def llm_limits(
+    *,
+    rpm: float | None = None,
+    tpm: float | None = None,
+    rpd: float | None = None,
+    tpd: float | None = None,
+    rps: float | None = None,
+    burst: float | None = None,
+) -> tuple[Limit, ...]:
+    """The limits an LLM provider states: requests/tokens per minute and per day.
+
+    ``burst`` caps the shortest requests limit (``rps`` if given, else ``rpm``).
+
+    >>> llm_limits(rps=10, burst=2)
+    (Limit(rate=10.0, period=1.0, burst=2.0, unit='requests'),)
+    """
+    out: list[Limit] = []
+    if rps is not None:
+        out.append(Limit(rps, 1.0, burst=burst))
+    if rpm is not None:
+        out.append(Limit(rpm, 60.0, burst=burst if rps is None else None))
+    if tpm is not None:
+        out.append(Limit(tpm, 60.0, unit="tokens"))
+    if rpd is not None:
+        out.append(Limit(rpd, 86_400.0))
+    if tpd is not None:
+        out.append(Limit(tpd, 86_400.0, unit="tokens"))
+    if not out:
+        raise ConfigurationError("give at least one limit: rps, rpm, tpm, rpd or tpd")
+    return tuple(out)
+
+
+def limits_of(limiter: Any) -> tuple[Limit, ...]:
+    """The :class:`Limit` list of an in-memory limiter (a ``MultiLimiter`` or a bucket).
+
+    Reads ``limiters`` (or the object itself) for ``rate``, ``period``, ``max_tokens`` and
+    ``unit``; used by :meth:`RedisBackend.share`.
+    """
+    buckets = getattr(limiter, "limiters", None) or (limiter,)
+    out = []
+    for b in buckets:
+        try:
+            out.append(
+                Limit(
+                    float(b.rate),
+                    float(b.period),
+                    burst=float(b.max_tokens),
+                    unit=getattr(b, "unit", "requests"),
+                )
+            )
+        except AttributeError as exc:
+            raise ConfigurationError(
+                f"{limiter!r} is not a limiter: expected rate, period and max_tokens"
+            ) from exc
+    return tuple(out)
+
+
+def shard_of(key: str, n: int) -> int:
+    """The shard (``0 .. n-1``) that owns ``key``: a stable hash, the same on every machine.
+
+    Uses BLAKE2b (not Python's ``hash``, which changes per process), so N workers
+    started anywhere agree on who sends which line.
+
+    >>> shard_of("line-1", 1)
+    0
+    >>> sorted({shard_of(f"id-{i}", 3) for i in range(100)})
+    [0, 1, 2]
+    """
+    if n < 1:
+        raise ConfigurationError(f"the number of shards must be at least 1, not {n}")
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % n
+
+
+_SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+@pydantic_dataclass(frozen=True)
+class Shard:
+    """Worker ``index`` (1-based, as written on a command line) of ``count`` workers.
+
+    >>> s = Shard.parse("2/4")
+    >>> s.index, s.count, s.owns("abc") == (shard_of("abc", 4) == 1)
+    (2, 4, True)
+    >>> Shard.parse("5/4")
+    Traceback (most recent call last):
+    ...
+    headway.errors.ConfigurationError: shard '5/4': K must be between 1 and N (write K/N, e.g. 1/4)
+    """
+
+    index: int = Field(ge=1)
+    count: int = Field(ge=1)
+
+    def __post_init__(self) -> None:
+        if self.index > self.count:
+            raise ConfigurationError(f"shard {self.index}/{self.count}: K must be at most N")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """Read ``"K/N"`` (1 <= K <= N), the form of ``headway run --shard K/N``."""
+        m = _SHARD_RE.match(text)
+        if m is None or not 1 <= int(m.group(1)) <= int(m.group(2)):
+            raise ConfigurationError(
+                f"shard {text!r}: K must be between 1 and N (write K/N, e.g. 1/4)"
+            )
+        return cls(int(m.group(1)), int(m.group(2)))
+
+    def owns(self, key: str) -> bool:
+        """Whether this worker sends the line with this ``custom_id``."""
+        return shard_of(key, self.count) == self.index - 1
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+class BreakerStateStore(Protocol):
+    """Shared circuit state, as a circuit breaker consults it (see :class:`RedisBreakerState`).
+
+    Reads are from a local view kept fresh in the background; writes apply locally at
+    once and reach the other workers within one round trip.
+    """
+
+    def open_for(self) -> float | None:
+        """Seconds the circuit stays open cluster-wide (``<= 0``: trial time); None: closed."""
+        ...
+
+    def publish_open(self, recovery_time: float) -> None:
+        """This worker opened the circuit: open it for everyone for ``recovery_time`` s."""
+        ...
+
+    def publish_closed(self) -> None:
+        """A trial call succeeded: close the circuit for everyone."""
+        ...
+
+    def try_trial(self) -> bool:
+        """Take a cluster-wide half-open trial permit (False: all are taken)."""
+        ...
+
+    def release_trial(self) -> None:
+        """Give back a trial permit taken by :meth:`try_trial` (cancelled or excluded)."""
+        ...
+
+
+class Backend(Protocol):
+    """Where limiters and breakers keep their state (memory or Redis)."""
+
+    def limiter(
+        self,
+        name: str,
+        *,
+        limits: Iterable[Limit] = (),
+        rpm: float | None = None,
+        tpm: float | None = None,
+        rpd: float | None = None,
+        tpd: float | None = None,
+        rps: float | None = None,
+        burst: float | None = None,
+        max_wait: float | None = None,
+        clock: Clock | None = None,
+    ) -> Any:
+        """The limiter called ``name``: the same object for the same name (a shared limit)."""
+        ...
+
+    def breaker_state(self, name: str, *, half_open_max_calls: int = 1) -> BreakerStateStore:
+        """The circuit state called ``name`` that breakers of that name share."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the backend opened (idempotent)."""
+        ...

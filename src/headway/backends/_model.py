@@ -1,0 +1,169 @@
+"""The reservation rule of the Redis script, in Python.
+
+:data:`headway.backends._scripts.RESERVE` and :func:`reserve` are twins, step for step:
+the test-suite runs both on the same inputs and compares. :class:`LocalBuckets` uses it
+to keep limits in process when Redis is unreachable (``on_backend_error="local"``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from headway._clock import Clock
+
+__all__ = ["Bucket", "LocalBuckets", "reserve"]
+
+
+@dataclass(slots=True)
+class Bucket:
+    """One limit's state: ``level`` units are available at time ``start``.
+
+    ``start`` may lie in the future (a pause): nothing refills before it.
+    """
+
+    rate: float  # units per time unit
+    capacity: float
+    level: float | None = None  # None: never used, full
+    start: float = 0.0
+    shift: float = 0.0  # total length of the pauses so far
+
+
+def reserve(
+    buckets: Sequence[Bucket],
+    now: float,
+    amounts: Sequence[float],
+    *,
+    adjusts: Sequence[float] | None = None,
+    level_caps: Sequence[float | None] | None = None,
+    cancels: Sequence[tuple[float, Sequence[float]]] = (),
+    pause: float = 0.0,
+    max_wait: float | None = None,
+) -> tuple[bool, float]:
+    """Reserve ``amounts[i]`` from ``buckets[i]`` for every i, all or nothing.
+
+    Returns ``(admitted, wait)``: the wait (same time unit as ``now``) before the caller
+    may proceed. When ``max_wait`` is exceeded nothing is reserved (``admitted`` is
+    false), though ``adjusts``, ``level_caps``, ``cancels`` and ``pause`` still apply.
+
+    ``cancels`` are cancelled reservations ``(admission time, amounts)``, latest first:
+    each limit gets a cancelled amount back only if that reservation is last in its
+    queue or nobody waits any more (no newcomer may take the slot of a waiter still
+    queued).
+
+    >>> b = [Bucket(rate=1.0, capacity=2.0)]
+    >>> reserve(b, 0.0, [2.0]), reserve(b, 0.0, [1.0]), reserve(b, 0.0, [1.0])
+    ((True, 0.0), (True, 1.0), (True, 2.0))
+    >>> reserve(b, 0.0, [1.0], max_wait=2.5)
+    (False, 3.0)
+    """
+    levels: list[float] = []
+    starts: list[float] = []
+    shifts: list[float] = []
+    wait = 0.0
+    for i, b in enumerate(buckets):
+        level = b.capacity if b.level is None else b.level
+        t = now if b.level is None else b.start
+        if now > t:
+            level = min(b.capacity, level + (now - t) * b.rate)
+            t = now
+        if adjusts is not None:
+            level = min(b.capacity, level + adjusts[i])
+        if level_caps is not None:
+            level_cap = level_caps[i]
+            if level_cap is not None:
+                level = min(level, level_cap)
+        for at, back in cancels:
+            tail = t + (-level / b.rate if level < 0 else 0.0)
+            if back[i] > 0 and (at >= tail - 1e-6 or tail <= now):
+                level = min(b.capacity, level + back[i])
+        shift = b.shift
+        if pause > 0 and now + pause > t:
+            shift += now + pause - t
+            t = now + pause
+            level = min(level, 0.0)
+        shifts.append(shift)
+        w = t - now
+        if level < amounts[i]:
+            w += (amounts[i] - level) / b.rate
+        wait = max(wait, w)
+        levels.append(level)
+        starts.append(t)
+    ok = not (max_wait is not None and max_wait >= 0 and wait > max_wait)
+    at = now + wait
+    project = ok and any(x > 0 for x in amounts)
+    for i, b in enumerate(buckets):
+        level, t = levels[i], starts[i]
+        if project:
+            # every limit is used when the caller is admitted, not before: project each
+            # bucket to the admission time (a limit with a shorter queue waits too)
+            if at > t:
+                level = min(b.capacity, level + (at - t) * b.rate)
+                t = at
+            level -= amounts[i]
+        b.level = level
+        b.start = t
+        b.shift = shifts[i]
+    return ok, wait
+
+
+class LocalBuckets:
+    """Several limits in this process, with the Redis script's rule, on a :class:`Clock`.
+
+    Used as the fallback while Redis is unreachable. Times are the clock's seconds.
+
+    >>> from headway import ManualClock
+    >>> local = LocalBuckets([(10.0, 5.0)], clock=ManualClock())
+    >>> local.reserve([5.0]), local.reserve([1.0])
+    ((True, 0.0), (True, 0.1))
+    """
+
+    __slots__ = ("buckets", "clock")
+
+    def __init__(self, limits: Sequence[tuple[float, float]], *, clock: Clock) -> None:
+        """``limits``: ``(rate per second, capacity)`` for each limit."""
+        self.buckets = [Bucket(rate=r, capacity=c) for r, c in limits]
+        self.clock = clock
+
+    def reserve(
+        self,
+        amounts: Sequence[float],
+        *,
+        max_wait: float | None = None,
+        pause: float = 0.0,
+        level_caps: Sequence[float | None] | None = None,
+    ) -> tuple[bool, float]:
+        """Reserve now; see :func:`reserve`."""
+        return reserve(
+            self.buckets,
+            self.clock.now(),
+            amounts,
+            level_caps=level_caps,
+            pause=pause,
+            max_wait=max_wait,
+        )
+
+    def adjust(self, deltas: Sequence[float]) -> None:
+        """Give back (> 0) or take more (< 0) of each limit, never above capacity."""
+        reserve(self.buckets, self.clock.now(), [0.0] * len(self.buckets), adjusts=deltas)
+
+    def cancel(self, at: float, amounts: Sequence[float]) -> None:
+        """Give back a cancelled reservation admitted at ``at``, where it is last in line."""
+        reserve(self.buckets, self.clock.now(), [0.0] * len(self.buckets), cancels=[(at, amounts)])
+
+    def level(self, i: int) -> float:
+        """The level of limit ``i`` now (may be negative: debt)."""
+        b = self.buckets[i]
+        if b.level is None:
+            return b.capacity
+        now = self.clock.now()
+        if now > b.start:
+            return min(b.capacity, b.level + (now - b.start) * b.rate)
+        return b.level - (b.start - now) * b.rate  # a future start is debt now
+
+
+def ttl_ms(bucket: Bucket, now: float) -> int:
+    """How long (ms) Redis keeps a bucket: until it would be full again, plus a second."""
+    level = bucket.capacity if bucket.level is None else bucket.level
+    return math.ceil((bucket.start - now) + (bucket.capacity - level) / bucket.rate) + 1000

@@ -1,0 +1,209 @@
+"""Lua scripts run by :mod:`headway.backends.redis`, one round trip each, atomic in Redis.
+
+Time is the Redis server's ``TIME`` (milliseconds, fractional), so the clocks of the
+workers never matter. Only the test-suite passes an explicit ``now`` (``ARGV[6]``) to
+compare the script step by step with :mod:`headway.backends._model`, its Python twin.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BREAKER_OPEN", "BREAKER_READ", "BREAKER_RELEASE", "BREAKER_TRIAL", "RESERVE"]
+
+#: Reserve ``amount`` from every limit at once, all or nothing.
+#:
+#: Each bucket is a hash ``{l: level, t: ms, s: total pause shift ms}``: ``level``
+#: units are available at server time ``t``. ``t`` may lie in the future: a pause
+#: shifts it, and nothing refills before it. A reservation takes its units at once, the
+#: level may go negative (debt), and the caller waits until the level would be back at
+#: zero. Every limit is charged at the admission time (the latest of the limits'
+#: queues), so the bucket moves to that time: later callers always wait at least as
+#: long as earlier ones (FIFO whatever the weights, so large requests are never
+#: starved), and no window of length ``T`` admits more than ``capacity + rate * T``.
+#:
+#: KEYS[1..n]  bucket hashes;  KEYS[n+1]  presence sorted set (live workers)
+#: ARGV[1] n;  ARGV[2] max_wait ms (negative: wait as long as needed);
+#: ARGV[3] pause ms (every bucket restarts empty at now + pause, its waiters shifted
+#: by the pause's length; 0: none);
+#: ARGV[4] worker id;  ARGV[5] presence window ms;  ARGV[6] now ms ('' = server TIME);
+#: then for each limit i, 5 values: rate per ms, capacity, amount,
+#: adjust (refund > 0 / charge < 0, applied first), level cap ('' = none; from ``sync``);
+#: then m, the number of cancelled reservations, and for each (latest first) its
+#: admission time ms and its n amounts: given back to a limit only where the
+#: cancelled reservation is last in that limit's queue or nobody waits any more (else a
+#: newcomer would take the slot of a waiter still queued: a window over the limit).
+#: Returns {admitted 1/0, wait ms, live workers, total pause shift ms, now ms}.
+RESERVE = """
+local n = tonumber(ARGV[1])
+local max_wait = tonumber(ARGV[2])
+local pause = tonumber(ARGV[3])
+local now
+if ARGV[6] ~= '' then
+  now = tonumber(ARGV[6])
+else
+  local tm = redis.call('TIME')
+  now = tonumber(tm[1]) * 1000 + tonumber(tm[2]) / 1000
+end
+local levels, starts, amounts, rates, caps, shifts = {}, {}, {}, {}, {}, {}
+local wait = 0
+local shift = 0
+for i = 1, n do
+  local b = 6 + (i - 1) * 5
+  local rate = tonumber(ARGV[b + 1])
+  local cap = tonumber(ARGV[b + 2])
+  local amount = tonumber(ARGV[b + 3])
+  local adjust = tonumber(ARGV[b + 4])
+  local st = redis.call('HMGET', KEYS[i], 'l', 't', 's')
+  local level = tonumber(st[1])
+  local t = tonumber(st[2])
+  local s = tonumber(st[3]) or 0
+  if level == nil or t == nil then
+    level = cap
+    t = now
+  end
+  if now > t then
+    level = math.min(cap, level + (now - t) * rate)
+    t = now
+  end
+  level = math.min(cap, level + adjust)
+  if ARGV[b + 5] ~= '' then
+    level = math.min(level, tonumber(ARGV[b + 5]))
+  end
+  local m = tonumber(ARGV[7 + n * 5])
+  for j = 1, m do
+    local c = 7 + n * 5 + (j - 1) * (n + 1)
+    local back = tonumber(ARGV[c + 1 + i])
+    local tail = t
+    if level < 0 then
+      tail = t + (-level) / rate
+    end
+    if back > 0 and (tonumber(ARGV[c + 1]) >= tail - 0.001 or tail <= now) then
+      level = math.min(cap, level + back)
+    end
+  end
+  if pause > 0 and now + pause > t then
+    s = s + (now + pause - t)
+    t = now + pause
+    if level > 0 then
+      level = 0
+    end
+  end
+  if s > shift then
+    shift = s
+  end
+  shifts[i] = s
+  local w = t - now
+  if level < amount then
+    w = w + (amount - level) / rate
+  end
+  if w > wait then
+    wait = w
+  end
+  levels[i] = level
+  starts[i] = t
+  amounts[i] = amount
+  rates[i] = rate
+  caps[i] = cap
+end
+local ok = 1
+if max_wait >= 0 and wait > max_wait then
+  ok = 0
+end
+local at = now + wait
+local project = false
+for i = 1, n do
+  if ok == 1 and amounts[i] > 0 then
+    project = true
+  end
+end
+for i = 1, n do
+  local level = levels[i]
+  local t = starts[i]
+  if project then
+    -- every limit is used at admission, not before: project each bucket to then
+    if at > t then
+      level = math.min(caps[i], level + (at - t) * rates[i])
+      t = at
+    end
+    level = level - amounts[i]
+  end
+  redis.call('HSET', KEYS[i], 'l', string.format('%.17g', level), 't',
+    string.format('%.17g', t), 's', string.format('%.17g', shifts[i]))
+  local ttl = (t - now) + (caps[i] - level) / rates[i]
+  redis.call('PEXPIRE', KEYS[i], math.ceil(ttl) + 1000)
+end
+local window = tonumber(ARGV[5])
+local pkey = KEYS[n + 1]
+redis.call('ZADD', pkey, now, ARGV[4])
+redis.call('ZREMRANGEBYSCORE', pkey, '-inf', now - window)
+redis.call('PEXPIRE', pkey, math.ceil(window) * 2)
+return {ok, string.format('%.17g', wait), redis.call('ZCARD', pkey),
+  string.format('%.17g', shift), string.format('%.17g', now)}
+"""
+
+#: Read a breaker's shared state.
+#: KEYS[1] state hash {until: server ms the open period ends, gen: generation}.
+#: Returns {open 1/0, ms until the open period ends (<= 0: half-open), generation}.
+BREAKER_READ = """
+local st = redis.call('HMGET', KEYS[1], 'until', 'gen')
+local gen = tonumber(st[2]) or 0
+if st[1] == false then
+  return {0, '0', gen}
+end
+local tm = redis.call('TIME')
+local now = tonumber(tm[1]) * 1000 + tonumber(tm[2]) / 1000
+return {1, string.format('%.17g', tonumber(st[1]) - now), gen}
+"""
+
+#: Open (ARGV[1] = recovery ms > 0) or close (ARGV[1] = 0) the circuit for everyone.
+#: KEYS[1] state hash; KEYS[2..] half-open trial leases (freed on every transition).
+#: ARGV[2] key lifetime ms after the open period ends (forgotten if nobody reports).
+#: Returns the new generation.
+BREAKER_OPEN = """
+local recovery = tonumber(ARGV[1])
+local gen = redis.call('HINCRBY', KEYS[1], 'gen', 1)
+for i = 2, #KEYS do
+  redis.call('DEL', KEYS[i])
+end
+if recovery > 0 then
+  local tm = redis.call('TIME')
+  local now = tonumber(tm[1]) * 1000 + tonumber(tm[2]) / 1000
+  redis.call('HSET', KEYS[1], 'until', string.format('%.17g', now + recovery))
+  redis.call('PEXPIRE', KEYS[1], math.ceil(recovery + tonumber(ARGV[2])))
+else
+  redis.call('HDEL', KEYS[1], 'until')
+  redis.call('PEXPIRE', KEYS[1], math.ceil(tonumber(ARGV[2])))
+end
+return gen
+"""
+
+#: Take one of the cluster-wide half-open trial leases (SET NX PX on each lease key).
+#: KEYS[1] state hash; KEYS[2..] lease keys; ARGV[1] token; ARGV[2] lease ms.
+#: Returns the lease index taken (1-based), 0 if all are taken, -1 if not half-open
+#: (closed, or still open), with the ms until the open period ends as a string.
+BREAKER_TRIAL = """
+local u = redis.call('HGET', KEYS[1], 'until')
+if u == false then
+  return {-1, '0'}
+end
+local tm = redis.call('TIME')
+local now = tonumber(tm[1]) * 1000 + tonumber(tm[2]) / 1000
+local left = tonumber(u) - now
+if left > 0 then
+  return {-1, string.format('%.17g', left)}
+end
+for i = 2, #KEYS do
+  if redis.call('SET', KEYS[i], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return {i - 1, '0'}
+  end
+end
+return {0, '0'}
+"""
+
+#: Give a trial lease back if this worker still holds it (compare and delete).
+#: KEYS[1] lease key; ARGV[1] token.  Returns 1 if released.
+BREAKER_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
