@@ -130,7 +130,7 @@ def _load_config(path: Path, *, explicit: bool) -> dict[str, dict[str, Any]]:
     return out
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("headway", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="headway")
 @click.option(
     "--config",

@@ -147,7 +147,7 @@ class RichProgress:
         self._rates = Rates()
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
-            BarColumn(),
+            BarColumn(bar_width=24),
             TextColumn("{task.completed}/{task.fields[total_text]}"),
             TextColumn("{task.fields[status]}"),
             TextColumn("ETA {task.fields[eta]}"),
