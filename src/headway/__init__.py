@@ -48,6 +48,15 @@ from headway.resilience.timeouts import Timeouts, with_timeout
 
 # --- retry + timeouts + policy (end) ---
 # --- http (begin) ---
+# isort: split
+from headway.http import (
+    AsyncAPIClient,
+    Endpoint,
+    EndpointConfig,
+    HeaderFactory,
+    match_endpoint,
+)
+
 # --- http (end) ---
 # --- backends (begin) ---
 # --- backends (end) ---
@@ -100,6 +109,11 @@ __all__ = [
     "with_timeout",
     # --- retry + timeouts + policy __all__ (end) ---
     # --- http __all__ (begin) ---
+    "AsyncAPIClient",
+    "Endpoint",
+    "EndpointConfig",
+    "HeaderFactory",
+    "match_endpoint",
     # --- http __all__ (end) ---
     # --- backends __all__ (begin) ---
     # --- backends __all__ (end) ---

@@ -49,6 +49,7 @@ class PolicyLike(Protocol):
     async def run(
         self,
         attempt_fn: Callable[[Any], Awaitable[T]],
+        /,
         *,
         requests: float = 1.0,
         tokens: float = 0.0,

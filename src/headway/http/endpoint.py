@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel
 
@@ -28,38 +28,35 @@ from headway.http.client import AsyncAPIClient, PolicyLike, StreamMode
 from headway.http.config import EndpointConfig
 from headway.http.transport import Transport
 
+if TYPE_CHECKING:
+    from headway.resilience.policy import Policy
+
 __all__ = ["Endpoint", "default_policy"]
 
 logger = logging.getLogger("headway")
 
 
-def default_policy(config: EndpointConfig, *, clock: Clock | None = None) -> PolicyLike | None:
+def default_policy(config: EndpointConfig, *, clock: Clock | None = None) -> Policy:
     """The :class:`headway.Policy` an endpoint gets when none is passed.
 
     Retries ``config.max_retries`` times (SDK-style: 408/409/429/5xx, connection errors and
     timeouts; a 429's Retry-After pauses every caller), limits requests and tokens per
     minute (``rpm``, ``tpm``) and caps concurrency (``concurrency``).
     """
-    import importlib
+    from headway.limits import MultiLimiter
+    from headway.resilience.policy import Policy
+    from headway.resilience.retry import RetryPolicy
 
-    try:
-        policy_cls: Any = importlib.import_module("headway.resilience.policy").Policy
-        retry_cls: Any = importlib.import_module("headway.resilience.retry").RetryPolicy
-    except (ImportError, AttributeError):  # pragma: no cover - the core ships with headway
-        return None
-    limiter: Any = None
+    limiter = None
     if config.rpm is not None or config.tpm is not None:
-        limits: Any = importlib.import_module("headway.limits")
-        limiter = limits.MultiLimiter.for_llm(rpm=config.rpm, tpm=config.tpm, clock=clock)
-    retry: Any = retry_cls(max_retries=config.max_retries, clock=clock)
-    policy: PolicyLike = policy_cls(
-        retry=retry,
+        limiter = MultiLimiter.for_llm(rpm=config.rpm, tpm=config.tpm, clock=clock)
+    return Policy(
+        retry=RetryPolicy(max_retries=config.max_retries, clock=clock),
         limiter=limiter,
         concurrency=config.concurrency,
         clock=clock,
         name=config.name,
     )
-    return policy
 
 
 def _payload(request: Mapping[str, Any] | BaseModel | None, defaults: dict[str, Any]) -> Any:
