@@ -5,7 +5,9 @@ executor, a runner) calls :func:`track` when it opens and :func:`untrack` when i
 closes. :func:`open_resources` lists what is still open, which is how the pytest leak
 guard names "a client that was never closed". Tracking is a set insertion: cheap
 enough for any constructor. Objects are held weakly when they allow it (give a slots
-class a ``__weakref__`` slot); otherwise strongly until :func:`untrack`.
+class a ``__weakref__`` slot); otherwise strongly until :func:`untrack`. While a leak
+guard watches (:func:`watch`), new objects are held strongly, so that a resource that
+was dropped without being closed is still found.
 
 >>> class Client:
 ...     def __init__(self) -> None:
@@ -25,19 +27,43 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-__all__ = ["open_resources", "track", "untrack"]
+__all__ = ["open_resources", "track", "untrack", "unwatch", "watch"]
 
 _weak: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
 _strong: dict[int, Any] = {}
+_watchers = 0
 
 
 def track(obj: object) -> None:
     """Record ``obj`` as open (idempotent)."""
     key = id(obj)
+    if _watchers:
+        _strong[key] = obj
+        return
     try:
         _weak[key] = obj
     except TypeError:
         _strong[key] = obj
+
+
+def watch() -> None:
+    """A leak guard starts watching: hold newly tracked objects strongly."""
+    global _watchers
+    _watchers += 1
+
+
+def unwatch() -> None:
+    """A leak guard stops watching; with no guard left, hold objects weakly again."""
+    global _watchers
+    _watchers = max(0, _watchers - 1)
+    if _watchers:
+        return
+    for key, obj in list(_strong.items()):
+        try:
+            _weak[key] = obj
+        except TypeError:
+            continue
+        del _strong[key]
 
 
 def untrack(obj: object) -> None:

@@ -2,37 +2,158 @@
 
 Nothing here changes a test until it uses a fixture, a marker or an ini option.
 
-Fixtures: ``virtual_clock``.
-Markers: ``virtual_time`` (run the test's loop in virtual time).
+Fixtures:
+    ``virtual_clock`` (the test's loop in virtual time), ``fake_api`` (a running
+    :class:`~headway.testing.FakeAPI`), ``capture_logs`` (headway's structured log
+    records), ``mock_api_responses`` (canned provider answers).
+
+Markers:
+    ``virtual_time`` (run the test's loop in virtual time), ``no_leaks`` (fail the test
+    if it leaks tasks, sessions, headway resources, unawaited coroutines or unretrieved
+    task exceptions), ``allow_leaks`` (opt one test out of a suite-wide guard), and the
+    plain labels ``unit``, ``integration`` and ``slow``.
+
+Options:
+    ``--headway-leak-check`` or the ini option ``headway_leak_check = true`` runs the
+    leak guard for every test.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Literal
 
 import pytest
 
 from headway.testing.clock import VirtualClock
 from headway.testing.fake_api import FakeAPI
+from headway.testing.leaks import Leak, LeakGuard, format_leaks
+from headway.testing.mocks import CapturedLogs, MockAPIResponses, capture_headway_logs
 
 try:
     import pytest_asyncio
 except ImportError:  # pragma: no cover - headway.testing's async fixtures need it
     pytest_asyncio = None  # type: ignore[assignment]
 
+_Scope = Literal["function", "class", "module", "package", "session"]
+_LOOP_SCOPES: tuple[_Scope, ...] = ("function", "class", "module", "package", "session")
+_SYNC_GUARD = "_headway_leak_guard_sync"
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "virtual_time: run the test's event loop in virtual time (headway)"
+
+def _async_guard_name(scope: str) -> str:
+    return f"_headway_leak_guard_{scope}"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("headway")
+    group.addoption(
+        "--headway-leak-check",
+        action="store_true",
+        default=False,
+        help="headway: fail every test that leaks tasks, sessions or open resources",
+    )
+    parser.addini(
+        "headway_leak_check",
+        type="bool",
+        default=False,
+        help="headway: run the leak guard for every test (like --headway-leak-check)",
     )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_configure(config: pytest.Config) -> None:
+    for line in (
+        "virtual_time: run the test's event loop in virtual time (headway)",
+        "no_leaks: fail the test if it leaks tasks, sessions or open resources (headway)",
+        "allow_leaks: skip the headway leak guard for this test",
+        "unit: fast test of one component, no sockets",
+        "integration: talks to a real loopback server or an external service",
+        "slow: takes more than a second of real time",
+    ):
+        config.addinivalue_line("markers", line)
+
+
+def _leak_check_everywhere(config: pytest.Config) -> bool:
+    return bool(config.getoption("headway_leak_check", False)) or bool(
+        config.getini("headway_leak_check")
+    )
+
+
+def _loop_scope(item: pytest.Item) -> str:
+    marker = item.get_closest_marker("asyncio")
+    scope = None
+    if marker is not None:
+        scope = marker.kwargs.get("loop_scope") or marker.kwargs.get("scope")
+    if scope is None:
+        try:
+            scope = item.config.getini("asyncio_default_test_loop_scope")
+        except ValueError:
+            scope = None
+    return scope if scope in _LOOP_SCOPES else "function"
+
+
+def _is_async(item: pytest.Item) -> bool:
+    is_async_test = getattr(pytest_asyncio, "is_async_test", None)
+    return bool(is_async_test(item)) if is_async_test is not None else False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    everywhere = _leak_check_everywhere(config)
     for item in items:
-        if item.get_closest_marker("virtual_time") is not None:
-            fixturenames = getattr(item, "fixturenames", None)
-            if fixturenames is not None and "virtual_clock" not in fixturenames:
-                fixturenames.insert(0, "virtual_clock")
+        fixturenames = getattr(item, "fixturenames", None)
+        if not isinstance(fixturenames, list):
+            continue
+        if item.get_closest_marker("virtual_time") is not None and (
+            "virtual_clock" not in fixturenames
+        ):
+            fixturenames.insert(0, "virtual_clock")
+        guarded = everywhere or item.get_closest_marker("no_leaks") is not None
+        if guarded and item.get_closest_marker("allow_leaks") is None:
+            name = _async_guard_name(_loop_scope(item)) if _is_async(item) else _SYNC_GUARD
+            if name not in fixturenames:
+                fixturenames.insert(0, name)
+
+
+def _fail_on(leaks: list[Leak], request: pytest.FixtureRequest) -> None:
+    if leaks:
+        pytest.fail(format_leaks(leaks, request.node.nodeid), pytrace=False)
+
+
+def _new_guard(request: pytest.FixtureRequest) -> LeakGuard:
+    # A test marked no_leaks gets a full garbage collection; the suite-wide guard a
+    # young-generation one, so that it costs well under a millisecond per test.
+    marked = request.node.get_closest_marker("no_leaks") is not None
+    return LeakGuard(gc_generation=2 if marked else 1)
+
+
+@pytest.fixture(name=_SYNC_GUARD)
+def _headway_leak_guard_sync(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The leak guard for a test that does not run in an event loop."""
+    guard = _new_guard(request)
+    guard.start()
+    yield
+    _fail_on(guard.stop_sync(), request)
+
+
+@pytest.fixture
+def capture_logs() -> Iterator[CapturedLogs]:
+    """headway's structured log records (``logging.getLogger("headway")``), at DEBUG.
+
+    ``capture_logs.records`` are the log records, ``capture_logs.events`` the
+    :class:`~headway.events.Event` objects on them (``record.headway_event``), and
+    ``capture_logs.kinds()`` their kinds in order.
+    """
+    with capture_headway_logs() as captured:
+        yield captured
+
+
+@pytest.fixture
+def mock_api_responses() -> MockAPIResponses:
+    """Canned provider answers: ``success``, ``rate_limit``, ``auth_error``, ``server_error``...
+
+    Each is a :class:`~headway.testing.mocks.CannedResponse` with ``status``, ``json``
+    and ``headers``, and ``.mock()`` builds a :func:`~headway.testing.mocks.mock_response`.
+    """
+    return MockAPIResponses()
 
 
 if pytest_asyncio is not None:
@@ -57,3 +178,16 @@ if pytest_asyncio is not None:
         """
         async with FakeAPI() as api:
             yield api
+
+    def _make_async_guard(scope: _Scope) -> object:
+        @pytest_asyncio.fixture(name=_async_guard_name(scope), loop_scope=scope)
+        async def guard(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+            leak_guard = _new_guard(request)
+            leak_guard.start()
+            yield
+            _fail_on(await leak_guard.stop(), request)
+
+        return guard
+
+    for _scope in _LOOP_SCOPES:
+        globals()[f"_headway_leak_guard_{_scope}"] = _make_async_guard(_scope)

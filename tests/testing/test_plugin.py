@@ -1,0 +1,260 @@
+"""The pytest plugin, tested the way users meet it: a fresh pytest run in a temp dir.
+
+The plugin is loaded through its ``pytest11`` entry point, as in a user's project.
+Each run collects several tests at once; outcomes are read from the JUnit XML report.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Outcome:
+    status: str  # passed, failed, error, skipped
+    message: str
+
+
+def run_pytest(
+    tmp_path: Path, files: dict[str, str], *args: str, ini: str = ""
+) -> tuple[dict[str, Outcome], str]:
+    for name, text in files.items():
+        (tmp_path / name).write_text(textwrap.dedent(text))
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_default_fixture_loop_scope = function\n" + textwrap.dedent(ini)
+    )
+    report = tmp_path / "report.xml"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            "-p",
+            "no:cov",
+            "-p",
+            "no:hypothesispytest",
+            f"--junitxml={report}",
+            "-q",
+            *args,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    outcomes: dict[str, Outcome] = {}
+    for case in ET.parse(report).getroot().iter("testcase"):
+        name = case.get("name", "")
+        status, message = "passed", ""
+        for child in case:
+            if child.tag in ("failure", "error", "skipped"):
+                status = {"failure": "failed"}.get(child.tag, child.tag)
+                message = (child.get("message") or "") + "\n" + (child.text or "")
+                break
+        outcomes[name] = outcome = outcomes.get(name) or Outcome(status, message)
+        if status != "passed":
+            outcome.status, outcome.message = status, message
+    return outcomes, proc.stdout + proc.stderr
+
+
+LEAKY = """
+import asyncio
+import aiohttp
+import pytest
+
+from headway import _resources
+
+async def forever():
+    await asyncio.sleep(3600)
+
+async def boom():
+    raise ValueError("boom")
+
+class Client:
+    def __init__(self):
+        _resources.track(self)
+    def close(self):
+        _resources.untrack(self)
+    def __repr__(self):
+        return "<Client demo>"
+
+@pytest.mark.no_leaks
+async def test_task_leak():
+    asyncio.create_task(forever(), name="orphan")
+
+@pytest.mark.no_leaks
+async def test_session_leak():
+    aiohttp.ClientSession()
+
+@pytest.mark.no_leaks
+async def test_resource_leak():
+    Client()
+
+@pytest.mark.no_leaks
+async def test_coroutine_leak():
+    boom()
+
+@pytest.mark.no_leaks
+async def test_exception_leak():
+    t = asyncio.create_task(boom(), name="failing")
+    await asyncio.sleep(0)
+    del t
+
+@pytest.mark.no_leaks
+def test_sync_coroutine_leak():
+    boom()
+
+@pytest.mark.no_leaks
+async def test_clean():
+    async with aiohttp.ClientSession():
+        pass
+    task = asyncio.create_task(asyncio.sleep(0))
+    await task
+
+async def test_unmarked_leak_is_not_checked():
+    asyncio.create_task(forever())
+
+@pytest.mark.unit
+@pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.allow_leaks
+def test_all_markers_are_registered():
+    pass
+"""
+
+
+def test_marked_tests_fail_naming_each_leak(tmp_path: Path) -> None:
+    outcomes, output = run_pytest(
+        tmp_path, {"test_leaky.py": LEAKY}, "--strict-markers", ini="asyncio_mode = auto\n"
+    )
+    expected = {
+        "test_task_leak": ["'orphan'", "forever()", "test_leaky.py"],
+        "test_session_leak": ["aiohttp.ClientSession", "test_leaky.py", "not closed"],
+        "test_resource_leak": ["<Client demo>", "still open"],
+        "test_coroutine_leak": ["'boom' was never awaited"],
+        "test_exception_leak": ["ValueError('boom')", "'failing'"],
+        "test_sync_coroutine_leak": ["'boom' was never awaited"],
+    }
+    for name, needles in expected.items():
+        outcome = outcomes[name]
+        assert outcome.status in ("failed", "error"), (name, output)
+        assert "headway leak guard" in outcome.message, (name, outcome.message)
+        for needle in needles:
+            assert needle in outcome.message, (name, needle, outcome.message)
+    assert outcomes["test_clean"].status == "passed", output
+    assert outcomes["test_unmarked_leak_is_not_checked"].status == "passed", output
+    assert outcomes["test_all_markers_are_registered"].status == "passed", output
+
+
+SUITE = """
+import asyncio
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from headway.testing import FakeAPI, VirtualClock
+
+async def forever():
+    await asyncio.sleep(3600)
+
+@pytest_asyncio.fixture
+async def session():
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+@pytest.mark.asyncio
+async def test_fixture_owned_resources_are_not_leaks(session, fake_api):
+    async with session.get(fake_api.url + "/v1/models") as resp:
+        assert resp.status == 200
+
+@pytest.mark.asyncio
+async def test_leak_found_by_the_suite_wide_guard():
+    asyncio.create_task(forever(), name="suite-orphan")
+
+@pytest.mark.allow_leaks
+@pytest.mark.asyncio
+async def test_opted_out():
+    asyncio.create_task(forever())
+
+@pytest.mark.asyncio
+@pytest.mark.virtual_time
+async def test_an_hour_in_virtual_time():
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for _ in range(60):
+        await asyncio.sleep(60)
+    assert loop.time() - t0 == pytest.approx(3600)
+
+@pytest.mark.asyncio
+async def test_virtual_clock_with_fake_api(virtual_clock, session):
+    async with FakeAPI(rpm=1) as api:
+        for _ in range(3):
+            async with session.get(api.url + "/v1/models") as resp:
+                if resp.status == 429:
+                    await asyncio.sleep(int(resp.headers["retry-after"]))
+        assert virtual_clock.elapsed >= 60
+
+def test_sync_clean():
+    assert True
+
+class TestModuleLoop:
+    @pytest.mark.asyncio(loop_scope="module")
+    async def test_leaks_in_a_module_loop(self):
+        asyncio.create_task(forever(), name="module-orphan")
+
+    @pytest.mark.asyncio(loop_scope="module")
+    async def test_next_test_in_the_same_loop_is_unaffected(self):
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert [t.get_name() for t in others if not t.done()] == []
+"""
+
+
+def test_strict_mode_with_the_command_line_option(tmp_path: Path) -> None:
+    outcomes, output = run_pytest(
+        tmp_path, {"test_suite.py": SUITE}, "--headway-leak-check", ini="asyncio_mode = strict\n"
+    )
+    assert outcomes["test_fixture_owned_resources_are_not_leaks"].status == "passed", output
+    leak = outcomes["test_leak_found_by_the_suite_wide_guard"]
+    assert leak.status in ("failed", "error"), output
+    assert "'suite-orphan'" in leak.message
+    assert outcomes["test_opted_out"].status == "passed", output
+    assert outcomes["test_an_hour_in_virtual_time"].status == "passed", output
+    assert outcomes["test_virtual_clock_with_fake_api"].status == "passed", output
+    assert outcomes["test_sync_clean"].status == "passed", output
+    module_leak = outcomes["test_leaks_in_a_module_loop"]
+    assert module_leak.status in ("failed", "error"), output
+    assert "'module-orphan'" in module_leak.message
+    assert outcomes["test_next_test_in_the_same_loop_is_unaffected"].status == "passed", output
+
+
+def test_auto_mode_with_the_ini_option(tmp_path: Path) -> None:
+    outcomes, output = run_pytest(
+        tmp_path,
+        {"test_suite.py": SUITE},
+        ini="asyncio_mode = auto\nheadway_leak_check = true\n",
+    )
+    assert outcomes["test_leak_found_by_the_suite_wide_guard"].status in ("failed", "error")
+    assert outcomes["test_an_hour_in_virtual_time"].status == "passed", output
+    assert outcomes["test_fixture_owned_resources_are_not_leaks"].status == "passed", output
+    assert outcomes["test_next_test_in_the_same_loop_is_unaffected"].status == "passed", output
+
+
+def test_nothing_changes_without_a_marker_or_option(tmp_path: Path) -> None:
+    outcomes, output = run_pytest(tmp_path, {"test_suite.py": SUITE}, ini="asyncio_mode = strict\n")
+    # without the guard, the leak passes silently and spills into the next test
+    spilled = "test_next_test_in_the_same_loop_is_unaffected"
+    assert outcomes[spilled].status == "failed", output
+    assert all(o.status == "passed" for n, o in outcomes.items() if n != spilled), output
