@@ -27,6 +27,7 @@ from headway.backends._base import (
     llm_limits,
     shard_of,
 )
+from headway.backends._breaker import SharedCircuitState
 from headway.backends.memory import MemoryBackend, MemoryBreakerState
 from headway.backends.redis import (
     BACKEND_RECOVERED,
@@ -50,6 +51,7 @@ __all__ = [
     "RedisLimiter",
     "RedisReservation",
     "Shard",
+    "SharedCircuitState",
     "limits_of",
     "llm_limits",
     "shard_of",

@@ -221,8 +221,8 @@ class Backend(Protocol):
         """The limiter called ``name``: the same object for the same name (a shared limit)."""
         ...
 
-    def breaker_state(self, name: str, *, half_open_max_calls: int = 1) -> BreakerStateStore:
-        """The circuit state called ``name`` that breakers of that name share."""
+    def breaker_state(self, name: str, *, half_open_max_calls: int = 1) -> Any:
+        """The state object that ``CircuitBreaker(name=name, backend=...)`` keeps."""
         ...
 
     async def aclose(self) -> None:

@@ -22,15 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from headway._clock import Clock
 from headway.errors import ConfigurationError
+from headway.events import BREAKER_STATE_CHANGED, emit
 
 if TYPE_CHECKING:
+    from headway.backends._base import BreakerStateStore
     from headway.backends.redis import RedisBackend
 
-__all__ = ["RedisBreakerState"]
+__all__ = ["RedisBreakerState", "SharedCircuitState"]
 
 _NOTHING = -1.0  # no write pending
 _CLOSE = 0.0  # pending write: close
@@ -241,3 +245,132 @@ async def run_refresher(backend: RedisBackend, wake: asyncio.Event) -> None:
                 delay = max(delay, backend._retry_at - clock.now())
             async with asyncio.timeout(delay):
                 await wake.wait()
+
+
+class SharedCircuitState:
+    """The state object a ``CircuitBreaker(backend=...)`` keeps, backed by a shared store.
+
+    ``CircuitBreaker`` keeps everything that changes in one state object with the
+    attributes ``state``, ``generation``, ``open_until``, ``forced``,
+    ``consecutive_failures``, ``trials_in_flight``, ``trial_successes`` and ``window``,
+    and asks ``backend.breaker_state(name)`` for it. This is that object for a shared
+    backend: failure counts stay per worker, while the circuit itself is shared —
+
+    * a transition to open (or a forced open) is published to every worker, and a
+      circuit opened elsewhere is adopted here (the breaker then rejects at once);
+    * a close (trial calls succeeded, or ``reset()``) is published and adopted too;
+    * half-open trial calls need a cluster-wide trial permit from the store, so at most
+      ``half_open_max_calls`` run at a time across all workers.
+
+    Built by :meth:`RedisBackend.breaker_state` and :meth:`MemoryBackend.breaker_state`
+    (the same object for the same name); ``store`` is the shared state underneath.
+    """
+
+    #: How long a forced open (``force_open()`` without seconds) is published for.
+    FORCED_OPEN_SECONDS = 86_400.0
+
+    def __init__(self, store: BreakerStateStore, clock: Clock, name: str) -> None:
+        from headway.resilience.breaker import CircuitState
+
+        self._CS = CircuitState
+        self.store = store
+        self.name = name
+        self._clock = clock
+        self._state = CircuitState.CLOSED
+        self._generation = 0
+        self._open_until = 0.0
+        self.forced = False
+        self.consecutive_failures = 0
+        self.trial_successes = 0
+        self.window: Any = None
+        self._trials = 0
+        self._last_trials = 0
+
+    # -- state, merged with the shared view ------------------------------------------
+    @property
+    def state(self) -> Any:
+        CS = self._CS
+        shared = self.store.open_for()
+        local = self._state
+        if shared is None:
+            if local is not CS.CLOSED:
+                self._adopt(CS.CLOSED, "closed by another worker")
+        elif local is CS.CLOSED or (local is CS.HALF_OPEN and shared > 0):
+            self._adopt(CS.OPEN, "opened by another worker")
+            self._open_until = self._clock.now() + shared
+        elif local is CS.OPEN and not self.forced:
+            self._open_until = self._clock.now() + shared
+        return self._state
+
+    @state.setter
+    def state(self, value: Any) -> None:
+        self._state = value
+        if value is self._CS.CLOSED:
+            self.store.publish_closed()
+
+    @property
+    def open_until(self) -> float:
+        return self._open_until
+
+    @open_until.setter
+    def open_until(self, value: float) -> None:
+        self._open_until = value
+        if self._state is self._CS.OPEN:
+            left = self.FORCED_OPEN_SECONDS if self.forced else value - self._clock.now()
+            self.store.publish_open(max(left, 1e-3))
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    @generation.setter
+    def generation(self, value: int) -> None:
+        self._generation = value
+
+    @property
+    def trials_in_flight(self) -> int:
+        n = self._trials
+        if self._state is self._CS.HALF_OPEN:
+            if n == 0 and not self.store.try_trial():
+                n = self._max_trials()  # all trial permits are taken in the cluster
+            elif n > 0:
+                n = max(n, self._max_trials())  # one trial per worker at a time
+        self._last_trials = n
+        return n
+
+    @trials_in_flight.setter
+    def trials_in_flight(self, value: int) -> None:
+        before = self._trials
+        if value <= 0:
+            self._trials = 0
+        else:
+            self._trials = max(0, before + value - self._last_trials)
+        if self._state is self._CS.HALF_OPEN and before > 0 and self._trials == 0:
+            self.store.release_trial()  # ended without a verdict (or one more to go)
+        self._last_trials = self._trials
+
+    def _max_trials(self) -> int:
+        return int(getattr(self.store, "half_open_max_calls", 1))
+
+    def _adopt(self, new: Any, reason: str) -> None:
+        old = self._state
+        self._state = new
+        self._generation += 1
+        self._trials = 0
+        self.trial_successes = 0
+        self.forced = False
+        if new is self._CS.CLOSED:
+            self.consecutive_failures = 0
+            if self.window is not None:
+                self.window.clear()
+        emit(
+            BREAKER_STATE_CHANGED,
+            source=self.name,
+            level=logging.WARNING if new is self._CS.OPEN else logging.INFO,
+            old=old,
+            new=new,
+            reason=reason,
+        )
+
+    def __repr__(self) -> str:
+        return f"SharedCircuitState({self.name!r}, state={self._state!s}, store={self.store!r})"

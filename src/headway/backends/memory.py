@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from headway._clock import Clock, resolve_clock
 from headway.backends._base import Limit, llm_limits
+from headway.backends._breaker import SharedCircuitState
 from headway.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ class MemoryBackend:
     def __init__(self, *, clock: Clock | None = None) -> None:
         self.clock = clock
         self._limiters: dict[str, tuple[tuple[Limit, ...], MultiLimiter]] = {}
-        self._breakers: dict[str, MemoryBreakerState] = {}
+        self._breakers: dict[str, SharedCircuitState] = {}
 
     def limiter(
         self,
@@ -161,13 +162,16 @@ class MemoryBackend:
         self._limiters[name] = (specs, multi)
         return multi
 
-    def breaker_state(self, name: str, *, half_open_max_calls: int = 1) -> MemoryBreakerState:
-        """The circuit state ``name`` shared by this process's breakers of that name."""
+    def breaker_state(self, name: str, *, half_open_max_calls: int = 1) -> SharedCircuitState:
+        """The circuit state ``name`` shared by this process's breakers of that name.
+
+        ``CircuitBreaker(name=..., backend=backend)`` calls this.
+        """
         state = self._breakers.get(name)
         if state is None:
-            state = MemoryBreakerState(
-                name, half_open_max_calls=half_open_max_calls, clock=resolve_clock(self.clock)
-            )
+            clock = resolve_clock(self.clock)
+            store = MemoryBreakerState(name, half_open_max_calls=half_open_max_calls, clock=clock)
+            state = SharedCircuitState(store, clock, name)
             self._breakers[name] = state
         return state
 

@@ -56,6 +56,7 @@ from headway.events import (
     emit,
     enabled,
 )
+from headway.limits import Reservation
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -201,6 +202,7 @@ class RedisBackend:
         self._probing = False
         self._limiters: dict[str, RedisLimiter] = {}
         self._breakers: dict[str, RedisBreakerState] = {}
+        self._shared_states: dict[str, SharedCircuitState] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._closed = False
@@ -355,13 +357,20 @@ class RedisBackend:
         """
         return self.limiter(name, limits=limits_of(limiter), max_wait=max_wait)
 
-    def breaker_state(self, name: str, *, half_open_max_calls: int = 1) -> RedisBreakerState:
-        """The circuit state ``name`` shared by every worker's breaker of that name."""
-        state = self._breakers.get(name)
-        if state is None:
-            state = RedisBreakerState(self, name, half_open_max_calls=half_open_max_calls)
-            self._breakers[name] = state
-        return state
+    def breaker_state(self, name: str, *, half_open_max_calls: int = 1) -> SharedCircuitState:
+        """The circuit state ``name`` shared by every worker's breaker of that name.
+
+        ``CircuitBreaker(name=..., backend=backend)`` calls this. Give
+        ``half_open_max_calls`` (the cluster-wide number of trial calls) by calling it
+        once yourself before building the breakers, if it is not 1.
+        """
+        shared = self._shared_states.get(name)
+        if shared is None:
+            store = RedisBreakerState(self, name, half_open_max_calls=half_open_max_calls)
+            self._breakers[name] = store
+            shared = SharedCircuitState(store, self.clock, name)
+            self._shared_states[name] = shared
+        return shared
 
     def key(self, *parts: str) -> str:
         """A key under this backend's prefix."""
@@ -408,8 +417,8 @@ class RedisBackend:
         )
 
 
-class RedisReservation:
-    """What :meth:`RedisLimiter.reserve` took; same protocol as ``headway.limits.Reservation``.
+class RedisReservation(Reservation):
+    """What :meth:`RedisLimiter.reserve` took: a ``headway.limits.Reservation``.
 
     Attributes:
         delay: seconds the caller must wait before proceeding.
@@ -417,7 +426,7 @@ class RedisReservation:
         shared: False when taken from the local fallback during a Redis outage.
     """
 
-    __slots__ = ("_at", "_limiter", "_source", "_state", "delay", "requests", "tokens")
+    __slots__ = ("_at", "_limiter", "_source", "_state")
 
     def __init__(
         self,
@@ -429,6 +438,7 @@ class RedisReservation:
         tokens: float,
         at: float = 0.0,
     ) -> None:
+        # Reservation's own __init__ is for in-memory buckets: set every field here.
         self._at = at  # admission time: server ms (shared) or clock seconds (local)
         self._limiter = limiter
         self._source = source
@@ -803,4 +813,8 @@ class RedisLimiter:
         return f"RedisLimiter({self.name!r}, limits={list(self.limits)!r})"
 
 
-from headway.backends._breaker import RedisBreakerState, run_refresher  # noqa: E402
+from headway.backends._breaker import (  # noqa: E402
+    RedisBreakerState,
+    SharedCircuitState,
+    run_refresher,
+)
