@@ -38,6 +38,10 @@ class ThreadedFakeAPI:
 
         asyncio.run(serve())
 
+    def arrived(self) -> int:
+        """Requests the server has received so far."""
+        return 0 if self._api is None else len(self._api.requests)
+
     def start(self) -> ThreadedFakeAPI:
         self._thread.start()
         assert self._ready.wait(10), "FakeAPI did not start"

@@ -120,7 +120,10 @@ def test_second_ctrl_c_abandons_in_flight(tmp_path: Path, fake_server: StartServ
     inp = write_chat_input(tmp_path / "in.jsonl", 10)
     out = tmp_path / "out.jsonl"
     proc = start_run(inp, out, server.url, "--concurrency", "3")
-    time.sleep(1.5)  # let the interpreter start and the first requests go out
+    deadline = time.monotonic() + 20
+    while server.arrived() < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)  # wait until three requests are in flight
+    assert server.arrived() == 3
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     time.sleep(0.2)
