@@ -28,6 +28,7 @@ class Bucket:
     level: float | None = None  # None: never used, full
     start: float = 0.0
     shift: float = 0.0  # total length of the pauses so far
+    pause_end: float = 0.0  # nobody is admitted before it
 
 
 def reserve(
@@ -61,6 +62,7 @@ def reserve(
     levels: list[float] = []
     starts: list[float] = []
     shifts: list[float] = []
+    pends: list[float] = []
     wait = 0.0
     for i, b in enumerate(buckets):
         level = b.capacity if b.level is None else b.level
@@ -68,22 +70,25 @@ def reserve(
         if now > t:
             level = min(b.capacity, level + (now - t) * b.rate)
             t = now
+        p = b.pause_end
         if adjusts is not None:
-            level = min(b.capacity, level + adjusts[i])
+            level, t = _norm(b, level + adjusts[i], t, now, p)
         if level_caps is not None:
             level_cap = level_caps[i]
             if level_cap is not None:
-                level = min(level, level_cap)
+                level = min(level, level_cap + (t - now) * b.rate)
         for at, back in cancels:
-            tail = t + (-level / b.rate if level < 0 else 0.0)
+            tail = max(now, t - level / b.rate)
             if back[i] > 0 and (at >= tail - 1e-6 or tail <= now):
-                level = min(b.capacity, level + back[i])
+                level, t = _norm(b, level + back[i], t, now, p)
         shift = b.shift
         if pause > 0 and now + pause > t:
             shift += now + pause - t
             t = now + pause
+            p = t
             level = min(level, 0.0)
         shifts.append(shift)
+        pends.append(p)
         w = t - now
         if level < amounts[i]:
             w += (amounts[i] - level) / b.rate
@@ -105,7 +110,18 @@ def reserve(
         b.level = level
         b.start = t
         b.shift = shifts[i]
+        b.pause_end = pends[i]
     return ok, wait
+
+
+def _norm(b: Bucket, level: float, t: float, now: float, pause_end: float) -> tuple[float, float]:
+    """A level above capacity at a future start is credit earlier on: move the start back
+    (never before ``now`` or the end of a pause) and cap the level."""
+    if level > b.capacity:
+        back_t = max(t - (level - b.capacity) / b.rate, now, pause_end)
+        level = min(b.capacity, level - (t - back_t) * b.rate)
+        t = back_t
+    return level, t
 
 
 class LocalBuckets:

@@ -11,8 +11,8 @@ __all__ = ["BREAKER_OPEN", "BREAKER_READ", "BREAKER_RELEASE", "BREAKER_TRIAL", "
 
 #: Reserve ``amount`` from every limit at once, all or nothing.
 #:
-#: Each bucket is a hash ``{l: level, t: ms, s: total pause shift ms}``: ``level``
-#: units are available at server time ``t``. ``t`` may lie in the future: a pause
+#: Each bucket is a hash ``{l: level, t: ms, s: total pause shift ms, p: pause end ms}``:
+#: ``level`` units are available at server time ``t``. ``t`` may lie in the future: a pause
 #: shifts it, and nothing refills before it. A reservation takes its units at once, the
 #: level may go negative (debt), and the caller waits until the level would be back at
 #: zero. Every limit is charged at the admission time (the latest of the limits'
@@ -43,7 +43,21 @@ else
   local tm = redis.call('TIME')
   now = tonumber(tm[1]) * 1000 + tonumber(tm[2]) / 1000
 end
-local levels, starts, amounts, rates, caps, shifts = {}, {}, {}, {}, {}, {}
+-- A level above capacity at a future start means credit earlier on: move the start
+-- back (never before now or the end of a pause) and cap the level.
+local function norm(level, t, cap, rate, p)
+  if level > cap then
+    local back_t = t - (level - cap) / rate
+    local floor = math.max(now, p)
+    if back_t < floor then
+      back_t = floor
+    end
+    level = math.min(cap, level - (t - back_t) * rate)
+    t = back_t
+  end
+  return level, t
+end
+local levels, starts, amounts, rates, caps, shifts, pends = {}, {}, {}, {}, {}, {}, {}
 local wait = 0
 local shift = 0
 for i = 1, n do
@@ -52,10 +66,11 @@ for i = 1, n do
   local cap = tonumber(ARGV[b + 2])
   local amount = tonumber(ARGV[b + 3])
   local adjust = tonumber(ARGV[b + 4])
-  local st = redis.call('HMGET', KEYS[i], 'l', 't', 's')
+  local st = redis.call('HMGET', KEYS[i], 'l', 't', 's', 'p')
   local level = tonumber(st[1])
   local t = tonumber(st[2])
   local s = tonumber(st[3]) or 0
+  local p = tonumber(st[4]) or 0
   if level == nil or t == nil then
     level = cap
     t = now
@@ -64,29 +79,28 @@ for i = 1, n do
     level = math.min(cap, level + (now - t) * rate)
     t = now
   end
-  level = math.min(cap, level + adjust)
+  level, t = norm(level + adjust, t, cap, rate, p)
   if ARGV[b + 5] ~= '' then
-    level = math.min(level, tonumber(ARGV[b + 5]))
+    level = math.min(level, tonumber(ARGV[b + 5]) + (t - now) * rate)
   end
   local m = tonumber(ARGV[7 + n * 5])
   for j = 1, m do
     local c = 7 + n * 5 + (j - 1) * (n + 1)
     local back = tonumber(ARGV[c + 1 + i])
-    local tail = t
-    if level < 0 then
-      tail = t + (-level) / rate
-    end
+    local tail = math.max(now, t - level / rate)
     if back > 0 and (tonumber(ARGV[c + 1]) >= tail - 0.001 or tail <= now) then
-      level = math.min(cap, level + back)
+      level, t = norm(level + back, t, cap, rate, p)
     end
   end
   if pause > 0 and now + pause > t then
     s = s + (now + pause - t)
     t = now + pause
+    p = t
     if level > 0 then
       level = 0
     end
   end
+  pends[i] = p
   if s > shift then
     shift = s
   end
@@ -127,7 +141,8 @@ for i = 1, n do
     level = level - amounts[i]
   end
   redis.call('HSET', KEYS[i], 'l', string.format('%.17g', level), 't',
-    string.format('%.17g', t), 's', string.format('%.17g', shifts[i]))
+    string.format('%.17g', t), 's', string.format('%.17g', shifts[i]), 'p',
+    string.format('%.17g', pends[i]))
   local ttl = (t - now) + (caps[i] - level) / rates[i]
   redis.call('PEXPIRE', KEYS[i], math.ceil(ttl) + 1000)
 end

@@ -426,7 +426,7 @@ class RedisReservation(Reservation):
         shared: False when taken from the local fallback during a Redis outage.
     """
 
-    __slots__ = ("_at", "_limiter", "_source", "_state")
+    __slots__ = ("_at", "_limiter", "_mark", "_source", "_state")
 
     def __init__(
         self,
@@ -440,6 +440,7 @@ class RedisReservation(Reservation):
     ) -> None:
         # Reservation's own __init__ is for in-memory buckets: set every field here.
         self._at = at  # admission time: server ms (shared) or clock seconds (local)
+        self._mark = limiter._shift  # pauses after this push the wait back
         self._limiter = limiter
         self._source = source
         self._state = state
@@ -482,12 +483,12 @@ class RedisReservation(Reservation):
 
     async def wait(self) -> None:
         """Sleep until admitted (longer if the limiter is paused meanwhile); cancel if cancelled."""
-        if self.delay <= 0.0 or self._source < 0:
-            return
         limiter = self._limiter
+        if self._source < 0 or (self.delay <= 0.0 and limiter._shift == self._mark):
+            return
         clock = limiter.clock
         try:
-            mark = limiter._shift
+            mark = self._mark
             await clock.sleep(self.delay)
             while limiter._shift > mark:
                 extra, mark = limiter._shift - mark, limiter._shift
