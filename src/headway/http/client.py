@@ -23,7 +23,7 @@ from headway._secrets import mask_headers, redact_url
 from headway.errors import InvalidResponseError, StreamError
 from headway.http.headers import AuthType, HeaderFactory
 from headway.http.mapping import error_for_status, error_message
-from headway.http.ratelimit_headers import parse_rate_limit_headers, sync_limiter
+from headway.http.ratelimit_headers import sync_from_headers
 from headway.http.streaming import DONE, LineDecoder, NDJSONDecoder, SSEDecoder
 from headway.http.tokens import TokenMethod, estimate_tokens, usage_tokens
 from headway.http.transport import (
@@ -123,9 +123,7 @@ class _Attempt:
         )
         limiter = ctx.limiter
         if limiter is not None:
-            info = parse_rate_limit_headers(resp.headers)
-            if info is not None:
-                sync_limiter(limiter, info)
+            sync_from_headers(limiter, resp.headers)
         if resp.status >= 400:
             _refund_tokens(ctx.reservation)
             raise error_for_status(resp.status, resp.headers, resp.content, self.method, self.url)
@@ -169,9 +167,7 @@ async def _open_checked(c: _Attempt, limiter: Any, reservation: Any) -> StreamRe
     )
     try:
         if limiter is not None:
-            info = parse_rate_limit_headers(resp.headers)
-            if info is not None:
-                sync_limiter(limiter, info)
+            sync_from_headers(limiter, resp.headers)
         if resp.status >= 400:
             _refund_tokens(reservation)
             content = await resp.aread()
@@ -398,7 +394,7 @@ class AsyncAPIClient:
             method_ = self.token_estimator
             tokens = (
                 estimate_tokens(json, method=method_)
-                if method_ is not None and isinstance(json, Mapping)
+                if method_ is not None and (type(json) is dict or isinstance(json, Mapping))
                 else 0.0
             )
         attempt = _Attempt(transport, method, url, headers, params, json, data, timeout, parse)
@@ -560,7 +556,7 @@ class AsyncAPIClient:
             json = attempt.json
             tokens = (
                 estimate_tokens(json, method=method_)
-                if method_ is not None and isinstance(json, Mapping)
+                if method_ is not None and (type(json) is dict or isinstance(json, Mapping))
                 else 0.0
             )
         stream_attempt = _StreamAttempt(attempt)

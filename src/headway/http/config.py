@@ -163,6 +163,8 @@ class EndpointConfig(BaseModel):
         Raises:
             ConfigurationError: a placeholder has no value.
         """
+        if "{" not in self.endpoint:
+            return self.endpoint
         values = {**self.endpoint_params, **(params or {})}
 
         def fill(match: re.Match[str]) -> str:

@@ -27,6 +27,7 @@ LimitState(limit=500.0, remaining=499.0, reset_after=0.12)
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -40,8 +41,14 @@ __all__ = [
     "parse_go_duration",
     "parse_rate_limit_headers",
     "parse_retry_after",
+    "sync_from_headers",
     "sync_limiter",
 ]
+
+#: Limit headers are applied to the local limiter once the server reports less than this
+#: share of a limit left. Above it the server has room to spare, the local limiter is the
+#: binding constraint, and syncing on every response would only cost time.
+SYNC_BELOW = 0.5
 
 _GO_UNITS = {
     "ns": 1e-9,
@@ -57,6 +64,7 @@ _GO_UNITS = {
 _GO_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
 
 
+@functools.lru_cache(maxsize=512)
 def parse_go_duration(text: str) -> float | None:
     """Parse a Go duration (``"6m0s"``, ``"1.5s"``, ``"20ms"``) or bare seconds into seconds.
 
@@ -340,13 +348,14 @@ def parse_rate_limit_headers(headers: Mapping[str, str] | None) -> RateLimitInfo
     return None
 
 
-def sync_limiter(limiter: Any, info: RateLimitInfo) -> None:
+def sync_limiter(limiter: Any, info: RateLimitInfo, *, below: float | None = None) -> None:
     """Bring ``limiter`` in step with what the server reported.
 
     ``limiter`` is a :class:`~headway.limits.MultiLimiter`-like object
     (``sync(unit, remaining, reset_after, limit)``) or a single bucket with a ``unit``
     attribute (``sync(remaining, reset_after, limit)``); units it does not hold are
-    skipped.
+    skipped. With ``below`` (a share such as ``0.5``), a unit is synced only when the
+    server reports less than that share of its limit left (or does not give its limit).
     """
     sync = getattr(limiter, "sync", None)
     if sync is None:
@@ -355,8 +364,43 @@ def sync_limiter(limiter: Any, info: RateLimitInfo) -> None:
     for unit, state in info.units().items():
         if state.remaining is None:
             continue
+        if below is not None and state.limit and state.remaining >= below * state.limit:
+            continue
         if isinstance(unit_of, str):
             if unit_of == unit:
                 sync(state.remaining, state.reset_after, state.limit)
         else:
             sync(unit, state.remaining, state.reset_after, state.limit)
+
+
+def _plenty(remaining: str | None, limit: str | None) -> bool:
+    """Whether the server has at least :data:`SYNC_BELOW` of a limit left (or no figure)."""
+    if remaining is None:
+        return True
+    if limit is None:
+        return False
+    try:
+        return float(remaining) >= SYNC_BELOW * float(limit)
+    except ValueError:
+        return True
+
+
+def sync_from_headers(limiter: Any, headers: Mapping[str, str]) -> None:
+    """Sync ``limiter`` from a response's limit headers, cheaply (the HTTP hot path).
+
+    Limits the server reports as less than :data:`SYNC_BELOW` full are synced; when
+    every reported limit has more left than that, nothing is parsed beyond the
+    remaining/limit figures. ``headers`` must be case-insensitive.
+    """
+    get = headers.get
+    req = get("x-ratelimit-remaining-requests")
+    tok = get("x-ratelimit-remaining-tokens")
+    if (
+        (req is not None or tok is not None)
+        and _plenty(req, get("x-ratelimit-limit-requests"))
+        and _plenty(tok, get("x-ratelimit-limit-tokens"))
+    ):
+        return
+    info = parse_rate_limit_headers(headers)
+    if info is not None:
+        sync_limiter(limiter, info, below=SYNC_BELOW)

@@ -33,6 +33,7 @@ PER_MESSAGE = 4
 PER_REQUEST = 3
 
 _TEXT_KEYS = ("messages", "input", "prompt", "system", "instructions", "tools", "query", "text")
+_TEXT_KEY_SET = frozenset(_TEXT_KEYS)
 _BUDGET_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "num_predict")
 
 _encoding: Any = None
@@ -134,12 +135,23 @@ def estimate_tokens(
 
     tokens = 0
     messages = 0
-    for key in _TEXT_KEYS:
-        value = payload.get(key)
-        if value is not None:
-            t, m = _count_text(value, counter)
-            tokens += t
-            messages += m
+    for key, value in payload.items():
+        if key not in _TEXT_KEY_SET or value is None:
+            continue
+        if key == "messages" and type(value) is list:
+            for msg in value:
+                # fast path: {"role": ..., "content": "text"}
+                if type(msg) is dict and len(msg) == 2 and type(msg.get("content")) is str:
+                    tokens += counter(msg["content"])
+                    messages += 1
+                else:
+                    t, m = _count_text(msg, counter)
+                    tokens += t
+                    messages += m
+            continue
+        t, m = _count_text(value, counter)
+        tokens += t
+        messages += m
     prompt = tokens + messages * PER_MESSAGE + (PER_REQUEST if messages else 0)
     return prompt + completion_budget(payload, default_completion)
 
