@@ -59,6 +59,17 @@ from headway.http import (
 
 # --- http (end) ---
 # --- backends (begin) ---
+# isort: split
+from headway.backends import (
+    Limit,
+    MemoryBackend,
+    RedisBackend,
+    RedisLimiter,
+    Shard,
+    shard_of,
+)
+from headway.errors import BackendUnavailableError
+
 # --- backends (end) ---
 
 __version__ = "0.1.0"
@@ -116,5 +127,12 @@ __all__ = [
     "match_endpoint",
     # --- http __all__ (end) ---
     # --- backends __all__ (begin) ---
+    "BackendUnavailableError",
+    "Limit",
+    "MemoryBackend",
+    "RedisBackend",
+    "RedisLimiter",
+    "Shard",
+    "shard_of",
     # --- backends __all__ (end) ---
 ]
