@@ -72,6 +72,9 @@ class _Group(click.Group):
         except click.exceptions.Abort:
             click.echo("headway: aborted", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+            sys.exit(EXIT_OK)
         except click.ClickException as exc:
             message = " ".join(exc.format_message().split())
             hint = ""

@@ -293,3 +293,55 @@ def test_check_exactly_once_reports_missing_and_twice(tmp_path: Path) -> None:
         ["demo-000001", "demo-000002", "demo-000003"],
         [],
     )
+
+
+def test_no_arguments_prints_help() -> None:
+    result = invoke([])
+    assert result.exit_code == 0
+    assert "Commands:" in result.stdout
+
+
+def test_unwritable_output_is_one_line(tmp_path: Path, fake_server: StartServer) -> None:
+    server = fake_server()
+    inp = write_chat_input(tmp_path / "in.jsonl", 1)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = invoke(["run", str(inp), "-o", str(blocker / "out.jsonl"), "--base-url", server.url])
+    one_line_error(result, "headway: error:")
+
+
+def test_run_with_tpm_and_gzip_input(tmp_path: Path, fake_server: StartServer) -> None:
+    import gzip
+
+    server = fake_server(tpm=1_000_000)
+    plain = write_chat_input(tmp_path / "in.jsonl", 10)
+    gz = tmp_path / "in.jsonl.gz"
+    gz.write_bytes(gzip.compress(plain.read_bytes()))
+    out = tmp_path / "out.jsonl"
+    args = ["run", str(gz), "-o", str(out), "--base-url", server.url, "--tpm", "1000000", "-q"]
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    assert len(result_ids(out)) == 10
+
+
+def test_duplicates_warn_and_exit_1(tmp_path: Path, fake_server: StartServer) -> None:
+    server = fake_server()
+    inp = write_chat_input(tmp_path / "in.jsonl", 3)
+    inp.write_text(inp.read_text() + inp.read_text().splitlines()[0] + "\n")
+    out = tmp_path / "out.jsonl"
+    result = invoke(["run", str(inp), "-o", str(out), "--base-url", server.url, "-q"])
+    assert result.exit_code == 1
+    assert "1 line(s) repeat an earlier custom_id" in result.stderr
+    assert "'q0' on line 4" in result.stderr
+    assert sorted(result_ids(out)) == ["q0", "q1", "q2"]
+
+
+def test_torn_output_is_repaired_and_reported(tmp_path: Path, fake_server: StartServer) -> None:
+    server = fake_server()
+    inp = write_chat_input(tmp_path / "in.jsonl", 3)
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": "x", "custom_id": "q0", "response": {"status_co')
+    result = invoke(["run", str(inp), "-o", str(out), "--base-url", server.url, "-q"])
+    assert result.exit_code == 0
+    assert "repaired a torn last line" in result.stderr
+    assert sorted(result_ids(out)) == ["q0", "q1", "q2"]

@@ -217,18 +217,24 @@ def build_policy(settings: SenderSettings, *, clock: Clock | None = None) -> Any
 
 
 class _ClientSender:
-    __slots__ = ("client", "clock", "max_breaker_wait")
+    __slots__ = ("client", "clock", "max_breaker_wait", "tokens")
 
-    def __init__(self, client: Any, clock: Clock, max_breaker_wait: float) -> None:
+    def __init__(
+        self, client: Any, clock: Clock, max_breaker_wait: float, *, count_tokens: bool
+    ) -> None:
         self.client = client
         self.clock = clock
         self.max_breaker_wait = max_breaker_wait
+        # Without a tokens-per-minute limit there is nothing to reserve: skip the estimate.
+        self.tokens: float | None = None if count_tokens else 0.0
 
     async def __call__(self, request: BatchRequest) -> Response:
         waited = 0.0
         while True:
             try:
-                resp = await self.client.request_raw(request.method, request.url, json=request.body)
+                resp = await self.client.request_raw(
+                    request.method, request.url, json=request.body, tokens=self.tokens
+                )
             except CircuitBreakerOpenError as exc:
                 # Nothing was sent: wait for the breaker instead of failing the request.
                 if waited >= self.max_breaker_wait:
@@ -259,4 +265,9 @@ async def open_sender(
         name="headway-batch",
     )
     async with client:
-        yield _ClientSender(client, resolve_clock(clock), settings.max_breaker_wait)
+        yield _ClientSender(
+            client,
+            resolve_clock(clock),
+            settings.max_breaker_wait,
+            count_tokens=settings.tpm is not None,
+        )

@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from headway.batch import BatchRequest, BatchRunner
+from headway.batch.sender import PROVIDERS, SenderSettings, open_sender, resolve_target
+from headway.errors import CircuitBreakerOpenError, ConfigurationError, ServerError
+from headway.testing import VirtualClock
+from headway.testing.fake_api import FakeAPI
+
+CHAT = "/v1/chat/completions"
+
+
+def chat(cid: str, content: str = "hello") -> BatchRequest:
+    body = {"model": "m", "messages": [{"role": "user", "content": content}], "max_tokens": 8}
+    return BatchRequest(cid, 1, "POST", CHAT, body, "openai")
+
+
+# -- targets -----------------------------------------------------------------------------------
+
+
+def test_provider_target_reads_the_key_from_its_variable() -> None:
+    t = resolve_target(
+        provider="anthropic",
+        base_url=None,
+        endpoint=None,
+        api_key_env=None,
+        environ={"ANTHROPIC_API_KEY": "sk-ant"},
+    )
+    assert t.base_url == "https://api.anthropic.com"
+    assert t.auth == "x-api-key"
+    assert isinstance(t.api_key, SecretStr)
+    assert t.api_key.get_secret_value() == "sk-ant"
+    assert "sk-ant" not in repr(t)
+    assert t.headers == {"anthropic-version": "2023-06-01"}
+    assert t.default_url == "/v1/messages"
+    assert t.url_path("/v1/x") == "/v1/x"
+
+
+def test_keyless_provider_and_custom_endpoint() -> None:
+    t = resolve_target(
+        provider="ollama", base_url=None, endpoint="api/chat", api_key_env=None, environ={}
+    )
+    assert (t.auth, t.api_key, t.default_url) == ("none", None, "/api/chat")
+
+
+def test_base_url_overrides_provider_and_strips_v1() -> None:
+    t = resolve_target(
+        provider="openai",
+        base_url="http://localhost:8000/v1/",
+        endpoint=None,
+        api_key_env=None,
+        environ={"OPENAI_API_KEY": "k"},
+    )
+    assert t.base_url == "http://localhost:8000"
+    assert t.auth == "bearer"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"provider": "nope"}, "unknown provider 'nope'"),
+        ({}, "--provider NAME or --base-url URL"),
+        ({"base_url": "localhost:80"}, "http(s) URL"),
+        ({"provider": "groq"}, "GROQ_API_KEY is not set"),
+        ({"base_url": "http://x", "api_key_env": "K"}, "K is not set"),
+    ],
+)
+def test_target_errors(kwargs: dict[str, str], message: str) -> None:
+    args = {"provider": None, "base_url": None, "endpoint": None, "api_key_env": None}
+    with pytest.raises(ConfigurationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        resolve_target(**{**args, **kwargs}, environ={"K": ""})  # type: ignore[arg-type]
+
+
+def test_every_provider_has_an_https_or_local_base() -> None:
+    for info in PROVIDERS.values():
+        assert info.base_url.startswith(("https://", "http://localhost"))
+        assert not info.base_url.endswith("/v1")
+
+
+# -- sending through FakeAPI -------------------------------------------------------------------
+
+
+@pytest.mark.virtual_time
+async def test_sender_returns_status_body_headers() -> None:
+    async with FakeAPI(rpm=600) as api:
+        target = resolve_target(provider=None, base_url=api.url, endpoint=None, api_key_env=None)
+        async with open_sender(SenderSettings(target=target, rpm=600, tpm=100_000)) as send:
+            resp = await send(chat("a"))
+    assert resp.status_code == 200
+    assert resp.body["object"] == "chat.completion"
+    assert resp.headers["x-ratelimit-limit-requests"] == "600"
+
+
+@pytest.mark.virtual_time
+async def test_retries_and_429s_are_counted_by_the_runner(tmp_path: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(
+        "".join(
+            json.dumps({"custom_id": f"c{i}", "url": CHAT, "body": chat("x").body}) + "\n"
+            for i in range(3)
+        )
+    )
+    async with FakeAPI() as api:
+        api.script("POST", CHAT, ["429:1", 503, "ok"])
+        target = resolve_target(provider=None, base_url=api.url, endpoint=None, api_key_env=None)
+        settings = SenderSettings(target=target, concurrency=1, base_delay=0.1)
+        async with open_sender(settings) as send:
+            runner = BatchRunner(send, inp, tmp_path / "out.jsonl", concurrency=1)
+            stats = await runner.run()
+    assert (stats.succeeded, stats.retries, stats.rate_limited) == (3, 2, 1)
+
+
+@pytest.mark.virtual_time
+async def test_permanent_errors_raise_typed_errors() -> None:
+    async with FakeAPI() as api:
+        api.script("POST", CHAT, [500])
+        target = resolve_target(provider=None, base_url=api.url, endpoint=None, api_key_env=None)
+        async with open_sender(SenderSettings(target=target, max_attempts=1)) as send:
+            with pytest.raises(ServerError):
+                await send(chat("a"))
+
+
+@pytest.mark.virtual_time
+async def test_open_breaker_is_waited_for_not_failed(virtual_clock: VirtualClock) -> None:
+    async with FakeAPI() as api:
+        api.script("POST", CHAT, [503] * 20)
+        target = resolve_target(provider=None, base_url=api.url, endpoint=None, api_key_env=None)
+        settings = SenderSettings(target=target, concurrency=1, max_attempts=1)
+        async with open_sender(settings) as send:
+            for i in range(20):
+                with pytest.raises(ServerError):
+                    await send(chat(f"f{i}"))
+            t0 = virtual_clock.elapsed
+            async with asyncio.timeout(600):
+                resp = await send(chat("after"))
+            assert resp.status_code == 200
+            assert virtual_clock.elapsed - t0 >= settings.breaker_recovery - 0.5
+
+
+@pytest.mark.virtual_time
+async def test_breaker_wait_is_bounded() -> None:
+    async with FakeAPI() as api:
+        api.script("POST", CHAT, [503] * 20)
+        target = resolve_target(provider=None, base_url=api.url, endpoint=None, api_key_env=None)
+        settings = SenderSettings(target=target, concurrency=1, max_attempts=1, max_breaker_wait=0)
+        async with open_sender(settings) as send:
+            for i in range(20):
+                with pytest.raises(ServerError):
+                    await send(chat(f"f{i}"))
+            with pytest.raises(CircuitBreakerOpenError):
+                await send(chat("after"))
