@@ -1,0 +1,288 @@
+"""Rate-limiter accuracy and fairness, headway against aiolimiter, in real time.
+
+One command (from the repository root)::
+
+    python benchmarks/limiter_accuracy.py              # 3 runs of every scenario (~2 min)
+    python benchmarks/limiter_accuracy.py --runs 1 --seconds 2 --json out.json
+
+Scenarios, each run ``--runs`` times (the table shows the median of the runs):
+
+* **steady**: 50 workers loop ``acquire -> record`` on a 200/s limiter for ``--seconds``
+  seconds. Reported: the achieved rate after the burst allowance
+  (``(admitted - max_tokens) / seconds``) and its error against 200/s, and the most
+  admissions in any closed 1 s window (bound: ``max_tokens + rate``).
+* **even**: the same with ``max_tokens=1`` (no burst): the most admissions in any
+  closed 0.1 s window (bound: 21). aiolimiter has no separate burst setting; it runs as
+  ``AsyncLimiter(200, 1)`` (its way to say 200/s) and as ``AsyncLimiter(1, 0.005)``
+  (the nearest it has to ``max_tokens=1``).
+* **fairness**: 20 one-unit loopers on a 100/s limiter; after 1 s a caller asks for 50
+  units at once. Reported: how long it waited (bound: 1.5 s). aiolimiter serves the
+  smallest request first: the 50-unit caller is given up after ``--fair-timeout`` s.
+
+Writes JSON (``benchmarks/results/limiter_accuracy.json`` by default) and prints a
+Markdown table (also written to ``--markdown`` if given). A measurement, not a test:
+exits 0 whatever the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiolimiter import AsyncLimiter
+
+from headway.limits import TokenBucketRateLimiter
+
+#: Waits for ``n`` units; returns the loop time the limiter scheduled the call for, if it
+#: tells (headway does: the reservation's time plus its wait).
+Acquire = Callable[[float], Awaitable[float | None]]
+
+
+# -- helpers ------------------------------------------------------------------------------
+def max_in_window(times: list[float], width: float) -> int:
+    """Most admissions in any closed window ``[t, t + width]``."""
+    times = sorted(times)
+    best = 0
+    j = 0
+    for i, start in enumerate(times):
+        j = max(j, i)
+        while j + 1 < len(times) and times[j + 1] <= start + width:
+            j += 1
+        best = max(best, j - i + 1)
+    return best
+
+
+def headway_acquire(limiter: TokenBucketRateLimiter) -> Acquire:
+    loop_time = asyncio.get_running_loop().time
+
+    async def acquire(n: float) -> float:
+        # What limiter.wait(n) does, keeping the scheduled time.
+        now = loop_time()
+        wait = limiter.try_reserve(n)
+        if wait > 0.0:
+            await asyncio.sleep(wait)
+        return now + wait
+
+    return acquire
+
+
+def aiolimiter_acquire(limiter: AsyncLimiter) -> Acquire:
+    async def acquire(n: float) -> None:
+        await limiter.acquire(n)
+
+    return acquire
+
+
+async def run_workers(
+    acquire: Acquire, workers: int, seconds: float
+) -> tuple[list[float], list[float]]:
+    """``workers`` tasks loop acquire(1) for ``seconds``.
+
+    Returns the observed admission times (when each caller resumed) and the scheduled
+    ones (when the limiter said it could go; empty if the limiter does not say).
+    """
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+    scheduled: list[float] = []
+    t0 = loop.time()
+    end = t0 + seconds
+
+    async def worker() -> None:
+        while True:
+            when = await acquire(1.0)
+            now = loop.time()
+            if now >= end:
+                return
+            times.append(now - t0)
+            if when is not None:
+                scheduled.append(when - t0)
+
+    async with asyncio.timeout(seconds + 5.0):
+        await asyncio.gather(*(worker() for _ in range(workers)))
+    return times, scheduled
+
+
+async def steady(make: Callable[[], Acquire], seconds: float, burst: float) -> dict[str, float]:
+    times, scheduled = await run_workers(make(), 50, seconds)
+    achieved = (len(times) - burst) / seconds
+    lateness = [t - s for t, s in zip(sorted(times), sorted(scheduled), strict=False)]
+    return {
+        "admitted": len(times),
+        "achieved_rate": achieved,
+        "rate_error_pct": abs(achieved - 200.0) / 200.0 * 100.0,
+        "max_1s": max_in_window(times, 1.0),
+        "max_100ms": max_in_window(times, 0.1),
+        "scheduled_max_1s": max_in_window(scheduled, 1.0) if scheduled else -1,
+        "scheduled_max_100ms": max_in_window(scheduled, 0.1) if scheduled else -1,
+        "max_lateness_ms": max(lateness) * 1000 if lateness else -1,
+    }
+
+
+async def fairness(make: Callable[[], Acquire], timeout: float) -> dict[str, float | None]:
+    """20 one-unit loopers; after 1 s, one call for 50 units. How long does it wait?"""
+    loop = asyncio.get_running_loop()
+    acquire = make()
+    stop = asyncio.Event()
+
+    async def looper() -> None:
+        while not stop.is_set():
+            await acquire(1.0)
+
+    loopers = [asyncio.create_task(looper()) for _ in range(20)]
+    try:
+        await asyncio.sleep(1.0)
+        t = loop.time()
+        try:
+            async with asyncio.timeout(timeout):
+                await acquire(50.0)
+            waited: float | None = loop.time() - t
+        except TimeoutError:
+            waited = None
+    finally:
+        stop.set()
+        for task in loopers:
+            task.cancel()
+        await asyncio.gather(*loopers, return_exceptions=True)
+    return {"heavy_wait_s": waited}
+
+
+# -- the run ------------------------------------------------------------------------------
+CASES: dict[str, Callable[[], Acquire]] = {
+    "headway TokenBucketRateLimiter(200, max_tokens=200)": lambda: headway_acquire(
+        TokenBucketRateLimiter(200, 1.0)
+    ),
+    "aiolimiter AsyncLimiter(200, 1)": lambda: aiolimiter_acquire(AsyncLimiter(200, 1.0)),
+    "headway TokenBucketRateLimiter(200, max_tokens=1)": lambda: headway_acquire(
+        TokenBucketRateLimiter(200, 1.0, max_tokens=1)
+    ),
+    "aiolimiter AsyncLimiter(1, 0.005)": lambda: aiolimiter_acquire(AsyncLimiter(1, 0.005)),
+}
+BURST = {
+    "headway TokenBucketRateLimiter(200, max_tokens=200)": 200.0,
+    "aiolimiter AsyncLimiter(200, 1)": 200.0,
+    "headway TokenBucketRateLimiter(200, max_tokens=1)": 1.0,
+    "aiolimiter AsyncLimiter(1, 0.005)": 1.0,
+}
+FAIR: dict[str, Callable[[], Acquire]] = {
+    "headway TokenBucketRateLimiter(100)": lambda: headway_acquire(
+        TokenBucketRateLimiter(100, 1.0)
+    ),
+    "aiolimiter AsyncLimiter(100, 1)": lambda: aiolimiter_acquire(AsyncLimiter(100, 1.0)),
+}
+
+
+def median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    if len(present) < len(values):  # any run that timed out: the median is a timeout
+        return None if len(present) <= len(values) // 2 else statistics.median(present)
+    return statistics.median(present)
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    steady_runs: dict[str, list[dict[str, float]]] = {name: [] for name in CASES}
+    fair_runs: dict[str, list[dict[str, float | None]]] = {name: [] for name in FAIR}
+    for run in range(args.runs):
+        for name, make in CASES.items():
+            print(f"run {run + 1}/{args.runs}: {name} ...", file=sys.stderr, flush=True)
+            steady_runs[name].append(await steady(make, args.seconds, BURST[name]))
+        for name, make in FAIR.items():
+            print(f"run {run + 1}/{args.runs}: fairness {name} ...", file=sys.stderr, flush=True)
+            fair_runs[name].append(await fairness(make, args.fair_timeout))
+    result: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "runs": args.runs,
+        "seconds": args.seconds,
+        "steady": {},
+        "fairness": {},
+    }
+    for name, runs in steady_runs.items():
+        result["steady"][name] = {key: median([r[key] for r in runs]) for key in runs[0]} | {
+            "per_run": runs,
+            "burst": BURST[name],
+        }
+    for name, fruns in fair_runs.items():
+        result["fairness"][name] = {
+            "heavy_wait_s": median([r["heavy_wait_s"] for r in fruns]),
+            "per_run": fruns,
+            "timeout_s": args.fair_timeout,
+        }
+    return result
+
+
+def markdown(result: dict[str, Any], command: str) -> str:
+    lines = [
+        "# Limiter accuracy and fairness",
+        "",
+        f"Command: `{command}`  ",
+        f"Median of {result['runs']} runs, {result['seconds']:g} s each, real time; "
+        f"Python {result['python']}, {result['platform']}.",
+        "",
+        "## 200/s, 50 workers",
+        "",
+        "Windows are closed (`[t, t + w]`) and slide over every admission. *Observed* is when",
+        "each caller resumed; *scheduled* is the time headway's limiter gave it (the loop may",
+        "wake a sleeper late, which can bunch two callers; it never wakes one early).",
+        "",
+        "| limiter | admitted | rate after burst | error | max in 1 s (bound) "
+        "| max in 0.1 s (bound) | scheduled max 1 s / 0.1 s | max lateness |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, r in result["steady"].items():
+        burst = r["burst"]
+        bound_1s = int(burst + 200)
+        bound_100ms = int(burst + 20)
+        if r["scheduled_max_1s"] >= 0:
+            sched = f"{r['scheduled_max_1s']:.0f} / {r['scheduled_max_100ms']:.0f}"
+            late = f"{r['max_lateness_ms']:.1f} ms"
+        else:
+            sched = late = "n/a"
+        lines.append(
+            f"| {name} | {r['admitted']:.0f} | {r['achieved_rate']:.1f}/s "
+            f"| {r['rate_error_pct']:.2f}% | {r['max_1s']:.0f} ({bound_1s}) "
+            f"| {r['max_100ms']:.0f} ({bound_100ms}) | {sched} | {late} |"
+        )
+    lines += [
+        "",
+        "## Weighted fairness: acquire(50) at 100/s against 20 one-unit loopers",
+        "",
+        "| limiter | wait of the 50-unit call (bound 1.5 s) |",
+        "|---|---:|",
+    ]
+    for name, r in result["fairness"].items():
+        wait = r["heavy_wait_s"]
+        shown = f"{wait:.3f} s" if wait is not None else f"not served in {r['timeout_s']:g} s"
+        lines.append(f"| {name} | {shown} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--fair-timeout", type=float, default=5.0)
+    parser.add_argument(
+        "--json", type=Path, default=Path("benchmarks/results/limiter_accuracy.json")
+    )
+    parser.add_argument("--markdown", type=Path, default=None)
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    command = "python benchmarks/limiter_accuracy.py " + " ".join(sys.argv[1:])
+    result["command"] = command.strip()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result, command.strip())
+    print(table)
+    if args.markdown is not None:
+        args.markdown.write_text(table)
+
+
+if __name__ == "__main__":
+    main()
