@@ -471,3 +471,22 @@ async def test_virtual_clock_instance_works_as_clock() -> None:
         for _ in range(6):
             await limiter.wait()
         assert vc.elapsed == pytest.approx(1.0)
+
+
+@pytest.mark.virtual_time
+async def test_a_refund_during_a_pause_cannot_end_it_early() -> None:
+    # Found by Hypothesis: a waiter cancelled during a pause gave back more than the
+    # pause had left, so a newcomer went before the pause ended.
+    loop = asyncio.get_running_loop()
+    limiter = TokenBucketRateLimiter(1, period=0.5, max_tokens=1)
+    t0 = loop.time()
+    await limiter.wait(0.5)
+    waiter = asyncio.create_task(limiter.wait(1))
+    await asyncio.sleep(0)
+    limiter.pause(1.0)
+    await asyncio.sleep(0.25)
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    limiter.refund(5)
+    await limiter.wait(0)
+    assert loop.time() - t0 >= 1.0 - 1e-9

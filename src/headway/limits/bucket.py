@@ -301,8 +301,18 @@ class TokenBucketRateLimiter:
                 break
             prev_tail, amount, mark = hole
         self._seq = seq
-        self._level = level if level < self.max_tokens else self.max_tokens
+        self._level = self._ceiling(level, now)
         self._last = now
+
+    def _ceiling(self, level: float, now: float) -> float:
+        # What a refund may lift the level to: max_tokens, and while a pause is in
+        # force, no higher than lets the next caller go when the pause ends.
+        if level > self.max_tokens:
+            level = self.max_tokens
+        left = self._paused_until - now
+        if left > 0.0 and level > -left * self._rps:
+            level = -left * self._rps
+        return level
 
     def _refuse(self, tokens: float) -> NoReturn:
         if tokens > self.max_tokens:
@@ -408,11 +418,14 @@ class TokenBucketRateLimiter:
 
     # -- settling up ------------------------------------------------------------------
     def refund(self, tokens: float) -> None:
-        """Give ``tokens`` back (a cancelled wait, an over-estimate); capped at ``max_tokens``."""
+        """Give ``tokens`` back (an over-estimate settled); capped at ``max_tokens``.
+
+        Never lifts the level so far that someone could go before a pause ends. Callers
+        already waiting keep their turns; the refund goes to those who come after them.
+        """
         tokens = _non_negative("tokens", tokens)
         now = self._now()
-        level = self._refill(now) + tokens
-        self._level = level if level < self.max_tokens else self.max_tokens
+        self._level = self._ceiling(self._refill(now) + tokens, now)
         self._last = now
 
     def charge(self, tokens: float) -> None:
