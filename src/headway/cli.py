@@ -322,6 +322,17 @@ async def _run_batch(runner: BatchRunner, settings: SenderSettings) -> None:
     help="Seconds in-flight requests get to finish after Ctrl-C.",
 )
 @click.option("--fsync", is_flag=True, help="fsync the result file after each write.")
+@click.option(
+    "--redis-url",
+    envvar="HEADWAY_REDIS_URL",
+    help="Share the limits and breaker state with other workers through this Redis.",
+)
+@click.option(
+    "--shard",
+    envvar="HEADWAY_SHARD",
+    metavar="K/N",
+    help="Send only this worker's share of the lines (worker K of N; use one -o per worker).",
+)
 @_progress_options
 def run(
     input_path: Path,
@@ -340,6 +351,8 @@ def run(
     summary_json: Path | None,
     grace: float,
     fsync: bool,
+    redis_url: str | None,
+    shard: str | None,
     progress: str,
     quiet: bool,
 ) -> int:
@@ -354,6 +367,11 @@ def run(
     Example:
       export OPENAI_API_KEY=...
       headway run requests.jsonl -o results.jsonl --provider openai --rpm 500 --tpm 200000
+
+    \b
+    Several workers, one global limit (worker 2 of 4, on any machine):
+      headway run requests.jsonl -o results.2.jsonl --provider openai --rpm 500 \\
+        --redis-url redis://redis.internal:6379/0 --shard 2/4
     """
     if output is None:
         _fail("missing option '-o' / '--output'")
@@ -366,6 +384,11 @@ def run(
     target = resolve_target(
         provider=provider, base_url=base_url, endpoint=endpoint, api_key_env=api_key_env
     )
+    owns = None
+    if shard is not None:
+        from headway.backends import Shard
+
+        owns = Shard.parse(shard).owns
     settings = SenderSettings(
         target=target,
         rpm=rpm,
@@ -373,6 +396,7 @@ def run(
         concurrency=concurrency,
         max_attempts=max_attempts,
         timeout=timeout,
+        redis_url=redis_url,
     )
     runner = BatchRunner(
         _no_sender,
@@ -385,6 +409,7 @@ def run(
         progress=_make_progress(progress, quiet=quiet),
         grace=grace,
         fsync=fsync,
+        owns=owns,
     )
     console = Console()
     asyncio.run(_run_batch(runner, settings))

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -144,6 +144,8 @@ class BatchRunner:
         progress: a progress reporter (default: none).
         grace: seconds in-flight requests get to finish after :meth:`stop`.
         fsync: fsync the result files after each write.
+        owns: a filter on custom_ids: lines it rejects belong to another worker and are
+            ignored (``headway run --shard K/N`` passes ``Shard(K, N).owns``).
         clock: the clock for elapsed time, ticks and the grace period.
     """
 
@@ -160,6 +162,7 @@ class BatchRunner:
         progress: ProgressReporter | None = None,
         grace: float = 30.0,
         fsync: bool = False,
+        owns: Callable[[str], bool] | None = None,
         clock: Clock | None = None,
     ) -> None:
         if concurrency < 1:
@@ -169,6 +172,7 @@ class BatchRunner:
         self.ledger = Ledger(output, errors, retry_failed=retry_failed, fsync=fsync)
         self.concurrency = concurrency
         self.default_url = default_url
+        self.owns = owns
         self.progress: ProgressReporter = progress or NullProgress()
         self.grace = grace
         self.clock = resolve_clock(clock)
@@ -219,6 +223,8 @@ class BatchRunner:
         clock = self.clock
         stats = self.stats
         stats.total = count_lines(self.input)
+        if self.owns is not None:
+            stats.total = None  # only this worker's share of the lines; known at the end
         self.ledger.open()
         t0 = clock.now()
         tasks: list[asyncio.Task[None]] = []
@@ -299,6 +305,7 @@ class BatchRunner:
     async def _read(self) -> None:
         stats, ledger, queue = self.stats, self.ledger, self._queue
         skip = ledger.skip
+        owns = self.owns
         seen: set[str] = set()
         n = 0
         for item in read_requests(self.input, default_url=self.default_url):
@@ -308,6 +315,8 @@ class BatchRunner:
             if n & 1023 == 0:
                 await asyncio.sleep(0)  # let the workers and the ticker breathe
             cid = item.custom_id
+            if owns is not None and not owns(cid):
+                continue  # another worker's line (repeats hash alike, so they stay here)
             if cid in seen:
                 stats.duplicates += 1
                 if len(stats.duplicate_examples) < 10:

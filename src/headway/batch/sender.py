@@ -15,6 +15,7 @@ timeout. The runner only sees an async callable.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -25,6 +26,7 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from headway._clock import Clock, resolve_clock
+from headway._secrets import redact_url
 from headway.batch.jobs import ANTHROPIC_URL, DEFAULT_URL, BatchRequest
 from headway.batch.runner import Response, Sender, note_retry
 from headway.errors import CircuitBreakerOpenError, ConfigurationError
@@ -162,6 +164,13 @@ class SenderSettings:
     burst: float | None = None
     breaker_recovery: float = 5.0
     max_breaker_wait: float = 600.0
+    redis_url: str | None = None
+    limit_name: str | None = None
+
+    @property
+    def shared_name(self) -> str:
+        """The name workers share limits and breaker state under (default: the base URL)."""
+        return self.limit_name or f"batch:{self.target.base_url}"
 
 
 def _on_event(event: Event) -> None:
@@ -170,22 +179,33 @@ def _on_event(event: Event) -> None:
         note_retry(rate_limited=reason.startswith(("RateLimitError", "429")) or " 429 " in reason)
 
 
-def build_policy(settings: SenderSettings, *, clock: Clock | None = None) -> Any:
-    """The :class:`~headway.resilience.policy.Policy` for ``settings``."""
+def build_policy(
+    settings: SenderSettings, *, clock: Clock | None = None, backend: Any = None
+) -> Any:
+    """The :class:`~headway.resilience.policy.Policy` for ``settings``.
+
+    With a shared ``backend`` (a :class:`~headway.backends.RedisBackend`) the limits and
+    the breaker's state are shared by every worker using the same name.
+    """
     from headway.limits.multi import MultiLimiter
     from headway.resilience.breaker import CircuitBreaker
     from headway.resilience.policy import Policy
     from headway.resilience.retry import RetryPolicy
 
-    limiter = None
+    limiter: Any = None
     if settings.rpm is not None or settings.tpm is not None:
         burst = settings.burst
         if burst is None and settings.rpm is not None:
             # A second's worth of requests: smooth pacing from the first request on.
             burst = max(1.0, settings.rpm / 60.0)
-        limiter = MultiLimiter.for_llm(
-            rpm=settings.rpm, tpm=settings.tpm, burst=burst, clock=clock, name="batch"
-        )
+        if backend is not None:
+            limiter = backend.limiter(
+                settings.shared_name, rpm=settings.rpm, tpm=settings.tpm, burst=burst, clock=clock
+            )
+        else:
+            limiter = MultiLimiter.for_llm(
+                rpm=settings.rpm, tpm=settings.tpm, burst=burst, clock=clock, name="batch"
+            )
     retry = RetryPolicy(
         max_retries=settings.max_attempts - 1,
         base_delay=settings.base_delay,
@@ -203,7 +223,8 @@ def build_policy(settings: SenderSettings, *, clock: Clock | None = None) -> Any
         window=30.0,
         minimum_calls=max(20, settings.concurrency),
         clock=clock,
-        name="batch",
+        name="batch" if backend is None else settings.shared_name,
+        backend=backend,
     )
     return Policy(
         retry=retry,
@@ -250,7 +271,41 @@ class _ClientSender:
 async def open_sender(
     settings: SenderSettings, *, clock: Clock | None = None
 ) -> AsyncIterator[Sender]:
-    """Open a pooled client with the batch's Policy; yield a :class:`Sender` using it."""
+    """Open a pooled client with the batch's Policy; yield a :class:`Sender` using it.
+
+    With ``settings.redis_url`` the limits and breaker state live in Redis, shared by
+    every worker of the batch (``headway run --redis-url URL --shard K/N``).
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        backend = None
+        if settings.redis_url is not None:
+            backend = await stack.enter_async_context(_open_backend(settings.redis_url, clock))
+        async with _open_client(settings, clock, backend) as sender:
+            yield sender
+
+
+@asynccontextmanager
+async def _open_backend(url: str, clock: Clock | None) -> AsyncIterator[Any]:
+    try:
+        from headway.backends.redis import RedisBackend
+    except ImportError as exc:  # pragma: no cover - the redis extra is missing
+        raise ConfigurationError(
+            f"--redis-url needs the redis extra: pip install 'headway[redis]' ({exc})"
+        ) from None
+    backend = RedisBackend(url, clock=clock)
+    async with backend:
+        if not await backend.ping():
+            raise ConfigurationError(
+                f"cannot reach Redis at {redact_url(url)}; check --redis-url and that the "
+                "server is up"
+            )
+        yield backend
+
+
+@asynccontextmanager
+async def _open_client(
+    settings: SenderSettings, clock: Clock | None, backend: Any
+) -> AsyncIterator[Sender]:
     from headway.http.client import AsyncAPIClient
 
     target = settings.target
@@ -260,7 +315,7 @@ async def open_sender(
         headers=target.headers,
         auth=target.api_key,
         auth_type=target.auth,
-        policy=build_policy(settings, clock=clock),
+        policy=build_policy(settings, clock=clock, backend=backend),
         max_connections=settings.concurrency,
         name="headway-batch",
     )
