@@ -59,7 +59,7 @@ class MultiLimiter:
         limiters: the limits, in the order given.
     """
 
-    __slots__ = ("_clock", "_rps", "_units", "limiters", "max_wait", "name")
+    __slots__ = ("_clock", "_specs", "_units", "limiters", "max_wait", "name")
 
     def __init__(
         self,
@@ -89,7 +89,9 @@ class MultiLimiter:
         self.max_wait = None if max_wait is None else _non_negative("max_wait", max_wait)
         self.name = name
         self._units = tuple(lim.unit == "requests" for lim in self.limiters)
-        self._rps = tuple(lim.rate / lim.period for lim in self.limiters)
+        self._specs = tuple(
+            (lim, lim.unit == "requests", lim.rate / lim.period) for lim in self.limiters
+        )
 
     @classmethod
     def for_llm(
@@ -160,36 +162,34 @@ class MultiLimiter:
             raise ValueError(f"requests and tokens must be >= 0, got {requests!r}, {tokens!r}")
         limiters = self.limiters
         units = self._units
-        rps = self._rps
         now = limiters[0]._now()
         befores = []
         delay = 0.0
-        for i, lim in enumerate(limiters):
-            amount = requests if units[i] else tokens
-            if amount > lim.max_tokens:
+        for lim, is_requests, rps in self._specs:
+            amount = requests if is_requests else tokens
+            cap = lim.max_tokens
+            if amount > cap:
                 lim._refuse(amount)
-            before = lim._refill(now)
+            before = lim._level + (now - lim._last) * rps
+            if before > cap:
+                before = cap
             befores.append(before)
-            level = before - amount
-            wait = -level / rps[i] if level < 0.0 else 0.0
-            behind = lim._tail - now
-            if behind > wait:
-                wait = behind
-            if wait > delay:
-                delay = wait
+            if before < amount:
+                wait = (amount - before) / rps
+                if wait > delay:
+                    delay = wait
+            if lim._tail > now:
+                wait = lim._tail - now
+                if wait > delay:
+                    delay = wait
         if delay <= 0.0:
+            charged = []
             for i, lim in enumerate(limiters):
-                lim._level = befores[i] - (requests if units[i] else tokens)
+                amount = requests if units[i] else tokens
+                lim._level = befores[i] - amount
                 lim._last = now
-            return Reservation(
-                0.0,
-                requests,
-                tokens,
-                self._clock,
-                limiters,
-                units,
-                [requests if u else tokens for u in units],
-            )
+                charged.append(amount)
+            return Reservation(0.0, requests, tokens, self._clock, limiters, units, charged)
         limit = self.max_wait if max_wait is None else max_wait
         if limit is not None and delay > limit:
             self._reject(requests, tokens, delay, limit)
