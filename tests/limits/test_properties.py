@@ -255,3 +255,38 @@ def test_settle_and_cancel_account_exactly(
         reservations[i].cancel()
     assert tpm.tokens == _approx(capacity)
     assert multi.limiters[1].tokens == _approx(1e6)
+
+
+@given(
+    req=buckets(),
+    tok=buckets(),
+    arrivals=st.lists(
+        st.tuples(st.floats(0.0, 2.0), st.floats(0.0, 1.0), st.booleans()),
+        min_size=1,
+        max_size=40,
+    ),
+)
+def test_multi_limits_each_hold_and_serve_in_order(
+    req: tuple[float, float, float],
+    tok: tuple[float, float, float],
+    arrivals: list[tuple[float, float, bool]],
+) -> None:
+    clock = ManualClock()
+    requests = TokenBucketRateLimiter(*req, clock=clock)
+    tokens = TokenBucketRateLimiter(*tok, clock=clock, unit="tokens")
+    multi = MultiLimiter([requests, tokens])
+    sent_requests: list[tuple[float, float]] = []
+    sent_tokens: list[tuple[float, float]] = []
+    times: list[float] = []
+    for gap, fraction, is_request in arrivals:
+        clock.advance(gap)
+        n_req = min(1.0, requests.max_tokens) if is_request else 0.0
+        n_tok = fraction * tokens.max_tokens
+        r = multi.reserve_nowait(n_req, n_tok)
+        at = clock.now() + r.delay
+        times.append(at)
+        sent_requests.append((at, n_req))
+        sent_tokens.append((at, n_tok))
+    assert all(a <= b + EPS for a, b in itertools.pairwise(times)), "served out of order"
+    assert_rate_bound(sent_requests, *req)
+    assert_rate_bound(sent_tokens, *tok)
