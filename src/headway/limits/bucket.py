@@ -8,8 +8,21 @@ by a stream of 1-unit requests (aiolimiter serves the smallest request first and
 it). The whole reservation is a few float operations on one event loop, so no lock is
 needed and nothing runs in the background.
 
-Guarantee: in any window of length ``t`` the bucket admits at most
-``max_tokens + rate * t / period`` tokens.
+Guarantee: in any window of length ``t`` the bucket schedules at most
+``max_tokens + rate * t / period`` tokens (the event loop may wake a sleeper late, never
+early). The limiter also remembers when the last queued caller goes (the *tail*), so a
+newcomer never goes before someone already waiting, even after tokens were given back.
+
+Giving back:
+
+* A waiter cancelled in :meth:`~TokenBucketRateLimiter.wait`, ``slot`` or ``execute``
+  gives its tokens back exactly when nobody queued behind it. With callers behind it,
+  its turn passes unused (handing it to a newcomer could send two calls at the same
+  instant); its tokens come back if the callers behind it are cancelled too.
+* :meth:`~TokenBucketRateLimiter.refund` (a settled over-estimate) adds to the level at
+  once; callers already waiting keep their turns and newcomers queue behind them.
+* A pause (a 429's Retry-After) pushes every waiting caller back by its length, admits
+  nobody before it ends, and restarts the bucket empty; no refund can shorten it.
 
 >>> import asyncio
 >>> from headway import ManualClock
@@ -354,8 +367,8 @@ class TokenBucketRateLimiter:
     async def wait(self, tokens: float = 1.0, *, max_wait: float | None = None) -> None:
         """Reserve ``tokens`` and sleep until they may be used.
 
-        Cancellation-safe: a cancelled wait gives its tokens back (see :meth:`_release`
-        for the one exception). Pauses that happen meanwhile push the wait back.
+        Cancellation-safe: a cancelled wait gives its tokens back (see "Giving back" in
+        :mod:`headway.limits.bucket`). Pauses that happen meanwhile push the wait back.
         """
         delay = self.try_reserve(tokens, max_wait=max_wait)
         if delay > 0.0:
