@@ -35,6 +35,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from headway._clock import Clock, resolve_clock
 from headway.batch.jobs import DEFAULT_URL, BatchRequest, InvalidLine, count_lines, read_requests
 from headway.batch.ledger import Ledger, Result, result_from_error
@@ -122,7 +124,7 @@ def note_retry(exc: BaseException | None = None, *, rate_limited: bool | None = 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
     value = headers.get(name)
-    if value is None:
+    if value is None and not isinstance(headers, CIMultiDictProxy | CIMultiDict):
         lower = name.lower()
         for k, v in headers.items():
             if k.lower() == lower:
