@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import statistics
 import sys
@@ -200,6 +201,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "platform": platform.platform(),
         "runs": args.runs,
         "seconds": args.seconds,
+        "cpus": os.cpu_count(),
+        "load_average_1m": os.getloadavg()[0],
         "steady": {},
         "fairness": {},
     }
@@ -223,7 +226,8 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "",
         f"Command: `{command}`  ",
         f"Median of {result['runs']} runs, {result['seconds']:g} s each, real time; "
-        f"Python {result['python']}, {result['platform']}.",
+        f"Python {result['python']}, {result['platform']}, {result['cpus']} CPUs, "
+        f"load average {result['load_average_1m']:.1f} at the end of the run.",
         "",
         "## 200/s, 50 workers",
         "",
