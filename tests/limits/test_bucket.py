@@ -490,3 +490,19 @@ async def test_a_refund_during_a_pause_cannot_end_it_early() -> None:
     limiter.refund(5)
     await limiter.wait(0)
     assert loop.time() - t0 >= 1.0 - 1e-9
+
+
+def test_rate_and_period_are_settable_from_now_on(clock: ManualClock) -> None:
+    limiter = TokenBucketRateLimiter(10, max_tokens=10, initial_tokens=0, clock=clock)
+    clock.advance(0.5)  # 5 tokens at the old rate
+    limiter.rate = 2
+    clock.advance(1.0)  # 2 more at the new one
+    assert limiter.tokens == pytest.approx(7.0)
+    limiter.period = 2.0  # now 1 per second
+    clock.advance(1.0)
+    assert limiter.tokens == pytest.approx(8.0)
+    assert (limiter.rate, limiter.period) == (2.0, 2.0)
+    with pytest.raises(ValueError):
+        limiter.rate = 0
+    with pytest.raises(ValueError):
+        limiter.period = -1

@@ -198,3 +198,10 @@ def test_sync_picks_the_limit_by_name_unit_and_limit(clock: ManualClock) -> None
     multi.sync("images", 0, None)  # unknown: ignored
     multi.sync("tokens", 9000, 1.0)  # never raised
     assert levels(multi) == [4.0, 50.0, 4000.0, 6500.0]
+
+
+def test_a_limit_changed_later_is_honoured(clock: ManualClock) -> None:
+    multi = MultiLimiter.for_llm(rps=10, burst=1, clock=clock)
+    multi.reserve_nowait()
+    multi.limiters[0].rate = 1
+    assert multi.reserve_nowait().delay == pytest.approx(1.0)

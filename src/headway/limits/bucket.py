@@ -140,7 +140,9 @@ class TokenBucketRateLimiter:
         "_level",
         "_now",
         "_paused_until",
+        "_period",
         "_prev_tail",
+        "_rate",
         "_rps",
         "_self",
         "_seq",
@@ -150,8 +152,6 @@ class TokenBucketRateLimiter:
         "max_tokens",
         "max_wait",
         "name",
-        "period",
-        "rate",
         "unit",
     )
 
@@ -167,9 +167,9 @@ class TokenBucketRateLimiter:
         name: str | None = None,
         unit: str = "requests",
     ) -> None:
-        self.rate = _positive("rate", rate)
-        self.period = _positive("period", period)
-        self.max_tokens = self.rate if max_tokens is None else _positive("max_tokens", max_tokens)
+        self._rate = _positive("rate", rate)
+        self._period = _positive("period", period)
+        self.max_tokens = self._rate if max_tokens is None else _positive("max_tokens", max_tokens)
         if initial_tokens is None:
             level = self.max_tokens
         else:
@@ -184,7 +184,7 @@ class TokenBucketRateLimiter:
         self.unit = unit
         self.name = name
         self._is_requests = unit == "requests"
-        self._rps = self.rate / self.period
+        self._rps = self._rate / self._period
         self._clock = resolve_clock(clock)
         self._now = _loop_now if self._clock is LOOP_CLOCK else self._clock.now
         self._self = (self,)
@@ -200,6 +200,36 @@ class TokenBucketRateLimiter:
         self._holes: dict[int, tuple[float, float, float]] | None = None
 
     # -- state ------------------------------------------------------------------------
+    @property
+    def rate(self) -> float:
+        """Units refilled per :attr:`period`; settable (from now on)."""
+        return self._rate
+
+    @rate.setter
+    def rate(self, value: float) -> None:
+        value = _positive("rate", value)
+        self._settle_time()
+        self._rate = value
+        self._rps = value / self._period
+
+    @property
+    def period(self) -> float:
+        """Seconds over which :attr:`rate` units refill; settable (from now on)."""
+        return self._period
+
+    @period.setter
+    def period(self, value: float) -> None:
+        value = _positive("period", value)
+        self._settle_time()
+        self._period = value
+        self._rps = self._rate / value
+
+    def _settle_time(self) -> None:
+        # Bank the refill so far at the old rate before the rate changes.
+        now = self._now()
+        self._level = self._refill(now)
+        self._last = now
+
     @property
     def clock(self) -> Clock:
         """The clock this limiter reads and sleeps through."""

@@ -89,9 +89,7 @@ class MultiLimiter:
         self.max_wait = None if max_wait is None else _non_negative("max_wait", max_wait)
         self.name = name
         self._units = tuple(lim.unit == "requests" for lim in self.limiters)
-        self._specs = tuple(
-            (lim, lim.unit == "requests", lim.rate / lim.period) for lim in self.limiters
-        )
+        self._specs = tuple((lim, lim.unit == "requests") for lim in self.limiters)
 
     @classmethod
     def for_llm(
@@ -165,8 +163,9 @@ class MultiLimiter:
         now = limiters[0]._now()
         befores = []
         delay = 0.0
-        for lim, is_requests, rps in self._specs:
+        for lim, is_requests in self._specs:
             amount = requests if is_requests else tokens
+            rps = lim._rps
             cap = lim.max_tokens
             if amount > cap:
                 lim._refuse(amount)
