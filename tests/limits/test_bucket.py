@@ -506,3 +506,29 @@ def test_rate_and_period_are_settable_from_now_on(clock: ManualClock) -> None:
         limiter.rate = 0
     with pytest.raises(ValueError):
         limiter.period = -1
+
+
+@pytest.mark.virtual_time
+async def test_a_heavy_request_is_not_starved_by_one_unit_loopers() -> None:
+    # aiolimiter serves the smallest request first and never serves this one.
+    loop = asyncio.get_running_loop()
+    limiter = TokenBucketRateLimiter(100, period=1.0)
+    stop = False
+
+    async def looper() -> None:
+        while not stop:
+            async with limiter.slot(1):
+                await asyncio.sleep(0)
+
+    loopers = [asyncio.create_task(looper()) for _ in range(20)]
+    await asyncio.sleep(1.0)
+    t0 = loop.time()
+    async with asyncio.timeout(10):
+        await limiter.wait(50)
+    waited = loop.time() - t0
+    stop = True
+    for task in loopers:
+        task.cancel()
+    await asyncio.gather(*loopers, return_exceptions=True)
+    assert waited <= 1.5
+    assert waited >= 0.5  # it did wait its turn: 50 units at 100/s
