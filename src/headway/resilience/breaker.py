@@ -452,7 +452,7 @@ class CircuitBreaker:
 
     def remove_listener(self, listener: EventListener) -> None:
         """Stop calling ``listener``; unknown listeners are ignored."""
-        self._listeners = tuple(x for x in self._listeners if x is not listener)
+        self._listeners = tuple(x for x in self._listeners if x != listener)
 
     # -- calls ----------------------------------------------------------------------------
     def acquire(self) -> BreakerPermit:
