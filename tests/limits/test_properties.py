@@ -6,6 +6,7 @@ import asyncio
 import itertools
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import given, note
 from hypothesis import strategies as st
 
@@ -85,8 +86,6 @@ def test_a_heavy_request_waits_no_longer_than_its_share(
 
 
 def _approx(x: float) -> object:
-    import pytest
-
     return pytest.approx(x, rel=1e-9, abs=1e-9)
 
 
