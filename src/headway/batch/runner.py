@@ -315,7 +315,7 @@ class BatchRunner:
                 break
             n += 1
             if n & 1023 == 0:
-                await asyncio.sleep(0)  # let the workers and the ticker breathe
+                await self.clock.sleep(0)  # let the workers and the ticker breathe
             cid = item.custom_id
             if owns is not None and not owns(cid):
                 continue  # another worker's line (repeats hash alike, so they stay here)

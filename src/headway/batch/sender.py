@@ -85,10 +85,6 @@ class Target:
     headers: dict[str, str] = field(default_factory=dict)
     default_url: str = DEFAULT_URL
 
-    def url_path(self, path: str) -> str:
-        """The path to send ``path`` (a line's ``url``) to, relative to :attr:`base_url`."""
-        return path
-
 
 def _strip_v1(base_url: str) -> str:
     base = base_url.rstrip("/")
