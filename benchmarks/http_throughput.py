@@ -219,8 +219,9 @@ CLIENTS: dict[str, Callable[[AsyncExitStack, str, int], Awaitable[Call]]] = {
 }
 
 
-async def _window(call: Call, conc: int, seconds: float) -> float:
-    """Requests/s of ``conc`` workers calling in a loop for ``seconds``."""
+async def _window(call: Call, conc: int, seconds: float) -> tuple[float, float]:
+    """Requests/s of ``conc`` workers calling in a loop for ``seconds``, and the client
+    process's CPU microseconds per request (steadier than wall time on a busy machine)."""
     perf = time.perf_counter
     done = 0
     end = 0.0
@@ -233,14 +234,20 @@ async def _window(call: Call, conc: int, seconds: float) -> float:
 
     end = perf() + seconds
     start = perf()
+    cpu = time.process_time()
     await asyncio.gather(*(worker() for _ in range(conc)))
-    return done / (perf() - start)
+    cpu = time.process_time() - cpu
+    return done / (perf() - start), cpu / max(done, 1) * 1e6
+
+
+Samples = dict[str, dict[int, list[float]]]
 
 
 async def measure(
     base: str, levels: list[int], runs: int, seconds: float, warmup: float
-) -> dict[str, dict[int, list[float]]]:
-    results: dict[str, dict[int, list[float]]] = {name: {} for name in CLIENTS}
+) -> tuple[Samples, Samples]:
+    results: Samples = {name: {} for name in CLIENTS}
+    cpu_us: Samples = {name: {} for name in CLIENTS}
     for conc in levels:
         async with AsyncExitStack() as stack:
             calls = {name: await make(stack, base, conc) for name, make in CLIENTS.items()}
@@ -249,13 +256,22 @@ async def measure(
             for _ in range(runs):
                 for name, call in calls.items():
                     gc.collect()
-                    rate = await _window(call, conc, seconds)
+                    rate, us = await _window(call, conc, seconds)
                     results[name].setdefault(conc, []).append(rate)
-                    print(f"  c={conc:<4} {name:<34} {rate:>9.0f} req/s", file=sys.stderr)
-    return results
+                    cpu_us[name].setdefault(conc, []).append(us)
+                    print(
+                        f"  c={conc:<4} {name:<34} {rate:>9.0f} req/s {us:>8.1f} us CPU/req",
+                        file=sys.stderr,
+                    )
+    return results, cpu_us
 
 
-def render(summary: dict[str, dict[int, float]], levels: list[int], command: str) -> str:
+def render(
+    summary: dict[str, dict[int, float]],
+    cpu: dict[str, dict[int, float]],
+    levels: list[int],
+    command: str,
+) -> str:
     base = summary["raw aiohttp"]
     httpx_ = summary["raw httpx"]
     lines = [
@@ -276,6 +292,15 @@ def render(summary: dict[str, dict[int, float]], levels: list[int], command: str
         lines.append(
             f"| {name} | {cells} | {row[ref] / base[ref]:.2f}x | {row[ref] / httpx_[ref]:.1f}x |"
         )
+    lines += [
+        "",
+        "Client CPU per request (microseconds, median; lower is better):",
+        "",
+        "| client | " + " | ".join(f"c={c}" for c in levels) + " |",
+        "|---|" + "---:|" * len(levels),
+    ]
+    for name, row in cpu.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[c]:,.0f}" for c in levels) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -296,13 +321,16 @@ def main() -> None:
     server.start()
     try:
         port = queue.get(timeout=30)
-        raw = asyncio.run(measure(f"http://127.0.0.1:{port}", levels, runs, seconds, warmup))
+        raw, raw_cpu = asyncio.run(
+            measure(f"http://127.0.0.1:{port}", levels, runs, seconds, warmup)
+        )
     finally:
         server.terminate()
         server.join()
     summary = {name: {c: statistics.median(v) for c, v in row.items()} for name, row in raw.items()}
+    cpu = {name: {c: statistics.median(v) for c, v in row.items()} for name, row in raw_cpu.items()}
     command = "python benchmarks/http_throughput.py" + (" --quick" if args.quick else "")
-    table = render(summary, levels, command)
+    table = render(summary, cpu, levels, command)
     print(table)
     if not args.no_write:
         RESULTS.mkdir(exist_ok=True)
@@ -314,6 +342,9 @@ def main() -> None:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "median_rps": {n: {str(c): v for c, v in row.items()} for n, row in summary.items()},
+            "median_cpu_us_per_request": {
+                n: {str(c): v for c, v in row.items()} for n, row in cpu.items()
+            },
             "samples": {n: {str(c): v for c, v in row.items()} for n, row in raw.items()},
         }
         (RESULTS / "http_throughput.json").write_text(json.dumps(data, indent=2) + "\n")

@@ -123,7 +123,11 @@ def make_app(seen: list[web.Request] | None = None) -> web.Application:
             await asyncio.sleep(0)
         return resp
 
+    async def release(_: web.Application) -> None:
+        stall.set()  # let stalled handlers finish before the server shuts down
+
     app = web.Application()
+    app.on_shutdown.append(release)
     app.router.add_route("*", "/echo", echo)
     app.router.add_route("*", "/status/{code}", status)
     app.router.add_get("/204", no_content)

@@ -163,6 +163,9 @@ async def test_endpoint_lifecycle_and_calls(fake_api: FakeAPI) -> None:
         assert all(r["model"] == "gpt-4o-mini" for r in results)
         chunks = [c async for c in ep.stream({"messages": MSG["messages"]})]
         assert chunks[0]["object"] == "chat.completion.chunk"
+        async with ep.stream({"messages": MSG["messages"]}) as early:
+            async for _ in early:
+                break
     assert ep.client is None
     await ep.aclose()
     await ep.aclose()

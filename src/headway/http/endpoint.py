@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from headway._clock import Clock
 from headway._resources import track as _track
 from headway._resources import untrack as _untrack
-from headway.http.client import AsyncAPIClient, PolicyLike, StreamMode
+from headway.http.client import AsyncAPIClient, EventStream, PolicyLike, StreamMode
 from headway.http.config import EndpointConfig
 from headway.http.transport import Transport
 
@@ -218,7 +218,7 @@ class Endpoint:
             if owned is not None:
                 await owned.aclose()
 
-    async def stream(
+    def stream(
         self,
         request: Mapping[str, Any] | BaseModel | None = None,
         *,
@@ -227,13 +227,25 @@ class Endpoint:
         headers: Mapping[str, str] | None = None,
         tokens: float | None = None,
         timeout: float | None = None,
-    ) -> AsyncIterator[Any]:
+    ) -> EventStream[Any]:
         """Stream ``request``; yield each parsed chunk (SSE data or NDJSON lines).
 
         Sets ``"stream": true`` in the payload unless it is set. The stream ends at
         ``[DONE]`` or when the server closes it; an error event raises
-        :class:`~headway.errors.StreamError`.
+        :class:`~headway.errors.StreamError`. Use ``async with ep.stream(req) as chunks``
+        when you may stop early, so the connection is released at once.
         """
+        return EventStream(self._stream(request, endpoint_params, params, headers, tokens, timeout))
+
+    async def _stream(
+        self,
+        request: Mapping[str, Any] | BaseModel | None,
+        endpoint_params: dict[str, str] | None,
+        params: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+        tokens: float | None,
+        timeout: float | None,
+    ) -> AsyncIterator[Any]:
         cfg = self.config
         body = _payload(request, cfg.defaults)
         body.setdefault("stream", True)

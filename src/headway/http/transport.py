@@ -72,6 +72,11 @@ class Response:
         self._json: Any = Response._MISSING
 
     @property
+    def body(self) -> bytes:
+        """The raw body (same as :attr:`content`)."""
+        return self.content
+
+    @property
     def text(self) -> str:
         """The body decoded as UTF-8 (undecodable bytes replaced)."""
         return self.content.decode("utf-8", "replace")
