@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections.abc import Iterator
 from unittest.mock import AsyncMock
 
 import pytest
@@ -27,7 +28,7 @@ def clock() -> ManualClock:
 
 
 @pytest.fixture
-def seen() -> list[Event]:
+def seen() -> Iterator[list[Event]]:
     got: list[Event] = []
     events.add_listener(got.append)
     yield got
