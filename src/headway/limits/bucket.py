@@ -434,14 +434,15 @@ class TokenBucketRateLimiter:
                 await self._clock.sleep(delay)
         return await func(*args, **kwargs)
 
-    async def reserve(
+    def reserve_nowait(
         self, requests: float = 1.0, tokens: float = 0.0, *, max_wait: float | None = None
     ) -> Reservation:
-        """Reserve for one call, charging ``requests`` or ``tokens`` by :attr:`unit`.
+        """Reserve for one call now, charging ``requests`` or ``tokens`` by :attr:`unit`.
 
-        The :class:`~headway.limits.Limiter` protocol, as :class:`MultiLimiter` has it.
-        The :class:`Reservation` is taken at once; ``await reservation.wait()`` sleeps
-        its ``delay`` and cancels it if interrupted.
+        The synchronous core of :meth:`reserve` (as :meth:`MultiLimiter.reserve_nowait
+        <headway.limits.MultiLimiter.reserve_nowait>`). The :class:`Reservation` is taken
+        at once; ``await reservation.wait()`` sleeps its ``delay`` and cancels it if
+        interrupted.
         """
         if not (requests >= 0.0 and tokens >= 0.0):
             raise ValueError(f"requests and tokens must be >= 0, got {requests!r}, {tokens!r}")
@@ -458,6 +459,15 @@ class TokenBucketRateLimiter:
         return Reservation(
             delay, requests, tokens, self._clock, self._self, self._units, charged, booking
         )
+
+    async def reserve(
+        self, requests: float = 1.0, tokens: float = 0.0, *, max_wait: float | None = None
+    ) -> Reservation:
+        """Reserve for one call (the :class:`~headway.limits.Limiter` protocol).
+
+        See :meth:`reserve_nowait`.
+        """
+        return self.reserve_nowait(requests, tokens, max_wait=max_wait)
 
     # -- settling up ------------------------------------------------------------------
     def refund(self, tokens: float) -> None:
