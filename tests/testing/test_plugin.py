@@ -175,6 +175,11 @@ async def session():
     async with aiohttp.ClientSession() as s:
         yield s
 
+@pytest_asyncio.fixture(loop_scope="module")
+async def module_session():
+    async with aiohttp.ClientSession() as s:
+        yield s
+
 @pytest.mark.asyncio
 async def test_fixture_owned_resources_are_not_leaks(session, fake_api):
     async with session.get(fake_api.url + "/v1/models") as resp:
@@ -216,6 +221,13 @@ class TestModuleLoop:
         asyncio.create_task(forever(), name="module-orphan")
 
     @pytest.mark.asyncio(loop_scope="module")
+    async def test_fixtures_follow_the_module_loop(self, virtual_clock, fake_api, module_session):
+        await asyncio.sleep(600)
+        assert virtual_clock.elapsed >= 600
+        async with module_session.get(fake_api.url + "/v1/models") as resp:
+            assert resp.status == 200
+
+    @pytest.mark.asyncio(loop_scope="module")
     async def test_next_test_in_the_same_loop_is_unaffected(self):
         others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         assert [t.get_name() for t in others if not t.done()] == []
@@ -238,6 +250,7 @@ def test_strict_mode_with_the_command_line_option(tmp_path: Path) -> None:
     assert module_leak.status in ("failed", "error"), output
     assert "'module-orphan'" in module_leak.message
     assert outcomes["test_next_test_in_the_same_loop_is_unaffected"].status == "passed", output
+    assert outcomes["test_fixtures_follow_the_module_loop"].status == "passed", output
 
 
 def test_auto_mode_with_the_ini_option(tmp_path: Path) -> None:

@@ -158,26 +158,46 @@ def mock_api_responses() -> MockAPIResponses:
 
 if pytest_asyncio is not None:
 
-    @pytest_asyncio.fixture
-    async def virtual_clock() -> AsyncIterator[VirtualClock]:
+    @pytest.fixture
+    def virtual_clock(request: pytest.FixtureRequest) -> VirtualClock:
         """The test's event loop in virtual time: idle waits complete at once.
 
         ``virtual_clock.advance(s)`` moves time by hand; ``virtual_clock.elapsed`` tells
-        how much virtual time the test has used.
+        how much virtual time the test has used. Installed on the loop the test runs
+        in, whatever its ``loop_scope``.
         """
-        with VirtualClock() as clock:
-            yield clock
+        clock: VirtualClock = request.getfixturevalue(
+            f"_headway_virtual_clock_{_loop_scope(request.node)}"
+        )
+        return clock
 
-    @pytest_asyncio.fixture
-    async def fake_api() -> AsyncIterator[FakeAPI]:
+    @pytest.fixture
+    def fake_api(request: pytest.FixtureRequest) -> FakeAPI:
         """A running :class:`~headway.testing.FakeAPI` with default settings.
 
         Configure it in the test (``fake_api.route(...)``, ``fake_api.script(...)``,
         ``fake_api.set_limits(rpm=...)``, ``fake_api.set_chaos(...)``); point clients at
-        ``fake_api.url``. It is closed after the test.
+        ``fake_api.url``. It serves from the loop the test runs in and is closed after
+        the test.
         """
-        async with FakeAPI() as api:
-            yield api
+        api: FakeAPI = request.getfixturevalue(f"_headway_fake_api_{_loop_scope(request.node)}")
+        return api
+
+    def _make_virtual_clock(scope: _Scope) -> object:
+        @pytest_asyncio.fixture(name=f"_headway_virtual_clock_{scope}", loop_scope=scope)
+        async def clock_fixture() -> AsyncIterator[VirtualClock]:
+            with VirtualClock() as clock:
+                yield clock
+
+        return clock_fixture
+
+    def _make_fake_api(scope: _Scope) -> object:
+        @pytest_asyncio.fixture(name=f"_headway_fake_api_{scope}", loop_scope=scope)
+        async def api_fixture() -> AsyncIterator[FakeAPI]:
+            async with FakeAPI() as api:
+                yield api
+
+        return api_fixture
 
     def _make_async_guard(scope: _Scope) -> object:
         @pytest_asyncio.fixture(name=_async_guard_name(scope), loop_scope=scope)
@@ -191,3 +211,5 @@ if pytest_asyncio is not None:
 
     for _scope in _LOOP_SCOPES:
         globals()[f"_headway_leak_guard_{_scope}"] = _make_async_guard(_scope)
+        globals()[f"_headway_virtual_clock_{_scope}"] = _make_virtual_clock(_scope)
+        globals()[f"_headway_fake_api_{_scope}"] = _make_fake_api(_scope)
