@@ -40,6 +40,15 @@ from headway.limits import (
 
 # --- limits (end) ---
 # --- concurrency + breaker (begin) ---
+# isort: split
+from headway.concurrency import (
+    AdaptiveConcurrency,
+    AsyncExecutor,
+    ConcurrencyLimit,
+    RateLimitedExecutor,
+)
+from headway.resilience.breaker import BreakerPermit, CircuitBreaker, CircuitState
+
 # --- concurrency + breaker (end) ---
 # --- retry + timeouts + policy (begin) ---
 from headway.resilience.policy import AttemptContext, Policy
@@ -108,6 +117,13 @@ __all__ = [
     "TokenBucketRateLimiter",
     # --- limits __all__ (end) ---
     # --- concurrency + breaker __all__ (begin) ---
+    "AdaptiveConcurrency",
+    "AsyncExecutor",
+    "BreakerPermit",
+    "CircuitBreaker",
+    "CircuitState",
+    "ConcurrencyLimit",
+    "RateLimitedExecutor",
     # --- concurrency + breaker __all__ (end) ---
     # --- retry + timeouts + policy __all__ (begin) ---
     "AttemptContext",

@@ -699,7 +699,6 @@ class MapIterator(Generic[R]):
         "_func",
         "_in_flight",
         "_launched",
-        "_next_item",
         "_ordered",
         "_queue",
         "_source",
@@ -725,7 +724,6 @@ class MapIterator(Generic[R]):
         else:
             self._async_source = None
             self._source = iter(iterable)
-        self._next_item: Any = _EXHAUSTED
         self._closed = False
         self._in_flight = 0  # launched and not yet yielded
         self._launched: set[asyncio.Task[R]] = set()  # not yet done
@@ -778,10 +776,6 @@ class MapIterator(Generic[R]):
         return task.result()
 
     async def _next_source_item(self) -> Any:
-        item = self._next_item
-        if item is not _EXHAUSTED:
-            self._next_item = _EXHAUSTED
-            return item
         if self._async_source is not None:
             try:
                 return await anext(self._async_source)
@@ -841,7 +835,6 @@ class MapIterator(Generic[R]):
         """Stop: cancel the calls still in flight and wait until they have finished."""
         self._closed = True
         self._queue.clear()
-        self._next_item = _EXHAUSTED
         while self._launched:
             pending = tuple(self._launched)
             for task in pending:

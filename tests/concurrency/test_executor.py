@@ -199,6 +199,8 @@ async def test_shutdown_itself_cancelled_leaves_no_timer_behind() -> None:
     assert other_tasks() == {call}
     await ex.shutdown(timeout=0)
     assert not other_tasks()
+    with pytest.raises(ExecutorShutdownError):
+        await call
 
 
 async def test_context_manager_waits_after_a_clean_exit() -> None:
@@ -458,3 +460,22 @@ async def test_map_cancelled_before_start_reports_shutdown() -> None:
     with pytest.raises(ExecutorShutdownError):
         await consumer
     assert not other_tasks()
+
+
+async def test_map_over_a_finite_async_source() -> None:
+    async def numbers() -> AsyncIterator[int]:
+        for i in range(5):
+            await asyncio.sleep(0.1)
+            yield i
+
+    async with AsyncExecutor(2) as ex:
+        assert [r async for r in ex.map(echo, numbers(), ordered=False)] == [0, 1, 2, 3, 4]
+
+
+async def test_overlapping_shutdowns_cancel_each_call_once() -> None:
+    ex = AsyncExecutor()
+    call = asyncio.create_task(ex.execute(asyncio.sleep, 100))
+    await asyncio.sleep(0)
+    await asyncio.gather(ex.shutdown(timeout=1), ex.shutdown(timeout=1))
+    with pytest.raises(ExecutorShutdownError):
+        await call
