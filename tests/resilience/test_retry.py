@@ -326,6 +326,7 @@ def test_budget_window_expires_old_counts() -> None:
     assert budget.try_spend()
     assert not budget.try_spend()
     clock.advance(5)
+    assert budget.requests == 1  # reads the clock: later deposits book at t=5
     budget.record_request()
     assert budget.requests == 2
     assert budget.retries == 1
@@ -337,6 +338,21 @@ def test_budget_window_expires_old_counts() -> None:
     assert budget.requests == 0
     assert budget.available == 0
     assert "RetryBudget(" in repr(budget)
+
+
+def test_budget_books_deposits_no_later_than_they_happened() -> None:
+    clock = ManualClock()
+    budget = RetryBudget(ratio=1.0, min_retries_per_second=0.0, window=10.0, clock=clock)
+    assert budget.requests == 0  # clock read at t=0
+    clock.advance(9)
+    budget.record_request()  # booked in t=0's slice (no clock read on the success path)
+    clock.advance(1.5)
+    assert budget.requests == 0
+    assert not budget.try_spend()
+    for _ in range(RetryBudget.BATCH):  # a full batch reads the clock
+        budget.record_request()
+    clock.advance(9)
+    assert budget.requests == RetryBudget.BATCH
 
 
 def test_budget_floor_per_second() -> None:

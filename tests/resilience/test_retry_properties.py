@@ -84,14 +84,17 @@ def test_budget_never_allows_more_than_ratio_plus_floor_in_a_window(
         if op == "request":
             budget.record_request()
             history.append((clock.now(), "request"))
-        elif budget.try_spend():
-            history.append((clock.now(), "retry"))
-        # Over the last `window` seconds (a bucket more, for bucket granularity), the
-        # retries spent stay within the allowance of the requests seen.
-        since = clock.now() - window - window / 10
-        recent = [k for t, k in history if t > since]
-        retries = recent.count("retry")
-        requests = recent.count("request")
+            continue
+        if not budget.try_spend():
+            continue
+        history.append((clock.now(), "retry"))
+        # When a retry is granted, the retries of the window stay within the allowance.
+        # The budget keeps whole buckets (width = window / 10): the retries of the last
+        # window - width seconds are all still counted, and the requests it counts all
+        # happened in the last window.
+        now, width, eps = clock.now(), window / 10, 1e-6
+        retries = sum(1 for t, k in history if k == "retry" and t > now - window + width + eps)
+        requests = sum(1 for t, k in history if k == "request" and t > now - window - eps)
         assert retries <= ratio * requests + floor * window + 1e-9
 
 

@@ -157,15 +157,16 @@ class Policy:
     """
 
     __slots__ = (
+        "_attempt_timeout",
+        "_breaker",
+        "_cfg",
         "_clock",
         "_concurrency",
-        "attempt_timeout",
-        "breaker",
-        "limiter",
-        "listeners",
-        "name",
-        "retry",
-        "total_timeout",
+        "_limiter",
+        "_listeners",
+        "_name",
+        "_retry",
+        "_total_timeout",
     )
 
     def __init__(
@@ -188,17 +189,44 @@ class Policy:
         for what, value in (("attempt_timeout", attempt_timeout), ("total_timeout", total_timeout)):
             if value is not None and not value > 0:
                 raise ConfigurationError(f"{what} must be > 0 seconds or None, got {value!r}")
-        self.retry = retry
-        self.limiter = limiter
-        self._concurrency = _concurrency(concurrency)
-        self.breaker = breaker
-        self.attempt_timeout = attempt_timeout
-        self.total_timeout = total_timeout
         if clock is None and retry is not None and retry.clock is not None:
             clock = retry.clock
+        self._retry = retry
+        self._limiter = limiter
+        conc = self._concurrency = _concurrency(concurrency)
+        self._breaker = breaker
+        self._attempt_timeout = attempt_timeout
+        self._total_timeout = total_timeout
         self._clock = resolve_clock(clock)
-        self.name = name
-        self.listeners = tuple(listeners)
+        self._name = name
+        self._listeners = tuple(listeners)
+        # Everything the hot path needs, in one tuple (one attribute load per call).
+        # A plain pool is driven directly (sync fast path); an adaptive limit through its
+        # slot(), which measures and reports each call's outcome. MultiLimiter has a
+        # synchronous reserve (no coroutine per call). Durations are measured only for a
+        # breaker that judges slow calls.
+        pool = conc if conc is not None and type(conc).slot is _plain_slot() else None
+        self._cfg = (
+            None if retry is None else retry._engine(),
+            breaker,
+            pool,
+            conc if conc is not None and pool is None else None,
+            limiter,
+            getattr(limiter, "reserve_nowait", None),
+            attempt_timeout,
+            breaker is not None and breaker.slow_call_duration is not None,
+            self._clock,
+        )
+
+    @property
+    def retry(self) -> RetryPolicy | None:
+        """The retry policy (``None``: no retries)."""
+        return self._retry
+
+    @property
+    def limiter(self) -> Limiter | None:
+        """The limiter every attempt reserves on."""
+        return self._limiter
 
     @property
     def concurrency(self) -> ConcurrencyLimit | None:
@@ -206,12 +234,37 @@ class Policy:
         return self._concurrency
 
     @property
+    def breaker(self) -> CircuitBreaker | None:
+        """The circuit breaker every attempt asks first."""
+        return self._breaker
+
+    @property
+    def attempt_timeout(self) -> float | None:
+        """Seconds allowed for one attempt's call."""
+        return self._attempt_timeout
+
+    @property
+    def total_timeout(self) -> float | None:
+        """Seconds allowed for the whole call."""
+        return self._total_timeout
+
+    @property
+    def name(self) -> str | None:
+        """The ``source`` of this policy's events."""
+        return self._name
+
+    @property
+    def listeners(self) -> tuple[EventListener, ...]:
+        """Extra event listeners for this policy's events."""
+        return self._listeners
+
+    @property
     def clock(self) -> Clock:
         """The clock backoff sleeps go through."""
         return self._clock
 
     # -- entry points ----------------------------------------------------------------------
-    async def execute(
+    def execute(
         self,
         func: Callable[..., Awaitable[T]],
         /,
@@ -219,28 +272,28 @@ class Policy:
         requests: float = 1.0,
         tokens: float = 0.0,
         **kwargs: Any,
-    ) -> T:
-        """Call ``await func(*args, **kwargs)`` through the policy.
+    ) -> Coroutine[Any, Any, T]:
+        """Call ``await func(*args, **kwargs)`` through the policy: ``await policy.execute(...)``.
 
         ``requests`` and ``tokens`` (an estimate) are what each attempt reserves on the
-        limiter; they are not passed to ``func``.
+        limiter; they are not passed to ``func``. (A plain method returning the call's
+        coroutine, one frame cheaper than an ``async def``; await it, or make a task.)
         """
-        if self.total_timeout is None:
-            return await self._call(func, args, kwargs, requests, tokens, None)
-        async with Deadline(
-            self.total_timeout, scope="total", source=self.name, listeners=self.listeners
-        ) as dl:
-            return await self._call(func, args, kwargs, requests, tokens, dl)
+        if self._total_timeout is None:
+            return self._call(func, args, kwargs, requests, tokens, None)
+        return self._call_total(func, args, kwargs, requests, tokens)
 
-    async def run(
+    def run(
         self,
         attempt_fn: Callable[[AttemptContext[Any]], Awaitable[T]],
         /,
         *,
         requests: float = 1.0,
         tokens: float = 0.0,
-    ) -> T:
+    ) -> Coroutine[Any, Any, T]:
         """Call ``await attempt_fn(ctx)`` through the policy, with an :class:`AttemptContext`.
+
+        Like :meth:`execute`, returns the call's coroutine: ``await policy.run(...)``.
 
         >>> import asyncio
         >>> async def attempt(ctx: AttemptContext) -> int:
@@ -248,12 +301,22 @@ class Policy:
         >>> asyncio.run(Policy(retry=None).run(attempt))
         1
         """
-        if self.total_timeout is None:
-            return await self._call(attempt_fn, None, None, requests, tokens, None)
+        if self._total_timeout is None:
+            return self._call(attempt_fn, None, None, requests, tokens, None)
+        return self._call_total(attempt_fn, None, None, requests, tokens)
+
+    async def _call_total(
+        self,
+        fn: Callable[..., Awaitable[T]],
+        args: tuple[Any, ...] | None,
+        kwargs: dict[str, Any] | None,
+        requests: float,
+        tokens: float,
+    ) -> T:
         async with Deadline(
-            self.total_timeout, scope="total", source=self.name, listeners=self.listeners
+            self._total_timeout, scope="total", source=self._name, listeners=self._listeners
         ) as dl:
-            return await self._call(attempt_fn, None, None, requests, tokens, dl)
+            return await self._call(fn, args, kwargs, requests, tokens, dl)
 
     def wrap(self, func: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorate ``func`` so that every call goes through the policy (signature kept).
@@ -267,15 +330,13 @@ class Policy:
         42
         """
         call = self._call
+        call_total = self._call_total
 
         @functools.wraps(func)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            if self.total_timeout is None:
+            if self._total_timeout is None:
                 return await call(func, args, kwargs, 1.0, 0.0, None)
-            async with Deadline(
-                self.total_timeout, scope="total", source=self.name, listeners=self.listeners
-            ) as dl:
-                return await call(func, args, kwargs, 1.0, 0.0, dl)
+            return await call_total(func, args, kwargs, 1.0, 0.0)
 
         return wrapper
 
@@ -289,39 +350,43 @@ class Policy:
         tokens: float,
         total: Deadline | None,
     ) -> T:
-        retry = self.retry
-        breaker = self.breaker
-        conc = self._concurrency
-        limiter = self.limiter
-        attempt_timeout = self.attempt_timeout
-        now = self._clock.now
-        # Durations are measured only for a breaker that judges slow calls.
-        timed = breaker is not None and breaker.slow_call_duration is not None
+        (rt, breaker, pool, adaptive, limiter, reserve_now, attempt_timeout, timed, clock) = (
+            self._cfg
+        )
         ctx: AttemptContext[Any] | None = None
         if args is None:
             ctx = AttemptContext(self, limiter)
         previous = 0.0
-        if retry is not None:
-            budget = retry.budget
+        if rt is not None:
+            budget = rt.budget
             if budget is not None:
                 budget.record_request()
-            previous = retry.base_delay
+            previous = rt.base_delay
         attempt = 0
         while True:
             attempt += 1
             permit = None
+            held = False
             slot = None
             called = False
             started = 0.0
             try:
                 if breaker is not None:
                     permit = breaker.acquire()
-                if conc is not None:
-                    cm = conc.slot()
+                if pool is not None:
+                    if not pool.try_acquire():
+                        await pool.acquire()
+                    held = True
+                elif adaptive is not None:
+                    cm = adaptive.slot()
                     await cm.__aenter__()
                     slot = cm
                 reservation = None
-                if limiter is not None:
+                if reserve_now is not None:
+                    reservation = reserve_now(requests, tokens)
+                    if reservation.delay > 0.0:
+                        await reservation.wait()
+                elif limiter is not None:
                     reservation = await limiter.reserve(requests, tokens)
                     if reservation.delay > 0.0:
                         await reservation.wait()
@@ -329,7 +394,7 @@ class Policy:
                     ctx.attempt = attempt
                     ctx.reservation = reservation
                 if timed:
-                    started = now()
+                    started = clock.now()
                 called = True
                 if attempt_timeout is None:
                     if ctx is None:
@@ -340,19 +405,21 @@ class Policy:
                     async with Deadline(
                         attempt_timeout,
                         scope="attempt",
-                        source=self.name,
-                        listeners=self.listeners,
+                        source=self._name,
+                        listeners=self._listeners,
                     ):
                         if ctx is None:
                             result = await fn(*args, **kwargs)  # type: ignore[misc,arg-type]
                         else:
                             result = await fn(ctx)
             except BaseException as exc:
-                if slot is not None:
+                if held:
+                    pool.release()  # type: ignore[union-attr]
+                elif slot is not None:
                     await slot.__aexit__(type(exc), exc, exc.__traceback__)
                 if permit is not None:
                     if called and isinstance(exc, Exception):
-                        permit.record_failure(exc, now() - started if timed else None)
+                        permit.record_failure(exc, clock.now() - started if timed else None)
                     else:
                         # Cancelled, or stopped before the call (no slot, limiter refusal).
                         permit.release()
@@ -360,26 +427,29 @@ class Policy:
                     raise
                 if limiter is not None and isinstance(exc, RateLimitError):
                     self._pause(limiter, exc)
-                if retry is None:
+                if rt is None:
                     raise
                 remaining = None
                 if total is not None:
                     when = total.when()
                     if when is not None:
                         remaining = when - LOOP_CLOCK.now()
-                delay = retry._next_delay(
-                    exc, attempt, previous, remaining, self.name, self.listeners
+                delay = rt.next_delay(
+                    exc, attempt, previous, remaining, self._name, self._listeners
                 )
                 if delay is None:
                     raise
-                previous = delay if delay > 0.0 else retry.base_delay
+                previous = delay if delay > 0.0 else rt.base_delay
             else:
-                if slot is not None:
+                if held:
+                    pool.release()  # type: ignore[union-attr]
+                elif slot is not None:
                     await slot.__aexit__(None, None, None)
                 if permit is not None:
-                    permit.record_success(now() - started if timed else None)
+                    permit.record_success(clock.now() - started if timed else None)
                 return result
-            await self._clock.sleep(delay)
+            if delay > 0.0:
+                await clock.sleep(delay)
 
     @staticmethod
     def _pause(limiter: Limiter, exc: RateLimitError) -> None:
@@ -403,6 +473,12 @@ class Policy:
             if value is not None:
                 parts.append(f"{key}={value!r}")
         return f"Policy({', '.join(parts)})"
+
+
+def _plain_slot() -> Any:
+    from headway.concurrency import ConcurrencyLimit
+
+    return ConcurrencyLimit.slot
 
 
 def _concurrency(value: Any) -> ConcurrencyLimit | None:

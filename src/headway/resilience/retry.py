@@ -61,9 +61,9 @@ import random
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Annotated, Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from headway._clock import Clock, resolve_clock
+from headway._clock import LOOP_CLOCK, Clock, resolve_clock
 from headway.errors import ConfigurationError, HeadwayError, is_retryable, never_retry
 from headway.events import (
     RETRY_BUDGET_EXHAUSTED,
@@ -93,6 +93,8 @@ ExceptionTypes = tuple[type[BaseException], ...]
 
 #: Longest server-requested delay (``retry_after``) a retry waits by default, in seconds.
 DEFAULT_MAX_SERVER_DELAY = 120.0
+
+_ANY_EXCEPTION: ExceptionTypes = (Exception,)
 
 _JITTER_MODES: frozenset[str] = frozenset({"none", "full", "equal", "decorrelated"})
 
@@ -170,6 +172,12 @@ class RetryBudget:
     defaults (20 % and 10/s over 10 s), a service where every call fails sees at most
     1.2x the load plus a trickle, instead of 4x with three retries per call.
 
+    The window is kept in ``buckets`` slices. To stay cheap on the success path, a
+    deposit does not read the clock: deposits are booked in batches, in the slice of
+    the last clock reading (every retry reads the clock, and so does every 32nd
+    deposit). A deposit is therefore never counted as more recent than it is: the
+    budget errs on the side of fewer retries.
+
     One budget is shared by every call of a :class:`RetryPolicy` (and of a
     :class:`~headway.Policy`); share one object between policies to share the budget.
 
@@ -185,7 +193,9 @@ class RetryBudget:
     __slots__ = (
         "_clock",
         "_epoch",
+        "_floor",
         "_n",
+        "_pending",
         "_req",
         "_ret",
         "_total_req",
@@ -195,6 +205,9 @@ class RetryBudget:
         "ratio",
         "window",
     )
+
+    #: Deposits booked without reading the clock, at most.
+    BATCH = 32
 
     def __init__(
         self,
@@ -217,6 +230,7 @@ class RetryBudget:
         self.ratio = float(ratio)
         self.min_retries_per_second = float(min_retries_per_second)
         self.window = float(window)
+        self._floor = self.min_retries_per_second * self.window
         self._clock = resolve_clock(clock)
         self._n = int(buckets)
         self._width = self.window / self._n
@@ -224,10 +238,17 @@ class RetryBudget:
         self._ret = [0] * self._n
         self._total_req = 0
         self._total_ret = 0
+        self._pending = 0
         self._epoch: int | None = None
 
     def _slot(self) -> int:
-        """Index of the current bucket, after expiring buckets older than the window."""
+        """Index of the current bucket: book pending deposits, expire old buckets."""
+        pending = self._pending
+        if pending and self._epoch is not None:
+            # Booked where the clock was last read: never later than they happened.
+            self._req[self._epoch % self._n] += pending
+            self._total_req += pending
+        self._pending = 0
         epoch = int(self._clock.now() // self._width)
         last = self._epoch
         if epoch != last:
@@ -247,31 +268,30 @@ class RetryBudget:
 
     def record_request(self) -> None:
         """Count one call (its first attempt) towards the budget."""
-        i = self._slot()
-        self._req[i] += 1
-        self._total_req += 1
+        if self._epoch is None:
+            self._slot()  # the first deposit reads the clock
+        self._pending += 1
+        if self._pending >= self.BATCH:
+            self._slot()
 
     def try_spend(self) -> bool:
         """Withdraw one retry if the budget allows it; return whether it did."""
         i = self._slot()
-        if self._allowed() - self._total_ret < 1.0:
+        if self.ratio * self._total_req + self._floor - self._total_ret < 1.0:
             return False
         self._ret[i] += 1
         self._total_ret += 1
         return True
 
-    def _allowed(self) -> float:
-        return self.ratio * self._total_req + self.min_retries_per_second * self.window
-
     @property
     def available(self) -> float:
         """Retries the budget would allow right now."""
         self._slot()
-        return max(0.0, self._allowed() - self._total_ret)
+        return max(0.0, self.ratio * self._total_req + self._floor - self._total_ret)
 
     @property
     def requests(self) -> int:
-        """Calls recorded in the current window."""
+        """Calls counted in the current window."""
         self._slot()
         return self._total_req
 
@@ -296,6 +316,147 @@ def _exception_types(value: Any, what: str) -> ExceptionTypes:
     ):
         return tuple(value)
     raise ConfigurationError(f"{what} must be an exception type or a tuple of them; got {value!r}")
+
+
+class _Engine:
+    """The compiled form of a :class:`RetryPolicy`: plain slots, cheap on the hot path."""
+
+    __slots__ = (
+        "backoff_factor",
+        "base_delay",
+        "budget",
+        "clock",
+        "exclude",
+        "listeners",
+        "max_delay",
+        "max_retries",
+        "max_server_delay",
+        "mode",
+        "name",
+        "owner",
+        "predicate",
+        "rand",
+        "types",
+    )
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.owner = policy
+        self.max_retries = policy.max_retries
+        self.base_delay = policy.base_delay
+        self.max_delay = policy.max_delay
+        self.backoff_factor = policy.backoff_factor
+        self.mode = _jitter_mode(policy.jitter)
+        retry_on = policy.retry_on
+        self.types: ExceptionTypes | None = retry_on if isinstance(retry_on, tuple) else None
+        self.predicate: RetryPredicate | None = None if isinstance(retry_on, tuple) else retry_on
+        self.exclude = policy.exclude
+        self.max_server_delay = policy.max_server_delay
+        self.budget = policy.budget
+        self.clock = resolve_clock(policy.clock)
+        self.name = policy.name
+        self.listeners = policy.listeners
+        self.rand: Callable[[], float] = random.random
+
+    def delay(self, retry: int, previous: float) -> float:
+        return _schedule_delay(
+            self.mode,
+            retry,
+            previous,
+            self.base_delay,
+            self.backoff_factor,
+            self.max_delay,
+            self.rand,
+        )
+
+    def should_retry(self, exc: BaseException) -> bool:
+        if never_retry(exc):
+            return False
+        if self.exclude and isinstance(exc, self.exclude):
+            return False
+        types = self.types
+        if types is not None:
+            return isinstance(exc, types)
+        assert self.predicate is not None
+        return bool(self.predicate(exc))
+
+    def next_delay(
+        self,
+        exc: BaseException,
+        retry: int,
+        previous: float,
+        remaining: float | None = None,
+        source: str | None = None,
+        listeners: tuple[EventListener, ...] = (),
+    ) -> float | None:
+        """Decide the retry after ``exc``: the delay to sleep, or ``None`` to give up.
+
+        ``retry`` is the number of the retry being considered (1 after the first failure);
+        ``remaining`` the seconds left before a deadline (no retry may start after it).
+        Emits the events.
+        """
+        listeners = listeners or self.listeners
+        source = source or self.name
+        if not self.should_retry(exc):
+            if retry > 1:
+                _emit_gave_up(exc, retry, "not retryable", source, listeners)
+            return None
+        if retry > self.max_retries:
+            _emit_gave_up(exc, retry, "retries exhausted", source, listeners)
+            return None
+        delay = _server_delay(exc)
+        if delay is not None:
+            if delay > self.max_server_delay:
+                why = f"server delay {delay:g}s exceeds max_server_delay {self.max_server_delay:g}s"
+                _emit_gave_up(exc, retry, why, source, listeners)
+                return None
+        else:
+            delay = self.delay(retry, previous)
+        if remaining is not None and delay >= remaining:
+            _emit_gave_up(exc, retry, "deadline would pass before the retry", source, listeners)
+            return None
+        budget = self.budget
+        if budget is not None and not budget.try_spend():
+            if enabled(logging.WARNING, listeners):
+                emit(
+                    RETRY_BUDGET_EXHAUSTED,
+                    source=source,
+                    level=logging.WARNING,
+                    listeners=listeners,
+                    attempt=retry,
+                    reason=_reason(exc),
+                )
+            return None
+        if enabled(logging.INFO, listeners):
+            emit(
+                RETRY_SCHEDULED,
+                source=source,
+                level=logging.INFO,
+                listeners=listeners,
+                attempt=retry,
+                delay=delay,
+                reason=_reason(exc),
+            )
+        return delay
+
+    async def call(
+        self, func: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        budget = self.budget
+        if budget is not None:
+            budget.record_request()
+        retry = 0
+        previous = self.base_delay
+        while True:
+            try:
+                return await func(*args, **kwargs)
+            except Exception as exc:
+                retry += 1
+                delay = self.next_delay(exc, retry, previous)
+                if delay is None:
+                    raise
+                previous = delay if delay > 0.0 else self.base_delay
+            if delay > 0.0:
+                await self.clock.sleep(delay)
 
 
 class RetryPolicy(BaseModel):
@@ -339,16 +500,10 @@ class RetryPolicy(BaseModel):
     name: str | None = None
     listeners: tuple[EventListener, ...] = ()
 
-    _mode: str = PrivateAttr("full")
-    _clock: Clock = PrivateAttr()
-    _types: ExceptionTypes | None = PrivateAttr(None)
-    _predicate: RetryPredicate | None = PrivateAttr(None)
-    _rand: Callable[[], float] = PrivateAttr(random.random)
-
     @field_validator("retry_on", mode="before")
     @classmethod
     def _check_retry_on(cls, value: Any) -> Any:
-        if isinstance(value, (type, tuple | list | set | frozenset)):
+        if isinstance(value, type | tuple | list | set | frozenset):
             return _exception_types(value, "retry_on")
         if not callable(value):
             raise ValueError(
@@ -361,25 +516,34 @@ class RetryPolicy(BaseModel):
     def _check_exclude(cls, value: Any) -> Any:
         return _exception_types(value, "exclude")
 
+    @field_validator("jitter", mode="before")
+    @classmethod
+    def _check_jitter(cls, value: Any) -> Any:
+        _jitter_mode(value)
+        return value
+
     @model_validator(mode="after")
     def _finish(self) -> RetryPolicy:
         if self.max_delay < self.base_delay:
             raise ValueError(
                 f"max_delay ({self.max_delay}) must be >= base_delay ({self.base_delay})"
             )
-        self._mode = _jitter_mode(self.jitter)
-        self._clock = resolve_clock(self.clock)
-        if isinstance(self.retry_on, tuple):
-            self._types = self.retry_on
-        else:
-            self._predicate = self.retry_on
+        self._engine()
         return self
+
+    def _engine(self) -> _Engine:
+        # The compiled policy lives in the instance dict (not a pydantic private
+        # attribute, whose lookup is slow); a copy gets its own on first use.
+        engine: _Engine | None = self.__dict__.get("_rt")
+        if engine is None or engine.owner is not self:
+            engine = self.__dict__["_rt"] = _Engine(self)
+        return engine
 
     # -- the schedule ---------------------------------------------------------------------
     @property
     def jitter_mode(self) -> JitterMode:
         """The jitter strategy in words: ``"none"``, ``"full"``, ``"equal"``, ``"decorrelated"``."""
-        return self._mode  # type: ignore[return-value]
+        return self._engine().mode
 
     def delay(self, retry: int, previous: float | None = None) -> float:
         """Delay before retry number ``retry`` (1-based), jittered by the policy's strategy.
@@ -389,15 +553,7 @@ class RetryPolicy(BaseModel):
         """
         if retry < 1:
             raise ValueError("retry numbers start at 1")
-        return _schedule_delay(
-            self._mode,
-            retry,
-            self.base_delay if previous is None else previous,
-            self.base_delay,
-            self.backoff_factor,
-            self.max_delay,
-            self._rand,
-        )
+        return self._engine().delay(retry, self.base_delay if previous is None else previous)
 
     def delays(self) -> Iterator[float]:
         """The delays before each of the ``max_retries`` retries (one random draw)."""
@@ -406,136 +562,25 @@ class RetryPolicy(BaseModel):
             previous = self.delay(n, previous)
             yield previous
 
-    # -- decisions -------------------------------------------------------------------------
     def should_retry(self, exc: BaseException) -> bool:
         """Whether ``exc`` is of a kind this policy retries (ignoring counts and budget)."""
-        if never_retry(exc):
-            return False
-        if self.exclude and isinstance(exc, self.exclude):
-            return False
-        types = self._types
-        if types is not None:
-            return isinstance(exc, types)
-        assert self._predicate is not None
-        return bool(self._predicate(exc))
-
-    def _next_delay(
-        self,
-        exc: BaseException,
-        retry: int,
-        previous: float,
-        remaining: float | None = None,
-        source: str | None = None,
-        listeners: tuple[EventListener, ...] = (),
-    ) -> float | None:
-        """Decide the retry after ``exc``: the delay to sleep, or ``None`` to give up.
-
-        ``retry`` is the number of the retry being considered (1 after the first failure);
-        ``remaining`` the seconds left before a deadline (no retry may start after it).
-        Emits the events.
-        """
-        listeners = listeners or self.listeners
-        source = source or self.name
-        if not self.should_retry(exc):
-            if retry > 1:
-                self._gave_up(exc, retry, "not retryable", source, listeners)
-            return None
-        if retry > self.max_retries:
-            self._gave_up(exc, retry, "retries exhausted", source, listeners)
-            return None
-        delay = _server_delay(exc)
-        if delay is not None:
-            if delay > self.max_server_delay:
-                self._gave_up(
-                    exc,
-                    retry,
-                    f"server delay {delay:g}s exceeds max_server_delay {self.max_server_delay:g}s",
-                    source,
-                    listeners,
-                )
-                return None
-        else:
-            delay = _schedule_delay(
-                self._mode,
-                retry,
-                previous,
-                self.base_delay,
-                self.backoff_factor,
-                self.max_delay,
-                self._rand,
-            )
-        if remaining is not None and delay >= remaining:
-            self._gave_up(exc, retry, "deadline would pass before the retry", source, listeners)
-            return None
-        budget = self.budget
-        if budget is not None and not budget.try_spend():
-            if enabled(logging.WARNING, listeners):
-                emit(
-                    RETRY_BUDGET_EXHAUSTED,
-                    source=source,
-                    level=logging.WARNING,
-                    listeners=listeners,
-                    attempt=retry,
-                    reason=_reason(exc),
-                )
-            return None
-        if enabled(logging.INFO, listeners):
-            emit(
-                RETRY_SCHEDULED,
-                source=source,
-                level=logging.INFO,
-                listeners=listeners,
-                attempt=retry,
-                delay=delay,
-                reason=_reason(exc),
-            )
-        return delay
-
-    def _gave_up(
-        self,
-        exc: BaseException,
-        retry: int,
-        why: str,
-        source: str | None,
-        listeners: tuple[EventListener, ...],
-    ) -> None:
-        if enabled(logging.WARNING, listeners):
-            emit(
-                RETRY_GAVE_UP,
-                source=source,
-                level=logging.WARNING,
-                listeners=listeners,
-                attempts=retry,
-                reason=f"{why}; last error {_reason(exc)}",
-            )
+        return self._engine().should_retry(exc)
 
     # -- running ---------------------------------------------------------------------------
     async def call(self, func: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
-        """Call ``await func(*args, **kwargs)``, retrying by this policy; raise the last error."""
-        budget = self.budget
-        if budget is not None:
-            budget.record_request()
-        retry = 0
-        previous = self.base_delay
-        sleep = self._clock.sleep
-        while True:
-            try:
-                return await func(*args, **kwargs)
-            except Exception as exc:
-                retry += 1
-                delay = self._next_delay(exc, retry, previous)
-                if delay is None:
-                    raise
-                previous = delay if delay > 0 else self.base_delay
-            await sleep(delay)
+        """Call ``await func(*args, **kwargs)``, retrying by this policy; raise the last error.
+
+        A zero delay retries at once, without a sleep.
+        """
+        return await self._engine().call(func, args, kwargs)
 
     def wrap(self, func: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorate ``func`` so that every call retries by this policy (signature kept)."""
-        call = self.call
+        call = self._engine().call
 
         @functools.wraps(func)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-            return await call(func, *args, **kwargs)
+            return await call(func, args, kwargs)
 
         wrapper.retry_policy = self  # type: ignore[attr-defined]
         return wrapper
@@ -635,7 +680,7 @@ async def retry_with_backoff(
     max_delay: float = 60.0,
     backoff_factor: float = 2.0,
     jitter: bool | JitterMode = True,
-    retry_exceptions: type[BaseException] | ExceptionTypes = (Exception,),
+    retry_exceptions: type[BaseException] | ExceptionTypes = _ANY_EXCEPTION,
     exclude_exceptions: type[BaseException] | ExceptionTypes = (),
     **kwargs: Any,
 ) -> T:
@@ -648,7 +693,8 @@ async def retry_with_backoff(
     :func:`headway.errors.never_retry` says never (cancellation, authentication,
     not-found, bad-request, quota). A ``retry_after`` on the error (a 429's server delay)
     is waited instead of the schedule, up to 120 s; above that it gives up at once.
-    Keyword arguments not listed here go to ``func``. No retry budget: use a
+    A zero delay retries at once. Keyword arguments not listed here go to ``func``.
+    No retry budget: use a
     :class:`RetryPolicy` to share one between calls.
 
     >>> import asyncio
@@ -670,18 +716,22 @@ async def retry_with_backoff(
             "retry_with_backoff needs max_retries >= 0, base_delay >= 0, max_delay >= 0 "
             "and backoff_factor >= 1"
         )
-    types = _exception_types(retry_exceptions, "retry_exceptions")
-    excluded = _exception_types(exclude_exceptions, "exclude_exceptions")
+    types = (
+        retry_exceptions
+        if retry_exceptions is _ANY_EXCEPTION
+        else _exception_types(retry_exceptions, "retry_exceptions")
+    )
+    excluded = exclude_exceptions and _exception_types(exclude_exceptions, "exclude_exceptions")
     mode = _jitter_mode(jitter)
-    clock = resolve_clock(None)
-    rand = random.random
     retry_n = 0
     previous = base_delay
     while True:
         try:
             return await func(*args, **kwargs)
         except Exception as exc:
-            if never_retry(exc) or isinstance(exc, excluded) or not isinstance(exc, types):
+            if never_retry(exc) or not isinstance(exc, types):
+                raise
+            if excluded and isinstance(exc, excluded):
                 raise
             retry_n += 1
             if retry_n > max_retries:
@@ -690,7 +740,7 @@ async def retry_with_backoff(
             delay = _server_delay(exc)
             if delay is None:
                 delay = _schedule_delay(
-                    mode, retry_n, previous, base_delay, backoff_factor, max_delay, rand
+                    mode, retry_n, previous, base_delay, backoff_factor, max_delay, random.random
                 )
                 previous = delay if delay > 0 else base_delay
             elif delay > DEFAULT_MAX_SERVER_DELAY:
@@ -704,14 +754,23 @@ async def retry_with_backoff(
                     delay=delay,
                     reason=_reason(exc),
                 )
-        await clock.sleep(delay)
+        if delay > 0.0:
+            await LOOP_CLOCK.sleep(delay)
 
 
-def _emit_gave_up(exc: BaseException, retry: int, why: str) -> None:
-    if enabled(logging.WARNING):
+def _emit_gave_up(
+    exc: BaseException,
+    retry: int,
+    why: str,
+    source: str | None = None,
+    listeners: tuple[EventListener, ...] = (),
+) -> None:
+    if enabled(logging.WARNING, listeners):
         emit(
             RETRY_GAVE_UP,
+            source=source,
             level=logging.WARNING,
+            listeners=listeners,
             attempts=retry,
             reason=f"{why}; last error {_reason(exc)}",
         )
