@@ -99,6 +99,12 @@ class CircuitState(enum.StrEnum):
     HALF_OPEN = "half_open"
 
 
+# Members as module constants: attribute access on an Enum class is slow on the hot path.
+_CLOSED = CircuitState.CLOSED
+_OPEN = CircuitState.OPEN
+_HALF_OPEN = CircuitState.HALF_OPEN
+
+
 def default_failure_predicate(exc: BaseException) -> bool:
     """Whether ``exc`` counts as a breaker failure by default.
 
@@ -186,7 +192,7 @@ class _BreakerState:
     supplies an object with the same attributes through ``backend.breaker_state(name)``.
     """
 
-    state: CircuitState = CircuitState.CLOSED
+    state: CircuitState = _CLOSED
     generation: int = 0  # bumped at every transition; permits of older ones are ignored
     open_until: float = 0.0  # OPEN: when trial calls may start
     forced: bool = False  # opened by force_open(): only reset() closes it
@@ -420,10 +426,10 @@ class CircuitBreaker:
     def state(self) -> CircuitState:
         """The current state (an open breaker whose recovery time is over is half-open)."""
         s = self._s
-        if s.state is CircuitState.OPEN and not s.forced:
+        if s.state is _OPEN and not s.forced:
             now = self._clock.now()
             if now >= s.open_until:
-                self._transition(CircuitState.HALF_OPEN, "recovery time elapsed", now)
+                self._transition(_HALF_OPEN, "recovery time elapsed", now)
         return s.state
 
     @property
@@ -435,7 +441,7 @@ class CircuitBreaker:
     def retry_after(self) -> float:
         """Seconds until a call may be let through (0.0 unless open)."""
         s = self._s
-        if s.state is not CircuitState.OPEN:
+        if s.state is not _OPEN:
             return 0.0
         if s.forced:
             return self.recovery_time
@@ -463,14 +469,14 @@ class CircuitBreaker:
         call) when open, or half-open with every trial permit taken.
         """
         s = self._s
-        if s.state is CircuitState.CLOSED:
+        if s.state is _CLOSED:
             started = 0.0 if self.slow_call_duration is None else self._clock.now()
             return BreakerPermit(self, s.generation, False, started)
         now = self._clock.now()
-        if s.state is CircuitState.OPEN:
+        if s.state is _OPEN:
             if s.forced or now < s.open_until:
                 raise self._rejection(now)
-            self._transition(CircuitState.HALF_OPEN, "recovery time elapsed", now)
+            self._transition(_HALF_OPEN, "recovery time elapsed", now)
         if s.trials_in_flight >= self.half_open_max_calls:
             raise self._rejection(now)
         s.trials_in_flight += 1
@@ -523,14 +529,14 @@ class CircuitBreaker:
         """
         now = self._clock.now()
         s = self._s
-        self._transition(CircuitState.OPEN, "forced open", now, force=True)
+        self._transition(_OPEN, "forced open", now, force=True)
         if seconds is not None:
             s.forced = False
             s.open_until = now + max(0.0, seconds)
 
     def reset(self) -> None:
         """Close now and forget all counts."""
-        self._transition(CircuitState.CLOSED, "reset", self._clock.now())
+        self._transition(_CLOSED, "reset", self._clock.now())
 
     # -- internals ------------------------------------------------------------------------
     def _classify(self, exc: BaseException) -> int:
@@ -546,6 +552,16 @@ class CircuitBreaker:
         s = self._s
         if permit._generation != s.generation:
             return  # granted before the last transition: it no longer counts
+        if s.window is None and not permit.trial:
+            # The common case: closed, counting consecutive failures only.
+            if outcome == _SUCCESS:
+                s.consecutive_failures = 0
+            elif outcome == _FAILURE:
+                s.consecutive_failures += 1
+                if s.consecutive_failures >= self.failure_threshold:
+                    reason = f"{s.consecutive_failures} consecutive failures"
+                    self._transition(_OPEN, reason, self._clock.now())
+            return
         slow = False
         if outcome != _IGNORED and self.slow_call_duration is not None:
             if duration is None:
@@ -558,11 +574,11 @@ class CircuitBreaker:
             now = self._clock.now()
             if outcome == _FAILURE or slow:
                 reason = "trial call failed" if outcome == _FAILURE else "trial call was slow"
-                self._transition(CircuitState.OPEN, reason, now)
+                self._transition(_OPEN, reason, now)
                 return
             s.trial_successes += 1
             if s.trial_successes >= self.success_threshold:
-                self._transition(CircuitState.CLOSED, "trial calls succeeded", now)
+                self._transition(_CLOSED, "trial calls succeeded", now)
             return
         if outcome == _IGNORED:
             return
@@ -571,11 +587,7 @@ class CircuitBreaker:
         else:
             s.consecutive_failures = 0
         window = s.window
-        if window is None:
-            if s.consecutive_failures >= self.failure_threshold:
-                reason = f"{s.consecutive_failures} consecutive failures"
-                self._transition(CircuitState.OPEN, reason, self._clock.now())
-            return
+        assert window is not None  # no window: handled above
         now = self._clock.now()
         window.add(now, outcome == _FAILURE, slow)
         trip = self._window_trips(window)
@@ -586,7 +598,7 @@ class CircuitBreaker:
         ):
             trip = f"{s.consecutive_failures} consecutive failures"
         if trip is not None:
-            self._transition(CircuitState.OPEN, trip, now)
+            self._transition(_OPEN, trip, now)
 
     def _window_trips(self, window: _Window) -> str | None:
         calls = window.calls
@@ -611,15 +623,15 @@ class CircuitBreaker:
         s.trials_in_flight = 0
         s.trial_successes = 0
         s.forced = force
-        if new is CircuitState.OPEN:
+        if new is _OPEN:
             s.open_until = now + self.recovery_time
-        elif new is CircuitState.CLOSED:
+        elif new is _CLOSED:
             s.consecutive_failures = 0
             if s.window is not None:
                 s.window.clear()
         if old is new:
             return
-        level = logging.WARNING if new is CircuitState.OPEN else logging.INFO
+        level = logging.WARNING if new is _OPEN else logging.INFO
         emit(
             BREAKER_STATE_CHANGED,
             source=self.name,
@@ -632,7 +644,7 @@ class CircuitBreaker:
 
     def _rejection(self, now: float) -> CircuitBreakerOpenError:
         s = self._s
-        if s.state is CircuitState.HALF_OPEN:
+        if s.state is _HALF_OPEN:
             retry_after = 0.0
             who = f" ({self.name!r})" if self.name else ""
             message = (
