@@ -127,10 +127,14 @@ class _Attempt:
         if resp.status >= 400:
             _refund_tokens(ctx.reservation)
             raise error_for_status(resp.status, resp.headers, resp.content, self.method, self.url)
-        if self.parse:
-            resp.parsed()  # a garbled body fails this attempt (and is retried)
         reservation = ctx.reservation
-        if reservation is not None and reservation.tokens:
+        if self.parse:
+            body = resp.parsed()  # a garbled body fails this attempt (and is retried)
+            if reservation is not None and reservation.tokens:
+                used = usage_tokens(body)
+                if used is not None:
+                    reservation.settle(used)
+        elif reservation is not None and reservation.tokens:
             used = usage_tokens(_json_or_none(resp))
             if used is not None:
                 reservation.settle(used)
@@ -416,9 +420,30 @@ class AsyncAPIClient:
         hdrs = self._send_headers if headers is None else {**self._send_headers, **headers}
         transport = self._transport
         if transport is not None:
-            return await self._send(
-                transport, method, url, hdrs, params, json, data, timeout, tokens, parse
-            )
+            # The hot path: _send inlined (one coroutine layer less per call).
+            policy = self.policy
+            if policy is None:
+                resp = await transport.send(
+                    method,
+                    url,
+                    headers=hdrs,
+                    params=params,
+                    json=json,
+                    data=data,
+                    timeout=timeout,
+                )
+                if resp.status >= 400:
+                    raise error_for_status(resp.status, resp.headers, resp.content, method, url)
+                return resp
+            if tokens is None:
+                estimator = self.token_estimator
+                tokens = (
+                    estimate_tokens(json, method=estimator)
+                    if estimator is not None and (type(json) is dict or isinstance(json, Mapping))
+                    else 0.0
+                )
+            attempt = _Attempt(transport, method, url, hdrs, params, json, data, timeout, parse)
+            return await policy.run(attempt, requests=1.0, tokens=tokens)
         if self._closed:
             raise RuntimeError(_CLOSED_MSG.format(name=type(self).__name__))
         transport = self._make_transport()

@@ -193,15 +193,10 @@ class Endpoint:
             json = None
         client = self.client
         if client is not None:
-            return await client.request(
-                cfg.method,
-                path,
-                params=params,
-                json=json,
-                headers=headers,
-                timeout=timeout,
-                tokens=tokens,
+            resp = await client._request(
+                cfg.method, path, params, json, None, headers, timeout, tokens, True
             )
+            return resp.parsed()
         client, owned = self._new_client()
         try:
             async with client:

@@ -163,10 +163,10 @@ def usage_tokens(body: Any) -> int | None:
     Anthropic and the Responses API (``input_tokens`` + ``output_tokens``) and Ollama's
     native ``prompt_eval_count`` + ``eval_count``.
     """
-    if not isinstance(body, Mapping):
+    if type(body) is not dict and not isinstance(body, Mapping):
         return None
     usage = body.get("usage")
-    if isinstance(usage, Mapping):
+    if usage is not None and (type(usage) is dict or isinstance(usage, Mapping)):
         total = usage.get("total_tokens")
         if isinstance(total, int | float):
             return int(total)

@@ -90,7 +90,13 @@ class Response:
         value = self._json
         if value is Response._MISSING:
             try:
-                value = _json.loads(self.content)
+                try:
+                    # decoding first skips json's encoding detection (the common case)
+                    text = self.content.decode()
+                except UnicodeDecodeError:
+                    value = _json.loads(self.content)  # UTF-16/32 JSON, or garbage
+                else:
+                    value = _json.loads(text)
             except ValueError as exc:
                 raise InvalidResponseError(
                     f"the response body is not valid JSON ({exc})",
