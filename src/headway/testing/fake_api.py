@@ -539,7 +539,7 @@ class FakeAPI:
     # -- request handling -----------------------------------------------------------------
     async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         entry = request.get(_ENTRY_KEY)
-        if isinstance(entry, RecordedRequest):
+        if isinstance(entry, RecordedRequest) and entry.fault not in ("reset", "hang"):
             entry.status = response.status
             response.headers.setdefault("x-request-id", f"req_{self._rid(entry)}")
         for key, value in self._limit_headers().items():

@@ -120,7 +120,7 @@ def _suspended_at(task: asyncio.Task[Any]) -> str:
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
         if frame is None:
             break
-        if not frame.f_code.co_filename.startswith(_ASYNCIO_DIR):
+        if found is None or not frame.f_code.co_filename.startswith(_ASYNCIO_DIR):
             found = frame
         coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
     if found is None:
@@ -245,7 +245,9 @@ class LeakGuard:
                 warnings.showwarning = previous
             with contextlib.suppress(ValueError):
                 warnings.filters.remove(entry)  # type: ignore[attr-defined]
-                warnings._filters_mutated()  # type: ignore[attr-defined]
+                mutated = getattr(warnings, "_filters_mutated", None)
+                if mutated is not None:  # invalidates the "once" caches (CPython)
+                    mutated()
 
         self._restore.append(unhook)
 
