@@ -6,6 +6,8 @@ import asyncio
 import base64
 import email.utils
 import json
+import random
+import re
 import struct
 import time
 from collections.abc import AsyncIterator
@@ -539,3 +541,32 @@ async def test_journal_and_assert_called(
         fake_api.assert_called("POST", CHAT, json={"model": "other"})
     fake_api.reset()
     assert fake_api.requests == []
+
+
+async def test_anthropic_rate_limit_headers(session: aiohttp.ClientSession) -> None:
+    body = {"max_tokens": 5, "messages": HELLO["messages"]}
+    async with FakeAPI(rpm=10, tpm=1000) as api:
+        _, headers, _ = await post(session, api, "/v1/messages", body)
+    assert headers["anthropic-ratelimit-requests-limit"] == "10"
+    assert headers["anthropic-ratelimit-requests-remaining"] == "9"
+    assert headers["anthropic-ratelimit-tokens-remaining"] == "990"  # 5 in, 5 out
+    reset = headers["anthropic-ratelimit-requests-reset"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", reset)
+    assert headers["x-ratelimit-remaining-requests"] == "9"
+
+
+@pytest.mark.virtual_time
+async def test_limits_hold_in_every_window(session: aiohttp.ClientSession) -> None:
+    # Requests at irregular times: in any 60 s, at most rpm (plus the initial burst).
+    loop = asyncio.get_running_loop()
+    rng = random.Random(3)
+    async with FakeAPI(rpm=20) as api:
+        for _ in range(300):
+            await post(session, api, "/v1/models", None)
+            await asyncio.sleep(rng.choice([0.0, 0.5, 1.0, 4.0]))
+        admitted = [r.time for r in api.requests if r.status == 200]
+    assert len(admitted) < len(api.requests)
+    for i, start in enumerate(admitted):
+        in_window = [t for t in admitted[i:] if t < start + 60]
+        assert len(in_window) <= 20 + 20  # a full bucket plus one minute of refill
+    assert loop.time() > 300

@@ -16,7 +16,8 @@ Faults: :meth:`FakeAPI.script` plays a list of :class:`~headway.testing.faults.F
 steps on a route, one per request; :class:`~headway.testing.faults.Chaos` draws faults
 at random from a seeded generator, for one route or the whole server. ``rpm`` and
 ``tpm`` enforce token buckets and answer 429 like OpenAI, with ``x-ratelimit-*``
-headers on every response. ``api_key`` makes every route demand that key (401).
+headers on every response (and Anthropic's ``anthropic-ratelimit-*`` on
+``/v1/messages``). ``api_key`` makes every route demand that key (401).
 
 Every request lands in :attr:`FakeAPI.requests` (headers with secrets masked), with
 :meth:`FakeAPI.assert_called` and :meth:`FakeAPI.assert_scripts_consumed` to check them.
@@ -48,6 +49,7 @@ import struct
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, TypeAlias
 
@@ -509,14 +511,21 @@ class FakeAPI:
                 bucket.refill(now)
         return self._requests_bucket, self._tokens_bucket
 
-    def _limit_headers(self) -> dict[str, str]:
+    def _limit_headers(self, anthropic: bool = False) -> dict[str, str]:
         rb, tb = self._buckets()
         out: dict[str, str] = {}
         for unit, bucket in (("requests", rb), ("tokens", tb)):
             if bucket is not None:
-                out[f"x-ratelimit-limit-{unit}"] = str(int(bucket.limit))
-                out[f"x-ratelimit-remaining-{unit}"] = str(max(0, math.floor(bucket.level)))
+                limit, remaining = str(int(bucket.limit)), str(max(0, math.floor(bucket.level)))
+                out[f"x-ratelimit-limit-{unit}"] = limit
+                out[f"x-ratelimit-remaining-{unit}"] = remaining
                 out[f"x-ratelimit-reset-{unit}"] = format_go_duration(bucket.reset_after())
+                if anthropic:
+                    # Anthropic's form: resets as RFC 3339 wall-clock timestamps.
+                    when = datetime.now(UTC) + timedelta(seconds=bucket.reset_after())
+                    out[f"anthropic-ratelimit-{unit}-limit"] = limit
+                    out[f"anthropic-ratelimit-{unit}-remaining"] = remaining
+                    out[f"anthropic-ratelimit-{unit}-reset"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
         return out
 
     def _admit(self, tokens: int) -> tuple[str, float, float] | None:
@@ -542,7 +551,8 @@ class FakeAPI:
         if isinstance(entry, RecordedRequest) and entry.fault not in ("reset", "hang"):
             entry.status = response.status
             response.headers.setdefault("x-request-id", f"req_{self._rid(entry)}")
-        for key, value in self._limit_headers().items():
+        anthropic = request.path.rstrip("/") == "/v1/messages"
+        for key, value in self._limit_headers(anthropic).items():
             response.headers.setdefault(key, value)
 
     @staticmethod
