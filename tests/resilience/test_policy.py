@@ -82,7 +82,7 @@ async def test_run_gives_attempt_context_and_settles_tokens() -> None:
     limiter = MultiLimiter.for_llm(rpm=60, tpm=10_000)
     seen: list[tuple[int, float]] = []
 
-    async def attempt(ctx: AttemptContext[Any]) -> int:
+    async def attempt(ctx: AttemptContext) -> int:
         assert ctx.limiter is limiter
         assert ctx.policy is policy
         assert ctx.reservation is not None
@@ -102,7 +102,7 @@ async def test_run_gives_attempt_context_and_settles_tokens() -> None:
 
 
 async def test_run_without_limiter_settle_is_noop() -> None:
-    async def attempt(ctx: AttemptContext[Any]) -> str:
+    async def attempt(ctx: AttemptContext) -> str:
         assert ctx.reservation is None
         ctx.settle(42)
         return "fine"
@@ -323,7 +323,7 @@ async def test_attempt_timeout_is_retried(virtual_clock: VirtualClock) -> None:
 
 
 async def test_attempt_timeout_in_run(virtual_clock: VirtualClock) -> None:
-    async def attempt(ctx: AttemptContext[Any]) -> int:
+    async def attempt(ctx: AttemptContext) -> int:
         if ctx.attempt == 1:
             await asyncio.sleep(100)
         return ctx.attempt
@@ -338,7 +338,7 @@ async def test_total_timeout_cuts_the_whole_call(virtual_clock: VirtualClock) ->
     assert func.calls == 1
     assert virtual_clock.elapsed == pytest.approx(5)
 
-    async def attempt(ctx: AttemptContext[Any]) -> None:
+    async def attempt(ctx: AttemptContext) -> None:
         await asyncio.sleep(100)
 
     with pytest.raises(APITimeoutError, match="total deadline"):

@@ -100,7 +100,7 @@ def test_cancellation_at_random_points_restores_everything(
             ) -> None:
                 script = list(attempts)
 
-                async def attempt(ctx: AttemptContext[Any]) -> None:
+                async def attempt(ctx: AttemptContext) -> None:
                     assert ctx.reservation is not None
                     started.append(ctx.reservation)
                     duration, error = script[min(ctx.attempt, len(script)) - 1]

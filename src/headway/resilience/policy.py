@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from headway._clock import LOOP_CLOCK, Clock, resolve_clock
 from headway.errors import ConfigurationError, RateLimitError
@@ -85,7 +85,6 @@ __all__ = ["AttemptContext", "Policy"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
-L = TypeVar("L")
 
 
 class _Default:
@@ -100,7 +99,7 @@ class _Default:
 DEFAULT: Any = _Default()
 
 
-class AttemptContext(Generic[L]):
+class AttemptContext:
     """What one attempt of :meth:`Policy.run` gets to know and to steer.
 
     Attributes:
@@ -114,7 +113,7 @@ class AttemptContext(Generic[L]):
 
     __slots__ = ("attempt", "limiter", "policy", "reservation")
 
-    def __init__(self, policy: Policy, limiter: L) -> None:
+    def __init__(self, policy: Policy, limiter: Limiter | None) -> None:
         self.attempt = 0
         self.reservation: Reservation | None = None
         self.limiter = limiter
@@ -285,7 +284,7 @@ class Policy:
 
     def run(
         self,
-        attempt_fn: Callable[[AttemptContext[Any]], Awaitable[T]],
+        attempt_fn: Callable[[AttemptContext], Awaitable[T]],
         /,
         *,
         requests: float = 1.0,
@@ -353,7 +352,7 @@ class Policy:
         (rt, breaker, pool, adaptive, limiter, reserve_now, attempt_timeout, timed, clock) = (
             self._cfg
         )
-        ctx: AttemptContext[Any] | None = None
+        ctx: AttemptContext | None = None
         if args is None:
             ctx = AttemptContext(self, limiter)
         previous = 0.0
