@@ -396,7 +396,14 @@ class _Engine:
         """
         listeners = listeners or self.listeners
         source = source or self.name
-        if not self.should_retry(exc):
+        if never_retry(exc) or (self.exclude and isinstance(exc, self.exclude)):
+            retryable = False
+        elif self.types is not None:
+            retryable = isinstance(exc, self.types)
+        else:
+            assert self.predicate is not None
+            retryable = bool(self.predicate(exc))
+        if not retryable:
             if retry > 1:
                 _emit_gave_up(exc, retry, "not retryable", source, listeners)
             return None
@@ -410,7 +417,15 @@ class _Engine:
                 _emit_gave_up(exc, retry, why, source, listeners)
                 return None
         else:
-            delay = self.delay(retry, previous)
+            delay = _schedule_delay(
+                self.mode,
+                retry,
+                previous,
+                self.base_delay,
+                self.backoff_factor,
+                self.max_delay,
+                self.rand,
+            )
         if remaining is not None and delay >= remaining:
             _emit_gave_up(exc, retry, "deadline would pass before the retry", source, listeners)
             return None
