@@ -193,6 +193,18 @@ async def headway_client(stack: AsyncExitStack, base: str, conc: int) -> Call:
     return call
 
 
+async def headway_plain(stack: AsyncExitStack, base: str, conc: int) -> Call:
+    from headway import AsyncAPIClient
+
+    client = await stack.enter_async_context(AsyncAPIClient(f"{base}/v1", auth="sk-bench"))
+    post = client.post
+
+    async def call() -> Any:
+        return await post("/chat/completions", json=PAYLOAD)
+
+    return call
+
+
 async def headway_endpoint(stack: AsyncExitStack, base: str, conc: int) -> Call:
     from headway import Endpoint, EndpointConfig
 
@@ -214,6 +226,7 @@ CLIENTS: dict[str, Callable[[AsyncExitStack, str, int], Awaitable[Call]]] = {
     "raw aiohttp": raw_aiohttp,
     "raw httpx": raw_httpx,
     "openai SDK (default client)": openai_sdk,
+    "headway AsyncAPIClient, no policy": headway_plain,
     "headway AsyncAPIClient + Policy": headway_client,
     "headway Endpoint": headway_endpoint,
 }

@@ -35,6 +35,7 @@ PER_REQUEST = 3
 _TEXT_KEYS = ("messages", "input", "prompt", "system", "instructions", "tools", "query", "text")
 _TEXT_KEY_SET = frozenset(_TEXT_KEYS)
 _BUDGET_KEYS = ("max_tokens", "max_completion_tokens", "max_output_tokens", "num_predict")
+_BUDGET_KEY_SET = frozenset((*_BUDGET_KEYS, "n", "options"))
 
 _encoding: Any = None
 _encoding_failed = False
@@ -97,12 +98,14 @@ def completion_budget(payload: Mapping[str, Any], default: int = 0) -> int:
         options = payload.get("options")
         if isinstance(options, Mapping):
             budget = options.get("num_predict")
-    if not isinstance(budget, int | float) or budget < 0:
+    if type(budget) is not int and (type(budget) is bool or not isinstance(budget, int | float)):
+        budget = default
+    elif budget < 0:
         budget = default
     n = payload.get("n")
-    if isinstance(n, int) and n > 1:
+    if n is not None and type(n) is int and n > 1:
         budget *= n
-    return int(budget)
+    return budget if type(budget) is int else int(budget)
 
 
 def estimate_tokens(
@@ -135,14 +138,18 @@ def estimate_tokens(
 
     tokens = 0
     messages = 0
+    budgeted = False
+    heuristic = counter is _heuristic
     for key, value in payload.items():
         if key not in _TEXT_KEY_SET or value is None:
+            budgeted = budgeted or key in _BUDGET_KEY_SET
             continue
         if key == "messages" and type(value) is list:
             for msg in value:
                 # fast path: {"role": ..., "content": "text"}
-                if type(msg) is dict and len(msg) == 2 and type(msg.get("content")) is str:
-                    tokens += counter(msg["content"])
+                content = msg.get("content") if type(msg) is dict and len(msg) == 2 else None
+                if type(content) is str:
+                    tokens += -(-len(content) // CHARS_PER_TOKEN) if heuristic else counter(content)
                     messages += 1
                 else:
                     t, m = _count_text(msg, counter)
@@ -153,6 +160,8 @@ def estimate_tokens(
         tokens += t
         messages += m
     prompt = tokens + messages * PER_MESSAGE + (PER_REQUEST if messages else 0)
+    if not budgeted:
+        return prompt + default_completion
     return prompt + completion_budget(payload, default_completion)
 
 
