@@ -98,9 +98,8 @@ def completion_budget(payload: Mapping[str, Any], default: int = 0) -> int:
         options = payload.get("options")
         if isinstance(options, Mapping):
             budget = options.get("num_predict")
-    if type(budget) is not int and (type(budget) is bool or not isinstance(budget, int | float)):
-        budget = default
-    elif budget < 0:
+    numeric = type(budget) is int or (type(budget) is not bool and isinstance(budget, int | float))
+    if not numeric or budget < 0:
         budget = default
     n = payload.get("n")
     if n is not None and type(n) is int and n > 1:
