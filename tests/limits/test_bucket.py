@@ -533,3 +533,19 @@ async def test_a_heavy_request_is_not_starved_by_one_unit_loopers() -> None:
     await asyncio.gather(*loopers, return_exceptions=True)
     assert waited <= 1.5
     assert waited >= 0.5  # it did wait its turn: 50 units at 100/s
+
+
+@pytest.mark.virtual_time
+async def test_cancelling_a_long_queue_front_first_gives_everything_back() -> None:
+    # A timeout storm cancels the oldest waiters first: each is in the middle of the
+    # queue when it goes, and all come back once the last one goes.
+    limiter = TokenBucketRateLimiter(100, max_tokens=1)
+    await limiter.wait()
+    tasks = [asyncio.create_task(limiter.wait()) for _ in range(1500)]
+    await asyncio.sleep(0)
+    assert limiter.tokens == pytest.approx(-1500.0)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert limiter.tokens == pytest.approx(0.0)
+    assert limiter.try_reserve() == pytest.approx(0.01)

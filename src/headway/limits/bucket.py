@@ -54,8 +54,9 @@ __all__ = ["UNITS", "TokenBucketRateLimiter"]
 P = ParamSpec("P")
 T = TypeVar("T")
 
-#: Cancelled waiters remembered while callers behind them still wait (then forgotten).
-_MAX_HOLES = 1024
+#: Cancelled waiters remembered while callers behind them still wait; past this many,
+#: the oldest half is forgotten (their units do not come back: safe, a little slower).
+_MAX_HOLES = 65_536
 
 #: What a limiter can count: each call is charged its requests or its (LLM) tokens.
 UNITS: Final = ("requests", "tokens")
