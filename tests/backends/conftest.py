@@ -105,6 +105,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port nothing listens on (yet)."""
+    return _free_port()
+
+
 class RedisServer:
     """A private ``redis-server`` on a free port that a test may stop and restart."""
 

@@ -51,7 +51,7 @@ async def test_concurrent_callers_in_one_process_are_served_in_arrival_order(
     lim = backend.limiter("fifo", rps=10, burst=1)
     # weights vary: a big request is not overtaken by the small ones after it
     weights = [1.0, 1.0, 50.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
-    lim2 = backend.limiter("fifo-w", limits=[Limit(100, 1.0, burst=50)])
+    lim2 = backend.limiter("fifo-w", limits=[Limit(10, 1.0, burst=50)])
     reservations = await asyncio.gather(*(lim.reserve() for _ in range(30)))
     delays = [r.delay for r in reservations]
     assert delays == sorted(delays)
@@ -133,13 +133,17 @@ async def test_cancelling_a_waiter_in_the_middle_does_not_let_a_newcomer_double_
 async def test_cancelling_every_waiter_together_gives_everything_back(
     backend: RedisBackend,
 ) -> None:
-    lim = backend.limiter("all", rps=10, burst=1)
+    lim = backend.limiter("all", rps=2, burst=1)
     await lim.reserve()
-    waiters = [await lim.reserve() for _ in range(20)]
+    waiters = [await lim.reserve()]
+    first_admitted = time.monotonic() + waiters[0].delay  # about: received + delay
+    waiters += [await lim.reserve() for _ in range(19)]
     for w in waiters:  # in any order: they ride along together, latest first
         w.cancel()
     nxt = await lim.reserve()
-    assert nxt.delay == pytest.approx(waiters[0].delay, abs=0.05)
+    # nxt takes the first waiter's slot: everything came back
+    assert time.monotonic() + nxt.delay == pytest.approx(first_admitted, abs=0.03)
+    assert waiters[-1].delay > 9.0
 
 
 async def test_slot_waits_and_a_cancelled_wait_gives_the_units_back(
@@ -176,11 +180,11 @@ async def test_a_pause_holds_back_every_worker(make_backend: MakeBackend) -> Non
 async def test_a_waiter_is_pushed_back_by_a_pause_from_another_worker(
     make_backend: MakeBackend,
 ) -> None:
-    a = make_backend().limiter("push", rps=100, burst=1)
-    b = make_backend().limiter("push", rps=100, burst=1)
+    a = make_backend().limiter("push", rps=20, burst=1)
+    b = make_backend().limiter("push", rps=20, burst=1)
     await b.reserve()
     waiting = await b.reserve()
-    assert 0 < waiting.delay <= 0.01
+    assert 0 < waiting.delay <= 0.05
     a.pause(0.03)
     await a.flush()
     await b.reserve()  # b learns of the pause
@@ -300,7 +304,7 @@ async def test_a_given_client_is_used_and_left_open(redis_url: str, prefix: str)
 async def test_many_workers_share_one_rate_and_no_window_goes_over(
     make_backend: MakeBackend,
 ) -> None:
-    rate, burst, n = 200.0, 10, 20
+    rate, burst, n = 50.0, 5, 8
     limiters = [make_backend().limiter("fleet", rps=rate, burst=burst) for _ in range(3)]
     admitted: list[float] = []
 
@@ -313,7 +317,7 @@ async def test_many_workers_share_one_rate_and_no_window_goes_over(
     await asyncio.gather(*(worker(x) for x in limiters))
     elapsed = time.monotonic() - t0
     admitted.sort()
-    # 60 units at 200/s after a burst of 10: the last is admitted ~0.25 s after the first
+    # 24 units at 50/s after a burst of 5: the last is admitted ~0.38 s after the first
     assert admitted[-1] - t0 >= (3 * n - burst) / rate - 0.01
     assert sum(1 for a in admitted if a <= t0 + elapsed) <= burst + elapsed * rate + 2
     for i, start in enumerate(admitted):

@@ -226,7 +226,7 @@ async def run_refresher(backend: RedisBackend, wake: asyncio.Event) -> None:
     clock = backend.clock
     interval = backend.config.breaker_refresh
     next_read = clock.now()
-    while True:
+    while not backend._closed:
         read = clock.now() >= next_read
         if read:
             next_read = clock.now() + interval

@@ -112,8 +112,8 @@ def _first(item: tuple[float, list[float]]) -> float:
     return item[0]
 
 
-class _Unavailable(Exception):
-    """Internal: the Redis call failed; the caller falls back."""
+class _Unavailable(BackendUnavailableError):
+    """A Redis call failed (internally: the caller falls back)."""
 
 
 class RedisBackend:
@@ -257,7 +257,9 @@ class RedisBackend:
         except self._errors as exc:
             self._probing = False
             self._failed(exc)
-            raise _Unavailable(str(exc)) from exc
+            raise _Unavailable(
+                f"Redis at {self._where} is unreachable ({type(exc).__name__}: {exc})"
+            ) from exc
         except BaseException:
             self._probing = False
             raise
@@ -385,6 +387,7 @@ class RedisBackend:
         self._closed = True
         task, self._task = self._task, None
         if task is not None:
+            # The refresher stops at its next turn (_closed); the cancel makes that now.
             task.cancel()
             try:
                 await task

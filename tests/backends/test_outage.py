@@ -1,0 +1,168 @@
+"""Redis outages: callers fall back, nothing hangs, the shared state resumes by itself.
+
+Each test runs its own ``redis-server`` on a free port and stops, freezes or restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from headway import BackendUnavailableError
+from headway.backends import BACKEND_RECOVERED, BACKEND_UNAVAILABLE, RedisBackend
+from headway.events import Event, add_listener, remove_listener
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from tests.backends.conftest import RedisServer
+
+pytestmark = pytest.mark.integration
+
+FAST = {"timeout": 0.05, "retry_interval": 0.05}
+
+
+@pytest.fixture
+def events() -> Iterator[list[Event]]:
+    seen: list[Event] = []
+    add_listener(seen.append)
+    yield seen
+    remove_listener(seen.append)
+
+
+async def test_callers_fall_back_to_a_local_share_and_resume_after_a_restart(
+    redis_server: RedisServer, events: list[Event], caplog: pytest.LogCaptureFixture
+) -> None:
+    async with (
+        RedisBackend(redis_server.url, **FAST) as b1,  # type: ignore[arg-type]
+        RedisBackend(redis_server.url, **FAST) as b2,  # type: ignore[arg-type]
+    ):
+        lim = b1.limiter("api", rps=10, burst=10)
+        await lim.reserve()
+        await b2.limiter("api", rps=10, burst=10).reserve()
+        assert (await lim.reserve()).shared
+        assert b1.workers == 2
+
+        redis_server.stop()
+        caplog.set_level(logging.WARNING, logger="headway")
+        t0 = time.monotonic()
+        async with asyncio.timeout(2):
+            local = [await lim.reserve() for _ in range(8)]
+        assert time.monotonic() - t0 < 1.0  # nothing hangs
+        assert not any(r.shared for r in local)
+        assert not b1.available
+        # two workers were live: this one keeps half the rate and half the burst
+        assert [r.delay for r in local[:5]] == [0.0] * 5
+        assert local[5].delay == pytest.approx(1 / 5, abs=0.02)
+        local[7].cancel()  # local reservations settle and cancel locally
+        local[6].settle(0)
+        down = [e for e in events if e.kind == BACKEND_UNAVAILABLE]
+        assert len(down) == 1  # logged once per outage, not per call
+        assert down[0].data["mode"] == "local"
+        assert sum("backend.unavailable" in r.getMessage() for r in caplog.records) == 1
+
+        redis_server.start()
+        await asyncio.sleep(0.06)  # the next call after retry_interval probes Redis
+        async with asyncio.timeout(2):
+            back = await lim.reserve()
+        assert back.shared
+        assert b1.available
+        assert [e.kind for e in events].count(BACKEND_RECOVERED) == 1
+        # the state is shared again: b2 sees what b1 took
+        b2lim = b2.limiter("api")
+        for _ in range(10):
+            await lim.reserve()
+        async with asyncio.timeout(2):
+            while not (res := await b2lim.reserve()).shared:
+                await asyncio.sleep(0.02)
+        assert res.delay > 0.0
+
+
+async def test_a_frozen_server_costs_each_caller_at_most_the_timeout(
+    redis_server: RedisServer,
+) -> None:
+    async with RedisBackend(redis_server.url, **FAST) as b:  # type: ignore[arg-type]
+        lim = b.limiter("frozen", rps=1000, burst=100)
+        assert (await lim.reserve()).shared
+        redis_server.freeze()
+        t0 = time.monotonic()
+        async with asyncio.timeout(2):
+            results = await asyncio.gather(*(lim.reserve() for _ in range(20)))
+        assert time.monotonic() - t0 < 0.5  # one timeout, not twenty in a row
+        assert not any(r.shared for r in results)
+        assert not await b.ping()
+        redis_server.thaw()
+        await asyncio.sleep(0.06)
+        async with asyncio.timeout(2):
+            while not (await lim.reserve()).shared:
+                await asyncio.sleep(0.02)
+        assert await b.ping()
+
+
+async def test_fail_mode_raises_a_clear_error_at_once(redis_server: RedisServer) -> None:
+    async with RedisBackend(
+        redis_server.url,
+        on_backend_error="fail",
+        **FAST,  # type: ignore[arg-type]
+    ) as b:
+        lim = b.limiter("strict", rps=10)
+        await lim.reserve()
+        redis_server.stop()
+        with pytest.raises(BackendUnavailableError, match="on_backend_error='fail'") as info:
+            await lim.reserve()
+        assert info.value.retryable
+        t0 = time.monotonic()
+        for _ in range(10):  # during the outage: no waiting on Redis at all
+            with pytest.raises(BackendUnavailableError):
+                await lim.reserve()
+        assert time.monotonic() - t0 < 0.05
+
+
+async def test_allow_mode_lets_calls_through(redis_server: RedisServer) -> None:
+    async with RedisBackend(
+        redis_server.url,
+        on_backend_error="allow",
+        **FAST,  # type: ignore[arg-type]
+    ) as b:
+        lim = b.limiter("open", rps=1, burst=1)
+        await lim.reserve()
+        redis_server.stop()
+        results = [await lim.reserve() for _ in range(5)]
+        assert [r.delay for r in results] == [0.0] * 5
+        results[0].settle(3)
+        results[0].cancel()
+
+
+async def test_a_fixed_local_share_and_a_pause_during_an_outage(
+    redis_server: RedisServer,
+) -> None:
+    async with RedisBackend(
+        redis_server.url,
+        local_share=0.5,
+        **FAST,  # type: ignore[arg-type]
+    ) as b:
+        lim = b.limiter("share", rps=100, burst=4)
+        redis_server.stop()
+        assert [(await lim.reserve()).delay for _ in range(2)] == [0.0, 0.0]
+        assert (await lim.reserve()).delay == pytest.approx(0.02, abs=0.005)
+        lim.pause(0.03)
+        lim.sync("requests", remaining=0)
+        assert (await lim.reserve()).delay >= 0.03
+
+
+async def test_a_server_that_never_was_does_not_hang_anyone(free_port: int) -> None:
+    url = f"redis://127.0.0.1:{free_port}/0"
+    async with RedisBackend(url, **FAST) as b:  # type: ignore[arg-type]
+        lim = b.limiter("ghost", rps=10)
+        async with asyncio.timeout(1):
+            res = await lim.reserve()
+        assert not res.shared
+        state = b.breaker_state("ghost")
+        state.store.publish_open(1.0)  # applies locally; Redis gets it when it is back
+        assert state.store.open_for() is not None
+        with pytest.raises(Exception, match="unreachable"):
+            await state.store.refresh()
