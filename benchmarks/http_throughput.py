@@ -28,6 +28,7 @@ import asyncio
 import gc
 import json
 import multiprocessing as mp
+import os
 import platform
 import statistics
 import sys
@@ -279,6 +280,18 @@ async def measure(
     return results, cpu_us
 
 
+_LOAD: list[str] = []
+
+
+def _load() -> str:
+    if not _LOAD:
+        try:
+            _LOAD.append(f"{os.getloadavg()[0]:.1f}")
+        except OSError:  # pragma: no cover - not on every platform
+            _LOAD.append("n/a")
+    return _LOAD[0]
+
+
 def render(
     summary: dict[str, dict[int, float]],
     cpu: dict[str, dict[int, float]],
@@ -293,8 +306,10 @@ def render(
         f"Command: `{command}`",
         "",
         f"Machine: {platform.platform()}, Python {platform.python_version()}, "
-        f"{mp.cpu_count()} CPUs. Server: a minimal asyncio keep-alive responder in a "
-        "separate process. Median requests/s of the timed windows.",
+        f"{mp.cpu_count()} CPUs, load average {_load()} when the run started. Server: a "
+        "minimal asyncio keep-alive responder in a separate process. Median requests/s of "
+        "the timed windows; on a shared machine the windows vary by +-20%, and the CPU "
+        "table below is the steadier signal.",
         "",
         "| client | " + " | ".join(f"c={c}" for c in levels) + " | vs aiohttp @64 | vs httpx @64 |",
         "|---|" + "---:|" * len(levels) + "---:|---:|",
@@ -328,6 +343,7 @@ def main() -> None:
     runs, seconds, warmup = (1, 0.3, 0.2) if args.quick else (args.runs, args.seconds, 0.5)
     levels = [int(x) for x in args.levels.split(",")]
 
+    _load()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     server = ctx.Process(target=_serve, args=(queue,), daemon=True)
