@@ -417,3 +417,32 @@ def test_repr() -> None:
     assert "concurrency=ConcurrencyLimit" in text
     assert "attempt_timeout=1.5" in text
     assert "name='ep'" in text
+
+
+def test_properties_expose_configuration() -> None:
+    limiter = TokenBucketRateLimiter(5)
+    breaker = CircuitBreaker()
+    retry = RetryPolicy(budget=None)
+    seen: list[Event] = []
+    policy = Policy(
+        retry=retry,
+        limiter=limiter,
+        breaker=breaker,
+        attempt_timeout=2,
+        total_timeout=9,
+        name="ep",
+        listeners=(seen.append,),
+    )
+    assert policy.retry is retry
+    assert policy.limiter is limiter
+    assert policy.breaker is breaker
+    assert (policy.attempt_timeout, policy.total_timeout) == (2, 9)
+    assert policy.name == "ep"
+    assert policy.listeners == (seen.append,)
+    assert Policy(retry=None).retry is None
+
+
+async def test_retry_without_budget(virtual_clock: VirtualClock) -> None:
+    func = Script(APIConnectionError())
+    assert await Policy(retry=fast_retry(budget=None)).execute(func) == "ok"
+    assert func.calls == 2
