@@ -763,6 +763,8 @@ class MapIterator(Generic[R]):
                 await fut
             finally:
                 self._wakeup = None
+            if self._closed:  # closed by aclose() from elsewhere meanwhile
+                raise StopAsyncIteration
         self._in_flight -= 1
         if task.cancelled():
             await self.aclose()
@@ -835,6 +837,9 @@ class MapIterator(Generic[R]):
         """Stop: cancel the calls still in flight and wait until they have finished."""
         self._closed = True
         self._queue.clear()
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
         while self._launched:
             pending = tuple(self._launched)
             for task in pending:

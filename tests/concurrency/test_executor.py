@@ -479,3 +479,14 @@ async def test_overlapping_shutdowns_cancel_each_call_once() -> None:
     await asyncio.gather(ex.shutdown(timeout=1), ex.shutdown(timeout=1))
     with pytest.raises(ExecutorShutdownError):
         await call
+
+
+async def test_map_closed_from_another_task_ends_the_waiting_consumer() -> None:
+    async with AsyncExecutor(2) as ex:
+        results = ex.map(asyncio.sleep, [100, 100, 100])
+        consumer = asyncio.create_task(anext(results))
+        await asyncio.sleep(1)
+        await results.aclose()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(consumer, 1)
+        assert not other_tasks()
