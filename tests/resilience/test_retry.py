@@ -440,3 +440,15 @@ def test_partial_is_accepted() -> None:
 
     wrapped = retry(functools.partial(add, 1))
     assert asyncio.run(wrapped(2)) == 3
+
+
+async def test_copied_policy_uses_its_own_settings() -> None:
+    clock = ManualClock()
+    base = RetryPolicy(max_retries=3, base_delay=0, clock=clock)
+    once = base.model_copy(update={"max_retries": 1})
+    func = Flaky(APIConnectionError(), APIConnectionError())
+    with pytest.raises(APIConnectionError):
+        await once.call(func)
+    assert len(func.calls) == 2
+    assert await base.call(Flaky(APIConnectionError(), APIConnectionError())) == "ok"
+    assert base == RetryPolicy(max_retries=3, base_delay=0, clock=clock, budget=base.budget)
