@@ -142,7 +142,8 @@ def _schedule_delay(
         return delay * rand()
     if mode == "equal":
         half = delay / 2.0
-        return half + half * rand()
+        jittered = half + half * rand()
+        return jittered if jittered < delay else delay
     return delay
 
 
