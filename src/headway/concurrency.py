@@ -216,7 +216,11 @@ class _Slot:
         self._pool = pool
 
     async def __aenter__(self) -> None:
-        await self._pool.acquire()
+        pool = self._pool
+        if pool._in_use < pool._limit and not pool._waiters:
+            pool._in_use += 1  # acquire()'s fast path, without a coroutine more
+        else:
+            await pool.acquire()
 
     async def __aexit__(
         self,
@@ -426,7 +430,10 @@ class _AdaptiveSlot:
 
     async def __aenter__(self) -> None:
         limit = self._limit
-        await limit.acquire()
+        if limit._in_use < limit._limit and not limit._waiters:
+            limit._in_use += 1  # acquire()'s fast path, without a coroutine more
+        else:
+            await limit.acquire()
         self._epoch = limit._epoch
         self._started = limit._clock.now()
 
