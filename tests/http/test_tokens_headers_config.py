@@ -12,6 +12,7 @@ from headway.http import (
     HeaderFactory,
     completion_budget,
     estimate_tokens,
+    load_tiktoken,
     match_endpoint,
     provider_config,
     usage_tokens,
@@ -51,6 +52,7 @@ def test_estimate_tokens_auto_and_tiktoken_fall_back_or_count() -> None:
     for method in ("auto", "tiktoken"):
         n = estimate_tokens(body, method=method)  # type: ignore[arg-type]
         assert 20 <= n <= 80
+    assert load_tiktoken() in (True, False)  # offline here: False, and the heuristic stays
 
 
 def test_completion_budget() -> None:

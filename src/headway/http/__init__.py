@@ -26,7 +26,7 @@ from headway.http.ratelimit_headers import (
     sync_limiter,
 )
 from headway.http.streaming import LineDecoder, NDJSONDecoder, ServerSentEvent, SSEDecoder
-from headway.http.tokens import completion_budget, estimate_tokens, usage_tokens
+from headway.http.tokens import completion_budget, estimate_tokens, load_tiktoken, usage_tokens
 from headway.http.transport import (
     AiohttpTransport,
     HttpxTransport,
@@ -60,6 +60,7 @@ __all__ = [
     "default_policy",
     "error_for_status",
     "estimate_tokens",
+    "load_tiktoken",
     "match_endpoint",
     "parse_go_duration",
     "parse_rate_limit_headers",

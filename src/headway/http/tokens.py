@@ -5,7 +5,7 @@ completion it may produce (``max_tokens``, ``max_completion_tokens`` or
 ``max_output_tokens``, times ``n``); the response's ``usage`` then settles the
 reservation. The prompt estimate is a fast character heuristic (about four characters
 per token, plus a few tokens per message) or, with ``method="tiktoken"`` (or ``"auto"``
-when the ``tiktoken`` package and its encoding are available), an exact count.
+once :func:`load_tiktoken` has loaded tiktoken's encoding), an exact count.
 
 >>> estimate_tokens({"messages": [{"role": "user", "content": "Hello there!"}],
 ...                  "max_tokens": 100}, method="heuristic")
@@ -22,7 +22,7 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any, Literal
 
-__all__ = ["TokenMethod", "completion_budget", "estimate_tokens", "usage_tokens"]
+__all__ = ["TokenMethod", "completion_budget", "estimate_tokens", "load_tiktoken", "usage_tokens"]
 
 TokenMethod = Literal["auto", "heuristic", "tiktoken"]
 
@@ -41,10 +41,10 @@ _encoding: Any = None
 _encoding_failed = False
 
 
-def _tiktoken_encoding() -> Any:
-    """The cl100k encoding, loaded once; ``None`` when tiktoken or its data is missing."""
+def _tiktoken_encoding(load: bool) -> Any:
+    """The cl100k encoding; loaded here only when ``load`` (tiktoken may download it)."""
     global _encoding, _encoding_failed
-    if _encoding is not None or _encoding_failed:
+    if _encoding is not None or _encoding_failed or not load:
         return _encoding
     try:
         import tiktoken
@@ -53,6 +53,15 @@ def _tiktoken_encoding() -> Any:
     except Exception:  # not installed, or its encoding cannot be fetched (offline)
         _encoding_failed = True
     return _encoding
+
+
+def load_tiktoken() -> bool:
+    """Load tiktoken's encoding now; ``True`` when it is available for ``"auto"`` counts.
+
+    The first load may download the encoding (blocking): in async code call it once at
+    start-up with ``await asyncio.to_thread(load_tiktoken)``.
+    """
+    return _tiktoken_encoding(True) is not None
 
 
 def _count_text(value: Any, counter: Any) -> tuple[int, int]:
@@ -118,9 +127,9 @@ def estimate_tokens(
     Args:
         payload: the JSON body of a chat, completion, responses or embeddings request.
         method: ``"heuristic"`` (fast, about 4 characters per token), ``"tiktoken"``
-            (exact for OpenAI models; falls back to the heuristic when unavailable) or
-            ``"auto"`` (tiktoken if it loads, else the heuristic). Note that tiktoken
-            fetches its encoding over the network the first time.
+            (exact for OpenAI models; loads tiktoken's encoding on first use, which may
+            download it and blocks; the heuristic when unavailable) or ``"auto"`` (tiktoken
+            once :func:`load_tiktoken` has loaded it, else the heuristic; never blocks).
         default_completion: tokens to reserve for the completion when the payload sets
             no ``max_tokens``.
     """
@@ -128,7 +137,7 @@ def estimate_tokens(
         return 0
     counter = _heuristic
     if method != "heuristic":
-        enc = _tiktoken_encoding()
+        enc = _tiktoken_encoding(method == "tiktoken")
         if enc is not None:
             encode = enc.encode_ordinary
 
