@@ -562,17 +562,17 @@ class AsyncExecutor:
                     pool.release()
         except asyncio.CancelledError:
             task = call.task
-            if (
-                call.cancelled_by_shutdown
-                and task is not None
-                and task.uncancel() <= call.cancelling
-            ):
-                raise ExecutorShutdownError(
-                    "executor shut down before this call finished; the call was cancelled"
-                ) from None
+            if call.cancelled_by_shutdown and task is not None:
+                call.cancelled_by_shutdown = False  # our cancel request is taken back here
+                if task.uncancel() <= call.cancelling:
+                    raise ExecutorShutdownError(
+                        "executor shut down before this call finished; the call was cancelled"
+                    ) from None
             raise
         finally:
             calls.discard(call)
+            if call.cancelled_by_shutdown and call.task is not None:
+                call.task.uncancel()  # the call swallowed our cancel: take the request back
             if self._closed and not calls and not self._tasks:
                 self._set_idle()
 

@@ -490,3 +490,26 @@ async def test_map_closed_from_another_task_ends_the_waiting_consumer() -> None:
         with pytest.raises(StopAsyncIteration):
             await asyncio.wait_for(consumer, 1)
         assert not other_tasks()
+
+
+async def test_a_call_that_swallows_the_shutdown_cancel_leaves_its_caller_clean() -> None:
+    ex = AsyncExecutor()
+
+    async def stubborn() -> str:
+        try:
+            await asyncio.sleep(100)
+        except asyncio.CancelledError:
+            return "survived"
+        return "finished"
+
+    async def caller() -> tuple[str, int]:
+        result = await ex.execute(stubborn)
+        task = asyncio.current_task()
+        assert task is not None
+        await asyncio.sleep(1)  # would raise if a cancel request were still pending
+        return result, task.cancelling()
+
+    task = asyncio.create_task(caller())
+    await asyncio.sleep(0)
+    await ex.shutdown(timeout=0)
+    assert await task == ("survived", 0)
