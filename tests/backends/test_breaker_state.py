@@ -159,7 +159,7 @@ async def test_one_worker_opens_the_circuit_and_every_worker_sees_it(
 async def test_a_released_trial_lets_another_worker_try(make_backend: MakeBackend) -> None:
     wa, wb = make_backend(**FAST), make_backend(**FAST)
     a = CircuitBreaker(1, 0.03, name="svc", backend=wa)
-    b = CircuitBreaker(1, 0.03, name="svc", backend=wb)
+    b = CircuitBreaker(1, 1.0, name="svc", backend=wb)  # b re-opens for longer
     _fail(a)
     await _until(lambda: b.state is not CircuitState.CLOSED)
     await asyncio.sleep(0.04)
@@ -180,7 +180,7 @@ async def test_a_released_trial_lets_another_worker_try(make_backend: MakeBacken
     await _until(trial("b", b))
     _fail_permit = permits["b"]
     _fail_permit.record_failure(ServerError("still down", status_code=503))
-    await _until(lambda: a.state is CircuitState.OPEN and a.retry_after > 0.01)
+    await _until(lambda: a.state is CircuitState.OPEN and a.retry_after > 0.5)
 
 
 async def test_store_round_trips(make_backend: MakeBackend, prefix: str) -> None:

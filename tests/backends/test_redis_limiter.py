@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from headway import RateLimitExceededError, RequestTooLargeError
 from headway.backends import Limit, RedisBackend, RedisLimiter, limits_of
-from headway.backends._model import Bucket, reserve
+from headway.backends._model import Bucket, reserve_batch
 from headway.backends._scripts import RESERVE
 from headway.errors import ConfigurationError
 from headway.limits import Limiter, MultiLimiter, Reservation, TokenBucketRateLimiter
@@ -331,8 +331,14 @@ async def test_many_workers_share_one_rate_and_no_window_goes_over(
 
 _op = st.tuples(
     st.floats(0.0, 30.0),  # ms since the last step
-    st.lists(st.floats(0.0, 1.0), min_size=2, max_size=2),  # share of each capacity
-    st.one_of(st.none(), st.floats(0.0, 50.0)),  # max_wait ms
+    st.lists(  # callers in one round trip: shares of each capacity, max_wait ms
+        st.tuples(
+            st.lists(st.floats(0.0, 1.0), min_size=2, max_size=2),
+            st.one_of(st.none(), st.floats(0.0, 50.0)),
+        ),
+        min_size=0,
+        max_size=3,
+    ),
     st.lists(st.floats(-5.0, 5.0), min_size=2, max_size=2),  # settles
     st.one_of(st.none(), st.floats(-2.0, 10.0)),  # sync level cap on limit 0
     st.one_of(st.just(0.0), st.floats(0.0, 40.0)),  # pause ms
@@ -354,37 +360,40 @@ def test_the_lua_script_and_the_python_model_agree(
     now = 1_000_000.0
     last: tuple[float, list[float]] | None = None
     try:
-        for dt, shares, max_wait, adjusts, cap0, pause, cancel in ops:
+        for dt, callers, adjusts, cap0, pause, cancel in ops:
             now += dt
-            amounts = [s * c for s, c in zip(shares, caps, strict=True)]
+            batch = [([s * c for s, c in zip(sh, caps, strict=True)], mw) for sh, mw in callers]
             cancels = [last] if cancel and last is not None else []
-            args: list[Any] = [2, -1 if max_wait is None else max_wait, pause, "w", 1e9, now]
+            args: list[Any] = [2, len(batch), pause, "w", 1e9, now]
             for i in range(2):
                 level_cap = cap0 if i == 0 and cap0 is not None else ""
-                args += [rates[i], caps[i], amounts[i], adjusts[i], level_cap]
+                args += [rates[i], caps[i], adjusts[i], level_cap]
             args.append(len(cancels))
             for at, back in cancels:
                 args += [at, *back]
-            ok, wait, _, _, server_now = script(keys=keys, args=args)
-            m_ok, m_wait = reserve(
+            for amounts, mw in batch:
+                args += [-1 if mw is None else mw, *amounts]
+            out = script(keys=keys, args=args)
+            expected = reserve_batch(
                 buckets,
                 now,
-                amounts,
+                batch,
                 adjusts=adjusts,
                 level_caps=[cap0, None],
                 cancels=cancels,
                 pause=pause,
-                max_wait=max_wait,
             )
-            assert bool(ok) == m_ok
-            assert float(wait) == pytest.approx(m_wait, rel=1e-9, abs=1e-6)
-            assert float(server_now) == now
+            assert float(out[2]) == now
+            assert len(out) == 3 + 2 * len(batch)
+            for j, (m_ok, m_wait) in enumerate(expected):
+                assert bool(out[3 + 2 * j]) == m_ok
+                assert float(out[4 + 2 * j]) == pytest.approx(m_wait, rel=1e-9, abs=1e-6)
+                if m_ok and any(batch[j][0]):
+                    last = (now + m_wait, batch[j][0])
             for key, b in zip(keys, buckets, strict=False):
                 stored = client.hgetall(key)
                 assert float(stored[b"l"]) == pytest.approx(b.level, rel=1e-9, abs=1e-6)
                 assert float(stored[b"t"]) == pytest.approx(b.start, rel=1e-12, abs=1e-6)
-            if m_ok:
-                last = (now + m_wait, amounts) if any(amounts) else last
             if cancel:
                 last = None
     finally:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from headway._clock import Clock
 
-__all__ = ["Bucket", "LocalBuckets", "reserve"]
+__all__ = ["Bucket", "LocalBuckets", "reserve", "reserve_batch", "ttl_ms"]
 
 
 @dataclass(slots=True)
@@ -59,11 +59,31 @@ def reserve(
     >>> reserve(b, 0.0, [1.0], max_wait=2.5)
     (False, 3.0)
     """
-    levels: list[float] = []
-    starts: list[float] = []
-    shifts: list[float] = []
-    pends: list[float] = []
-    wait = 0.0
+    return reserve_batch(
+        buckets,
+        now,
+        [(amounts, max_wait)],
+        adjusts=adjusts,
+        level_caps=level_caps,
+        cancels=cancels,
+        pause=pause,
+    )[0]
+
+
+def reserve_batch(
+    buckets: Sequence[Bucket],
+    now: float,
+    callers: Sequence[tuple[Sequence[float], float | None]],
+    *,
+    adjusts: Sequence[float] | None = None,
+    level_caps: Sequence[float | None] | None = None,
+    cancels: Sequence[tuple[float, Sequence[float]]] = (),
+    pause: float = 0.0,
+) -> list[tuple[bool, float]]:
+    """:func:`reserve` for several callers ``(amounts, max_wait)`` in order, at ``now``.
+
+    ``adjusts``, ``level_caps``, ``cancels`` and ``pause`` apply first, once.
+    """
     for i, b in enumerate(buckets):
         level = b.capacity if b.level is None else b.level
         t = now if b.level is None else b.start
@@ -81,37 +101,34 @@ def reserve(
             tail = max(now, t - level / b.rate)
             if back[i] > 0 and (at >= tail - 1e-6 or tail <= now):
                 level, t = _norm(b, level + back[i], t, now, p)
-        shift = b.shift
         if pause > 0 and now + pause > t:
-            shift += now + pause - t
+            b.shift += now + pause - t
             t = now + pause
             p = t
             level = min(level, 0.0)
-        shifts.append(shift)
-        pends.append(p)
-        w = t - now
-        if level < amounts[i]:
-            w += (amounts[i] - level) / b.rate
-        wait = max(wait, w)
-        levels.append(level)
-        starts.append(t)
-    ok = not (max_wait is not None and max_wait >= 0 and wait > max_wait)
-    at = now + wait
-    project = ok and any(x > 0 for x in amounts)
-    for i, b in enumerate(buckets):
-        level, t = levels[i], starts[i]
-        if project:
+        b.level, b.start, b.pause_end = level, t, p
+    out = []
+    for amounts, max_wait in callers:
+        wait = 0.0
+        for i, b in enumerate(buckets):
+            assert b.level is not None
+            w = b.start - now
+            if b.level < amounts[i]:
+                w += (amounts[i] - b.level) / b.rate
+            wait = max(wait, w)
+        ok = not (max_wait is not None and max_wait >= 0 and wait > max_wait)
+        if ok and any(x > 0 for x in amounts):
             # every limit is used when the caller is admitted, not before: project each
             # bucket to the admission time (a limit with a shorter queue waits too)
-            if at > t:
-                level = min(b.capacity, level + (at - t) * b.rate)
-                t = at
-            level -= amounts[i]
-        b.level = level
-        b.start = t
-        b.shift = shifts[i]
-        b.pause_end = pends[i]
-    return ok, wait
+            at = now + wait
+            for i, b in enumerate(buckets):
+                assert b.level is not None
+                if at > b.start:
+                    b.level = min(b.capacity, b.level + (at - b.start) * b.rate)
+                    b.start = at
+                b.level -= amounts[i]
+        out.append((ok, wait))
+    return out
 
 
 def _norm(b: Bucket, level: float, t: float, now: float, pause_end: float) -> tuple[float, float]:

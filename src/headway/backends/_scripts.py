@@ -9,32 +9,35 @@ from __future__ import annotations
 
 __all__ = ["BREAKER_OPEN", "BREAKER_READ", "BREAKER_RELEASE", "BREAKER_TRIAL", "RESERVE"]
 
-#: Reserve ``amount`` from every limit at once, all or nothing.
+#: Reserve for a batch of callers, in order; each takes from every limit at once, all or
+#: nothing.
 #:
 #: Each bucket is a hash ``{l: level, t: ms, s: total pause shift ms, p: pause end ms}``:
-#: ``level`` units are available at server time ``t``. ``t`` may lie in the future: a pause
-#: shifts it, and nothing refills before it. A reservation takes its units at once, the
-#: level may go negative (debt), and the caller waits until the level would be back at
-#: zero. Every limit is charged at the admission time (the latest of the limits'
+#: ``level`` units are available at server time ``t``. ``t`` may lie in the future: a
+#: pause shifts it, and nothing refills before it. A reservation takes its units at once,
+#: the level may go negative (debt), and the caller waits until the level would be back
+#: at zero. Every limit is charged at the admission time (the latest of the limits'
 #: queues), so the bucket moves to that time: later callers always wait at least as
 #: long as earlier ones (FIFO whatever the weights, so large requests are never
 #: starved), and no window of length ``T`` admits more than ``capacity + rate * T``.
 #:
 #: KEYS[1..n]  bucket hashes;  KEYS[n+1]  presence sorted set (live workers)
-#: ARGV[1] n;  ARGV[2] max_wait ms (negative: wait as long as needed);
+#: ARGV[1] n;  ARGV[2] k, the callers in the batch;
 #: ARGV[3] pause ms (every bucket restarts empty at now + pause, its waiters shifted
 #: by the pause's length; 0: none);
 #: ARGV[4] worker id;  ARGV[5] presence window ms;  ARGV[6] now ms ('' = server TIME);
-#: then for each limit i, 5 values: rate per ms, capacity, amount,
+#: then for each limit i, 4 values: rate per ms, capacity,
 #: adjust (refund > 0 / charge < 0, applied first), level cap ('' = none; from ``sync``);
 #: then m, the number of cancelled reservations, and for each (latest first) its
 #: admission time ms and its n amounts: given back to a limit only where the
 #: cancelled reservation is last in that limit's queue or nobody waits any more (else a
-#: newcomer would take the slot of a waiter still queued: a window over the limit).
-#: Returns {admitted 1/0, wait ms, live workers, total pause shift ms, now ms}.
+#: newcomer would take the slot of a waiter still queued: a window over the limit);
+#: then for each caller j: max_wait ms (negative: wait as long as needed), n amounts.
+#: Returns {live workers, total pause shift ms, now ms, then admitted 1/0 and wait ms
+#: for each caller}. A refused caller (wait over its max_wait) takes nothing.
 RESERVE = """
 local n = tonumber(ARGV[1])
-local max_wait = tonumber(ARGV[2])
+local k = tonumber(ARGV[2])
 local pause = tonumber(ARGV[3])
 local now
 if ARGV[6] ~= '' then
@@ -57,15 +60,15 @@ local function norm(level, t, cap, rate, p)
   end
   return level, t
 end
-local levels, starts, amounts, rates, caps, shifts, pends = {}, {}, {}, {}, {}, {}, {}
-local wait = 0
+local levels, starts, rates, caps, shifts, pends = {}, {}, {}, {}, {}, {}
 local shift = 0
+local m = tonumber(ARGV[7 + n * 4])
+local cbase = 7 + n * 4
 for i = 1, n do
-  local b = 6 + (i - 1) * 5
+  local b = 6 + (i - 1) * 4
   local rate = tonumber(ARGV[b + 1])
   local cap = tonumber(ARGV[b + 2])
-  local amount = tonumber(ARGV[b + 3])
-  local adjust = tonumber(ARGV[b + 4])
+  local adjust = tonumber(ARGV[b + 3])
   local st = redis.call('HMGET', KEYS[i], 'l', 't', 's', 'p')
   local level = tonumber(st[1])
   local t = tonumber(st[2])
@@ -80,12 +83,11 @@ for i = 1, n do
     t = now
   end
   level, t = norm(level + adjust, t, cap, rate, p)
-  if ARGV[b + 5] ~= '' then
-    level = math.min(level, tonumber(ARGV[b + 5]) + (t - now) * rate)
+  if ARGV[b + 4] ~= '' then
+    level = math.min(level, tonumber(ARGV[b + 4]) + (t - now) * rate)
   end
-  local m = tonumber(ARGV[7 + n * 5])
   for j = 1, m do
-    local c = 7 + n * 5 + (j - 1) * (n + 1)
+    local c = cbase + (j - 1) * (n + 1)
     local back = tonumber(ARGV[c + 1 + i])
     local tail = math.max(now, t - level / rate)
     if back > 0 and (tonumber(ARGV[c + 1]) >= tail - 0.001 or tail <= now) then
@@ -100,46 +102,51 @@ for i = 1, n do
       level = 0
     end
   end
-  pends[i] = p
   if s > shift then
     shift = s
   end
-  shifts[i] = s
-  local w = t - now
-  if level < amount then
-    w = w + (amount - level) / rate
-  end
-  if w > wait then
-    wait = w
-  end
-  levels[i] = level
-  starts[i] = t
-  amounts[i] = amount
-  rates[i] = rate
-  caps[i] = cap
+  levels[i], starts[i], rates[i], caps[i], shifts[i], pends[i] = level, t, rate, cap, s, p
 end
-local ok = 1
-if max_wait >= 0 and wait > max_wait then
-  ok = 0
-end
-local at = now + wait
-local project = false
-for i = 1, n do
-  if ok == 1 and amounts[i] > 0 then
-    project = true
-  end
-end
-for i = 1, n do
-  local level = levels[i]
-  local t = starts[i]
-  if project then
-    -- every limit is used at admission, not before: project each bucket to then
-    if at > t then
-      level = math.min(caps[i], level + (at - t) * rates[i])
-      t = at
+local out = {0, string.format('%.17g', shift), string.format('%.17g', now)}
+local rbase = cbase + m * (n + 1)
+for j = 1, k do
+  local r = rbase + (j - 1) * (n + 1)
+  local max_wait = tonumber(ARGV[r + 1])
+  local wait = 0
+  local any = false
+  for i = 1, n do
+    local amount = tonumber(ARGV[r + 1 + i])
+    if amount > 0 then
+      any = true
     end
-    level = level - amounts[i]
+    local w = starts[i] - now
+    if levels[i] < amount then
+      w = w + (amount - levels[i]) / rates[i]
+    end
+    if w > wait then
+      wait = w
+    end
   end
+  local ok = 1
+  if max_wait >= 0 and wait > max_wait then
+    ok = 0
+  end
+  if ok == 1 and any then
+    -- every limit is used at admission, not before: project each bucket to then
+    local at = now + wait
+    for i = 1, n do
+      if at > starts[i] then
+        levels[i] = math.min(caps[i], levels[i] + (at - starts[i]) * rates[i])
+        starts[i] = at
+      end
+      levels[i] = levels[i] - tonumber(ARGV[r + 1 + i])
+    end
+  end
+  out[#out + 1] = ok
+  out[#out + 1] = string.format('%.17g', wait)
+end
+for i = 1, n do
+  local level, t = levels[i], starts[i]
   redis.call('HSET', KEYS[i], 'l', string.format('%.17g', level), 't',
     string.format('%.17g', t), 's', string.format('%.17g', shifts[i]), 'p',
     string.format('%.17g', pends[i]))
@@ -151,8 +158,8 @@ local pkey = KEYS[n + 1]
 redis.call('ZADD', pkey, now, ARGV[4])
 redis.call('ZREMRANGEBYSCORE', pkey, '-inf', now - window)
 redis.call('PEXPIRE', pkey, math.ceil(window) * 2)
-return {ok, string.format('%.17g', wait), redis.call('ZCARD', pkey),
-  string.format('%.17g', shift), string.format('%.17g', now)}
+out[1] = redis.call('ZCARD', pkey)
+return out
 """
 
 #: Read a breaker's shared state.

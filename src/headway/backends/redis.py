@@ -31,9 +31,11 @@ import contextlib
 import logging
 import math
 import uuid
+from collections import deque
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -110,6 +112,27 @@ class RedisBackendConfig(BaseModel):
 
 def _first(item: tuple[float, list[float]]) -> float:
     return item[0]
+
+
+#: Most callers sent in one round trip.
+_MAX_BATCH = 256
+#: What a queued caller is told when it is its turn to lead the next round trip.
+_LEAD: Any = object()
+
+
+@dataclass(slots=True)
+class _Request:
+    amounts: list[float]
+    max_wait: float | None
+    requests: float
+    tokens: float
+    future: asyncio.Future[Any] | None = None
+
+
+def _outcome(got: Any) -> RedisReservation:
+    if isinstance(got, BaseException):
+        raise got
+    return got  # type: ignore[no-any-return]
 
 
 class _Unavailable(BackendUnavailableError):
@@ -572,7 +595,8 @@ class RedisLimiter:
         self._shift = 0.0
         self._seen_shift: float | None = None
         self._own_shift = 0.0
-        self._lock = asyncio.Lock()
+        self._busy = False  # a round trip is in flight; newcomers queue
+        self._queue: deque[_Request] = deque()
         self._local: LocalBuckets | None = None
         self._local_outage = -1
 
@@ -587,6 +611,9 @@ class RedisLimiter:
         the amount, :class:`~headway.errors.RateLimitExceededError` if the wait would
         exceed ``max_wait`` (nothing is reserved then), and, during a Redis outage with
         ``on_backend_error="fail"``, :class:`~headway.errors.BackendUnavailableError`.
+
+        Callers that arrive while a round trip is in flight queue here and go together,
+        in arrival order, in the next one: one round trip serves them all.
         """
         amounts = [tokens if t else requests for t in self._tokens]
         for amount, lim in zip(amounts, self.limits, strict=True):
@@ -603,37 +630,109 @@ class RedisLimiter:
         if max_wait is None:
             max_wait = self.max_wait
         backend = self.backend
-        if not backend._down or not backend._probing:
-            async with self._lock:
-                if backend._may_call():
-                    try:
-                        return await self._reserve_shared(amounts, max_wait, requests, tokens)
-                    except _Unavailable:
-                        pass
-        return self._reserve_local(amounts, max_wait, requests, tokens)
+        if (
+            backend._down
+            and not self._busy
+            and (backend._probing or self.clock.now() < backend._retry_at)
+        ):  # an outage: no round trip, unless a probe is due
+            return _outcome(self._reserve_local(amounts, max_wait, requests, tokens))
+        req = _Request(amounts, max_wait, requests, tokens)
+        if self._busy:
+            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            req.future = fut
+            self._queue.append(req)
+            try:
+                got = await fut
+            except asyncio.CancelledError:
+                self._abandon(req)
+                raise
+            if got is not _LEAD:
+                return _outcome(got)
+        else:
+            self._busy = True
+        return _outcome(await self._lead(req))
 
-    async def _reserve_shared(
-        self, amounts: list[float], max_wait: float | None, requests: float, tokens: float
-    ) -> RedisReservation:
+    def _abandon(self, req: _Request) -> None:
+        """A queued caller was cancelled: withdraw it, or undo what it was given."""
+        fut = req.future
+        assert fut is not None
+        if not fut.done() or fut.cancelled():
+            with contextlib.suppress(ValueError):
+                self._queue.remove(req)  # not sent yet (if sent: the leader undoes it)
+            return
+        got = fut.result()
+        if got is _LEAD:
+            self._hand_off()
+        elif isinstance(got, RedisReservation):
+            got.cancel()
+
+    def _hand_off(self) -> None:
+        """Make the next queued caller lead the next round trip, or go idle."""
+        queue = self._queue
+        while queue:
+            nxt = queue.popleft()
+            assert nxt.future is not None
+            if not nxt.future.done():
+                nxt.future.set_result(_LEAD)
+                return
+        self._busy = False
+
+    async def _lead(self, req: _Request) -> Any:
+        """Send ``req`` and every caller queued behind it in one round trip."""
+        batch = [req]
+        queue = self._queue
+        while queue and len(batch) < _MAX_BATCH:
+            nxt = queue.popleft()
+            assert nxt.future is not None
+            if not nxt.future.done():
+                batch.append(nxt)
+        outcomes: list[Any] | None = None
+        try:
+            if self.backend._may_call():
+                with contextlib.suppress(_Unavailable):
+                    outcomes = await self._reserve_shared(batch)
+        except BaseException:
+            # cancelled mid round trip: the others go again (anything Redis took for them
+            # is lost: too little used, never too much)
+            for other in reversed(batch[1:]):
+                queue.appendleft(other)
+            self._hand_off()
+            raise
+        if outcomes is None:
+            outcomes = [
+                self._reserve_local(r.amounts, r.max_wait, r.requests, r.tokens) for r in batch
+            ]
+        for other, got in zip(batch[1:], outcomes[1:], strict=True):
+            assert other.future is not None
+            if other.future.done():  # cancelled meanwhile: give its units back
+                if isinstance(got, RedisReservation):
+                    got.cancel()
+            else:
+                other.future.set_result(got)
+        self._hand_off()
+        return outcomes[0]
+
+    async def _reserve_shared(self, batch: list[_Request]) -> list[Any]:
         backend = self.backend
         now = self.clock.now()
         pause_ms = 0.0
         if self._pause_until > now and self._pause_until > self._pause_sent:
             pause_ms = (self._pause_until - now) * 1000.0
             self._pause_sent = self._pause_until
+        n = len(self.limits)
         args: list[Any] = [
-            len(amounts),
-            -1 if max_wait is None else max_wait * 1000.0,
+            n,
+            len(batch),
             pause_ms,
             backend.worker_id,
             backend.config.presence_window * 1000.0,
             "",
         ]
         pending, caps = self._pending, self._caps
-        for i, amount in enumerate(amounts):
+        for i in range(n):
             rate, cap = self._static[i]
             level_cap = caps[i]
-            args += [rate, cap, amount, pending[i], "" if level_cap is None else level_cap]
+            args += [rate, cap, pending[i], "" if level_cap is None else level_cap]
             pending[i] = 0.0
             caps[i] = None
         cancels = self._cancels
@@ -644,10 +743,13 @@ class RedisLimiter:
                 args.append(at)
                 args += back
             self._cancels = []
+        for r in batch:
+            args.append(-1 if r.max_wait is None else r.max_wait * 1000.0)
+            args += r.amounts
         result = await backend._eval(backend._reserve, self._keys, args)
-        backend.workers = int(result[2])
-        wait = float(result[1]) / 1000.0
-        shift = float(result[3]) / 1000.0
+        backend.workers = int(result[0])
+        shift = float(result[1]) / 1000.0
+        server_now = float(result[2])
         seen = self._seen_shift
         if seen is not None and shift > seen:
             # what other workers paused (our own pause shifted our waiters already)
@@ -657,17 +759,24 @@ class RedisLimiter:
         if pause_ms:
             self._own_shift = 0.0
         self._seen_shift = shift
-        if not int(result[0]):
-            self._rejected(amounts, wait, max_wait)
-        at = float(result[4]) + float(result[1])
-        return self._admitted(_SHARED, None, wait, requests, tokens, at)
+        outcomes: list[Any] = []
+        for j, r in enumerate(batch):
+            wait_ms = float(result[4 + 2 * j])
+            wait = wait_ms / 1000.0
+            if int(result[3 + 2 * j]):
+                outcomes.append(
+                    self._admitted(_SHARED, None, wait, r.requests, r.tokens, server_now + wait_ms)
+                )
+            else:
+                outcomes.append(self._rejection(r.amounts, wait, r.max_wait))
+        return outcomes
 
     def _reserve_local(
         self, amounts: list[float], max_wait: float | None, requests: float, tokens: float
-    ) -> RedisReservation:
+    ) -> RedisReservation | BaseException:
         mode = self.backend.config.on_backend_error
         if mode == "fail":
-            raise self.backend._unavailable(f"limiter {self.name!r}")
+            return self.backend._unavailable(f"limiter {self.name!r}")
         if mode == "allow":
             return RedisReservation(self, _ALLOW, None, 0.0, requests, tokens)
         local = self._local
@@ -691,7 +800,7 @@ class RedisLimiter:
             level_caps=level_caps,
         )
         if not ok:
-            self._rejected(amounts, wait, max_wait)
+            return self._rejection(amounts, wait, max_wait)
         return self._admitted(_LOCAL, local, wait, requests, tokens, now + wait)
 
     def _admitted(
@@ -710,10 +819,12 @@ class RedisLimiter:
             emit(LIMITER_WAIT, source=self.name, requests=requests, tokens=tokens, wait=wait)
         return RedisReservation(self, source, state, wait, requests, tokens, at)
 
-    def _rejected(self, amounts: list[float], wait: float, max_wait: float | None) -> NoReturn:
+    def _rejection(
+        self, amounts: list[float], wait: float, max_wait: float | None
+    ) -> RateLimitExceededError:
         if enabled():
             emit(LIMITER_REJECTED, source=self.name, tokens=amounts, wait=wait, max_wait=max_wait)
-        raise RateLimitExceededError(
+        return RateLimitExceededError(
             f"limiter {self.name!r}: admission in {wait:.3f}s would exceed "
             f"max_wait={max_wait or 0.0:g}s; nothing was reserved",
             retry_after=wait,
