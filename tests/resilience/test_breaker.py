@@ -637,3 +637,13 @@ def test_a_stale_trial_cannot_reopen_a_closed_breaker(clock: ManualClock) -> Non
     second.record_failure(Boom())
     assert b.state is CLOSED
     assert b.failure_count == 0
+
+
+async def test_ratio_mode_ignores_excluded_and_cancelled_calls(clock: ManualClock) -> None:
+    b = make(clock, failure_rate_threshold=0.5, minimum_calls=2, excluded_exceptions=[KeyError])
+    await fail_times(b, 1)
+    b.acquire().record_failure(KeyError("neutral"))
+    b.acquire().release()
+    assert b.state is CLOSED  # still 1 call in the window: below minimum_calls
+    await fail_times(b, 1)
+    assert b.state is OPEN
