@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from headway import APIConnectionError, ManualClock
-from headway.resilience.retry import RetryBudget, RetryPolicy, retry_with_backoff
+from headway.resilience.retry import JitterMode, RetryBudget, RetryPolicy, retry_with_backoff
 
 delays = st.floats(min_value=0.0, max_value=100.0, allow_nan=False)
 factors = st.floats(min_value=1.0, max_value=10.0, allow_nan=False)
@@ -39,7 +39,9 @@ def test_unjittered_schedule_is_exponential_capped_and_monotone(
 
 
 @given(schedules(), st.sampled_from(["full", "equal"]))
-def test_full_and_equal_jitter_stay_in_range(s: tuple[float, float, float, int], mode: str) -> None:
+def test_full_and_equal_jitter_stay_in_range(
+    s: tuple[float, float, float, int], mode: JitterMode
+) -> None:
     base, cap, factor, n = s
     policy = RetryPolicy(
         max_retries=n, base_delay=base, max_delay=cap, backoff_factor=factor, jitter=mode
@@ -99,7 +101,7 @@ def test_budget_never_allows_more_than_ratio_plus_floor_in_a_window(
 
 
 @given(st.integers(0, 5), st.sampled_from([True, False, "equal", "decorrelated"]))
-def test_cancelled_error_is_never_retried(n_failures: int, jitter: bool | str) -> None:
+def test_cancelled_error_is_never_retried(n_failures: int, jitter: bool | JitterMode) -> None:
     calls: list[int] = []
 
     async def func() -> None:

@@ -347,10 +347,18 @@ class _Engine:
         self.max_delay = policy.max_delay
         self.backoff_factor = policy.backoff_factor
         self.mode = _jitter_mode(policy.jitter)
+        # The validators turned single types into tuples; keep mypy and copies honest.
         retry_on = policy.retry_on
-        self.types: ExceptionTypes | None = retry_on if isinstance(retry_on, tuple) else None
-        self.predicate: RetryPredicate | None = None if isinstance(retry_on, tuple) else retry_on
-        self.exclude = policy.exclude
+        if isinstance(retry_on, type):
+            retry_on = (retry_on,)
+        self.types: ExceptionTypes | None = None
+        self.predicate: RetryPredicate | None = None
+        if isinstance(retry_on, tuple):
+            self.types = retry_on
+        else:
+            self.predicate = retry_on
+        exclude = policy.exclude
+        self.exclude: ExceptionTypes = (exclude,) if isinstance(exclude, type) else exclude
         self.max_server_delay = policy.max_server_delay
         self.budget = policy.budget
         self.clock = resolve_clock(policy.clock)
@@ -508,8 +516,8 @@ class RetryPolicy(BaseModel):
     max_delay: Annotated[float, Field(ge=0)] = 60.0
     backoff_factor: Annotated[float, Field(ge=1.0)] = 2.0
     jitter: bool | JitterMode = True
-    retry_on: ExceptionTypes | RetryPredicate = is_retryable
-    exclude: ExceptionTypes = ()
+    retry_on: type[BaseException] | ExceptionTypes | RetryPredicate = is_retryable
+    exclude: type[BaseException] | ExceptionTypes = ()
     max_server_delay: Annotated[float, Field(ge=0)] = DEFAULT_MAX_SERVER_DELAY
     budget: RetryBudget | None = Field(default_factory=RetryBudget)
     clock: Clock | None = None
@@ -675,8 +683,8 @@ def retry(
             max_delay=max_delay,
             backoff_factor=backoff_factor,
             jitter=jitter,
-            retry_on=retry_on,  # type: ignore[arg-type]
-            exclude=exclude,  # type: ignore[arg-type]
+            retry_on=retry_on,
+            exclude=exclude,
             max_server_delay=max_server_delay,
             clock=clock,
             name=name,
