@@ -789,11 +789,12 @@ def _emit_gave_up(
     source: str | None = None,
     listeners: tuple[EventListener, ...] = (),
 ) -> None:
-    if enabled(logging.WARNING, listeners):
+    # INFO, not WARNING: the caller gets the error itself; this is context for the logs.
+    if enabled(logging.INFO, listeners):
         emit(
             RETRY_GAVE_UP,
             source=source,
-            level=logging.WARNING,
+            level=logging.INFO,
             listeners=listeners,
             attempts=retry,
             reason=f"{why}; last error {_reason(exc)}",
