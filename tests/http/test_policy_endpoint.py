@@ -48,6 +48,17 @@ async def test_policy_retries_transient_failures(fake_api: FakeAPI) -> None:
 
 
 @pytest.mark.virtual_time
+async def test_request_raw_parse_retries_garbled_bodies(fake_api: FakeAPI) -> None:
+    fake_api.script("POST", CHAT, "malformed")
+    policy = Policy(retry=fast_retry())
+    async with AsyncAPIClient(fake_api.openai_base_url, policy=policy) as client:
+        resp = await client.request_raw("POST", "/chat/completions", json=MSG, parse=True)
+    assert resp.status == 200
+    assert resp.parsed()["object"] == "chat.completion"
+    fake_api.assert_called("POST", CHAT, times=2)
+
+
+@pytest.mark.virtual_time
 async def test_policy_gives_up_and_never_retries_auth_or_quota() -> None:
     async with FakeAPI(api_key=KEY) as api:
         policy = Policy(retry=fast_retry())

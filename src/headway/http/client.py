@@ -465,6 +465,7 @@ class AsyncAPIClient:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         tokens: float | None = None,
+        parse: bool = False,
     ) -> Response:
         """Send a request; return the whole :class:`~headway.http.Response`.
 
@@ -481,9 +482,12 @@ class AsyncAPIClient:
             timeout: this call's connect/read timeout, instead of the client's.
             tokens: tokens to reserve on the policy's limiter; by default estimated
                 from ``json``.
+            parse: parse the body inside the attempt, so that with a policy a garbled
+                2xx body (:class:`~headway.errors.InvalidResponseError`) is retried; the
+                parsed JSON is cached for ``response.parsed()`` / ``response.json()``.
         """
         return await self._request(
-            method, path, params, json, data, headers, timeout, tokens, False
+            method, path, params, json, data, headers, timeout, tokens, parse
         )
 
     async def request(
