@@ -263,3 +263,47 @@ def test_cancellation_at_random_points_frees_trial_permits(
                 await main()
 
     asyncio.run(wrapper())
+
+
+@settings(max_examples=200)
+@given(
+    rate=st.sampled_from([0.25, 0.5, 0.75, 1.0]),
+    minimum=st.integers(1, 6),
+    calls=st.lists(
+        st.tuples(st.sampled_from([0.0, 0.25, 0.5, 1.0, 3.0, 7.0]), st.booleans()),
+        max_size=80,
+    ),
+)
+def test_ratio_mode_trips_exactly_when_the_window_says_so(
+    rate: float, minimum: int, calls: list[tuple[float, bool]]
+) -> None:
+    """The window is kept in buckets, so it reaches back between ``window`` and
+    ``window + window / 20`` seconds: whatever it counted lies between those two exact
+    windows, and the verdict must agree with both bounds."""
+    span = 10.0
+    width = span / 20
+    clock = ManualClock()
+    breaker = CircuitBreaker(
+        failure_rate_threshold=rate, minimum_calls=minimum, window=span, clock=clock
+    )
+    history: list[tuple[float, bool]] = []
+    for dt, failed in calls:
+        clock.advance(dt)
+        permit = breaker.acquire()
+        if failed:
+            permit.record_failure(Boom())
+        else:
+            permit.record_success()
+        now = clock.now()
+        history.append((now, failed))
+        inner = [f for t, f in history if t >= now - span + 1e-9]
+        outer = [f for t, f in history if t > now - span - width - 1e-9]
+        c_in, f_in = len(inner), sum(inner)
+        c_out, f_out = len(outer), sum(outer)
+        if breaker.state is OPEN:
+            assert c_out >= minimum, "opened before minimum_calls were made"
+            assert f_out >= rate * c_in, "opened below the failure rate"
+            breaker.reset()
+            history.clear()
+        else:
+            assert not (c_in >= minimum and f_in >= rate * c_out), "did not open"
