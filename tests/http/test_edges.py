@@ -109,6 +109,20 @@ def test_sync_from_headers_only_when_low() -> None:
     )
     sync_from_headers(Spy(), CIMultiDict({"content-type": "json"}))
     assert calls == []
+    anthropic = CIMultiDict(
+        {
+            "anthropic-ratelimit-requests-limit": "50",
+            "anthropic-ratelimit-requests-remaining": "40",
+            "anthropic-ratelimit-tokens-limit": "1000",
+            "anthropic-ratelimit-tokens-remaining": "900",
+        }
+    )
+    sync_from_headers(Spy(), anthropic)
+    assert calls == []
+    anthropic["anthropic-ratelimit-requests-remaining"] = "3"
+    sync_from_headers(Spy(), anthropic)
+    assert calls == [("requests", 3.0, None, 50.0)]
+    calls.clear()
     info = parse_rate_limit_headers({"ratelimit": "limit=10, remaining=1, reset=2"})
     assert info is not None
     sync_limiter(Spy(), info, below=0.5)

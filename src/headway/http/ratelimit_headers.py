@@ -373,6 +373,9 @@ def sync_limiter(limiter: Any, info: RateLimitInfo, *, below: float | None = Non
             sync(unit, state.remaining, state.reset_after, state.limit)
 
 
+_ANTHROPIC_UNITS = ("requests", "tokens", "input-tokens", "output-tokens")
+
+
 def _plenty(remaining: str | None, limit: str | None) -> bool:
     """Whether the server has at least :data:`SYNC_BELOW` of a limit left (or no figure)."""
     if remaining is None:
@@ -395,10 +398,16 @@ def sync_from_headers(limiter: Any, headers: Mapping[str, str]) -> None:
     get = headers.get
     req = get("x-ratelimit-remaining-requests")
     tok = get("x-ratelimit-remaining-tokens")
-    if (
-        (req is not None or tok is not None)
-        and _plenty(req, get("x-ratelimit-limit-requests"))
-        and _plenty(tok, get("x-ratelimit-limit-tokens"))
+    if req is not None or tok is not None:
+        if _plenty(req, get("x-ratelimit-limit-requests")) and _plenty(
+            tok, get("x-ratelimit-limit-tokens")
+        ):
+            return
+    elif get("anthropic-ratelimit-requests-remaining") is not None and all(
+        _plenty(
+            get(f"anthropic-ratelimit-{unit}-remaining"), get(f"anthropic-ratelimit-{unit}-limit")
+        )
+        for unit in _ANTHROPIC_UNITS
     ):
         return
     info = parse_rate_limit_headers(headers)
