@@ -21,7 +21,9 @@ admissions of the whole fleet can be merged:
 
 Reported: admissions, the achieved rate (after the burst allowance for headway, whose
 first ``burst`` calls go at once) and its error against ``--rate``; the most admissions
-in any 1 s window (bound: rate + burst); the latency of one limiter call (Redis round
+in any 1 s window (bound: rate + burst), as measured when each worker woke up and, for
+headway, as scheduled (receipt + the delay Redis handed out: what the limiter
+guarantees, before event-loop wake-up jitter); the latency of one limiter call (Redis round
 trips, without waiting) and of a whole acquire (with the wait), p50/p99; Redis calls
 per admission. A measurement, not a test: exits 0 whatever the numbers. Writes JSON and
 a Markdown table (``benchmarks/results/distributed.{json,md}`` by default).
@@ -45,13 +47,14 @@ RESULTS = Path(__file__).parent / "results"
 
 
 # -- one worker process ---------------------------------------------------------------------
-async def _run_headway(cfg: dict[str, Any]) -> dict[str, list[float]]:
+async def _run_headway(cfg: dict[str, Any]) -> dict[str, Any]:
     from headway.backends import RedisBackend
 
-    out: dict[str, list[float]] = {"admitted": [], "call": [], "acquire": []}
+    out: dict[str, Any] = {"admitted": [], "scheduled": [], "call": [], "acquire": []}
+    out["cfg"] = cfg
     async with RedisBackend(cfg["url"], prefix=cfg["prefix"]) as backend:
         lim = backend.limiter("bench", rps=cfg["rate"], burst=cfg["burst"])
-        await _until(cfg["start"])
+        await _start(cfg)
 
         async def worker() -> None:
             while time.time() < cfg["end"]:
@@ -63,6 +66,7 @@ async def _run_headway(cfg: dict[str, Any]) -> dict[str, list[float]]:
                 if t2 > cfg["end"]:
                     return
                 out["admitted"].append(t2)
+                out["scheduled"].append(t1 + res.delay)
                 out["call"].append(t1 - t0)
                 out["acquire"].append(t2 - t0)
 
@@ -70,18 +74,18 @@ async def _run_headway(cfg: dict[str, Any]) -> dict[str, list[float]]:
     return out
 
 
-async def _run_limits(cfg: dict[str, Any]) -> dict[str, list[float]]:
+async def _run_limits(cfg: dict[str, Any]) -> dict[str, Any]:
     from limits.aio.storage import RedisStorage
     from limits.aio.strategies import MovingWindowRateLimiter
 
     from limits import RateLimitItemPerSecond
 
-    out: dict[str, list[float]] = {"admitted": [], "call": [], "acquire": []}
+    out: dict[str, Any] = {"admitted": [], "call": [], "acquire": [], "cfg": cfg}
     uri = "async+" + cfg["url"]
     storage = RedisStorage(uri, implementation="redispy", key_prefix=cfg["prefix"])
     limiter = MovingWindowRateLimiter(storage)
     item = RateLimitItemPerSecond(int(cfg["rate"]), 1)
-    await _until(cfg["start"])
+    await _start(cfg)
 
     async def worker() -> None:
         while time.time() < cfg["end"]:
@@ -108,18 +112,18 @@ async def _run_limits(cfg: dict[str, Any]) -> dict[str, list[float]]:
     return out
 
 
-async def _run_pyrate(cfg: dict[str, Any]) -> dict[str, list[float]]:
+async def _run_pyrate(cfg: dict[str, Any]) -> dict[str, Any]:
     import redis.asyncio as aioredis
     from pyrate_limiter import Duration, Limiter, Rate
     from pyrate_limiter.buckets.redis_bucket import RedisBucket
 
-    out: dict[str, list[float]] = {"admitted": [], "call": [], "acquire": []}
+    out: dict[str, Any] = {"admitted": [], "call": [], "acquire": [], "cfg": cfg}
     client = aioredis.Redis.from_url(cfg["url"])
     bucket = await RedisBucket.init(
         [Rate(int(cfg["rate"]), Duration.SECOND)], client, cfg["prefix"] + "bench"
     )
     limiter = Limiter(bucket)
-    await _until(cfg["start"])
+    await _start(cfg)
 
     async def worker() -> None:
         while time.time() < cfg["end"]:
@@ -138,15 +142,20 @@ async def _run_pyrate(cfg: dict[str, Any]) -> dict[str, list[float]]:
     return out
 
 
-async def _until(when: float) -> None:
-    await asyncio.sleep(max(0.0, when - time.time()))
+async def _start(cfg: dict[str, Any]) -> None:
+    """Wait for every process to be ready, then start together (wall clock)."""
+    await asyncio.get_running_loop().run_in_executor(None, cfg["barrier"].wait)
+    cfg["start"] = time.time() + 0.2
+    cfg["end"] = cfg["start"] + cfg["seconds"]
+    await asyncio.sleep(max(0.0, cfg["start"] - time.time()))
 
 
 RUNNERS = {"headway": _run_headway, "limits": _run_limits, "pyrate-limiter": _run_pyrate}
 
 
-def _process(lib: str, cfg: dict[str, Any]) -> dict[str, list[float]]:
-    return asyncio.run(RUNNERS[lib](cfg))
+def _process(lib: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    out = asyncio.run(RUNNERS[lib](cfg))
+    return {k: v for k, v in out.items() if k != "cfg"} | {"start": cfg["start"]}
 
 
 # -- the fleet ------------------------------------------------------------------------------
@@ -172,21 +181,23 @@ def pct(values: list[float], q: float) -> float | None:
 def run_fleet(lib: str, args: argparse.Namespace) -> dict[str, Any]:
     prefix = f"headway-bench:{uuid.uuid4().hex[:8]}:"
     burst = args.rate / 10 if lib == "headway" else 0.0
-    start = time.time() + args.warmup
-    cfg = {
-        "url": args.redis_url,
-        "prefix": prefix,
-        "rate": args.rate,
-        "burst": burst,
-        "workers": args.workers,
-        "start": start,
-        "end": start + args.seconds,
-    }
     ctx = mp.get_context("spawn")
-    with ctx.Pool(args.processes) as pool:
+    with ctx.Manager() as manager, ctx.Pool(args.processes) as pool:
+        cfg = {
+            "url": args.redis_url,
+            "prefix": prefix,
+            "rate": args.rate,
+            "burst": burst,
+            "workers": args.workers,
+            "seconds": args.seconds,
+            "barrier": manager.Barrier(args.processes),
+        }
         parts = pool.starmap(_process, [(lib, cfg)] * args.processes)
     _cleanup(args.redis_url, prefix)
-    admitted = sorted(t for p in parts for t in p["admitted"])
+    start = min(p["start"] for p in parts)
+    spread = max(p["start"] for p in parts) - start
+    admitted = sorted(t for p in parts for t in p["admitted"] if t <= start + args.seconds)
+    scheduled = [t for p in parts for t in p.get("scheduled", ()) if t <= start + args.seconds]
     calls = [c for p in parts for c in p["call"]]
     acquires = [a for p in parts for a in p["acquire"]]
     n = len(admitted)
@@ -201,11 +212,13 @@ def run_fleet(lib: str, args: argparse.Namespace) -> dict[str, Any]:
         "rate_error_pct": round(100.0 * (achieved - args.rate) / args.rate, 2),
         "max_in_1s_window": in_1s,
         "window_bound": args.rate + burst,
+        "max_in_1s_scheduled": max_in_window(scheduled, 1.0) if scheduled else None,
         "call_p50_ms": None if not calls else round(pct(calls, 0.5) * ms, 3),  # type: ignore[operator]
         "call_p99_ms": None if not calls else round(pct(calls, 0.99) * ms, 3),  # type: ignore[operator]
         "acquire_p50_ms": round(pct(acquires, 0.5) * ms, 1),  # type: ignore[operator]
         "acquire_p99_ms": round(pct(acquires, 0.99) * ms, 1),  # type: ignore[operator]
         "calls_per_admission": None if not calls or not n else round(len(calls) / n, 2),
+        "start_spread_ms": round(spread * 1000.0, 1),
     }
 
 
@@ -225,9 +238,9 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     head = (
         f"{args.processes} processes x {args.workers} workers, one Redis limit of "
         f"{args.rate:g}/s, {args.seconds:g} s per library\n\n"
-        "| library | admitted | achieved/s | error | max in 1 s (bound) | "
+        "| library | admitted | achieved/s | error | max in 1 s (bound) | scheduled | "
         "call p50 / p99 ms | acquire p50 / p99 ms | calls per admission |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     rows = []
     for r in results:
@@ -240,6 +253,7 @@ def markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         rows.append(
             f"| {r['library']} | {r['admitted']} | {r['achieved_rate']:.1f} | "
             f"{r['rate_error_pct']:+.2f}% | {r['max_in_1s_window']} ({r['window_bound']:g}) | "
+            f"{'n/a' if r['max_in_1s_scheduled'] is None else r['max_in_1s_scheduled']} | "
             f"{call} | {r['acquire_p50_ms']:.0f} / {r['acquire_p99_ms']:.0f} | {cpa} |"
         )
     return head + "\n".join(rows) + "\n"
@@ -254,7 +268,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=50)
     parser.add_argument("--rate", type=float, default=400.0)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--warmup", type=float, default=6.0, help="s to start the processes")
     parser.add_argument(
         "--libraries", default="headway,limits,pyrate-limiter", help="comma-separated"
     )

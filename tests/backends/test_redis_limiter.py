@@ -8,6 +8,7 @@ trip takes barely refill anything); the few that sleep keep every wait under 0.1
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -399,3 +400,35 @@ def test_the_lua_script_and_the_python_model_agree(
     finally:
         client.delete(*keys)
         client.close()
+
+
+async def test_a_queued_caller_cancelled_before_its_round_trip_takes_nothing(
+    backend: RedisBackend,
+) -> None:
+    lim = backend.limiter("queue", rps=10, burst=1)
+    first = asyncio.create_task(lim.reserve())
+    queued = asyncio.create_task(lim.reserve())
+    await asyncio.sleep(0)  # both started: the first leads, the second queues
+    queued.cancel()
+    assert (await first).delay == 0.0
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    nxt = await lim.reserve()
+    assert nxt.delay == pytest.approx(0.1, abs=0.03)  # the cancelled one took nothing
+
+
+async def test_a_big_queue_goes_in_few_round_trips_in_order(backend: RedisBackend) -> None:
+    lim = backend.limiter("many", rps=100, burst=1)
+
+    async def one() -> tuple[float, Reservation]:
+        res = await lim.reserve()
+        return time.monotonic() + res.delay, res
+
+    t0 = time.monotonic()
+    results = await asyncio.gather(*(one() for _ in range(300)))  # more than one batch
+    admitted = [at for at, _ in results]
+    for earlier, later in itertools.pairwise(admitted):  # in arrival order
+        assert later >= earlier - 0.002
+    assert admitted[-1] - t0 == pytest.approx(2.99, abs=0.05)
+    for _, r in results:
+        r.cancel()
