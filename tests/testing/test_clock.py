@@ -26,10 +26,15 @@ async def test_fixture_advance_and_timeout(virtual_clock: VirtualClock) -> None:
         virtual_clock.advance(-1)
 
 
+def work_in_a_thread() -> int:
+    time.sleep(0.02)
+    return 42
+
+
 async def test_thread_work_is_waited_for_in_real_time(virtual_clock: VirtualClock) -> None:
     # A timer is pending while a thread works: the thread's result must win.
     async with asyncio.timeout(30):
-        assert await asyncio.to_thread(lambda: time.sleep(0.02) or 42) == 42
+        assert await asyncio.to_thread(work_in_a_thread) == 42
 
 
 async def test_uninstall_restores_real_time_and_keeps_timers() -> None:

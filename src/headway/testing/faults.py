@@ -252,23 +252,23 @@ class Chaos(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    rate_limit: float = Field(0.0, ge=0, le=1, description="429 rate_limit_exceeded")
-    server_error: float = Field(0.0, ge=0, le=1, description="one of server_error_statuses")
-    overloaded: float = Field(0.0, ge=0, le=1, description="529 overloaded_error")
-    insufficient_quota: float = Field(0.0, ge=0, le=1, description="429 insufficient_quota")
-    reset: float = Field(0.0, ge=0, le=1, description="connection reset")
-    hang: float = Field(0.0, ge=0, le=1, description="never answer")
-    truncate: float = Field(0.0, ge=0, le=1, description="truncated body")
-    malformed: float = Field(0.0, ge=0, le=1, description="200 with invalid JSON")
-    dribble: float = Field(0.0, ge=0, le=1, description="slow stream")
-    stream_error: float = Field(0.0, ge=0, le=1, description="error event mid-stream")
+    rate_limit: float = Field(default=0.0, ge=0, le=1, description="429 rate_limit_exceeded")
+    server_error: float = Field(default=0.0, ge=0, le=1, description="one of server_error_statuses")
+    overloaded: float = Field(default=0.0, ge=0, le=1, description="529 overloaded_error")
+    insufficient_quota: float = Field(default=0.0, ge=0, le=1, description="429 insufficient_quota")
+    reset: float = Field(default=0.0, ge=0, le=1, description="connection reset")
+    hang: float = Field(default=0.0, ge=0, le=1, description="never answer")
+    truncate: float = Field(default=0.0, ge=0, le=1, description="truncated body")
+    malformed: float = Field(default=0.0, ge=0, le=1, description="200 with invalid JSON")
+    dribble: float = Field(default=0.0, ge=0, le=1, description="slow stream")
+    stream_error: float = Field(default=0.0, ge=0, le=1, description="error event mid-stream")
 
-    retry_after: float | None = Field(1.0, ge=0, description="seconds announced on 429/529")
+    retry_after: float | None = Field(default=1.0, ge=0, description="seconds announced on 429/529")
     retry_after_style: RetryAfterStyle | Literal["mixed"] = "seconds"
     server_error_statuses: tuple[int, ...] = (500, 502, 503)
     latency: float | tuple[float, float] = 0.0
-    dribble_interval: float = Field(0.05, ge=0)
-    stream_error_after: int = Field(2, ge=0)
+    dribble_interval: float = Field(default=0.05, ge=0)
+    stream_error_after: int = Field(default=2, ge=0)
 
     @field_validator("latency")
     @classmethod

@@ -328,17 +328,20 @@ class MockSession:
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
         self.closed = False
         self.request = mock.MagicMock(name="request", side_effect=self._request)
-        for name in ("get", "post", "put", "patch", "delete", "head", "options"):
-            verb = name.upper()
-            setattr(
-                self,
-                name,
-                mock.MagicMock(
-                    name=name,
-                    side_effect=lambda url, _verb=verb, **kw: self._request(_verb, url, **kw),
-                ),
-            )
+        self.get = self._verb("GET")
+        self.post = self._verb("POST")
+        self.put = self._verb("PUT")
+        self.patch = self._verb("PATCH")
+        self.delete = self._verb("DELETE")
+        self.head = self._verb("HEAD")
+        self.options = self._verb("OPTIONS")
         self.close = mock.AsyncMock(name="close", side_effect=self._close)
+
+    def _verb(self, verb: str) -> mock.MagicMock:
+        def send(url: Any, **kwargs: Any) -> AwaitableContext[MockResponse]:
+            return self._request(verb, url, **kwargs)
+
+        return mock.MagicMock(name=verb.lower(), side_effect=send)
 
     async def _close(self) -> None:
         self.closed = True
