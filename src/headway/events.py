@@ -47,6 +47,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("headway")
+# A library logs; the application decides where records go (no stderr fallback).
+logger.addHandler(logging.NullHandler())
 
 # Event kinds emitted by the core. Other layers add their own, same dotted style.
 RETRY_SCHEDULED = "retry.scheduled"  # attempt, delay, reason (error type and message)
