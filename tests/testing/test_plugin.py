@@ -215,6 +215,29 @@ async def test_virtual_clock_with_fake_api(virtual_clock, session):
 def test_sync_clean():
     assert True
 
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_api():
+    async with FakeAPI() as api:
+        yield api
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_session():
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+class TestModuleScopedServer:
+    # keep-alive connections of a module-scoped server are not the test's leaks
+    @pytest.mark.asyncio(loop_scope="module")
+    async def test_first_request(self, module_api, shared_session):
+        async with shared_session.get(module_api.url + "/v1/models") as resp:
+            assert resp.status == 200
+
+    @pytest.mark.asyncio(loop_scope="module")
+    async def test_second_request_reuses_the_connection(self, module_api, shared_session):
+        async with shared_session.get(module_api.url + "/v1/models") as resp:
+            assert resp.status == 200
+        assert len(module_api.requests) == 2
+
 class TestModuleLoop:
     @pytest.mark.asyncio(loop_scope="module")
     async def test_leaks_in_a_module_loop(self):
@@ -229,8 +252,8 @@ class TestModuleLoop:
 
     @pytest.mark.asyncio(loop_scope="module")
     async def test_next_test_in_the_same_loop_is_unaffected(self):
-        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        assert [t.get_name() for t in others if not t.done()] == []
+        pending = [t.get_name() for t in asyncio.all_tasks() if not t.done()]
+        assert "module-orphan" not in pending
 """
 
 
@@ -251,6 +274,8 @@ def test_strict_mode_with_the_command_line_option(tmp_path: Path) -> None:
     assert "'module-orphan'" in module_leak.message
     assert outcomes["test_next_test_in_the_same_loop_is_unaffected"].status == "passed", output
     assert outcomes["test_fixtures_follow_the_module_loop"].status == "passed", output
+    assert outcomes["test_first_request"].status == "passed", output
+    assert outcomes["test_second_request_reuses_the_connection"].status == "passed", output
 
 
 def test_auto_mode_with_the_ini_option(tmp_path: Path) -> None:

@@ -155,6 +155,7 @@ class LeakGuard:
         self._resources_before: set[int] = set()
         self._sessions: list[tuple[Any, str]] = []
         self._connectors: list[tuple[Any, str]] = []
+        self._servers: list[tuple[Any, str]] = []
         self._coroutines: list[str] = []
         self._loop_errors: list[dict[str, Any]] = []
         self._restore: list[Callable[[], None]] = []
@@ -255,11 +256,11 @@ class LeakGuard:
         aiohttp = sys.modules.get("aiohttp")
         if aiohttp is None:
             return
-        for cls, sink in (
-            (aiohttp.ClientSession, self._sessions),
-            (aiohttp.BaseConnector, self._connectors),
-        ):
-            self._wrap_init(cls, sink)
+        self._wrap_init(aiohttp.ClientSession, self._sessions)
+        self._wrap_init(aiohttp.BaseConnector, self._connectors)
+        web = sys.modules.get("aiohttp.web")
+        if web is not None:
+            self._wrap_init(web.Server, self._servers)
 
     def _wrap_init(self, cls: type, sink: list[tuple[Any, str]]) -> None:
         original = cls.__dict__["__init__"]
@@ -306,15 +307,20 @@ class LeakGuard:
             self._restore.pop()()
         self._sessions.clear()
         self._connectors.clear()
+        self._servers.clear()
 
     def _pending_tasks(self) -> list[asyncio.Task[Any]]:
         if self._loop is None:
             return []
         current = asyncio.current_task()
+        servers = {id(server) for server, _ in self._servers}
         return [
             t
             for t in asyncio.all_tasks(self._loop)
-            if t is not current and t not in self._before and not t.done()
+            if t is not current
+            and t not in self._before
+            and not t.done()
+            and not _serves_an_older_server(t, servers)
         ]
 
     def _collect(self, pending: list[asyncio.Task[Any]]) -> list[Leak]:
@@ -386,6 +392,22 @@ class LeakGuard:
                 await _close(connector)
         # Exceptions of tasks that ended while being cancelled are not new leaks.
         self._loop_errors.clear()
+
+
+def _serves_an_older_server(task: asyncio.Task[Any], new_servers: set[int]) -> bool:
+    """Whether ``task`` handles a connection of an aiohttp server older than the guard.
+
+    A server that outlives the test (a module-scoped fixture) owns the tasks that serve
+    its keep-alive connections, even when a request of the test created them.
+    """
+    frame = getattr(task.get_coro(), "cr_frame", None)
+    if frame is None or frame.f_code.co_name not in ("start", "_handle_request"):
+        return False
+    handler = frame.f_locals.get("self")
+    if type(handler).__name__ != "RequestHandler":
+        return False
+    server = getattr(handler, "_manager", None)
+    return server is not None and id(server) not in new_servers
 
 
 def _loop_error_leak(

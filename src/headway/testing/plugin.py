@@ -96,21 +96,40 @@ def _is_async(item: pytest.Item) -> bool:
     return bool(is_async_test(item)) if is_async_test is not None else False
 
 
+def _first_function_scoped(item: pytest.Item, fixturenames: list[str]) -> int:
+    """Index of the first function-scoped fixture: wider-scoped ones are set up before.
+
+    The guard and the virtual clock go there, so that fixtures of a wider scope (set up
+    lazily by the first test that needs them) are not counted as the test's leaks and do
+    not start in virtual time.
+    """
+    info = getattr(item, "_fixtureinfo", None)
+    defs = getattr(info, "name2fixturedefs", None)
+    if not isinstance(defs, dict):
+        return 0
+    for index, name in enumerate(fixturenames):
+        fixturedefs = defs.get(name)
+        if fixturedefs and getattr(fixturedefs[-1], "scope", "function") == "function":
+            return index
+    return len(fixturenames)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     everywhere = _leak_check_everywhere(config)
     for item in items:
         fixturenames = getattr(item, "fixturenames", None)
         if not isinstance(fixturenames, list):
             continue
+        at = _first_function_scoped(item, fixturenames)
         if item.get_closest_marker("virtual_time") is not None and (
             "virtual_clock" not in fixturenames
         ):
-            fixturenames.insert(0, "virtual_clock")
+            fixturenames.insert(at, "virtual_clock")
         guarded = everywhere or item.get_closest_marker("no_leaks") is not None
         if guarded and item.get_closest_marker("allow_leaks") is None:
             name = _async_guard_name(_loop_scope(item)) if _is_async(item) else _SYNC_GUARD
             if name not in fixturenames:
-                fixturenames.insert(0, name)
+                fixturenames.insert(at, name)
 
 
 def _fail_on(leaks: list[Leak], request: pytest.FixtureRequest) -> None:
