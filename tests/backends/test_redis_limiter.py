@@ -418,7 +418,7 @@ async def test_a_queued_caller_cancelled_before_its_round_trip_takes_nothing(
 
 
 async def test_a_big_queue_goes_in_few_round_trips_in_order(backend: RedisBackend) -> None:
-    lim = backend.limiter("many", rps=100, burst=1)
+    lim = backend.limiter("many", rps=10, burst=1)
 
     async def one() -> tuple[float, Reservation]:
         res = await lim.reserve()
@@ -427,8 +427,9 @@ async def test_a_big_queue_goes_in_few_round_trips_in_order(backend: RedisBacken
     t0 = time.monotonic()
     results = await asyncio.gather(*(one() for _ in range(300)))  # more than one batch
     admitted = [at for at, _ in results]
-    for earlier, later in itertools.pairwise(admitted):  # in arrival order
-        assert later >= earlier - 0.002
-    assert admitted[-1] - t0 == pytest.approx(2.99, abs=0.05)
+    # in arrival order, 0.1 s apart (a resumed task reads the clock a little late)
+    for earlier, later in itertools.pairwise(admitted):
+        assert later - earlier == pytest.approx(0.1, abs=0.05)
+    assert admitted[-1] - t0 == pytest.approx(29.9, abs=0.1)
     for _, r in results:
         r.cancel()
