@@ -71,9 +71,9 @@ def _run(
             shifts = [x.shift for x in buckets]
             reserve(buckets, now, [0.0] * len(buckets), pause=a)
             delta = max(x.shift - s for x, s in zip(buckets, shifts, strict=True))
-            for x in admitted:  # waiters still waiting move back by the pause
-                if x.at > now:
-                    x.at += delta
+            for waiter in admitted:  # waiters still waiting move back by the pause
+                if waiter.at > now:
+                    waiter.at += delta
     return buckets, admitted
 
 
@@ -153,7 +153,9 @@ def test_local_buckets_follow_the_clock() -> None:
     clock = ManualClock()
     local = LocalBuckets([(10.0, 2.0), (100.0, 100.0)], clock=clock)
     assert local.reserve([2.0, 50.0]) == (True, 0.0)
-    assert local.reserve([1.0, 10.0]) == (True, pytest.approx(0.1))
+    ok, wait = local.reserve([1.0, 10.0])
+    assert ok
+    assert wait == pytest.approx(0.1)
     assert local.level(0) == pytest.approx(-1.0)
     clock.advance(0.1)
     assert local.level(0) == pytest.approx(0.0)

@@ -24,15 +24,18 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from headway._clock import Clock
+from headway.backends._base import BreakerStateStore
 from headway.errors import ConfigurationError
 from headway.events import BREAKER_STATE_CHANGED, emit
 
 if TYPE_CHECKING:
-    from headway.backends._base import BreakerStateStore
     from headway.backends.redis import RedisBackend
+
+#: The store underneath a :class:`SharedCircuitState`.
+StoreT = TypeVar("StoreT", bound=BreakerStateStore)
 
 __all__ = ["RedisBreakerState", "SharedCircuitState"]
 
@@ -247,7 +250,7 @@ async def run_refresher(backend: RedisBackend, wake: asyncio.Event) -> None:
                 await wake.wait()
 
 
-class SharedCircuitState:
+class SharedCircuitState(Generic[StoreT]):
     """The state object a ``CircuitBreaker(backend=...)`` keeps, backed by a shared store.
 
     ``CircuitBreaker`` keeps everything that changes in one state object with the
@@ -269,11 +272,11 @@ class SharedCircuitState:
     #: How long a forced open (``force_open()`` without seconds) is published for.
     FORCED_OPEN_SECONDS = 86_400.0
 
-    def __init__(self, store: BreakerStateStore, clock: Clock, name: str) -> None:
+    def __init__(self, store: StoreT, clock: Clock, name: str) -> None:
         from headway.resilience.breaker import CircuitState
 
         self._CS = CircuitState
-        self.store = store
+        self.store: StoreT = store
         self.name = name
         self._clock = clock
         self._state = CircuitState.CLOSED

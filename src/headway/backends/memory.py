@@ -111,7 +111,7 @@ class MemoryBackend:
     def __init__(self, *, clock: Clock | None = None) -> None:
         self.clock = clock
         self._limiters: dict[str, tuple[tuple[Limit, ...], MultiLimiter]] = {}
-        self._breakers: dict[str, SharedCircuitState] = {}
+        self._breakers: dict[str, SharedCircuitState[MemoryBreakerState]] = {}
 
     def limiter(
         self,
@@ -162,7 +162,9 @@ class MemoryBackend:
         self._limiters[name] = (specs, multi)
         return multi
 
-    def breaker_state(self, name: str, *, half_open_max_calls: int = 1) -> SharedCircuitState:
+    def breaker_state(
+        self, name: str, *, half_open_max_calls: int = 1
+    ) -> SharedCircuitState[MemoryBreakerState]:
         """The circuit state ``name`` shared by this process's breakers of that name.
 
         ``CircuitBreaker(name=..., backend=backend)`` calls this.

@@ -225,7 +225,7 @@ class RedisBackend:
         self._probing = False
         self._limiters: dict[str, RedisLimiter] = {}
         self._breakers: dict[str, RedisBreakerState] = {}
-        self._shared_states: dict[str, SharedCircuitState] = {}
+        self._shared_states: dict[str, SharedCircuitState[RedisBreakerState]] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._closed = False
@@ -382,7 +382,9 @@ class RedisBackend:
         """
         return self.limiter(name, limits=limits_of(limiter), max_wait=max_wait)
 
-    def breaker_state(self, name: str, *, half_open_max_calls: int = 1) -> SharedCircuitState:
+    def breaker_state(
+        self, name: str, *, half_open_max_calls: int = 1
+    ) -> SharedCircuitState[RedisBreakerState]:
         """The circuit state ``name`` shared by every worker's breaker of that name.
 
         ``CircuitBreaker(name=..., backend=backend)`` calls this. Give
