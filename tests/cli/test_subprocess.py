@@ -84,8 +84,9 @@ def test_kill_9_mid_run_then_resume_is_exactly_once(
     assert Counter(result_ids(out)) == Counter({f"q{i}": 1 for i in range(n)})
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_finishes_in_flight_exits_130_and_resumes(
-    tmp_path: Path, fake_server: StartServer
+    tmp_path: Path, fake_server: StartServer, sig: signal.Signals
 ) -> None:
     server = fake_server()
     n = 100
@@ -96,7 +97,7 @@ def test_ctrl_c_finishes_in_flight_exits_130_and_resumes(
         inp, out, server.url, "--rpm", "900", "--concurrency", "4", "--summary-json", str(summary)
     )
     wait_for_lines(out, 10, proc)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 130, stderr
     assert "run the same command again to resume" in stderr
