@@ -588,17 +588,17 @@ async def test_explicit_durations_are_used(clock: ManualClock) -> None:
 
 
 def test_backend_supplies_the_state_object() -> None:
-    made: list[str | None] = []
+    made: list[tuple[str | None, int]] = []
 
     class Backend:
-        def breaker_state(self, name: str | None) -> Any:
-            made.append(name)
+        def breaker_state(self, name: str | None, *, half_open_max_calls: int) -> Any:
+            made.append((name, half_open_max_calls))
             from headway.resilience.breaker import _BreakerState
 
             return _BreakerState()
 
-    a = CircuitBreaker(failure_threshold=1, name="shared", backend=Backend())
-    assert made == ["shared"]
+    a = CircuitBreaker(failure_threshold=1, half_open_max_calls=3, name="shared", backend=Backend())
+    assert made == [("shared", 3)]
     a.acquire().record_failure(Boom())
     assert a.state is OPEN
 

@@ -414,7 +414,7 @@ class CircuitBreaker:
                     f"{backend!r} cannot hold breaker state (it has no breaker_state()); "
                     "pass backend=None to keep the state in this process"
                 )
-            state = factory(name)
+            state = factory(name, half_open_max_calls=half_open_max_calls)
         if state.window is None and (
             failure_rate_threshold is not None or slow_call_duration is not None
         ):
