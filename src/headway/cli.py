@@ -380,8 +380,6 @@ def run(
         _fail(f"input file {input_path} does not exist")
     if not os.access(input_path, os.R_OK):
         _fail(f"input file {input_path} is not readable")
-    if output.exists() and output.is_dir():
-        _fail(f"output {output} is a directory")
     target = resolve_target(
         provider=provider, base_url=base_url, endpoint=endpoint, api_key_env=api_key_env
     )
@@ -412,12 +410,16 @@ def run(
         fsync=fsync,
         owns=owns,
     )
-    console = Console()
     asyncio.run(_run_batch(runner, settings))
+    return _report_run(runner, input_path, summary_json)
+
+
+def _report_run(runner: BatchRunner, input_path: Path, summary_json: Path | None) -> int:
+    """Notes, summary and exit code of ``headway run``."""
     _warn_notes(runner)
     code, _ = _finish(
         runner,
-        console,
+        Console(),
         summary_json=summary_json,
         failed_before=runner.ledger.failed_before,
         title=f"headway run: {input_path}",
@@ -578,6 +580,18 @@ def demo(
             seed=seed,
         )
     )
+    return _report_demo(runner, console, input_path, output_path, n_requests, summary_json)
+
+
+def _report_demo(
+    runner: BatchRunner,
+    console: Console,
+    input_path: Path,
+    output_path: Path,
+    n_requests: int,
+    summary_json: Path | None,
+) -> int:
+    """Summary, file paths, the exactly-once check and the exit code of ``headway demo``."""
     _warn_notes(runner)
     code, _ = _finish(
         runner, console, summary_json=summary_json, failed_before=0, title="headway demo"
