@@ -27,10 +27,11 @@ from pydantic import SecretStr
 
 from headway._clock import Clock, resolve_clock
 from headway._secrets import redact_url
-from headway.batch.jobs import ANTHROPIC_URL, DEFAULT_URL, BatchRequest
+from headway.batch.jobs import DEFAULT_URL, BatchRequest
 from headway.batch.runner import Response, Sender, note_retry
 from headway.errors import CircuitBreakerOpenError, ConfigurationError
 from headway.events import RETRY_SCHEDULED, Event
+from headway.http.providers import PROVIDERS as _HTTP_PROVIDERS
 
 __all__ = [
     "PROVIDERS",
@@ -55,23 +56,31 @@ class ProviderInfo:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-#: Providers ``--provider`` knows. Base URLs stop before ``/v1`` so that OpenAI Batch
-#: lines (``"url": "/v1/chat/completions"``) join as they are.
+def _from_http_spec(spec: Any) -> ProviderInfo:
+    """A batch view of a :mod:`headway.http.providers` spec: base URL before ``/v1``."""
+    base = spec.base_url.rstrip("/")
+    prefix = ""
+    if urlsplit(base).path.endswith("/v1"):
+        base, prefix = base[: -len("/v1")], "/v1"
+    name = next((n for n in ("chat", "messages") if n in spec.endpoints), None)
+    if name is None:
+        name = next(iter(spec.endpoints))
+    return ProviderInfo(
+        base,
+        spec.api_key_env,
+        spec.auth_type,
+        f"{prefix}/{spec.endpoints[name].lstrip('/')}",
+        dict(spec.default_headers),
+    )
+
+
+#: Providers ``--provider`` knows (those of :mod:`headway.http.providers` with a fixed base
+#: URL). Base URLs stop before ``/v1`` so that OpenAI Batch lines
+#: (``"url": "/v1/chat/completions"``) join as they are.
 PROVIDERS: dict[str, ProviderInfo] = {
-    "openai": ProviderInfo("https://api.openai.com", "OPENAI_API_KEY"),
-    "anthropic": ProviderInfo(
-        "https://api.anthropic.com",
-        "ANTHROPIC_API_KEY",
-        "x-api-key",
-        ANTHROPIC_URL,
-        {"anthropic-version": "2023-06-01"},
-    ),
-    "groq": ProviderInfo("https://api.groq.com/openai", "GROQ_API_KEY"),
-    "openrouter": ProviderInfo("https://openrouter.ai/api", "OPENROUTER_API_KEY"),
-    "perplexity": ProviderInfo(
-        "https://api.perplexity.ai", "PERPLEXITY_API_KEY", default_url="/chat/completions"
-    ),
-    "ollama": ProviderInfo("http://localhost:11434", None, "none"),
+    name: _from_http_spec(spec)
+    for name, spec in _HTTP_PROVIDERS.items()
+    if spec.base_url is not None
 }
 
 
