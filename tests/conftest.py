@@ -6,6 +6,11 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# headway's own plugin is loaded here rather than through its entry point (pyproject has
+# "-p no:headway"): the entry point would import headway before coverage starts and hide
+# every module's import-time lines from it.
+pytest_plugins = ["headway.testing.plugin"]
+
 settings.register_profile(
     "ci", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
