@@ -43,6 +43,7 @@ from collections.abc import (
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+from headway import _resources
 from headway._clock import Clock, resolve_clock
 from headway.errors import (
     ConfigurationError,
@@ -499,7 +500,16 @@ class AsyncExecutor:
     'ExecutorShutdownError'
     """
 
-    __slots__ = ("_calls", "_clock", "_closed", "_idle_waiters", "_pool", "_running", "_tasks")
+    __slots__ = (
+        "__weakref__",
+        "_calls",
+        "_clock",
+        "_closed",
+        "_idle_waiters",
+        "_pool",
+        "_running",
+        "_tasks",
+    )
 
     def __init__(self, max_concurrency: int | None = None, *, clock: Clock | None = None) -> None:
         self._pool = None if max_concurrency is None else ConcurrencyLimit(max_concurrency)
@@ -509,6 +519,7 @@ class AsyncExecutor:
         self._calls: set[_Call] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._idle_waiters: list[asyncio.Future[None]] = []
+        _resources.track(self)  # the leak guard names an executor never shut down
 
     @property
     def max_concurrency(self) -> int | None:
@@ -608,6 +619,7 @@ class AsyncExecutor:
         when nothing of the executor runs any more. Idempotent; safe to call concurrently.
         """
         self._closed = True
+        _resources.untrack(self)
         if self._is_idle():
             return
         current = asyncio.current_task()

@@ -38,6 +38,7 @@ async def test_execute_returns_and_passes_arguments() -> None:
     assert ex.active == 0
     assert not ex.closed
     assert "open" in repr(ex)
+    await ex.aclose()
 
 
 async def test_execute_propagates_errors() -> None:
@@ -46,6 +47,7 @@ async def test_execute_propagates_errors() -> None:
         await ex.execute(fail, 1)
     assert ex.active == 0
     assert await ex.execute(echo, 2) == 2  # the slot came back
+    await ex.aclose()
 
 
 async def test_execute_is_bounded() -> None:
@@ -62,6 +64,7 @@ async def test_execute_is_bounded() -> None:
     assert results == list(range(20))
     assert gauge.max == 3
     assert ex.pending == 0
+    await ex.aclose()
 
 
 async def test_unbounded_executor_runs_everything_at_once() -> None:
@@ -74,6 +77,7 @@ async def test_unbounded_executor_runs_everything_at_once() -> None:
 
     await asyncio.gather(*(ex.execute(work) for _ in range(50)))
     assert gauge.max == 50
+    await ex.aclose()
 
 
 async def test_execute_after_shutdown_is_refused() -> None:
@@ -101,6 +105,7 @@ async def test_caller_cancellation_is_not_converted_and_frees_the_slot() -> None
         await task
     assert await waiting == 7
     assert ex.active == 0
+    await ex.aclose()
 
 
 # -- shutdown ---------------------------------------------------------------------------
@@ -335,6 +340,7 @@ async def test_map_rejects_a_bad_window() -> None:
     ex = AsyncExecutor()
     with pytest.raises(ConfigurationError):
         ex.map(echo, [1], max_in_flight=0)
+    await ex.aclose()
 
 
 async def test_map_error_propagates_and_cancels_the_rest() -> None:
@@ -513,3 +519,12 @@ async def test_a_call_that_swallows_the_shutdown_cancel_leaves_its_caller_clean(
     await asyncio.sleep(0)
     await ex.shutdown(timeout=0)
     assert await task == ("survived", 0)
+
+
+async def test_an_open_executor_is_known_to_the_leak_guard() -> None:
+    from headway._resources import open_resources
+
+    ex = AsyncExecutor()
+    assert ex in open_resources()
+    await ex.shutdown()
+    assert ex not in open_resources()
