@@ -430,6 +430,8 @@ async def test_a_big_queue_goes_in_few_round_trips_in_order(backend: RedisBacken
     # in arrival order, 0.1 s apart (a resumed task reads the clock a little late)
     for earlier, later in itertools.pairwise(admitted):
         assert later - earlier == pytest.approx(0.1, abs=0.05)
-    assert admitted[-1] - t0 == pytest.approx(29.9, abs=0.1)
+    # Round trips take real time on a busy machine: measure the span, not from t0.
+    assert admitted[0] - t0 < 1.0
+    assert admitted[-1] - admitted[0] == pytest.approx(29.9, abs=0.15)
     for _, r in results:
         r.cancel()
