@@ -351,7 +351,15 @@ class QuotaExceededError(RateLimitError):
 
 
 class ServerError(APIClientError):
-    """5xx or 529 (overloaded): the provider's trouble; transient."""
+    """5xx or 529 (overloaded): the provider's trouble; transient.
+
+    ``retry_after`` is the delay the server asked for (a 503's or 529's ``Retry-After``),
+    or ``None``; a retry waits it instead of its own backoff.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        self.retry_after = None if retry_after is None else max(0.0, float(retry_after))
+        super().__init__(message, **kwargs)
 
     def _default_retryable(self) -> bool:
         return True

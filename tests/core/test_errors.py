@@ -168,3 +168,10 @@ def test_errors_survive_pickling(status: int, body: object, retry_after: float |
     assert str(copy) == str(err)
     assert (copy.status_code, copy.body, copy.retry_after) == (status, err.body, err.retry_after)
     assert copy.headers["X-Request-Id"] == "i"
+
+
+def test_server_error_carries_the_servers_delay() -> None:
+    assert ServerError("s", status_code=503).retry_after is None
+    err = ServerError("s", status_code=529, retry_after=-2)
+    assert err.retry_after == 0
+    assert pickle.loads(pickle.dumps(ServerError("s", retry_after=3))).retry_after == 3

@@ -237,6 +237,10 @@ async def test_retry_after_and_should_retry(serve: ServerFactory) -> None:
         with pytest.raises(ServerError) as sinfo:
             await client.get("/status/500", params={"h_x-should-retry": "false"})
         assert not sinfo.value.retryable
+        assert sinfo.value.retry_after is None
+        with pytest.raises(ServerError) as sinfo:
+            await client.get("/status/503", params={"h_Retry-After": "4"})
+        assert sinfo.value.retry_after == 4.0
         with pytest.raises(BadRequestError) as binfo:
             await client.get("/status/400", params={"body": "x" * 20_000})
         assert len(binfo.value.body) < 9000

@@ -128,5 +128,5 @@ def error_for_status(
     if status in (400, 422):
         return BadRequestError(message, **kw)
     if status >= 500:
-        return ServerError(message, **kw)
+        return ServerError(message, retry_after=parse_retry_after(headers), **kw)
     return APIClientError(message, **kw)
