@@ -127,7 +127,7 @@ def test_second_ctrl_c_abandons_in_flight(tmp_path: Path, fake_server: StartServ
     assert server.arrived() == 3
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.2)
+    time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 130, stderr
