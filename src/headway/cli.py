@@ -623,7 +623,9 @@ async def _demo_async(
 ) -> None:
     from headway.testing.fake_api import FakeAPI  # the testing toolkit, only for the demo
 
-    async with FakeAPI(rpm=rpm, tpm=tpm, chaos=demo_chaos() if chaos else None, seed=seed) as api:
+    async with FakeAPI(
+        rpm=rpm, tpm=tpm, chaos=demo_chaos() if chaos else None, seed=seed, journal_limit=10_000
+    ) as api:
         target = resolve_target(provider=None, base_url=api.url, endpoint=None, api_key_env=None)
         settings = SenderSettings(
             target=target,
@@ -721,7 +723,7 @@ async def _serve(**kwargs: Any) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with FakeAPI(**kwargs) as api:
+        async with FakeAPI(**kwargs, journal_limit=10_000) as api:
             click.echo(f"headway fake API listening on {api.url}  (Ctrl-C to stop)")
             sys.stdout.flush()
             await stop.wait()

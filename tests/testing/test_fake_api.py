@@ -574,3 +574,16 @@ async def test_limits_hold_in_every_window(session: aiohttp.ClientSession) -> No
         in_window = [t for t in admitted[i:] if t < start + 60]
         assert len(in_window) <= 20 + 20  # a full bucket plus one minute of refill
     assert loop.time() > 300
+
+
+async def test_the_journal_can_be_bounded() -> None:
+    with pytest.raises(ValueError, match="journal_limit"):
+        FakeAPI(journal_limit=0)
+    async with FakeAPI(journal_limit=5) as api, aiohttp.ClientSession() as session:
+        for _ in range(23):
+            async with session.get(f"{api.url}/v1/models") as resp:
+                assert resp.status == 200
+        assert 5 <= len(api.requests) < 10
+        assert api.requests[-1].index == 22  # indexes keep counting
+        api.reset()
+        assert api.requests == []

@@ -216,6 +216,8 @@ class FakeAPI:
         seed: seed of the generator that draws chaos and latency.
         models: the model ids ``GET /v1/models`` lists.
         clock: the clock latencies and buckets follow (default: the running loop's).
+        journal_limit: keep only about the newest this many requests in ``requests``
+            (``None``: all of them); a long-running server sets it to bound its memory.
 
     Example::
 
@@ -237,7 +239,12 @@ class FakeAPI:
         seed: int | None = 0,
         models: Sequence[str] = content.DEFAULT_MODELS,
         clock: Clock | None = None,
+        journal_limit: int | None = None,
     ) -> None:
+        if journal_limit is not None and journal_limit < 1:
+            raise ValueError(f"journal_limit must be at least 1 or None, got {journal_limit!r}")
+        self.journal_limit = journal_limit
+        self._received = 0
         self.host = host
         self._port = port
         self.api_key = api_key
@@ -425,6 +432,7 @@ class FakeAPI:
     def reset(self) -> None:
         """Forget the journal and the scripts (routes and limits stay)."""
         self.requests.clear()
+        self._received = 0
         self._scripts.clear()
 
     # -- journal and assertions -----------------------------------------------------------
@@ -600,7 +608,7 @@ class FakeAPI:
                 parsed = jsonlib.loads(raw)
         method, path = request.method, request.path
         entry = RecordedRequest(
-            len(self.requests),
+            self._received,
             method,
             path,
             dict(request.query),
@@ -609,7 +617,11 @@ class FakeAPI:
             parsed,
             clock.now(),
         )
+        self._received += 1
         self.requests.append(entry)
+        limit = self.journal_limit
+        if limit is not None and len(self.requests) >= 2 * limit:
+            del self.requests[:-limit]  # amortised: trim to the newest `limit` entries
         request[_ENTRY_KEY] = entry
         route, params = self._match_route(method, path)
         request[_PARAMS_KEY] = params
