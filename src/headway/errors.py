@@ -376,17 +376,23 @@ _NEVER_RETRY = (
 )
 
 
+# Built once: ``isinstance(exc, A | B)`` would build a union object on every call.
+_CANCELLED_OR_EXIT = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
+_CANCELLED_OR_EXIT_OR_GEN = (*_CANCELLED_OR_EXIT, GeneratorExit)
+_TRANSIENT_BUILTIN = (TimeoutError, ConnectionError)
+
+
 def is_retryable(exc: BaseException) -> bool:
     """Whether ``exc`` is transient by headway's rules (the table above).
 
     Cancellation is never retryable. Builtin timeouts and connection errors are.
     Any other non-headway exception is not.
     """
-    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit):
+    if isinstance(exc, _CANCELLED_OR_EXIT):
         return False
     if isinstance(exc, HeadwayError):
         return bool(exc.retryable)
-    return isinstance(exc, TimeoutError | ConnectionError)
+    return isinstance(exc, _TRANSIENT_BUILTIN)
 
 
 def never_retry(exc: BaseException) -> bool:
@@ -395,8 +401,10 @@ def never_retry(exc: BaseException) -> bool:
     True for cancellation, authentication, not-found, bad-request, quota and
     configuration errors, and for an API error whose server said ``x-should-retry: false``.
     """
-    if isinstance(exc, asyncio.CancelledError | KeyboardInterrupt | SystemExit | GeneratorExit):
+    if isinstance(exc, _CANCELLED_OR_EXIT_OR_GEN):
         return True
+    if not isinstance(exc, HeadwayError):
+        return False  # every error below is a HeadwayError
     if isinstance(exc, _NEVER_RETRY):
         return True
     return isinstance(exc, APIClientError) and exc.should_retry is False

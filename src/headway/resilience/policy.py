@@ -73,13 +73,13 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from headway._clock import LOOP_CLOCK, Clock, resolve_clock
 from headway.errors import ConfigurationError, RateLimitError
 from headway.events import EventListener
+from headway.resilience.breaker import _CLOSED, BreakerPermit, CircuitBreaker
 from headway.resilience.retry import RetryPolicy
 from headway.resilience.timeouts import Deadline
 
 if TYPE_CHECKING:
     from headway.concurrency import AdaptiveConcurrency, ConcurrencyLimit
-    from headway.limits import Limiter, Reservation
-    from headway.resilience.breaker import CircuitBreaker
+    from headway.limits import Limiter, Reservation, TokenBucketRateLimiter
 
 __all__ = ["AttemptContext", "Policy"]
 
@@ -202,16 +202,20 @@ class Policy:
         # Everything the hot path needs, in one tuple (one attribute load per call).
         # A plain pool is driven directly (sync fast path); an adaptive limit through its
         # slot(), which measures and reports each call's outcome. MultiLimiter has a
-        # synchronous reserve (no coroutine per call). Durations are measured only for a
-        # breaker that judges slow calls.
-        pool = conc if conc is not None and type(conc).slot is _plain_slot() else None
+        # synchronous reserve (no coroutine per call); a plain TokenBucketRateLimiter is
+        # charged directly when nobody sees the reservation (execute, wrap). A plain
+        # closed breaker without a window is asked without a permit object. Durations
+        # are measured only for a breaker that judges slow calls.
+        pool = conc if conc is not None and _plain_pool(conc) else None
         self._cfg = (
             None if retry is None else retry._engine(),
             breaker,
+            _breaker_state(breaker),
             pool,
             conc if conc is not None and pool is None else None,
             limiter,
             getattr(limiter, "reserve_nowait", None),
+            _plain_bucket(limiter),
             attempt_timeout,
             breaker is not None and breaker.slow_call_duration is not None,
             self._clock,
@@ -349,12 +353,25 @@ class Policy:
         tokens: float,
         total: Deadline | None,
     ) -> T:
-        (rt, breaker, pool, adaptive, limiter, reserve_now, attempt_timeout, timed, clock) = (
-            self._cfg
-        )
+        (
+            rt,
+            breaker,
+            bstate,
+            pool,
+            adaptive,
+            limiter,
+            reserve_now,
+            bucket,
+            attempt_timeout,
+            timed,
+            clock,
+        ) = self._cfg
         ctx: AttemptContext | None = None
+        amount = None  # units charged on a plain bucket directly (no Reservation)
         if args is None:
             ctx = AttemptContext(self, limiter)
+        elif bucket is not None and requests >= 0.0 and tokens >= 0.0:
+            amount = requests if bucket._is_requests else tokens
         previous = 0.0
         if rt is not None:
             budget = rt.budget
@@ -365,15 +382,20 @@ class Policy:
         while True:
             attempt += 1
             permit = None
+            generation = None  # a closed plain breaker's generation: a permit without object
             held = False
             slot = None
             called = False
             started = 0.0
             try:
-                if breaker is not None:
+                if bstate is not None and bstate.state is _CLOSED:
+                    generation = bstate.generation
+                elif breaker is not None:
                     permit = breaker.acquire()
                 if pool is not None:
-                    if not pool.try_acquire():
+                    if pool._in_use < pool._limit and not pool._waiters:
+                        pool._in_use += 1  # try_acquire() inlined
+                    else:
                         await pool.acquire()
                     held = True
                 elif adaptive is not None:
@@ -381,7 +403,11 @@ class Policy:
                     await cm.__aenter__()
                     slot = cm
                 reservation = None
-                if reserve_now is not None:
+                if amount is not None:
+                    delay = bucket.try_reserve(amount)  # type: ignore[union-attr]
+                    if delay > 0.0:  # the wait gives the units back if cancelled
+                        await bucket._sleep_reserved(delay)  # type: ignore[union-attr]
+                elif reserve_now is not None:
                     reservation = reserve_now(requests, tokens)
                     if reservation.delay > 0.0:
                         await reservation.wait()
@@ -416,7 +442,13 @@ class Policy:
                     pool.release()  # type: ignore[union-attr]
                 elif slot is not None:
                     await slot.__aexit__(type(exc), exc, exc.__traceback__)
-                if permit is not None:
+                if generation is not None:
+                    # Stopped before the call, or cancelled: nothing to record (releasing
+                    # a closed breaker's permit changes nothing).
+                    if called and isinstance(exc, Exception):
+                        permit = BreakerPermit(breaker, generation, False, 0.0)  # type: ignore[arg-type]
+                        permit.record_failure(exc)
+                elif permit is not None:
                     if called and isinstance(exc, Exception):
                         permit.record_failure(exc, clock.now() - started if timed else None)
                     else:
@@ -441,10 +473,16 @@ class Policy:
                 previous = delay if delay > 0.0 else rt.base_delay
             else:
                 if held:
-                    pool.release()  # type: ignore[union-attr]
+                    pool._in_use -= 1  # type: ignore[union-attr]  # release(), inlined
+                    if pool._waiters:  # type: ignore[union-attr]
+                        pool._wake()  # type: ignore[union-attr]
                 elif slot is not None:
                     await slot.__aexit__(None, None, None)
-                if permit is not None:
+                if generation is not None:
+                    # permit.record_success() of a closed breaker without a window.
+                    if bstate.generation == generation:
+                        bstate.consecutive_failures = 0
+                elif permit is not None:
                     permit.record_success(clock.now() - started if timed else None)
                 return result
             if delay > 0.0:
@@ -474,10 +512,55 @@ class Policy:
         return f"Policy({', '.join(parts)})"
 
 
-def _plain_slot() -> Any:
+def _plain_pool(conc: Any) -> bool:
+    """Whether ``conc`` is a plain ConcurrencyLimit the loop may drive directly."""
     from headway.concurrency import ConcurrencyLimit
 
-    return ConcurrencyLimit.slot
+    cls = type(conc)
+    return (
+        cls.slot is ConcurrencyLimit.slot
+        and cls.acquire is ConcurrencyLimit.acquire
+        and cls.release is ConcurrencyLimit.release
+        and cls._wake is ConcurrencyLimit._wake
+    )
+
+
+def _plain_bucket(limiter: Any) -> TokenBucketRateLimiter | None:
+    """``limiter`` if it is a plain TokenBucketRateLimiter (charged without a Reservation)."""
+    from headway.limits.bucket import TokenBucketRateLimiter
+
+    if limiter is None:
+        return None
+    cls = type(limiter)
+    if (
+        isinstance(limiter, TokenBucketRateLimiter)
+        and cls.reserve_nowait is TokenBucketRateLimiter.reserve_nowait
+        and cls.try_reserve is TokenBucketRateLimiter.try_reserve
+        and cls._sleep_reserved is TokenBucketRateLimiter._sleep_reserved
+    ):
+        return limiter
+    return None
+
+
+def _breaker_state(breaker: CircuitBreaker | None) -> Any:
+    """The state of a plain breaker that counts consecutive failures only, else ``None``.
+
+    For such a breaker, a call in the closed state needs no :class:`BreakerPermit`: its
+    success only resets the failure count (if no transition happened meanwhile), and
+    only a failure needs the permit's judgement.
+    """
+    if breaker is None:
+        return None
+    cls = type(breaker)
+    if (
+        cls.acquire is CircuitBreaker.acquire
+        and cls._finish is CircuitBreaker._finish
+        and cls._classify is CircuitBreaker._classify
+        and breaker.slow_call_duration is None
+        and breaker._s.window is None
+    ):
+        return breaker._s
+    return None
 
 
 def _concurrency(value: Any) -> ConcurrencyLimit | None:

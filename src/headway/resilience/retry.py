@@ -63,7 +63,7 @@ from typing import Annotated, Any, Literal, ParamSpec, Protocol, TypeVar, overlo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from headway._clock import LOOP_CLOCK, Clock, resolve_clock
+from headway._clock import LOOP_CLOCK, Clock, now_function, resolve_clock
 from headway.errors import ConfigurationError, HeadwayError, is_retryable, never_retry
 from headway.events import (
     RETRY_BUDGET_EXHAUSTED,
@@ -196,6 +196,7 @@ class RetryBudget:
         "_epoch",
         "_floor",
         "_n",
+        "_now",
         "_pending",
         "_req",
         "_ret",
@@ -233,6 +234,7 @@ class RetryBudget:
         self.window = float(window)
         self._floor = self.min_retries_per_second * self.window
         self._clock = resolve_clock(clock)
+        self._now = now_function(self._clock)
         self._n = int(buckets)
         self._width = self.window / self._n
         self._req = [0] * self._n
@@ -250,7 +252,7 @@ class RetryBudget:
             self._req[self._epoch % self._n] += pending
             self._total_req += pending
         self._pending = 0
-        epoch = int(self._clock.now() // self._width)
+        epoch = int(self._now() // self._width)
         last = self._epoch
         if epoch != last:
             n = self._n
