@@ -63,6 +63,7 @@ from typing import Annotated, Any, Literal, ParamSpec, Protocol, TypeVar, overlo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from headway import events as _events
 from headway._clock import LOOP_CLOCK, Clock, now_function, resolve_clock
 from headway.errors import ConfigurationError, HeadwayError, is_retryable, never_retry
 from headway.events import (
@@ -246,14 +247,18 @@ class RetryBudget:
 
     def _slot(self) -> int:
         """Index of the current bucket: book pending deposits, expire old buckets."""
+        return self._advance(int(self._now() // self._width))
+
+    def _advance(self, epoch: int) -> int:
+        # _slot() with the clock already read (``epoch`` is the slice it fell in).
         pending = self._pending
-        if pending and self._epoch is not None:
-            # Booked where the clock was last read: never later than they happened.
-            self._req[self._epoch % self._n] += pending
-            self._total_req += pending
-        self._pending = 0
-        epoch = int(self._now() // self._width)
         last = self._epoch
+        if pending:
+            if last is not None:
+                # Booked where the clock was last read: never later than they happened.
+                self._req[last % self._n] += pending
+                self._total_req += pending
+            self._pending = 0
         if epoch != last:
             n = self._n
             if last is None or epoch - last >= n or epoch < last:
@@ -279,7 +284,7 @@ class RetryBudget:
 
     def try_spend(self) -> bool:
         """Withdraw one retry if the budget allows it; return whether it did."""
-        i = self._slot()
+        i = self._advance(int(self._now() // self._width))
         if self.ratio * self._total_req + self._floor - self._total_ret < 1.0:
             return False
         self._ret[i] += 1
@@ -405,8 +410,6 @@ class _Engine:
         ``remaining`` the seconds left before a deadline (no retry may start after it).
         Emits the events.
         """
-        listeners = listeners or self.listeners
-        source = source or self.name
         if never_retry(exc) or (self.exclude and isinstance(exc, self.exclude)):
             retryable = False
         elif self.types is not None:
@@ -416,46 +419,70 @@ class _Engine:
             retryable = bool(self.predicate(exc))
         if not retryable:
             if retry > 1:
-                _emit_gave_up(exc, retry, "not retryable", source, listeners)
+                _emit_gave_up(
+                    exc, retry, "not retryable", source or self.name, listeners or self.listeners
+                )
             return None
         if retry > self.max_retries:
-            _emit_gave_up(exc, retry, "retries exhausted", source, listeners)
+            _emit_gave_up(
+                exc, retry, "retries exhausted", source or self.name, listeners or self.listeners
+            )
             return None
-        delay = _server_delay(exc)
+        delay = _server_delay(exc) if isinstance(exc, HeadwayError) else None
         if delay is not None:
             if delay > self.max_server_delay:
                 why = f"server delay {delay:g}s exceeds max_server_delay {self.max_server_delay:g}s"
-                _emit_gave_up(exc, retry, why, source, listeners)
+                _emit_gave_up(exc, retry, why, source or self.name, listeners or self.listeners)
                 return None
         else:
-            delay = _schedule_delay(
-                self.mode,
-                retry,
-                previous,
-                self.base_delay,
-                self.backoff_factor,
-                self.max_delay,
-                self.rand,
-            )
+            mode = self.mode
+            if mode == "full" or mode == "none":
+                # _schedule_delay() inlined for the two common strategies.
+                try:
+                    delay = self.base_delay * self.backoff_factor ** (retry - 1)
+                except OverflowError:
+                    delay = self.max_delay
+                if delay > self.max_delay:
+                    delay = self.max_delay
+                if mode == "full":
+                    delay *= self.rand()
+            else:
+                delay = _schedule_delay(
+                    mode,
+                    retry,
+                    previous,
+                    self.base_delay,
+                    self.backoff_factor,
+                    self.max_delay,
+                    self.rand,
+                )
         if remaining is not None and delay >= remaining:
-            _emit_gave_up(exc, retry, "deadline would pass before the retry", source, listeners)
+            _emit_gave_up(
+                exc,
+                retry,
+                "deadline would pass before the retry",
+                source or self.name,
+                listeners or self.listeners,
+            )
             return None
         budget = self.budget
         if budget is not None and not budget.try_spend():
+            listeners = listeners or self.listeners
             if enabled(logging.WARNING, listeners):
                 emit(
                     RETRY_BUDGET_EXHAUSTED,
-                    source=source,
+                    source=source or self.name,
                     level=logging.WARNING,
                     listeners=listeners,
                     attempt=retry,
                     reason=_reason(exc),
                 )
             return None
-        if enabled(logging.INFO, listeners):
+        listeners = listeners or self.listeners
+        if listeners or _events._listeners or _events.logger.isEnabledFor(logging.INFO):
             emit(
                 RETRY_SCHEDULED,
-                source=source,
+                source=source or self.name,
                 level=logging.INFO,
                 listeners=listeners,
                 attempt=retry,
