@@ -395,6 +395,13 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, _TRANSIENT_BUILTIN)
 
 
+def _transient(exc: BaseException) -> bool:
+    """``not never_retry(exc) and is_retryable(exc)`` in one pass (the retry hot path)."""
+    if isinstance(exc, HeadwayError):
+        return not never_retry(exc) and bool(exc.retryable)
+    return isinstance(exc, _TRANSIENT_BUILTIN) and not isinstance(exc, _CANCELLED_OR_EXIT_OR_GEN)
+
+
 def never_retry(exc: BaseException) -> bool:
     """Whether ``exc`` must never be retried, whatever a retry policy says.
 

@@ -600,6 +600,21 @@ class CircuitBreaker:
         if trip is not None:
             self._transition(_OPEN, trip, now)
 
+    def _closed_failure(self, generation: int, exc: BaseException) -> None:
+        """``BreakerPermit(self, generation, False, 0.0).record_failure(exc)`` for a breaker
+        without a window, without the permit object (the Policy's fast path)."""
+        outcome = self._classify(exc)
+        s = self._s
+        if generation != s.generation:
+            return
+        if outcome == _SUCCESS:
+            s.consecutive_failures = 0
+        elif outcome == _FAILURE:
+            s.consecutive_failures += 1
+            if s.consecutive_failures >= self.failure_threshold:
+                reason = f"{s.consecutive_failures} consecutive failures"
+                self._transition(_OPEN, reason, self._clock.now())
+
     def _window_trips(self, window: _Window) -> str | None:
         calls = window.calls
         if calls < self.minimum_calls:

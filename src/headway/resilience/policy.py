@@ -73,7 +73,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from headway._clock import LOOP_CLOCK, Clock, resolve_clock
 from headway.errors import ConfigurationError, RateLimitError
 from headway.events import EventListener
-from headway.resilience.breaker import _CLOSED, BreakerPermit, CircuitBreaker
+from headway.resilience.breaker import _CLOSED, CircuitBreaker
 from headway.resilience.retry import RetryPolicy
 from headway.resilience.timeouts import Deadline
 
@@ -446,8 +446,7 @@ class Policy:
                     # Stopped before the call, or cancelled: nothing to record (releasing
                     # a closed breaker's permit changes nothing).
                     if called and isinstance(exc, Exception):
-                        permit = BreakerPermit(breaker, generation, False, 0.0)  # type: ignore[arg-type]
-                        permit.record_failure(exc)
+                        breaker._closed_failure(generation, exc)  # type: ignore[union-attr]
                 elif permit is not None:
                     if called and isinstance(exc, Exception):
                         permit.record_failure(exc, clock.now() - started if timed else None)
@@ -555,6 +554,7 @@ def _breaker_state(breaker: CircuitBreaker | None) -> Any:
     if (
         cls.acquire is CircuitBreaker.acquire
         and cls._finish is CircuitBreaker._finish
+        and cls._closed_failure is CircuitBreaker._closed_failure
         and cls._classify is CircuitBreaker._classify
         and breaker.slow_call_duration is None
         and breaker._s.window is None

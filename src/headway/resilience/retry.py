@@ -65,7 +65,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from headway import events as _events
 from headway._clock import LOOP_CLOCK, Clock, now_function, resolve_clock
-from headway.errors import ConfigurationError, HeadwayError, is_retryable, never_retry
+from headway.errors import (
+    ConfigurationError,
+    HeadwayError,
+    _transient,
+    is_retryable,
+    never_retry,
+)
 from headway.events import (
     RETRY_BUDGET_EXHAUSTED,
     RETRY_GAVE_UP,
@@ -344,6 +350,7 @@ class _Engine:
         "owner",
         "predicate",
         "rand",
+        "transient",
         "types",
     )
 
@@ -366,6 +373,8 @@ class _Engine:
             self.predicate = retry_on
         exclude = policy.exclude
         self.exclude: ExceptionTypes = (exclude,) if isinstance(exclude, type) else exclude
+        # The default rules (never_retry, then is_retryable) as one check.
+        self.transient = self.predicate is is_retryable and not self.exclude
         self.max_server_delay = policy.max_server_delay
         self.budget = policy.budget
         self.clock = resolve_clock(policy.clock)
@@ -410,7 +419,9 @@ class _Engine:
         ``remaining`` the seconds left before a deadline (no retry may start after it).
         Emits the events.
         """
-        if never_retry(exc) or (self.exclude and isinstance(exc, self.exclude)):
+        if self.transient:
+            retryable = _transient(exc)
+        elif never_retry(exc) or (self.exclude and isinstance(exc, self.exclude)):
             retryable = False
         elif self.types is not None:
             retryable = isinstance(exc, self.types)
