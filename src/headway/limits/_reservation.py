@@ -125,13 +125,15 @@ class Reservation:
             return
         diff = tokens - self.tokens
         if diff:
+            units = self._units
+            charged = self._charged
             for i, lim in enumerate(self._limiters):
-                if not self._units[i]:
+                if not units[i]:
                     if diff > 0.0:
                         lim.charge(diff)
                     else:
-                        lim.refund(-diff)
-                    self._charged[i] += diff
+                        lim._refund_checked(-diff)  # refund(-diff), already validated
+                    charged[i] += diff
         self.tokens = float(tokens)
 
     def cancel(self) -> None:

@@ -482,6 +482,15 @@ class TokenBucketRateLimiter:
         self._level = self._ceiling(self._refill(now) + tokens, now)
         self._last = now
 
+    def _refund_checked(self, tokens: float) -> None:
+        # refund() of an amount known to be a finite number >= 0 (a settled reservation).
+        now = self._now()
+        level = self._level + (now - self._last) * self._rps + tokens
+        if level > self.max_tokens or self._paused_until > now:
+            level = self._ceiling(self._refill(now) + tokens, now)
+        self._level = level
+        self._last = now
+
     def charge(self, tokens: float) -> None:
         """Take ``tokens`` more (an under-estimate); the level may go negative."""
         tokens = _non_negative("tokens", tokens)
