@@ -603,7 +603,15 @@ class CircuitBreaker:
     def _closed_failure(self, generation: int, exc: BaseException) -> None:
         """``BreakerPermit(self, generation, False, 0.0).record_failure(exc)`` for a breaker
         without a window, without the permit object (the Policy's fast path)."""
-        outcome = self._classify(exc)
+        if (
+            self.failure_predicate is default_failure_predicate
+            and not self.excluded_exceptions
+            and isinstance(exc, Exception)
+            and not isinstance(exc, HeadwayError)
+        ):
+            outcome = _FAILURE  # what _classify() says of any other error by default
+        else:
+            outcome = self._classify(exc)
         s = self._s
         if generation != s.generation:
             return
