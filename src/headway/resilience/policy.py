@@ -439,7 +439,9 @@ class Policy:
                             result = await fn(ctx)
             except BaseException as exc:
                 if held:
-                    pool.release()  # type: ignore[union-attr]
+                    pool._in_use -= 1  # type: ignore[union-attr]  # release(), inlined
+                    if pool._waiters:  # type: ignore[union-attr]
+                        pool._wake()  # type: ignore[union-attr]
                 elif slot is not None:
                     await slot.__aexit__(type(exc), exc, exc.__traceback__)
                 if generation is not None:
