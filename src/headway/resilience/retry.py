@@ -290,7 +290,18 @@ class RetryBudget:
 
     def try_spend(self) -> bool:
         """Withdraw one retry if the budget allows it; return whether it did."""
-        i = self._advance(int(self._now() // self._width))
+        epoch = int(self._now() // self._width)
+        last = self._epoch
+        pending = self._pending
+        if epoch == last and last is not None:
+            # _advance() without expiry (same slice as the last reading): book deposits.
+            i = epoch % self._n
+            if pending:
+                self._req[i] += pending
+                self._total_req += pending
+                self._pending = 0
+        else:
+            i = self._advance(epoch)
         if self.ratio * self._total_req + self._floor - self._total_ret < 1.0:
             return False
         self._ret[i] += 1
