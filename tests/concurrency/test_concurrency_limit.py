@@ -54,7 +54,7 @@ async def test_waiters_are_served_in_arrival_order() -> None:
     async def worker(i: int) -> None:
         async with pool.slot():
             order.append(i)
-            await asyncio.sleep(1)
+            await asyncio.sleep(1)  # virtual time
 
     async with asyncio.TaskGroup() as tg:
         for i in range(10):

@@ -240,7 +240,7 @@ async def test_cancelled_wait_gives_tokens_back() -> None:
     limiter = TokenBucketRateLimiter(1, max_tokens=1)
     await limiter.wait()
     task = asyncio.create_task(limiter.wait(1))
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # virtual time
     assert limiter.tokens == pytest.approx(-0.7)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -285,7 +285,7 @@ async def test_cancelling_the_whole_queue_restores_the_level() -> None:
     limiter = TokenBucketRateLimiter(2, max_tokens=2)
     await limiter.wait(2)
     tasks = [asyncio.create_task(limiter.wait(n)) for n in (1, 2, 0.5, 2)]
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(0.25)  # virtual time
     for task in tasks:  # front first: the middle ones become holes, then all go back
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -485,7 +485,7 @@ async def test_a_refund_during_a_pause_cannot_end_it_early() -> None:
     waiter = asyncio.create_task(limiter.wait(1))
     await asyncio.sleep(0)
     limiter.pause(1.0)
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(0.25)  # virtual time
     waiter.cancel()
     await asyncio.gather(waiter, return_exceptions=True)
     limiter.refund(5)
@@ -522,7 +522,7 @@ async def test_a_heavy_request_is_not_starved_by_one_unit_loopers() -> None:
                 await asyncio.sleep(0)
 
     loopers = [asyncio.create_task(looper()) for _ in range(20)]
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # virtual time
     t0 = loop.time()
     async with asyncio.timeout(10):
         await limiter.wait(50)
