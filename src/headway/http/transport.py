@@ -507,17 +507,7 @@ class HttpxTransport:
         data: Any = None,
         timeout: float | None = None,
     ) -> Response:
-        import httpx
-
-        if self._closed:
-            raise RuntimeError("the transport is closed")
-        request = self._build(method, url, headers, params, json, data, timeout)
-        try:
-            resp = await self._client.send(request)
-        except httpx.TimeoutException as exc:
-            raise _timeout_error(method, url, exc) from exc
-        except httpx.TransportError as exc:
-            raise _connection_error(method, url, exc) from exc
+        resp = await self._send(method, url, headers, params, json, data, timeout, stream=False)
         return Response(resp.status_code, resp.headers, resp.content, method, url)
 
     async def open_stream(
@@ -531,18 +521,33 @@ class HttpxTransport:
         data: Any = None,
         timeout: float | None = None,
     ) -> StreamResponse:
+        resp = await self._send(method, url, headers, params, json, data, timeout, stream=True)
+        return _HttpxStream(resp, method, url)
+
+    async def _send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None,
+        params: Params,
+        json: Any,
+        data: Any,
+        timeout: float | None,
+        *,
+        stream: bool,
+    ) -> Any:
+        """Send through httpx, mapping its failures to headway's errors."""
         import httpx
 
         if self._closed:
             raise RuntimeError("the transport is closed")
         request = self._build(method, url, headers, params, json, data, timeout)
         try:
-            resp = await self._client.send(request, stream=True)
+            return await self._client.send(request, stream=stream)
         except httpx.TimeoutException as exc:
             raise _timeout_error(method, url, exc) from exc
         except httpx.TransportError as exc:
             raise _connection_error(method, url, exc) from exc
-        return _HttpxStream(resp, method, url)
 
     async def aclose(self) -> None:
         """Close the client if the transport created it (idempotent)."""
