@@ -168,7 +168,7 @@ def test_adaptive_limit_stays_within_bounds(events: list[tuple[str, float]], ini
                     if kind == "overload":
                         raise TimeoutError
                     if kind == "slow":
-                        await asyncio.sleep(1)
+                        await asyncio.sleep(1)  # virtual time
 
         tasks = [asyncio.create_task(call(k, lat)) for k, lat in events]
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -57,7 +57,7 @@ async def test_rate_and_cap_both_hold(given_limiter: bool) -> None:
     async def call(i: int) -> int:
         stamps.append(loop.time())
         with gauge:
-            await asyncio.sleep(2)  # long calls: the cap binds
+            await asyncio.sleep(2)  # long calls: the cap binds (virtual time)
         return i
 
     ex = RateLimitedExecutor(20, max_concurrency=4, max_tokens=5, limiter=limiter)
@@ -74,7 +74,7 @@ async def test_cap_holds_with_positional_arguments() -> None:
 
     async def call() -> None:
         with gauge:
-            await asyncio.sleep(1)
+            await asyncio.sleep(1)  # virtual time
 
     async with RateLimitedExecutor(1000, 1.0, 2) as ex:
         await asyncio.gather(*(ex.execute(call) for _ in range(10)))
@@ -89,7 +89,7 @@ async def test_map_is_paced_and_bounded() -> None:
     async def call(i: int) -> int:
         stamps.append(loop.time())
         with gauge:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(0.5)  # virtual time
         return i
 
     async with RateLimitedExecutor(10, max_concurrency=3, max_tokens=2) as ex:
@@ -118,7 +118,7 @@ async def test_a_call_cancelled_while_waiting_for_a_token_gives_it_back() -> Non
     ex = RateLimitedExecutor(1, limiter=limiter)
     assert await ex.execute(asyncio.sleep, 0, "first") == "first"  # bucket now empty
     waiter = asyncio.create_task(ex.execute(asyncio.sleep, 0))
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # virtual time
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
