@@ -165,6 +165,42 @@ async def test_verbs_params_json_headers(serve: ServerFactory) -> None:
         assert "plain" in (await client.request_raw("GET", "/text")).text
 
 
+async def test_json_bodies_round_trip_exactly(serve: ServerFactory) -> None:
+    """Request bodies go out as UTF-8 JSON with the JSON content type; values orjson
+    refuses (big integers, int keys) still encode as the standard library would."""
+    seen: list[web.Request] = []
+    url = await serve(make_app(seen))
+    payload = {"text": "héllo ✓", "big": 2**70, "nested": {"f": 1.5, "none": None}}
+    async with AsyncAPIClient(url) as client:
+        got = await client.post("/echo", json=payload)
+        assert got["json"] == payload
+        assert seen[-1].headers["Content-Type"] == "application/json"
+        got = await client.post("/echo", json={1: "int key"})
+        assert got["json"] == {"1": "int key"}
+        stream = client.stream("POST", "/echo", json={"q": "ü"}, mode="bytes")
+        echoed = json.loads(b"".join([chunk async for chunk in stream]))
+        assert echoed["json"] == {"q": "ü"}
+        with pytest.raises(TypeError, match="not JSON serializable"):
+            await client.post("/echo", json={"bad": object()})
+
+
+async def test_request_methods_are_coroutine_functions(serve: ServerFactory) -> None:
+    """The verbs return their coroutine directly (one layer less per call), and still
+    count as coroutine functions, so ``create_autospec`` mocks them as async."""
+    from unittest.mock import create_autospec
+
+    url = await serve(make_app())
+    async with AsyncAPIClient(url) as client:
+        for name in ("request", "request_raw", "get", "post", "put", "patch", "delete"):
+            assert asyncio.iscoroutinefunction(getattr(client, name)), name
+        coro = client.get("/echo")
+        assert asyncio.iscoroutine(coro)
+        assert (await coro)["path"] == "/echo"
+    mock = create_autospec(AsyncAPIClient, instance=True)
+    mock.post.return_value = {"ok": True}
+    assert await mock.post("/x", json={}) == {"ok": True}
+
+
 async def test_x_api_key_auth_and_repr_masks(serve: ServerFactory) -> None:
     url = await serve(make_app())
     client = AsyncAPIClient(

@@ -10,13 +10,16 @@ AsyncAPIClient(base_url='https://api.example.com', timeout=5.0, headers={}, poli
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json as _json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, TypeVar
 
 from pydantic import SecretStr
 
+from headway import _json as _fastjson
 from headway._resources import track as _track
 from headway._resources import untrack as _untrack
 from headway._secrets import mask_headers, redact_url
@@ -56,6 +59,22 @@ class PolicyLike(Protocol):
     ) -> T:
         """Run ``attempt_fn(ctx)`` under retry, breaker, concurrency and limits."""
         ...
+
+
+C = TypeVar("C", bound=Callable[..., Any])
+
+
+def _returns_coroutine(func: C) -> C:
+    """Mark a plain function that returns a coroutine as a coroutine function.
+
+    ``await client.get(...)`` works either way; the mark keeps
+    :func:`unittest.mock.create_autospec` (and ``inspect``) treating it as async.
+    """
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    if mark is not None:  # pragma: no cover - Python >= 3.12
+        return mark(func)  # type: ignore[no-any-return]
+    func._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
+    return func
 
 
 _CLOSED_MSG = (
@@ -395,14 +414,15 @@ class AsyncAPIClient:
                 raise error_for_status(resp.status, resp.headers, resp.content, method, url)
             return resp
         if tokens is None:
-            method_ = self.token_estimator
-            tokens = (
-                estimate_tokens(json, method=method_)
-                if method_ is not None and (type(json) is dict or isinstance(json, Mapping))
-                else 0.0
-            )
+            tokens = self._estimate(json)
         attempt = _Attempt(transport, method, url, headers, params, json, data, timeout, parse)
         return await policy.run(attempt, requests=1.0, tokens=tokens)
+
+    def _estimate(self, json: Any) -> float:
+        estimator = self.token_estimator
+        if estimator is not None and (type(json) is dict or isinstance(json, Mapping)):
+            return estimate_tokens(json, method=estimator)
+        return 0.0
 
     async def _request(
         self,
@@ -415,12 +435,16 @@ class AsyncAPIClient:
         timeout: float | None,
         tokens: float | None,
         parse: bool,
-    ) -> Response:
+        body: bool = False,
+    ) -> Any:
+        # The hot path of every call: a Response, or with ``body`` its parsed body.
+        # Every coroutine layer between the caller and aiohttp sits on each of the
+        # request's suspensions, so the public methods are plain functions returning
+        # this coroutine, and the pooled case inlines _send.
         url = self._url(path)
         hdrs = self._send_headers if headers is None else {**self._send_headers, **headers}
         transport = self._transport
         if transport is not None:
-            # The hot path: _send inlined (one coroutine layer less per call).
             policy = self.policy
             if policy is None:
                 resp = await transport.send(
@@ -434,27 +458,25 @@ class AsyncAPIClient:
                 )
                 if resp.status >= 400:
                     raise error_for_status(resp.status, resp.headers, resp.content, method, url)
-                return resp
-            if tokens is None:
-                estimator = self.token_estimator
-                tokens = (
-                    estimate_tokens(json, method=estimator)
-                    if estimator is not None and (type(json) is dict or isinstance(json, Mapping))
-                    else 0.0
-                )
-            attempt = _Attempt(transport, method, url, hdrs, params, json, data, timeout, parse)
-            return await policy.run(attempt, requests=1.0, tokens=tokens)
+            else:
+                if tokens is None:
+                    tokens = self._estimate(json)
+                attempt = _Attempt(transport, method, url, hdrs, params, json, data, timeout, parse)
+                resp = await policy.run(attempt, requests=1.0, tokens=tokens)
+            return resp.parsed() if body else resp
         if self._closed:
             raise RuntimeError(_CLOSED_MSG.format(name=type(self).__name__))
         transport = self._make_transport()
         try:
-            return await self._send(
+            resp = await self._send(
                 transport, method, url, hdrs, params, json, data, timeout, tokens, parse
             )
         finally:
             await transport.aclose()
+        return resp.parsed() if body else resp
 
-    async def request_raw(
+    @_returns_coroutine
+    def request_raw(
         self,
         method: str,
         path: str,
@@ -466,7 +488,7 @@ class AsyncAPIClient:
         timeout: float | None = None,
         tokens: float | None = None,
         parse: bool = False,
-    ) -> Response:
+    ) -> Coroutine[Any, Any, Response]:
         """Send a request; return the whole :class:`~headway.http.Response`.
 
         A status >= 400 raises the matching :mod:`headway.errors` class (see
@@ -486,11 +508,10 @@ class AsyncAPIClient:
                 2xx body (:class:`~headway.errors.InvalidResponseError`) is retried; the
                 parsed JSON is cached for ``response.parsed()`` / ``response.json()``.
         """
-        return await self._request(
-            method, path, params, json, data, headers, timeout, tokens, parse
-        )
+        return self._request(method, path, params, json, data, headers, timeout, tokens, parse)
 
-    async def request(
+    @_returns_coroutine
+    def request(
         self,
         method: str,
         path: str,
@@ -501,8 +522,8 @@ class AsyncAPIClient:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         tokens: float | None = None,
-    ) -> Any:
-        """Send a request; return its parsed body.
+    ) -> Coroutine[Any, Any, Any]:
+        """Send a request; return its parsed body (``await client.request(...)``).
 
         Returns the parsed JSON for a JSON content type, the text for any other, and
         ``None`` for 204 No Content or an empty body. Arguments as :meth:`request_raw`.
@@ -513,28 +534,32 @@ class AsyncAPIClient:
             APIConnectionError: the server could not be reached.
             APITimeoutError: connecting or reading took longer than the timeout.
         """
-        resp = await self._request(method, path, params, json, data, headers, timeout, tokens, True)
-        return resp.parsed()
+        return self._request(method, path, params, json, data, headers, timeout, tokens, True, True)
 
-    async def get(self, path: str, **kwargs: Any) -> Any:
+    @_returns_coroutine
+    def get(self, path: str, **kwargs: Any) -> Coroutine[Any, Any, Any]:
         """``request("GET", path, ...)``: ``await client.get("/x", params={"k": "v"})``."""
-        return await self.request("GET", path, **kwargs)
+        return self.request("GET", path, **kwargs)
 
-    async def post(self, path: str, **kwargs: Any) -> Any:
+    @_returns_coroutine
+    def post(self, path: str, **kwargs: Any) -> Coroutine[Any, Any, Any]:
         """``request("POST", path, ...)``."""
-        return await self.request("POST", path, **kwargs)
+        return self.request("POST", path, **kwargs)
 
-    async def put(self, path: str, **kwargs: Any) -> Any:
+    @_returns_coroutine
+    def put(self, path: str, **kwargs: Any) -> Coroutine[Any, Any, Any]:
         """``request("PUT", path, ...)``."""
-        return await self.request("PUT", path, **kwargs)
+        return self.request("PUT", path, **kwargs)
 
-    async def patch(self, path: str, **kwargs: Any) -> Any:
+    @_returns_coroutine
+    def patch(self, path: str, **kwargs: Any) -> Coroutine[Any, Any, Any]:
         """``request("PATCH", path, ...)``."""
-        return await self.request("PATCH", path, **kwargs)
+        return self.request("PATCH", path, **kwargs)
 
-    async def delete(self, path: str, **kwargs: Any) -> Any:
+    @_returns_coroutine
+    def delete(self, path: str, **kwargs: Any) -> Coroutine[Any, Any, Any]:
         """``request("DELETE", path, ...)``."""
-        return await self.request("DELETE", path, **kwargs)
+        return self.request("DELETE", path, **kwargs)
 
     # -- streaming ----------------------------------------------------------------------
     def stream(
@@ -581,13 +606,7 @@ class AsyncAPIClient:
         if policy is None:
             return await _open_checked(attempt, None, None), None
         if tokens is None:
-            method_ = self.token_estimator
-            json = attempt.json
-            tokens = (
-                estimate_tokens(json, method=method_)
-                if method_ is not None and (type(json) is dict or isinstance(json, Mapping))
-                else 0.0
-            )
+            tokens = self._estimate(attempt.json)
         stream_attempt = _StreamAttempt(attempt)
         resp = await policy.run(stream_attempt, requests=1.0, tokens=tokens)
         return resp, stream_attempt.reservation
@@ -703,7 +722,7 @@ async def _iterate(resp: StreamResponse, mode: StreamMode) -> AsyncIterator[Any]
 def _event_item(event: Any, resp: StreamResponse, as_json: bool) -> Any:
     if event.event == "error":
         try:
-            payload: Any = _json.loads(event.data)
+            payload: Any = _fastjson.loads(event.data)
         except ValueError:
             payload = event.data
         raise _stream_error(payload, resp, event.data or "error")
@@ -712,7 +731,7 @@ def _event_item(event: Any, resp: StreamResponse, as_json: bool) -> Any:
     if not event.data:
         return None
     try:
-        payload = _json.loads(event.data)
+        payload = _fastjson.loads(event.data)
     except ValueError:
         raise InvalidResponseError(
             f"a streamed event is not JSON: {event.data[:200]!r}",

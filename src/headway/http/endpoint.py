@@ -15,7 +15,7 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -24,7 +24,13 @@ from pydantic import BaseModel
 from headway._clock import Clock
 from headway._resources import track as _track
 from headway._resources import untrack as _untrack
-from headway.http.client import AsyncAPIClient, EventStream, PolicyLike, StreamMode
+from headway.http.client import (
+    AsyncAPIClient,
+    EventStream,
+    PolicyLike,
+    StreamMode,
+    _returns_coroutine,
+)
 from headway.http.config import EndpointConfig
 from headway.http.transport import Transport
 
@@ -170,7 +176,8 @@ class Endpoint:
             _untrack(self)
 
     # -- calls --------------------------------------------------------------------------
-    async def call(
+    @_returns_coroutine
+    def call(
         self,
         request: Mapping[str, Any] | BaseModel | None = None,
         *,
@@ -179,10 +186,10 @@ class Endpoint:
         headers: Mapping[str, str] | None = None,
         tokens: float | None = None,
         timeout: float | None = None,
-    ) -> Any:
+    ) -> Coroutine[Any, Any, Any]:
         """Send ``request`` (merged over ``config.defaults``); return the parsed response.
 
-        For a ``GET`` endpoint the payload goes in the query string.
+        ``await ep.call(...)``. For a ``GET`` endpoint the payload goes in the query string.
         """
         cfg = self.config
         body = _payload(request, cfg.defaults)
@@ -192,16 +199,27 @@ class Endpoint:
             params = {**body, **(params or {})}
             json = None
         client = self.client
-        if client is not None:
-            resp = await client._request(
-                cfg.method, path, params, json, None, headers, timeout, tokens, True
+        if client is not None:  # the pooled client's coroutine itself: no layer between
+            return client._request(
+                cfg.method, path, params, json, None, headers, timeout, tokens, True, True
             )
-            return resp.parsed()
+        return self._call_once(path, params, json, headers, timeout, tokens)
+
+    async def _call_once(
+        self,
+        path: str,
+        params: Mapping[str, Any] | None,
+        json: Any,
+        headers: Mapping[str, str] | None,
+        timeout: float | None,
+        tokens: float | None,
+    ) -> Any:
+        # Outside ``async with``: a client for this call only, closed before returning.
         client, owned = self._new_client()
         try:
             async with client:
                 return await client.request(
-                    cfg.method,
+                    self.config.method,
                     path,
                     params=params,
                     json=json,

@@ -22,11 +22,11 @@ anything else >= 400    :class:`~headway.errors.APIClientError`
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
+from headway import _json
 from headway.errors import (
     APIClientError,
     AuthenticationError,
@@ -53,7 +53,7 @@ def parse_body(content: bytes) -> Any:
     if not content:
         return None
     try:
-        return json.loads(content)
+        return _json.loads(content)
     except ValueError:
         return content.decode("utf-8", "replace")
 

@@ -16,9 +16,10 @@ ServerSentEvent(event='message', data='[DONE]', id=None, retry=None)]
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
+
+from headway import _json
 
 __all__ = ["DONE", "LineDecoder", "NDJSONDecoder", "SSEDecoder", "ServerSentEvent"]
 
@@ -94,7 +95,7 @@ class ServerSentEvent:
 
     def json(self) -> Any:
         """The data parsed as JSON (``json.JSONDecodeError`` if it is not JSON)."""
-        return json.loads(self.data)
+        return _json.loads(self.data)
 
 
 class SSEDecoder:
@@ -173,8 +174,8 @@ class NDJSONDecoder:
 
     def feed(self, chunk: bytes) -> list[Any]:
         """Take a chunk; return the documents it completed."""
-        return [json.loads(line) for line in self._lines.feed(chunk) if line.strip()]
+        return [_json.loads(line) for line in self._lines.feed(chunk) if line.strip()]
 
     def flush(self) -> list[Any]:
         """End of stream: parse an unterminated last line."""
-        return [json.loads(line) for line in self._lines.flush() if line.strip()]
+        return [_json.loads(line) for line in self._lines.flush() if line.strip()]

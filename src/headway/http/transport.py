@@ -19,10 +19,10 @@ Two implementations ship:
 
 from __future__ import annotations
 
-import json as _json
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from headway import _json
 from headway._secrets import redact_url
 from headway.errors import (
     APIConnectionError,
@@ -90,13 +90,7 @@ class Response:
         value = self._json
         if value is Response._MISSING:
             try:
-                try:
-                    # decoding first skips json's encoding detection (the common case)
-                    text = self.content.decode()
-                except UnicodeDecodeError:
-                    value = _json.loads(self.content)  # UTF-16/32 JSON, or garbage
-                else:
-                    value = _json.loads(text)
+                value = _json.loads(self.content)
             except ValueError as exc:
                 raise InvalidResponseError(
                     f"the response body is not valid JSON ({exc})",
@@ -190,6 +184,17 @@ def _connection_error(method: str, url: str, exc: BaseException) -> APIConnectio
     return APIConnectionError(f"Connection error: {detail}", method=method, url=url)
 
 
+_BytesPayload: Any = None
+
+
+def _json_body(value: Any) -> Any:
+    """``value`` as an aiohttp JSON payload, encoded by :mod:`headway._json` (orjson)."""
+    global _BytesPayload
+    if _BytesPayload is None:
+        from aiohttp.payload import BytesPayload as _BytesPayload
+    return _BytesPayload(_json.dumps(value), content_type="application/json")
+
+
 class _AiohttpStream:
     __slots__ = ("_resp", "headers", "method", "status", "url")
 
@@ -248,8 +253,11 @@ class AiohttpTransport:
         max_connections: the connector's limit; ``0`` or ``None`` for no limit. Size it
             to the concurrency you allow (aiohttp's own default of 100 silently caps it).
         timeout: seconds allowed to connect and for each read (not for the whole
-            response, so long streams survive); ``None`` for no timeout.
-        connect_timeout: seconds to connect, when different from ``timeout``.
+            response, so long streams survive); ``None`` for no timeout. Waiting for a
+            free pooled connection is not timed: the client sizes the pool to its
+            policy's concurrency, so nobody waits for one there.
+        connect_timeout: seconds to open a connection (TLS handshake included), when
+            different from ``timeout``.
         trust_env: honour ``HTTP(S)_PROXY`` and ``.netrc`` (aiohttp's option).
     """
 
@@ -284,7 +292,9 @@ class AiohttpTransport:
             connect = timeout if self.connect_timeout is None else self.connect_timeout
             if timeout is not None and connect is not None:
                 connect = min(connect, timeout)
-            cached = aiohttp.ClientTimeout(total=None, connect=connect, sock_read=timeout)
+            # sock_connect, not connect: ``connect`` also arms a timer on every request
+            # that takes a pooled connection; ``sock_connect`` only when one is opened.
+            cached = aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=timeout)
             self._timeouts[timeout] = cached
         return cached
 
@@ -318,6 +328,9 @@ class AiohttpTransport:
         import aiohttp
 
         session = self._session or self._get_session()
+        if json is not None and data is None:
+            data = _json_body(json)
+            json = None
         try:
             if timeout is None:
                 cm = session.request(
@@ -333,9 +346,15 @@ class AiohttpTransport:
                     data=data,
                     timeout=self._client_timeout(timeout),
                 )
-            async with cm as resp:
+            # Awaited directly, not through ``async with``: the context manager's two
+            # extra coroutines sit on every suspension of the request (~2 us each).
+            resp = await cm
+            try:
                 content = await resp.read()
-                return Response(resp.status, resp.headers, content, method, url)
+            finally:
+                resp.release()
+                await resp.wait_for_close()
+            return Response(resp.status, resp.headers, content, method, url)
         except TimeoutError as exc:
             raise _timeout_error(method, url, exc) from exc
         except (aiohttp.ClientError, OSError) as exc:
@@ -355,6 +374,9 @@ class AiohttpTransport:
         import aiohttp
 
         session = self._session or self._get_session()
+        if json is not None and data is None:
+            data = _json_body(json)
+            json = None
         try:
             resp = await session.request(
                 method,

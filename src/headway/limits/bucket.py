@@ -485,9 +485,12 @@ class TokenBucketRateLimiter:
     def _refund_checked(self, tokens: float) -> None:
         # refund() of an amount known to be a finite number >= 0 (a settled reservation).
         now = self._now()
+        # == self._ceiling(self._refill(now) + tokens, now), since tokens >= 0
         level = self._level + (now - self._last) * self._rps + tokens
-        if level > self.max_tokens or self._paused_until > now:
-            level = self._ceiling(self._refill(now) + tokens, now)
+        if level > self.max_tokens:
+            level = self.max_tokens
+        if self._paused_until > now:
+            level = self._ceiling(level, now)
         self._level = level
         self._last = now
 
