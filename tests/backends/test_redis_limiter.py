@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from headway import RateLimitExceededError, RequestTooLargeError
@@ -349,6 +349,13 @@ _op = st.tuples(
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(_op, min_size=1, max_size=25))
+@example(  # a cancel 0.98 µs before the queue's tail: both must give it back
+    ops=[
+        (0.0, [], [0.0, 0.0], None, 0.0, False),
+        (0.0, [([0.0, 1.0], None)], [0.0, 0.0], None, 0.0, False),
+        (0.0, [([0.0, 0.0], 0.0)], [0.0, -0.001953125], None, 0.0, True),
+    ]
+)
 def test_the_lua_script_and_the_python_model_agree(
     redis_url: str, prefix: str, ops: list[Any]
 ) -> None:
@@ -383,6 +390,7 @@ def test_the_lua_script_and_the_python_model_agree(
                 level_caps=[cap0, None],
                 cancels=cancels,
                 pause=pause,
+                tolerance=0.001,  # 1 µs, as the script (times here are milliseconds)
             )
             assert float(out[2]) == now
             assert len(out) == 3 + 2 * len(batch)

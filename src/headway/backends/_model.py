@@ -79,10 +79,14 @@ def reserve_batch(
     level_caps: Sequence[float | None] | None = None,
     cancels: Sequence[tuple[float, Sequence[float]]] = (),
     pause: float = 0.0,
+    tolerance: float = 1e-6,
 ) -> list[tuple[bool, float]]:
     """:func:`reserve` for several callers ``(amounts, max_wait)`` in order, at ``now``.
 
     ``adjusts``, ``level_caps``, ``cancels`` and ``pause`` apply first, once.
+    ``tolerance``: how far before a queue's tail a cancelled reservation may have been
+    admitted and still count as last in line: 1 µs, in the unit of ``now`` (the Redis
+    script works in milliseconds and uses 0.001).
     """
     for i, b in enumerate(buckets):
         level = b.capacity if b.level is None else b.level
@@ -99,7 +103,7 @@ def reserve_batch(
                 level = min(level, level_cap + (t - now) * b.rate)
         for at, back in cancels:
             tail = max(now, t - level / b.rate)
-            if back[i] > 0 and (at >= tail - 1e-6 or tail <= now):
+            if back[i] > 0 and (at >= tail - tolerance or tail <= now):
                 level, t = _norm(b, level + back[i], t, now, p)
         if pause > 0 and now + pause > t:
             b.shift += now + pause - t
