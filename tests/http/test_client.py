@@ -500,3 +500,53 @@ async def test_httpx_transport(serve: ServerFactory) -> None:
 async def test_unknown_transport_name() -> None:
     with pytest.raises(ValueError, match="unknown transport"):
         AsyncAPIClient("http://x", transport="curl")  # type: ignore[arg-type]
+
+
+async def _until(predicate: Callable[[], bool]) -> None:
+    for _ in range(1000):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never became true")
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+async def test_stream_holds_its_concurrency_slot_until_closed(
+    serve: ServerFactory, adaptive: bool
+) -> None:
+    """A stream counts against the policy's concurrency limit while it is open, and
+    gives its slot back when exhausted, closed early or broken."""
+    from headway import Policy
+    from headway.concurrency import AdaptiveConcurrency, ConcurrencyLimit
+
+    pool: ConcurrencyLimit = (
+        AdaptiveConcurrency(1, min_limit=1, max_limit=1) if adaptive else ConcurrencyLimit(1)
+    )
+    url = await serve(make_app())
+    async with AsyncAPIClient(url, policy=Policy(retry=None, concurrency=pool)) as client:
+        async with client.stream("POST", "/sse", mode="json") as items:
+            assert await items.__anext__() == {"n": 0}
+            assert pool.in_use == 1
+            waiting = asyncio.create_task(client.get("/echo"))
+            await _until(lambda: pool.waiting == 1)
+            assert not waiting.done()
+        # left early through ``async with``: the slot goes to the waiting call
+        assert (await waiting)["path"] == "/echo"
+        assert pool.in_use == 0
+
+        assert [i async for i in client.stream("POST", "/sse", mode="json")] == [
+            {"n": 0},
+            {"n": 1},
+            {"n": 2},
+        ]
+        assert pool.in_use == 0
+
+        with pytest.raises(StreamError):
+            async for _ in client.stream("POST", "/sse", mode="json", params={"kind": "error"}):
+                pass
+        assert pool.in_use == 0
+
+        with pytest.raises(ServerError):  # refused when opening: nothing kept
+            async for _ in client.stream("POST", "/status/503"):
+                pass
+        assert pool.in_use == 0

@@ -451,3 +451,37 @@ async def test_retry_without_budget(virtual_clock: VirtualClock) -> None:
     func = Script(APIConnectionError())
     assert await Policy(retry=fast_retry(budget=None)).execute(func) == "ok"
     assert func.calls == 2
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+async def test_attempt_can_keep_its_concurrency_slot(adaptive: bool) -> None:
+    """``ctx.keep_slot`` hands a successful attempt's slot to the caller; a failed
+    attempt's slot is released as usual; ``release_slot`` is idempotent."""
+    pool: ConcurrencyLimit = (
+        AdaptiveConcurrency(2, min_limit=1) if adaptive else ConcurrencyLimit(2)
+    )
+    policy = Policy(
+        retry=RetryPolicy(max_retries=2, base_delay=0.0, jitter=False), concurrency=pool
+    )
+    contexts: list[AttemptContext] = []
+
+    async def attempt(ctx: AttemptContext) -> int:
+        ctx.keep_slot = True
+        contexts.append(ctx)
+        if ctx.attempt == 1:
+            raise ConnectionError("first attempt fails")
+        assert pool.in_use == 1  # the failed attempt gave its slot back
+        return ctx.attempt
+
+    assert await policy.run(attempt) == 2
+    assert pool.in_use == 1  # kept for the caller
+    ctx = contexts[-1]
+    await ctx.release_slot(ValueError("how the use of the slot ended"))
+    await ctx.release_slot()
+    assert pool.in_use == 0
+
+    async def plain(ctx: AttemptContext) -> None:
+        return None
+
+    await policy.run(plain)  # nobody asked to keep the slot
+    assert pool.in_use == 0

@@ -167,14 +167,15 @@ def _refund_tokens(reservation: Any) -> None:
 
 
 class _StreamAttempt:
-    __slots__ = ("call", "reservation")
+    __slots__ = ("call", "ctx")
 
     def __init__(self, call: _Attempt) -> None:
         self.call = call
-        self.reservation: Any = None
+        self.ctx: Any = None
 
     async def __call__(self, ctx: Any) -> StreamResponse:
-        self.reservation = ctx.reservation
+        self.ctx = ctx
+        ctx.keep_slot = True  # the stream holds its concurrency slot until it is closed
         return await _open_checked(self.call, ctx.limiter, ctx.reservation)
 
 
@@ -590,7 +591,8 @@ class AsyncAPIClient:
         With a policy, opening the stream (up to the response headers) is retried,
         limited and guarded; once items flow, a broken stream raises
         :class:`~headway.errors.StreamError` and is not retried (it may have had effects).
-        The concurrency slot is held only while opening.
+        The stream holds one of the policy's concurrency slots from opening until it is
+        closed (exhausted, broken, or left through ``async with`` / ``aclose()``).
         """
         return EventStream(
             self._stream(method, path, mode, params, json, data, headers, timeout, tokens)
@@ -602,6 +604,7 @@ class AsyncAPIClient:
         attempt: _Attempt,
         tokens: float | None,
     ) -> tuple[StreamResponse, Any]:
+        """Open the stream; return it and the policy's attempt context (or ``None``)."""
         policy = self.policy
         if policy is None:
             return await _open_checked(attempt, None, None), None
@@ -609,7 +612,7 @@ class AsyncAPIClient:
             tokens = self._estimate(attempt.json)
         stream_attempt = _StreamAttempt(attempt)
         resp = await policy.run(stream_attempt, requests=1.0, tokens=tokens)
-        return resp, stream_attempt.reservation
+        return resp, stream_attempt.ctx
 
     async def _stream(
         self,
@@ -633,7 +636,9 @@ class AsyncAPIClient:
             transport = temp = self._make_transport()
         try:
             attempt = _Attempt(transport, method, url, hdrs, params, json, data, timeout, False)
-            resp, reservation = await self._open_stream(transport, attempt, tokens)
+            resp, ctx = await self._open_stream(transport, attempt, tokens)
+            reservation = None if ctx is None else ctx.reservation
+            failure: BaseException | None = None
             try:
                 used: int | None = None
                 async for item in _iterate(resp, mode):
@@ -644,8 +649,17 @@ class AsyncAPIClient:
                     yield item
                 if used is not None and reservation is not None and reservation.tokens:
                     reservation.settle(used)
+            except GeneratorExit:
+                raise  # closed early by the caller: not a failure of the call
+            except BaseException as exc:
+                failure = exc
+                raise
             finally:
-                await resp.aclose()
+                try:
+                    await resp.aclose()
+                finally:
+                    if ctx is not None:
+                        await ctx.release_slot(failure)
         finally:
             if temp is not None:
                 await temp.aclose()

@@ -108,21 +108,41 @@ class AttemptContext:
         limiter: the policy's limiter, to ``sync`` from rate-limit headers or pause.
         policy: the policy running the call.
 
+        keep_slot: set it to ``True`` inside the attempt to keep the attempt's concurrency
+            slot when it succeeds (for a stream, whose body is read after the attempt
+            returns); the caller must then ``await ctx.release_slot()`` when done.
+
     One context object is reused by the attempts of a call.
     """
 
-    __slots__ = ("attempt", "limiter", "policy", "reservation")
+    __slots__ = ("_kept", "attempt", "keep_slot", "limiter", "policy", "reservation")
 
     def __init__(self, policy: Policy, limiter: Limiter | None) -> None:
         self.attempt = 0
         self.reservation: Reservation | None = None
         self.limiter = limiter
         self.policy = policy
+        self.keep_slot = False
+        self._kept: Any = None
 
     def settle(self, tokens: float) -> None:
         """Record the actual token use of this attempt (no-op without a limiter)."""
         if self.reservation is not None:
             self.reservation.settle(tokens)
+
+    async def release_slot(self, exc: BaseException | None = None) -> None:
+        """Give back the slot kept by ``keep_slot`` (idempotent; no-op if none was kept).
+
+        ``exc``: how the use of the slot ended, for an adaptive limit's bookkeeping.
+        """
+        kept, self._kept = self._kept, None
+        if kept is None:
+            return
+        # A ConcurrencyLimit, or an AdaptiveConcurrency slot: both release on __aexit__.
+        if exc is None:
+            await kept.__aexit__(None, None, None)
+        else:
+            await kept.__aexit__(type(exc), exc, exc.__traceback__)
 
     def __repr__(self) -> str:
         return f"<AttemptContext attempt={self.attempt} reservation={self.reservation!r}>"
@@ -480,7 +500,9 @@ class Policy:
                     raise
                 previous = delay if delay > 0.0 else rt.base_delay
             else:
-                if held:
+                if ctx is not None and ctx.keep_slot and (held or slot is not None):
+                    ctx._kept = pool if held else slot  # the caller releases it
+                elif held:
                     pool._in_use -= 1  # type: ignore[union-attr]  # release(), inlined
                     if pool._waiters:  # type: ignore[union-attr]
                         pool._wake()  # type: ignore[union-attr]
