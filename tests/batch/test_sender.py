@@ -76,6 +76,36 @@ def test_target_errors(kwargs: dict[str, str], message: str) -> None:
         resolve_target(**{**args, **kwargs}, environ={"K": ""})  # type: ignore[arg-type]
 
 
+def test_perplexity_lines_lose_the_v1_of_the_openai_batch_format() -> None:
+    """Perplexity serves /chat/completions: an OpenAI Batch line's /v1/... goes there;
+    providers whose paths start with /v1 (and --base-url servers) get the url as given."""
+    env = {"PERPLEXITY_API_KEY": "k", "OPENAI_API_KEY": "k"}
+    args = {"base_url": None, "endpoint": None, "api_key_env": None, "environ": env}
+    pplx = resolve_target(provider="perplexity", **args)  # type: ignore[arg-type]
+    assert (pplx.v1_paths, pplx.default_url) == (False, "/chat/completions")
+    assert pplx.path("/v1/chat/completions") == "/chat/completions"
+    assert pplx.path("/chat/completions") == "/chat/completions"
+    for name in ("openai", "ollama"):
+        t = resolve_target(provider=name, **args)  # type: ignore[arg-type]
+        assert t.v1_paths
+        assert t.path(CHAT) == CHAT
+    custom = resolve_target(
+        provider=None, base_url="http://127.0.0.1:9/", endpoint=None, api_key_env=None
+    )
+    assert custom.path(CHAT) == CHAT
+
+
+@pytest.mark.virtual_time
+async def test_sender_sends_to_the_targets_path() -> None:
+    async with FakeAPI() as api:
+        api.route("POST", "/chat/completions", json={"id": "pplx", "object": "chat.completion"})
+        target = resolve_target(provider=None, base_url=api.url, endpoint=None, api_key_env=None)
+        target.v1_paths = False
+        async with open_sender(SenderSettings(target=target)) as send:
+            resp = await send(chat("a"))
+    assert (resp.status_code, resp.body["id"]) == (200, "pplx")
+
+
 def test_every_provider_has_an_https_or_local_base() -> None:
     for info in PROVIDERS.values():
         assert info.base_url.startswith(("https://", "http://localhost"))

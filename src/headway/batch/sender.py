@@ -86,13 +86,31 @@ PROVIDERS: dict[str, ProviderInfo] = {
 
 @dataclass(slots=True)
 class Target:
-    """Where requests go: base URL, key, auth style, extra headers, path for bare bodies."""
+    """Where requests go: base URL, key, auth style, extra headers, path for bare bodies.
+
+    ``v1_paths``: whether the server's paths start with ``/v1``. When they do not (as
+    Perplexity's ``/chat/completions``), a line's ``"url": "/v1/..."`` (the OpenAI Batch
+    format) is sent without the ``/v1``.
+    """
 
     base_url: str
     api_key: SecretStr | None = None
     auth: AuthType = "bearer"
     headers: dict[str, str] = field(default_factory=dict)
     default_url: str = DEFAULT_URL
+    v1_paths: bool = True
+
+    def path(self, url: str) -> str:
+        """The path to send a line's ``url`` to.
+
+        >>> Target("https://api.perplexity.ai", v1_paths=False).path("/v1/chat/completions")
+        '/chat/completions'
+        >>> Target("https://api.openai.com").path("/v1/chat/completions")
+        '/v1/chat/completions'
+        """
+        if not self.v1_paths and url.startswith("/v1/"):
+            return url[3:]
+        return url
 
 
 def _strip_v1(base_url: str) -> str:
@@ -151,7 +169,9 @@ def resolve_target(
     if not default_url.startswith("/"):
         default_url = "/" + default_url
     headers = dict(info.headers) if info is not None else {}
-    return Target(base, key, auth, headers, default_url)
+    # A named provider whose own paths lack /v1 (Perplexity): OpenAI Batch lines lose it.
+    v1_paths = base_url is not None or info is None or info.default_url.startswith("/v1/")
+    return Target(base, key, auth, headers, default_url, v1_paths)
 
 
 @dataclass(slots=True)
@@ -243,23 +263,31 @@ def build_policy(
 
 
 class _ClientSender:
-    __slots__ = ("client", "clock", "max_breaker_wait", "tokens")
+    __slots__ = ("client", "clock", "max_breaker_wait", "target", "tokens")
 
     def __init__(
-        self, client: Any, clock: Clock, max_breaker_wait: float, *, count_tokens: bool
+        self,
+        client: Any,
+        clock: Clock,
+        max_breaker_wait: float,
+        *,
+        count_tokens: bool,
+        target: Target | None = None,
     ) -> None:
         self.client = client
         self.clock = clock
         self.max_breaker_wait = max_breaker_wait
+        self.target = target
         # Without a tokens-per-minute limit there is nothing to reserve: skip the estimate.
         self.tokens: float | None = None if count_tokens else 0.0
 
     async def __call__(self, request: BatchRequest) -> Response:
         waited = 0.0
+        url = request.url if self.target is None else self.target.path(request.url)
         while True:
             try:
                 resp = await self.client.request_raw(
-                    request.method, request.url, json=request.body, tokens=self.tokens
+                    request.method, url, json=request.body, tokens=self.tokens
                 )
             except CircuitBreakerOpenError as exc:
                 # Nothing was sent: wait for the breaker instead of failing the request.
@@ -330,4 +358,5 @@ async def _open_client(
             resolve_clock(clock),
             settings.max_breaker_wait,
             count_tokens=settings.tpm is not None,
+            target=target,
         )
