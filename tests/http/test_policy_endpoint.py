@@ -182,6 +182,12 @@ async def test_endpoint_lifecycle_and_calls(fake_api: FakeAPI) -> None:
     await ep.aclose()
     chunks = [c async for c in ep.stream({"messages": MSG["messages"]})]  # temp client
     assert chunks
+    raw = await ep.call_raw({"messages": MSG["messages"]})  # temp client
+    assert (raw.status, raw.json()["object"]) == (200, "chat.completion")
+    async with ep:
+        raw = await ep.call_raw({"messages": MSG["messages"]})
+        assert raw.headers["x-request-id"]
+        assert raw.parsed()["model"] == "gpt-4o-mini"
     sent = fake_api.calls("POST", CHAT)[0]
     assert sent.json["model"] == "gpt-4o-mini"
     assert KEY not in json.dumps(sent.headers)

@@ -32,7 +32,7 @@ from headway.http.client import (
     _returns_coroutine,
 )
 from headway.http.config import EndpointConfig
-from headway.http.transport import Transport
+from headway.http.transport import Response, Transport
 
 if TYPE_CHECKING:
     from headway.resilience.policy import Policy
@@ -191,6 +191,37 @@ class Endpoint:
 
         ``await ep.call(...)``. For a ``GET`` endpoint the payload goes in the query string.
         """
+        return self._call(request, endpoint_params, params, headers, tokens, timeout, True)
+
+    @_returns_coroutine
+    def call_raw(
+        self,
+        request: Mapping[str, Any] | BaseModel | None = None,
+        *,
+        endpoint_params: dict[str, str] | None = None,
+        params: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        tokens: float | None = None,
+        timeout: float | None = None,
+    ) -> Coroutine[Any, Any, Response]:
+        """As :meth:`call`, but return the whole :class:`~headway.http.Response`.
+
+        For the status, the headers (``x-request-id``, rate-limit headers) or the raw
+        body; the body is parsed inside the attempt (a garbled body is retried) and
+        cached for ``response.json()`` / ``response.parsed()``.
+        """
+        return self._call(request, endpoint_params, params, headers, tokens, timeout, False)
+
+    def _call(
+        self,
+        request: Mapping[str, Any] | BaseModel | None,
+        endpoint_params: dict[str, str] | None,
+        params: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+        tokens: float | None,
+        timeout: float | None,
+        body_only: bool,
+    ) -> Coroutine[Any, Any, Any]:
         cfg = self.config
         body = _payload(request, cfg.defaults)
         path = cfg.path(endpoint_params)
@@ -201,9 +232,9 @@ class Endpoint:
         client = self.client
         if client is not None:  # the pooled client's coroutine itself: no layer between
             return client._request(
-                cfg.method, path, params, json, None, headers, timeout, tokens, True, True
+                cfg.method, path, params, json, None, headers, timeout, tokens, True, body_only
             )
-        return self._call_once(path, params, json, headers, timeout, tokens)
+        return self._call_once(path, params, json, headers, timeout, tokens, body_only)
 
     async def _call_once(
         self,
@@ -213,19 +244,23 @@ class Endpoint:
         headers: Mapping[str, str] | None,
         timeout: float | None,
         tokens: float | None,
+        body_only: bool,
     ) -> Any:
         # Outside ``async with``: a client for this call only, closed before returning.
         client, owned = self._new_client()
         try:
             async with client:
-                return await client.request(
+                return await client._request(
                     self.config.method,
                     path,
-                    params=params,
-                    json=json,
-                    headers=headers,
-                    timeout=timeout,
-                    tokens=tokens,
+                    params,
+                    json,
+                    None,
+                    headers,
+                    timeout,
+                    tokens,
+                    True,
+                    body_only,
                 )
         finally:
             if owned is not None:
