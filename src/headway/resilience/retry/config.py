@@ -1,0 +1,155 @@
+"""RetryPolicy: a validated, reusable retry configuration."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from headway._clock import Clock
+from headway.errors import is_retryable
+from headway.events import EventListener
+from headway.resilience.retry.budget import RetryBudget
+from headway.resilience.retry.engine import _Engine
+from headway.resilience.retry.schedule import (
+    DEFAULT_MAX_SERVER_DELAY,
+    ExceptionTypes,
+    JitterMode,
+    RetryPredicate,
+    _exception_types,
+    _jitter_mode,
+)
+
+__all__ = ["RetryPolicy"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class RetryPolicy(BaseModel):
+    """A reusable retry configuration: schedule, what to retry, server delays and budget.
+
+    Args:
+        max_retries: retries after the first attempt (0 disables retrying).
+        base_delay: delay before the first retry, in seconds.
+        max_delay: cap on any scheduled delay.
+        backoff_factor: growth of the delay per retry (>= 1).
+        jitter: ``True`` (= ``"full"``), ``False`` (= ``"none"``), ``"equal"`` or
+            ``"decorrelated"``; see the table in :mod:`headway.resilience.retry`.
+        retry_on: exception types to retry, or a predicate ``(exc) -> bool``. Default:
+            :func:`headway.is_retryable` (transient errors by headway's table).
+        exclude: exception types never retried.
+        max_server_delay: longest ``retry_after`` honoured; above it the call gives up.
+        budget: a :class:`RetryBudget` shared by every call; ``None`` turns it off.
+        clock: where to sleep; the loop clock by default.
+        name: shown as the ``source`` of events.
+        listeners: extra event listeners for this policy's events.
+
+    >>> policy = RetryPolicy(max_retries=4, jitter=False)
+    >>> list(policy.delays())
+    [1.0, 2.0, 4.0, 8.0]
+    >>> RetryPolicy(retry_on=ValueError).should_retry(ValueError("x"))
+    True
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True, extra="forbid")
+
+    max_retries: Annotated[int, Field(ge=0)] = 3
+    base_delay: Annotated[float, Field(ge=0)] = 1.0
+    max_delay: Annotated[float, Field(ge=0)] = 60.0
+    backoff_factor: Annotated[float, Field(ge=1.0)] = 2.0
+    jitter: bool | JitterMode = True
+    retry_on: type[BaseException] | ExceptionTypes | RetryPredicate = is_retryable
+    exclude: type[BaseException] | ExceptionTypes = ()
+    max_server_delay: Annotated[float, Field(ge=0)] = DEFAULT_MAX_SERVER_DELAY
+    budget: RetryBudget | None = Field(default_factory=RetryBudget)
+    clock: Clock | None = None
+    name: str | None = None
+    listeners: tuple[EventListener, ...] = ()
+
+    @field_validator("retry_on", mode="before")
+    @classmethod
+    def _check_retry_on(cls, value: Any) -> Any:
+        if isinstance(value, type | tuple | list | set | frozenset):
+            return _exception_types(value, "retry_on")
+        if not callable(value):
+            raise ValueError(
+                f"retry_on must be exception types or a predicate (exc) -> bool; got {value!r}"
+            )
+        return value
+
+    @field_validator("exclude", mode="before")
+    @classmethod
+    def _check_exclude(cls, value: Any) -> Any:
+        return _exception_types(value, "exclude")
+
+    @field_validator("jitter", mode="before")
+    @classmethod
+    def _check_jitter(cls, value: Any) -> Any:
+        _jitter_mode(value)
+        return value
+
+    @model_validator(mode="after")
+    def _finish(self) -> RetryPolicy:
+        if self.max_delay < self.base_delay:
+            raise ValueError(
+                f"max_delay ({self.max_delay}) must be >= base_delay ({self.base_delay})"
+            )
+        self._engine()
+        return self
+
+    def _engine(self) -> _Engine:
+        # The compiled policy lives in the instance dict (not a pydantic private
+        # attribute, whose lookup is slow); a copy gets its own on first use.
+        engine: _Engine | None = self.__dict__.get("_rt")
+        if engine is None or engine.owner is not self:
+            engine = self.__dict__["_rt"] = _Engine(self)
+        return engine
+
+    # -- the schedule ---------------------------------------------------------------------
+    @property
+    def jitter_mode(self) -> JitterMode:
+        """The jitter strategy in words: ``"none"``, ``"full"``, ``"equal"``, ``"decorrelated"``."""
+        return self._engine().mode
+
+    def delay(self, retry: int, previous: float | None = None) -> float:
+        """Delay before retry number ``retry`` (1-based), jittered by the policy's strategy.
+
+        ``previous`` is the delay before the previous retry (decorrelated jitter grows
+        from it; it defaults to ``base_delay``).
+        """
+        if retry < 1:
+            raise ValueError("retry numbers start at 1")
+        return self._engine().delay(retry, self.base_delay if previous is None else previous)
+
+    def delays(self) -> Iterator[float]:
+        """The delays before each of the ``max_retries`` retries (one random draw)."""
+        previous = self.base_delay
+        for n in range(1, self.max_retries + 1):
+            previous = self.delay(n, previous)
+            yield previous
+
+    def should_retry(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is of a kind this policy retries (ignoring counts and budget)."""
+        return self._engine().should_retry(exc)
+
+    # -- running ---------------------------------------------------------------------------
+    async def call(self, func: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        """Call ``await func(*args, **kwargs)``, retrying by this policy; raise the last error.
+
+        A zero delay retries at once, without a sleep.
+        """
+        return await self._engine().call(func, args, kwargs)
+
+    def wrap(self, func: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]:
+        """Decorate ``func`` so that every call retries by this policy (signature kept)."""
+        call = self._engine().call
+
+        @functools.wraps(func)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            return await call(func, args, kwargs)
+
+        wrapper.retry_policy = self  # type: ignore[attr-defined]
+        return wrapper

@@ -1,0 +1,245 @@
+"""The retry loop's decisions, shared by :class:`RetryPolicy`, ``@retry`` and the Policy."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from headway import events as _events
+from headway._clock import resolve_clock
+from headway.errors import HeadwayError, _transient, is_retryable, never_retry
+from headway.events import (
+    RETRY_BUDGET_EXHAUSTED,
+    RETRY_GAVE_UP,
+    RETRY_SCHEDULED,
+    EventListener,
+    emit,
+    enabled,
+)
+from headway.resilience.retry.schedule import (
+    ExceptionTypes,
+    RetryPredicate,
+    _jitter_mode,
+    _reason,
+    _schedule_delay,
+    _server_delay,
+)
+
+if TYPE_CHECKING:
+    from headway.resilience.retry.config import RetryPolicy
+
+__all__: list[str] = []  # internal: RetryPolicy, @retry and Policy use it
+
+T = TypeVar("T")
+
+
+class _Engine:
+    """The compiled form of a :class:`RetryPolicy`: plain slots, cheap on the hot path."""
+
+    __slots__ = (
+        "backoff_factor",
+        "base_delay",
+        "budget",
+        "clock",
+        "exclude",
+        "listeners",
+        "max_delay",
+        "max_retries",
+        "max_server_delay",
+        "mode",
+        "name",
+        "owner",
+        "predicate",
+        "rand",
+        "transient",
+        "types",
+    )
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self.owner = policy
+        self.max_retries = policy.max_retries
+        self.base_delay = policy.base_delay
+        self.max_delay = policy.max_delay
+        self.backoff_factor = policy.backoff_factor
+        self.mode = _jitter_mode(policy.jitter)
+        # The validators turned single types into tuples; keep mypy and copies honest.
+        retry_on = policy.retry_on
+        if isinstance(retry_on, type):
+            retry_on = (retry_on,)
+        self.types: ExceptionTypes | None = None
+        self.predicate: RetryPredicate | None = None
+        if isinstance(retry_on, tuple):
+            self.types = retry_on
+        else:
+            self.predicate = retry_on
+        exclude = policy.exclude
+        self.exclude: ExceptionTypes = (exclude,) if isinstance(exclude, type) else exclude
+        # The default rules (never_retry, then is_retryable) as one check.
+        self.transient = self.predicate is is_retryable and not self.exclude
+        self.max_server_delay = policy.max_server_delay
+        self.budget = policy.budget
+        self.clock = resolve_clock(policy.clock)
+        self.name = policy.name
+        self.listeners = policy.listeners
+        self.rand: Callable[[], float] = random.random
+
+    def delay(self, retry: int, previous: float) -> float:
+        return _schedule_delay(
+            self.mode,
+            retry,
+            previous,
+            self.base_delay,
+            self.backoff_factor,
+            self.max_delay,
+            self.rand,
+        )
+
+    def should_retry(self, exc: BaseException) -> bool:
+        if never_retry(exc):
+            return False
+        if self.exclude and isinstance(exc, self.exclude):
+            return False
+        types = self.types
+        if types is not None:
+            return isinstance(exc, types)
+        assert self.predicate is not None
+        return bool(self.predicate(exc))
+
+    def next_delay(
+        self,
+        exc: BaseException,
+        retry: int,
+        previous: float,
+        remaining: float | None = None,
+        source: str | None = None,
+        listeners: tuple[EventListener, ...] = (),
+    ) -> float | None:
+        """Decide the retry after ``exc``: the delay to sleep, or ``None`` to give up.
+
+        ``retry`` is the number of the retry being considered (1 after the first failure);
+        ``remaining`` the seconds left before a deadline (no retry may start after it).
+        Emits the events.
+        """
+        if self.transient:
+            retryable = _transient(exc)
+        elif never_retry(exc) or (self.exclude and isinstance(exc, self.exclude)):
+            retryable = False
+        elif self.types is not None:
+            retryable = isinstance(exc, self.types)
+        else:
+            assert self.predicate is not None
+            retryable = bool(self.predicate(exc))
+        if not retryable:
+            if retry > 1:
+                _emit_gave_up(
+                    exc, retry, "not retryable", source or self.name, listeners or self.listeners
+                )
+            return None
+        if retry > self.max_retries:
+            _emit_gave_up(
+                exc, retry, "retries exhausted", source or self.name, listeners or self.listeners
+            )
+            return None
+        delay = _server_delay(exc) if isinstance(exc, HeadwayError) else None
+        if delay is not None:
+            if delay > self.max_server_delay:
+                why = f"server delay {delay:g}s exceeds max_server_delay {self.max_server_delay:g}s"
+                _emit_gave_up(exc, retry, why, source or self.name, listeners or self.listeners)
+                return None
+        else:
+            mode = self.mode
+            if mode == "full" or mode == "none":
+                # _schedule_delay() inlined for the two common strategies.
+                try:
+                    delay = self.base_delay * self.backoff_factor ** (retry - 1)
+                except OverflowError:
+                    delay = self.max_delay
+                if delay > self.max_delay:
+                    delay = self.max_delay
+                if mode == "full":
+                    delay *= self.rand()
+            else:
+                delay = _schedule_delay(
+                    mode,
+                    retry,
+                    previous,
+                    self.base_delay,
+                    self.backoff_factor,
+                    self.max_delay,
+                    self.rand,
+                )
+        if remaining is not None and delay >= remaining:
+            _emit_gave_up(
+                exc,
+                retry,
+                "deadline would pass before the retry",
+                source or self.name,
+                listeners or self.listeners,
+            )
+            return None
+        budget = self.budget
+        if budget is not None and not budget.try_spend():
+            listeners = listeners or self.listeners
+            if enabled(logging.WARNING, listeners):
+                emit(
+                    RETRY_BUDGET_EXHAUSTED,
+                    source=source or self.name,
+                    level=logging.WARNING,
+                    listeners=listeners,
+                    attempt=retry,
+                    reason=_reason(exc),
+                )
+            return None
+        listeners = listeners or self.listeners
+        if listeners or _events._listeners or _events.logger.isEnabledFor(logging.INFO):
+            emit(
+                RETRY_SCHEDULED,
+                source=source or self.name,
+                level=logging.INFO,
+                listeners=listeners,
+                attempt=retry,
+                delay=delay,
+                reason=_reason(exc),
+            )
+        return delay
+
+    async def call(
+        self, func: Callable[..., Awaitable[T]], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> T:
+        budget = self.budget
+        if budget is not None:
+            budget.record_request()
+        retry = 0
+        previous = self.base_delay
+        while True:
+            try:
+                return await func(*args, **kwargs)
+            except Exception as exc:
+                retry += 1
+                delay = self.next_delay(exc, retry, previous)
+                if delay is None:
+                    raise
+                previous = delay if delay > 0.0 else self.base_delay
+            if delay > 0.0:
+                await self.clock.sleep(delay)
+
+
+def _emit_gave_up(
+    exc: BaseException,
+    retry: int,
+    why: str,
+    source: str | None = None,
+    listeners: tuple[EventListener, ...] = (),
+) -> None:
+    # INFO, not WARNING: the caller gets the error itself; this is context for the logs.
+    if enabled(logging.INFO, listeners):
+        emit(
+            RETRY_GAVE_UP,
+            source=source,
+            level=logging.INFO,
+            listeners=listeners,
+            attempts=retry,
+            reason=f"{why}; last error {_reason(exc)}",
+        )
