@@ -665,6 +665,11 @@ def demo_chaos() -> Any:
 @click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Requests per minute.")
 @click.option("--tpm", type=click.FloatRange(min=0, min_open=True), help="Tokens per minute.")
 @click.option(
+    "--burst",
+    type=click.FloatRange(min=1),
+    help="Most requests admitted at once [default: --rpm, a minute's worth].",
+)
+@click.option(
     "--rate-limit", type=click.FloatRange(0, 1), default=0.0, help="Share of random 429s."
 )
 @click.option("--retry-after", type=click.FloatRange(min=0), default=1.0, show_default=True)
@@ -682,6 +687,7 @@ def serve_fake(
     port: int,
     rpm: float | None,
     tpm: float | None,
+    burst: float | None,
     rate_limit: float,
     retry_after: float,
     server_error: float,
@@ -710,7 +716,16 @@ def serve_fake(
     except ValueError as exc:
         _fail(f"invalid fault rates: {' '.join(str(exc).split())}")
     asyncio.run(
-        _serve(host=host, port=port, rpm=rpm, tpm=tpm, chaos=chaos, seed=seed, api_key=api_key)
+        _serve(
+            host=host,
+            port=port,
+            rpm=rpm,
+            tpm=tpm,
+            burst=burst,
+            chaos=chaos,
+            seed=seed,
+            api_key=api_key,
+        )
     )
     return EXIT_OK
 

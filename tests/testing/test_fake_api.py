@@ -477,6 +477,29 @@ async def test_rpm_bucket_answers_429_with_openai_headers(session: aiohttp.Clien
 
 
 @pytest.mark.virtual_time
+async def test_burst_bounds_what_the_rpm_bucket_admits_at_once(
+    session: aiohttp.ClientSession,
+) -> None:
+    async with FakeAPI(rpm=600, burst=2) as api:  # 10/s, at most 2 at once
+        results = [await post(session, api, CHAT, HELLO) for _ in range(3)]
+        assert [r[0] for r in results] == [200, 200, 429]
+        assert results[0][1]["x-ratelimit-limit-requests"] == "600"
+        assert results[0][1]["x-ratelimit-remaining-requests"] == "1"
+        assert results[2][1]["retry-after-ms"] == "100"
+        await asyncio.sleep(0.1)  # virtual time: one request refills
+        assert (await post(session, api, CHAT, HELLO))[0] == 200
+        await asyncio.sleep(60)  # refills to the burst, not to a minute's worth
+        statuses = [(await post(session, api, CHAT, HELLO))[0] for _ in range(3)]
+        assert statuses == [200, 200, 429]
+        api.set_limits(rpm=600)  # default burst: a minute's worth
+        assert [(await post(session, api, CHAT, HELLO))[0] for _ in range(5)] == [200] * 5
+    with pytest.raises(ValueError, match="burst"):
+        FakeAPI(rpm=60, burst=0.5)
+    with pytest.raises(ValueError, match="burst"):
+        api.set_limits(rpm=60, burst=0)
+
+
+@pytest.mark.virtual_time
 async def test_tpm_bucket_charges_usage_tokens(session: aiohttp.ClientSession) -> None:
     async with FakeAPI(tpm=30) as api:
         first = await post(session, api, CHAT, HELLO)  # 12 tokens

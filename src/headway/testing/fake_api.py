@@ -156,25 +156,32 @@ class Route:
 
 @dataclass(slots=True)
 class _Bucket:
-    limit: float
+    limit: float  # per period
     level: float
     stamp: float
     period: float = 60.0
+    capacity: float = 0.0  # the most held at once; 0: the limit (a period's worth)
+
+    def __post_init__(self) -> None:
+        if not self.capacity:
+            self.capacity = self.limit
 
     def refill(self, now: float) -> None:
         if now > self.stamp:
-            self.level = min(self.limit, self.level + (now - self.stamp) * self.limit / self.period)
+            self.level = min(
+                self.capacity, self.level + (now - self.stamp) * self.limit / self.period
+            )
             self.stamp = now
 
     def wait_for(self, amount: float) -> float:
         """Seconds until ``amount`` is available (``inf`` if it never fits)."""
-        if amount > self.limit:
+        if amount > self.capacity:
             return math.inf
         missing = amount - self.level
         return 0.0 if missing <= 1e-9 else missing * self.period / self.limit
 
     def reset_after(self) -> float:
-        return (self.limit - self.level) * self.period / self.limit
+        return (self.capacity - self.level) * self.period / self.limit
 
 
 @dataclass(slots=True)
@@ -210,6 +217,9 @@ class FakeAPI:
         port: TCP port; ``0`` picks a free one (see :attr:`port`, :attr:`url`).
         rpm: requests per minute allowed (token bucket, starts full), or ``None``.
         tpm: tokens per minute allowed; a request costs its ``usage.total_tokens``.
+        burst: the most requests the ``rpm`` bucket holds, i.e. admits at once (default:
+            ``rpm``, a minute's worth, as providers do); a small burst makes any client
+            that sends faster than ``rpm`` get 429s at once.
         api_key: when set, every request must send it as ``Authorization: Bearer ...``,
             ``x-api-key`` or ``api-key``; otherwise 401.
         chaos: random faults for every route (per-route chaos wins, see :meth:`set_chaos`).
@@ -234,6 +244,7 @@ class FakeAPI:
         *,
         rpm: float | None = None,
         tpm: float | None = None,
+        burst: float | None = None,
         api_key: str | None = None,
         chaos: Chaos | None = None,
         seed: int | None = 0,
@@ -252,8 +263,11 @@ class FakeAPI:
         self.models = tuple(models)
         self._clock = resolve_clock(clock)
         self._rng = random.Random(seed)
+        if burst is not None and not burst >= 1:
+            raise ValueError(f"burst must be at least 1 or None, got {burst!r}")
         self._rpm = rpm
         self._tpm = tpm
+        self._burst = burst
         self._requests_bucket: _Bucket | None = None
         self._tokens_bucket: _Bucket | None = None
         self._limits_pending = True
@@ -424,9 +438,13 @@ class FakeAPI:
         if chaos is not None:
             self._route_chaos.append((method, _compile(path), path, chaos))
 
-    def set_limits(self, *, rpm: float | None = None, tpm: float | None = None) -> None:
+    def set_limits(
+        self, *, rpm: float | None = None, tpm: float | None = None, burst: float | None = None
+    ) -> None:
         """Replace the request and token limits (buckets start full)."""
-        self._rpm, self._tpm = rpm, tpm
+        if burst is not None and not burst >= 1:
+            raise ValueError(f"burst must be at least 1 or None, got {burst!r}")
+        self._rpm, self._tpm, self._burst = rpm, tpm, burst
         self._limits_pending = True
 
     def reset(self) -> None:
@@ -512,7 +530,12 @@ class FakeAPI:
         now = self._clock.now()
         if self._limits_pending:
             self._limits_pending = False
-            self._requests_bucket = _Bucket(self._rpm, self._rpm, now) if self._rpm else None
+            rpm = self._rpm
+            if rpm:
+                burst = self._burst or rpm
+                self._requests_bucket = _Bucket(rpm, burst, now, capacity=burst)
+            else:
+                self._requests_bucket = None
             self._tokens_bucket = _Bucket(self._tpm, self._tpm, now) if self._tpm else None
         for bucket in (self._requests_bucket, self._tokens_bucket):
             if bucket is not None:
