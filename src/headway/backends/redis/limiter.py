@@ -1,0 +1,438 @@
+"""The shared limiter :class:`RedisLimiter` and the batching of its round trips."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from headway._clock import Clock, resolve_clock
+from headway.backends._base import Limit
+from headway.backends._model import LocalBuckets
+from headway.backends.redis.backend import _Unavailable
+from headway.backends.redis.reservation import _ALLOW, _LOCAL, _SHARED, RedisReservation, _Slot
+from headway.errors import ConfigurationError, RateLimitExceededError, RequestTooLargeError
+from headway.events import (
+    LIMITER_PAUSED,
+    LIMITER_REJECTED,
+    LIMITER_SYNCED,
+    LIMITER_WAIT,
+    emit,
+    enabled,
+)
+
+if TYPE_CHECKING:
+    from headway.backends.redis.backend import RedisBackend
+
+__all__ = ["RedisLimiter"]
+
+
+def _first(item: tuple[float, list[float]]) -> float:
+    return item[0]
+
+
+#: Most callers sent in one round trip.
+_MAX_BATCH = 256
+#: What a queued caller is told when it is its turn to lead the next round trip.
+_LEAD: Any = object()
+
+
+@dataclass(slots=True)
+class _Request:
+    amounts: list[float]
+    max_wait: float | None
+    requests: float
+    tokens: float
+    future: asyncio.Future[Any] | None = None
+
+
+def _outcome(got: Any) -> RedisReservation:
+    if isinstance(got, BaseException):
+        raise got
+    return got  # type: ignore[no-any-return]
+
+
+class RedisLimiter:
+    """Several rate limits shared through Redis, reserved atomically: all or nothing.
+
+    Satisfies the ``headway.limits.Limiter`` protocol (``reserve``, ``pause_until``,
+    ``sync``), so it drops into a ``Policy`` or an ``Endpoint`` where an in-memory
+    ``MultiLimiter`` would go. Within a process, reservations reach Redis one at a time
+    in arrival order (FIFO); across processes, in the order Redis runs them. Waits never
+    shrink for later callers, so a large request is never starved by small ones.
+
+    Build it with :meth:`RedisBackend.limiter`.
+    """
+
+    def __init__(
+        self,
+        backend: RedisBackend,
+        name: str,
+        limits: Iterable[Limit],
+        *,
+        max_wait: float | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.backend = backend
+        self.name = name
+        self.limits = tuple(limits)
+        if not self.limits:
+            raise ConfigurationError(f"limiter {name!r} needs at least one Limit")
+        seen = {(x.unit, x.period) for x in self.limits}
+        if len(seen) != len(self.limits):
+            raise ConfigurationError(
+                f"limiter {name!r}: two limits with the same unit and period; keep one"
+            )
+        self.max_wait = max_wait
+        self.clock = resolve_clock(clock if clock is not None else backend.clock)
+        tag = "{" + name + "}"
+        self._keys = [backend.key("rl", tag, x.unit, f"{x.period:g}") for x in self.limits]
+        self._keys.append(backend.key("workers", tag))
+        self._tokens = tuple(x.unit == "tokens" for x in self.limits)
+        self._static = [(repr(x.per_second / 1000.0), repr(x.capacity)) for x in self.limits]
+        n = len(self.limits)
+        self._pending = [0.0] * n
+        self._caps: list[float | None] = [None] * n
+        self._cancels: list[tuple[float, list[float]]] = []
+        self._pause_until = -math.inf
+        self._pause_sent = -math.inf
+        #: total pause length seen (here or from other workers): waiters extend by it
+        self._shift = 0.0
+        self._seen_shift: float | None = None
+        self._own_shift = 0.0
+        self._busy = False  # a round trip is in flight; newcomers queue
+        self._queue: deque[_Request] = deque()
+        self._local: LocalBuckets | None = None
+        self._local_outage = -1
+
+    # -- reserving --------------------------------------------------------------------
+
+    async def reserve(
+        self, requests: float = 1.0, tokens: float = 0.0, *, max_wait: float | None = None
+    ) -> RedisReservation:
+        """Reserve ``requests`` and ``tokens`` from every limit now; wait ``delay`` after.
+
+        Raises :class:`~headway.errors.RequestTooLargeError` if a limit can never hold
+        the amount, :class:`~headway.errors.RateLimitExceededError` if the wait would
+        exceed ``max_wait`` (nothing is reserved then), and, during a Redis outage with
+        ``on_backend_error="fail"``, :class:`~headway.errors.BackendUnavailableError`.
+
+        Callers that arrive while a round trip is in flight queue here and go together,
+        in arrival order, in the next one: one round trip serves them all.
+        """
+        amounts = [tokens if t else requests for t in self._tokens]
+        for amount, lim in zip(amounts, self.limits, strict=True):
+            if amount > lim.capacity:
+                raise RequestTooLargeError(
+                    f"limiter {self.name!r}: {amount:g} {lim.unit} can never be admitted by "
+                    f"a limit of {lim.rate:g} per {lim.period:g}s (capacity "
+                    f"{lim.capacity:g}); split the request or raise the burst",
+                    requested=amount,
+                    capacity=lim.capacity,
+                )
+            if amount < 0:
+                raise ValueError(f"cannot reserve a negative amount ({amount:g})")
+        if max_wait is None:
+            max_wait = self.max_wait
+        backend = self.backend
+        if (
+            backend._down
+            and not self._busy
+            and (backend._probing or self.clock.now() < backend._retry_at)
+        ):  # an outage: no round trip, unless a probe is due
+            return _outcome(self._reserve_local(amounts, max_wait, requests, tokens))
+        req = _Request(amounts, max_wait, requests, tokens)
+        if self._busy:
+            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            req.future = fut
+            self._queue.append(req)
+            try:
+                got = await fut
+            except asyncio.CancelledError:
+                self._abandon(req)
+                raise
+            if got is not _LEAD:
+                return _outcome(got)
+        else:
+            self._busy = True
+        return _outcome(await self._lead(req))
+
+    def _abandon(self, req: _Request) -> None:
+        """A queued caller was cancelled: withdraw it, or undo what it was given."""
+        fut = req.future
+        assert fut is not None
+        if not fut.done() or fut.cancelled():
+            with contextlib.suppress(ValueError):
+                self._queue.remove(req)  # not sent yet (if sent: the leader undoes it)
+            return
+        got = fut.result()
+        if got is _LEAD:
+            self._hand_off()
+        elif isinstance(got, RedisReservation):
+            got.cancel()
+
+    def _hand_off(self) -> None:
+        """Make the next queued caller lead the next round trip, or go idle."""
+        queue = self._queue
+        while queue:
+            nxt = queue.popleft()
+            assert nxt.future is not None
+            if not nxt.future.done():
+                nxt.future.set_result(_LEAD)
+                return
+        self._busy = False
+
+    async def _lead(self, req: _Request) -> Any:
+        """Send ``req`` and every caller queued behind it in one round trip."""
+        batch = [req]
+        queue = self._queue
+        while queue and len(batch) < _MAX_BATCH:
+            nxt = queue.popleft()
+            assert nxt.future is not None
+            if not nxt.future.done():
+                batch.append(nxt)
+        outcomes: list[Any] | None = None
+        try:
+            if self.backend._may_call():
+                with contextlib.suppress(_Unavailable):
+                    outcomes = await self._reserve_shared(batch)
+        except BaseException:
+            # cancelled mid round trip: the others go again (anything Redis took for them
+            # is lost: too little used, never too much)
+            for other in reversed(batch[1:]):
+                queue.appendleft(other)
+            self._hand_off()
+            raise
+        if outcomes is None:
+            outcomes = [
+                self._reserve_local(r.amounts, r.max_wait, r.requests, r.tokens) for r in batch
+            ]
+        for other, got in zip(batch[1:], outcomes[1:], strict=True):
+            assert other.future is not None
+            if other.future.done():  # cancelled meanwhile: give its units back
+                if isinstance(got, RedisReservation):
+                    got.cancel()
+            else:
+                other.future.set_result(got)
+        self._hand_off()
+        return outcomes[0]
+
+    async def _reserve_shared(self, batch: list[_Request]) -> list[Any]:
+        backend = self.backend
+        now = self.clock.now()
+        pause_ms = 0.0
+        if self._pause_until > now and self._pause_until > self._pause_sent:
+            pause_ms = (self._pause_until - now) * 1000.0
+            self._pause_sent = self._pause_until
+        n = len(self.limits)
+        args: list[Any] = [
+            n,
+            len(batch),
+            pause_ms,
+            backend.worker_id,
+            backend.config.presence_window * 1000.0,
+            "",
+        ]
+        pending, caps = self._pending, self._caps
+        for i in range(n):
+            rate, cap = self._static[i]
+            level_cap = caps[i]
+            args += [rate, cap, pending[i], "" if level_cap is None else level_cap]
+            pending[i] = 0.0
+            caps[i] = None
+        cancels = self._cancels
+        args.append(len(cancels))
+        if cancels:
+            cancels.sort(key=_first, reverse=True)
+            for at, back in cancels:
+                args.append(at)
+                args += back
+            self._cancels = []
+        for r in batch:
+            args.append(-1 if r.max_wait is None else r.max_wait * 1000.0)
+            args += r.amounts
+        result = await backend._eval(backend._reserve, self._keys, args)
+        backend.workers = int(result[0])
+        shift = float(result[1]) / 1000.0
+        server_now = float(result[2])
+        seen = self._seen_shift
+        if seen is not None and shift > seen:
+            # what other workers paused (our own pause shifted our waiters already)
+            extra = shift - seen - (self._own_shift if pause_ms else 0.0)
+            if extra > 0:
+                self._shift += extra
+        if pause_ms:
+            self._own_shift = 0.0
+        self._seen_shift = shift
+        outcomes: list[Any] = []
+        for j, r in enumerate(batch):
+            wait_ms = float(result[4 + 2 * j])
+            wait = wait_ms / 1000.0
+            if int(result[3 + 2 * j]):
+                outcomes.append(
+                    self._admitted(_SHARED, None, wait, r.requests, r.tokens, server_now + wait_ms)
+                )
+            else:
+                outcomes.append(self._rejection(r.amounts, wait, r.max_wait))
+        return outcomes
+
+    def _reserve_local(
+        self, amounts: list[float], max_wait: float | None, requests: float, tokens: float
+    ) -> RedisReservation | BaseException:
+        mode = self.backend.config.on_backend_error
+        if mode == "fail":
+            return self.backend._unavailable(f"limiter {self.name!r}")
+        if mode == "allow":
+            return RedisReservation(self, _ALLOW, None, 0.0, requests, tokens)
+        local = self._local
+        if local is None or self._local_outage != self.backend.outages:
+            share = self.backend.local_share()
+            local = LocalBuckets(
+                [(x.per_second * share, max(1.0, x.capacity * share)) for x in self.limits],
+                clock=self.clock,
+            )
+            self._local = local
+            self._local_outage = self.backend.outages
+        now = self.clock.now()
+        caps = self._caps
+        level_caps = None
+        if any(c is not None for c in caps):
+            level_caps, self._caps = caps, [None] * len(caps)
+        ok, wait = local.reserve(
+            amounts,
+            max_wait=max_wait,
+            pause=max(0.0, self._pause_until - now),
+            level_caps=level_caps,
+        )
+        if not ok:
+            return self._rejection(amounts, wait, max_wait)
+        return self._admitted(_LOCAL, local, wait, requests, tokens, now + wait)
+
+    def _admitted(
+        self,
+        source: int,
+        state: LocalBuckets | None,
+        wait: float,
+        requests: float,
+        tokens: float,
+        at: float,
+    ) -> RedisReservation:
+        floor = self._pause_until - self.clock.now()
+        if floor > wait:
+            wait = floor
+        if wait > 0 and enabled():
+            emit(LIMITER_WAIT, source=self.name, requests=requests, tokens=tokens, wait=wait)
+        return RedisReservation(self, source, state, wait, requests, tokens, at)
+
+    def _rejection(
+        self, amounts: list[float], wait: float, max_wait: float | None
+    ) -> RateLimitExceededError:
+        if enabled():
+            emit(LIMITER_REJECTED, source=self.name, tokens=amounts, wait=wait, max_wait=max_wait)
+        return RateLimitExceededError(
+            f"limiter {self.name!r}: admission in {wait:.3f}s would exceed "
+            f"max_wait={max_wait or 0.0:g}s; nothing was reserved",
+            retry_after=wait,
+        )
+
+    def _settle(self, source: int, state: LocalBuckets | None, tokens: float) -> None:
+        deltas = [tokens if t else 0.0 for t in self._tokens]
+        if source == _SHARED:
+            pending = self._pending
+            for i, d in enumerate(deltas):
+                pending[i] += d
+        elif source == _LOCAL and state is not None:
+            state.adjust(deltas)
+
+    def _cancel(
+        self, source: int, state: LocalBuckets | None, at: float, requests: float, tokens: float
+    ) -> None:
+        back = [tokens if t else requests for t in self._tokens]
+        if source == _SHARED:
+            self._cancels.append((at, back))
+        elif source == _LOCAL and state is not None:
+            state.cancel(at, back)
+
+    def _has_pending(self) -> bool:
+        return (
+            any(self._pending)
+            or bool(self._cancels)
+            or any(c is not None for c in self._caps)
+            or (self._pause_until > self._pause_sent and self._pause_until > self.clock.now())
+        )
+
+    def slot(self, requests: float = 1.0, tokens: float = 0.0) -> _Slot:
+        """``async with limiter.slot(1, 800) as reservation:`` waits; refunds if cancelled."""
+        return _Slot(self, requests, tokens)
+
+    async def acquire(self, requests: float = 1.0, tokens: float = 0.0) -> float:
+        """Reserve, wait until admitted (refunding if cancelled) and return the wait."""
+        res = await self.reserve(requests, tokens)
+        await res.wait()
+        return res.delay
+
+    async def flush(self) -> None:
+        """Send pending settles, refunds, pauses and syncs to Redis now.
+
+        They otherwise ride along with this process's next reservation.
+        """
+        await self.reserve(0.0, 0.0)
+
+    # -- steering from server signals -------------------------------------------------
+
+    def pause_until(self, when: float) -> None:
+        """Admit nobody before clock time ``when`` (after a 429 with Retry-After).
+
+        Applies in this process at once and for every worker with the next round trip
+        (call :meth:`flush` to publish it now). Later reservations queue behind it.
+        """
+        now = self.clock.now()
+        start = max(self._pause_until, now)
+        if when > start:
+            self._pause_until = when
+            self._shift += when - start
+            self._own_shift += when - start
+            if enabled(logging.INFO):
+                emit(
+                    LIMITER_PAUSED,
+                    source=self.name,
+                    level=logging.INFO,
+                    until=when,
+                    seconds=when - now,
+                )
+
+    def pause(self, seconds: float) -> None:
+        """:meth:`pause_until` ``now + seconds``."""
+        self.pause_until(self.clock.now() + seconds)
+
+    def sync(
+        self,
+        unit: str,
+        remaining: float,
+        reset_after: float | None = None,
+        limit: float | None = None,
+    ) -> None:
+        """The server says ``remaining`` ``unit`` are left: lower the shared level to that.
+
+        Applies to the limit of that unit whose capacity is ``limit`` if given, else to
+        the shortest one. Never raises a level. Published with the next round trip.
+        """
+        candidates = [i for i, x in enumerate(self.limits) if x.unit == unit]
+        if not candidates:
+            return
+        if limit is not None:
+            exact = [i for i in candidates if self.limits[i].capacity == limit]
+            candidates = exact or candidates
+        i = min(candidates, key=lambda j: self.limits[j].period)
+        old = self._caps[i]
+        self._caps[i] = remaining if old is None else min(old, remaining)
+        if enabled():
+            emit(LIMITER_SYNCED, source=self.name, remaining=remaining, reset=reset_after)
+
+    def __repr__(self) -> str:
+        return f"RedisLimiter({self.name!r}, limits={list(self.limits)!r})"
