@@ -1,0 +1,3 @@
+"""The ``headway`` console script's commands; the entry point is :mod:`headway.cli`."""
+
+__all__: list[str] = []

@@ -1,0 +1,184 @@
+"""``headway run``: send a JSONL of requests and write one result per request."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from headway._cli.common import (
+    _fail,
+    _finish,
+    _limit_options,
+    _make_progress,
+    _no_sender,
+    _progress_options,
+    _run_batch,
+    _warn_notes,
+)
+from headway.batch.jobs import DEFAULT_URL
+from headway.batch.runner import BatchRunner
+from headway.batch.sender import PROVIDERS, SenderSettings, resolve_target
+
+__all__ = ["run"]
+
+
+@click.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="HEADWAY_OUTPUT",
+    help="Result file (JSONL, appended; re-running resumes). Required.",
+)
+@click.option(
+    "--errors",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="HEADWAY_ERRORS",
+    help="Write failed results here instead of OUTPUT.",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(sorted(PROVIDERS)),
+    envvar="HEADWAY_PROVIDER",
+    help="A known provider (sets the base URL, key variable and auth).",
+)
+@click.option("--base-url", envvar="HEADWAY_BASE_URL", help="Any OpenAI-compatible server.")
+@click.option(
+    "--endpoint",
+    envvar="HEADWAY_ENDPOINT",
+    help=f"Path for bare request bodies [default: the provider's, else {DEFAULT_URL}].",
+)
+@click.option(
+    "--api-key-env",
+    envvar="HEADWAY_API_KEY_ENV",
+    help="Environment variable holding the API key [default: the provider's, e.g. OPENAI_API_KEY].",
+)
+@_limit_options
+@click.option("--retry-failed", is_flag=True, help="Send again the requests that failed before.")
+@click.option(
+    "--summary-json",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="HEADWAY_SUMMARY_JSON",
+    help="Also write the summary as JSON here.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds in-flight requests get to finish after Ctrl-C.",
+)
+@click.option("--fsync", is_flag=True, help="fsync the result file after each write.")
+@click.option(
+    "--redis-url",
+    envvar="HEADWAY_REDIS_URL",
+    help="Share the limits and breaker state with other workers through this Redis.",
+)
+@click.option(
+    "--shard",
+    envvar="HEADWAY_SHARD",
+    metavar="K/N",
+    help="Send only this worker's share of the lines (worker K of N; use one -o per worker).",
+)
+@_progress_options
+def run(
+    input_path: Path,
+    output: Path | None,
+    errors: Path | None,
+    provider: str | None,
+    base_url: str | None,
+    endpoint: str | None,
+    api_key_env: str | None,
+    rpm: float | None,
+    tpm: float | None,
+    concurrency: int,
+    max_attempts: int,
+    timeout: float,
+    retry_failed: bool,
+    summary_json: Path | None,
+    grace: float,
+    fsync: bool,
+    redis_url: str | None,
+    shard: str | None,
+    progress: str,
+    quiet: bool,
+) -> int:
+    """Send every request of INPUT (JSONL, .gz ok) and write one result per request.
+
+    Lines may be OpenAI Batch lines ({"custom_id", "method", "url", "body"}), Anthropic
+    batch lines ({"custom_id", "params"}) or bare request bodies (custom_id = line
+    number). Results are appended to OUTPUT as they complete; run the same command again
+    to resume after a crash or Ctrl-C: nothing is sent twice, nothing is lost.
+
+    \b
+    Example:
+      export OPENAI_API_KEY=...
+      headway run requests.jsonl -o results.jsonl --provider openai --rpm 500 --tpm 200000
+
+    \b
+    Several workers, one global limit (worker 2 of 4, on any machine):
+      headway run requests.jsonl -o results.2.jsonl --provider openai --rpm 500 \\
+        --redis-url redis://redis.internal:6379/0 --shard 2/4
+    """
+    if output is None:
+        _fail("missing option '-o' / '--output'")
+    if not input_path.exists():
+        _fail(f"input file {input_path} does not exist")
+    if not os.access(input_path, os.R_OK):
+        _fail(f"input file {input_path} is not readable")
+    target = resolve_target(
+        provider=provider, base_url=base_url, endpoint=endpoint, api_key_env=api_key_env
+    )
+    owns = None
+    if shard is not None:
+        from headway.backends import Shard
+
+        owns = Shard.parse(shard).owns
+    settings = SenderSettings(
+        target=target,
+        rpm=rpm,
+        tpm=tpm,
+        concurrency=concurrency,
+        max_attempts=max_attempts,
+        timeout=timeout,
+        redis_url=redis_url,
+    )
+    runner = BatchRunner(
+        _no_sender,
+        input_path,
+        output,
+        errors=errors,
+        retry_failed=retry_failed,
+        concurrency=concurrency,
+        default_url=target.default_url,
+        progress=_make_progress(progress, quiet=quiet),
+        grace=grace,
+        fsync=fsync,
+        owns=owns,
+    )
+    asyncio.run(_run_batch(runner, settings))
+    return _report_run(runner, input_path, summary_json)
+
+
+def _report_run(runner: BatchRunner, input_path: Path, summary_json: Path | None) -> int:
+    """Notes, summary and exit code of ``headway run``."""
+    _warn_notes(runner)
+    code, _ = _finish(
+        runner,
+        Console(),
+        summary_json=summary_json,
+        failed_before=runner.ledger.failed_before,
+        title=f"headway run: {input_path}",
+    )
+    if runner.ledger.failed_before:
+        click.echo(
+            f"headway: {runner.ledger.failed_before} request(s) failed in an earlier run; "
+            "add --retry-failed to send them again",
+            err=True,
+        )
+    return code

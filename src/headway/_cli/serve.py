@@ -1,0 +1,105 @@
+"""``headway serve-fake``: serve the fake OpenAI-compatible API until interrupted."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import Any
+
+import click
+
+from headway._cli.common import EXIT_OK, _fail
+
+__all__ = ["serve_fake"]
+
+
+@click.command("serve-fake")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=0, help="Port [default: a free one]."
+)
+@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Requests per minute.")
+@click.option("--tpm", type=click.FloatRange(min=0, min_open=True), help="Tokens per minute.")
+@click.option(
+    "--burst",
+    type=click.FloatRange(min=1),
+    help="Most requests admitted at once [default: --rpm, a minute's worth].",
+)
+@click.option(
+    "--rate-limit", type=click.FloatRange(0, 1), default=0.0, help="Share of random 429s."
+)
+@click.option("--retry-after", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--server-error", type=click.FloatRange(0, 1), default=0.0, help="Share of 5xx.")
+@click.option("--reset", type=click.FloatRange(0, 1), default=0.0, help="Share of resets.")
+@click.option("--latency", type=click.FloatRange(min=0), default=0.0, help="Seconds per answer.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--api-key",
+    envvar="HEADWAY_FAKE_API_KEY",
+    help="Require this key (Authorization: Bearer or x-api-key); 401 otherwise.",
+)
+def serve_fake(
+    host: str,
+    port: int,
+    rpm: float | None,
+    tpm: float | None,
+    burst: float | None,
+    rate_limit: float,
+    retry_after: float,
+    server_error: float,
+    reset: float,
+    latency: float,
+    seed: int,
+    api_key: str | None,
+) -> int:
+    """Serve the fake OpenAI-compatible API until interrupted (Ctrl-C).
+
+    Point your own code at the printed URL: /v1/chat/completions, /v1/embeddings,
+    /v1/responses, /v1/messages, /v1/models.
+    """
+    from headway.testing.faults import Chaos
+
+    try:
+        chaos = Chaos.model_validate(
+            {
+                "rate_limit": rate_limit,
+                "server_error": server_error,
+                "reset": reset,
+                "retry_after": retry_after,
+                "latency": latency,
+            }
+        )
+    except ValueError as exc:
+        _fail(f"invalid fault rates: {' '.join(str(exc).split())}")
+    asyncio.run(
+        _serve(
+            host=host,
+            port=port,
+            rpm=rpm,
+            tpm=tpm,
+            burst=burst,
+            chaos=chaos,
+            seed=seed,
+            api_key=api_key,
+        )
+    )
+    return EXIT_OK
+
+
+async def _serve(**kwargs: Any) -> None:
+    from headway.testing.fake_api import FakeAPI
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with FakeAPI(**kwargs, journal_limit=10_000) as api:
+            click.echo(f"headway fake API listening on {api.url}  (Ctrl-C to stop)")
+            sys.stdout.flush()
+            await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    click.echo("headway fake API stopped")
