@@ -41,17 +41,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json as jsonlib
-import math
 import random
 import re
 import socket
-import struct
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeAlias
+from typing import Any, Self
 
 from aiohttp import web
 
@@ -59,157 +55,33 @@ from headway import _resources
 from headway._clock import Clock, resolve_clock
 from headway._secrets import mask_headers, mask_value
 from headway.testing import _fake_content as content
-from headway.testing.faults import (
-    Chaos,
-    Fault,
-    FaultLike,
-    format_go_duration,
-    parse_script,
-    retry_after_headers,
+from headway.testing._fake_answers import _DRIBBLE_PIECE as _DRIBBLE_PIECE
+from headway.testing._fake_answers import _Answer, _AnswersMixin, _Stream
+from headway.testing._fake_answers import _json_bytes as _json_bytes
+from headway.testing._fake_answers import _sse as _sse
+from headway.testing._fake_journal import _PARAM as _PARAM
+from headway.testing._fake_journal import (
+    Handler,
+    RecordedRequest,
+    Route,
+    Script,
+    _compile,
+    _JournalMixin,
 )
+from headway.testing._fake_journal import HandlerResult as HandlerResult
+from headway.testing._fake_limits import _Bucket, _LimitsMixin
+from headway.testing.faults import Chaos, FaultLike, parse_script
+from headway.testing.faults import Fault as Fault
 
 __all__ = ["FakeAPI", "RecordedRequest", "Route", "Script"]
-
-#: What a route handler may return: a response, or anything JSON-serialisable.
-HandlerResult: TypeAlias = web.StreamResponse | dict[str, Any] | list[Any] | str | None
-Handler: TypeAlias = Callable[[web.Request], Awaitable[HandlerResult]]
+# Names imported "as" themselves are re-exported: they were defined or imported here
+# before the split (the doctests use Fault).
 
 _ENTRY_KEY = web.RequestKey("headway_entry", object)
 _PARAMS_KEY = web.RequestKey("headway_params", dict)
-_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_DRIBBLE_PIECE = 32
 
 
-def _compile(pattern: str) -> re.Pattern[str]:
-    if not pattern.startswith("/"):
-        raise ValueError(f"a route path starts with '/', not {pattern!r}")
-    out, pos = [], 0
-    for match in _PARAM.finditer(pattern):
-        out.append(re.escape(pattern[pos : match.start()]))
-        out.append(f"(?P<{match.group(1)}>[^/]+)")
-        pos = match.end()
-    out.append(re.escape(pattern[pos:]))
-    return re.compile("".join(out) + "/?")
-
-
-@dataclass(slots=True)
-class RecordedRequest:
-    """One request as the server received it.
-
-    Attributes:
-        index: position in the journal (0 first).
-        method, path: as sent (``path`` without the query string).
-        query: query parameters.
-        headers: request headers with credentials masked.
-        body: the raw body; ``json`` is its parsed form (``None`` if not JSON).
-        time: the loop clock's time at arrival.
-        route: the route pattern that matched (``None``: no route, answered 404).
-        status: the status answered (``None``: no answer, e.g. a reset or a hang).
-        fault: the kind of fault applied, if any.
-    """
-
-    index: int
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
-    json: Any
-    time: float
-    route: str | None = None
-    status: int | None = None
-    fault: str | None = None
-
-
-@dataclass(slots=True)
-class Script:
-    """Faults a route plays in order, one per matching request."""
-
-    method: str
-    path: str
-    steps: deque[Fault]
-    consumed: int = 0
-    _regex: re.Pattern[str] = field(repr=False, default=re.compile(""))
-
-    @property
-    def remaining(self) -> int:
-        return len(self.steps)
-
-    def matches(self, method: str, path: str) -> bool:
-        return self.method in ("*", method) and self._regex.fullmatch(path) is not None
-
-
-@dataclass(slots=True)
-class Route:
-    """A user route: a canned answer or a handler."""
-
-    method: str
-    path: str
-    handler: Handler | None = None
-    status: int = 200
-    json: Any = None
-    text: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    chaos: Chaos | None = None
-    _regex: re.Pattern[str] = field(repr=False, default=re.compile(""))
-
-
-@dataclass(slots=True)
-class _Bucket:
-    limit: float  # per period
-    level: float
-    stamp: float
-    period: float = 60.0
-    capacity: float = 0.0  # the most held at once; 0: the limit (a period's worth)
-
-    def __post_init__(self) -> None:
-        if not self.capacity:
-            self.capacity = self.limit
-
-    def refill(self, now: float) -> None:
-        if now > self.stamp:
-            self.level = min(
-                self.capacity, self.level + (now - self.stamp) * self.limit / self.period
-            )
-            self.stamp = now
-
-    def wait_for(self, amount: float) -> float:
-        """Seconds until ``amount`` is available (``inf`` if it never fits)."""
-        if amount > self.capacity:
-            return math.inf
-        missing = amount - self.level
-        return 0.0 if missing <= 1e-9 else missing * self.period / self.limit
-
-    def reset_after(self) -> float:
-        return (self.capacity - self.level) * self.period / self.limit
-
-
-@dataclass(slots=True)
-class _Answer:
-    status: int
-    body: bytes
-    headers: dict[str, str]
-    content_type: str = "application/json"
-
-
-@dataclass(slots=True)
-class _Stream:
-    frames: list[bytes]
-    error_frame: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-def _sse(data: Any, event: str | None = None) -> bytes:
-    payload = data if isinstance(data, str) else jsonlib.dumps(data, separators=(",", ":"))
-    prefix = f"event: {event}\n" if event else ""
-    return f"{prefix}data: {payload}\n\n".encode()
-
-
-def _json_bytes(data: Any) -> bytes:
-    return jsonlib.dumps(data).encode()
-
-
-class FakeAPI:
+class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
     """A fake LLM provider on ``127.0.0.1``: deterministic answers, faults and limits.
 
     Args:
@@ -438,143 +310,11 @@ class FakeAPI:
         if chaos is not None:
             self._route_chaos.append((method, _compile(path), path, chaos))
 
-    def set_limits(
-        self, *, rpm: float | None = None, tpm: float | None = None, burst: float | None = None
-    ) -> None:
-        """Replace the request and token limits (buckets start full)."""
-        if burst is not None and not burst >= 1:
-            raise ValueError(f"burst must be at least 1 or None, got {burst!r}")
-        self._rpm, self._tpm, self._burst = rpm, tpm, burst
-        self._limits_pending = True
-
     def reset(self) -> None:
         """Forget the journal and the scripts (routes and limits stay)."""
         self.requests.clear()
         self._received = 0
         self._scripts.clear()
-
-    # -- journal and assertions -----------------------------------------------------------
-    def calls(self, method: str | None = None, path: str | None = None) -> list[RecordedRequest]:
-        """Journal entries for ``method`` and ``path`` (a pattern with ``{name}`` works)."""
-        regex = _compile(path) if path is not None else None
-        return [
-            r
-            for r in self.requests
-            if (method is None or method.upper() in ("*", r.method))
-            and (regex is None or regex.fullmatch(r.path) is not None)
-        ]
-
-    def assert_called(
-        self,
-        method: str | None = None,
-        path: str | None = None,
-        *,
-        times: int | None = None,
-        json: Mapping[str, Any] | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> list[RecordedRequest]:
-        """Assert matching requests arrived (``times`` exactly, or at least once).
-
-        ``json`` matches requests whose JSON body contains those keys with those
-        values; ``headers`` those headers (names case-insensitive; compare with the
-        masked form for credentials). Returns the matching entries.
-        """
-        found = self.calls(method, path)
-        if json is not None:
-            found = [
-                r
-                for r in found
-                if isinstance(r.json, dict) and all(r.json.get(k) == v for k, v in json.items())
-            ]
-        if headers is not None:
-            want = {k.lower(): v for k, v in headers.items()}
-            found = [
-                r
-                for r in found
-                if all(
-                    {k.lower(): v for k, v in r.headers.items()}.get(k) == v
-                    for k, v in want.items()
-                )
-            ]
-        ok = len(found) == times if times is not None else bool(found)
-        if not ok:
-            what = " ".join(p for p in (method, path) if p) or "any request"
-            expected = f"exactly {times}" if times is not None else "at least one"
-            journal = "\n".join(
-                f"  #{r.index} {r.method} {r.path} -> {r.status}" for r in self.requests
-            )
-            raise AssertionError(
-                f"expected {expected} call(s) to {what}"
-                + (f" with json {dict(json)!r}" if json is not None else "")
-                + f", found {len(found)}; journal:\n{journal or '  (empty)'}"
-            )
-        return found
-
-    def assert_not_called(self, method: str | None = None, path: str | None = None) -> None:
-        """Assert no request matched."""
-        self.assert_called(method, path, times=0)
-
-    def assert_scripts_consumed(self) -> None:
-        """Assert every scripted step was played."""
-        left = [s for s in self._scripts if s.steps]
-        if left:
-            lines = "\n".join(
-                f"  {s.method} {s.path}: {s.remaining} step(s) left "
-                f"({', '.join(f.kind if f.kind != 'status' else str(f.status) for f in s.steps)})"
-                for s in left
-            )
-            raise AssertionError(f"scripted faults were not all played:\n{lines}")
-
-    # -- limits ---------------------------------------------------------------------------
-    def _buckets(self) -> tuple[_Bucket | None, _Bucket | None]:
-        now = self._clock.now()
-        if self._limits_pending:
-            self._limits_pending = False
-            rpm = self._rpm
-            if rpm:
-                burst = self._burst or rpm
-                self._requests_bucket = _Bucket(rpm, burst, now, capacity=burst)
-            else:
-                self._requests_bucket = None
-            self._tokens_bucket = _Bucket(self._tpm, self._tpm, now) if self._tpm else None
-        for bucket in (self._requests_bucket, self._tokens_bucket):
-            if bucket is not None:
-                bucket.refill(now)
-        return self._requests_bucket, self._tokens_bucket
-
-    def _limit_headers(self, anthropic: bool = False) -> dict[str, str]:
-        rb, tb = self._buckets()
-        out: dict[str, str] = {}
-        for unit, bucket in (("requests", rb), ("tokens", tb)):
-            if bucket is not None:
-                limit, remaining = str(int(bucket.limit)), str(max(0, math.floor(bucket.level)))
-                out[f"x-ratelimit-limit-{unit}"] = limit
-                out[f"x-ratelimit-remaining-{unit}"] = remaining
-                out[f"x-ratelimit-reset-{unit}"] = format_go_duration(bucket.reset_after())
-                if anthropic:
-                    # Anthropic's form: resets as RFC 3339 wall-clock timestamps.
-                    when = datetime.now(UTC) + timedelta(seconds=bucket.reset_after())
-                    out[f"anthropic-ratelimit-{unit}-limit"] = limit
-                    out[f"anthropic-ratelimit-{unit}-remaining"] = remaining
-                    out[f"anthropic-ratelimit-{unit}-reset"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
-        return out
-
-    def _admit(self, tokens: int) -> tuple[str, float, float] | None:
-        """Take one request and ``tokens``; or say which limit refused, and for how long."""
-        rb, tb = self._buckets()
-        waits = []
-        if rb is not None:
-            waits.append(("requests", rb.wait_for(1), rb.limit))
-        if tb is not None:
-            waits.append(("tokens", tb.wait_for(tokens), tb.limit))
-        refused = [w for w in waits if w[1] > 0]
-        if refused:
-            return max(refused, key=lambda w: w[1])
-        if rb is not None:
-            rb.level -= 1
-        if tb is not None:
-            tb.level -= tokens
-        return None
 
     # -- request handling -----------------------------------------------------------------
     async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
@@ -589,29 +329,6 @@ class FakeAPI:
     @staticmethod
     def _rid(entry: RecordedRequest) -> str:
         return f"fake{entry.index:06d}"
-
-    def _match_route(self, method: str, path: str) -> tuple[Route | None, dict[str, str]]:
-        for route in reversed(self._routes):
-            if route.method in ("*", method):
-                m = route._regex.fullmatch(path)
-                if m is not None:
-                    return route, m.groupdict()
-        return None, {}
-
-    def _chaos_for(self, method: str, path: str, route: Route | None) -> Chaos | None:
-        if route is not None and route.chaos is not None:
-            return route.chaos
-        for c_method, regex, _, chaos in reversed(self._route_chaos):
-            if c_method in ("*", method) and regex.fullmatch(path) is not None:
-                return chaos
-        return self.chaos
-
-    def _next_fault(self, method: str, path: str, chaos: Chaos | None) -> Fault | None:
-        for script in self._scripts:
-            if script.steps and script.matches(method, path):
-                script.consumed += 1
-                return script.steps.popleft()
-        return chaos.pick(self._rng) if chaos is not None else None
 
     def _authorized(self, request: web.Request) -> bool:
         key = self.api_key
@@ -727,265 +444,3 @@ class FakeAPI:
         if limited is not None:
             return self._limited(limited, tokens, anthropic)
         return await self._send(request, answer, fault, anthropic)
-
-    async def _user_answer(
-        self, route: Route, request: web.Request
-    ) -> _Answer | web.StreamResponse:
-        if route.handler is not None:
-            result = await route.handler(request)
-            if isinstance(result, web.Response) and not result.prepared:
-                body = result.body if isinstance(result.body, bytes) else None
-                if body is not None:
-                    headers = {
-                        k: v
-                        for k, v in result.headers.items()
-                        if k.lower() not in ("content-type", "content-length")
-                    }
-                    return _Answer(
-                        result.status,
-                        body,
-                        headers,
-                        result.content_type or "application/octet-stream",
-                    )
-                return result
-            if isinstance(result, web.StreamResponse):
-                return result
-            if isinstance(result, str):
-                return _Answer(200, result.encode(), {}, "text/plain")
-            if result is None:
-                return _Answer(204, b"", {}, "application/json")
-            return _Answer(200, _json_bytes(result), {})
-        if route.text is not None:
-            return _Answer(route.status, route.text.encode(), dict(route.headers), "text/plain")
-        body = b"" if route.json is None and route.status == 204 else _json_bytes(route.json)
-        return _Answer(route.status, body, dict(route.headers))
-
-    # -- built-in routes ------------------------------------------------------------------
-    def _chat(self, body: dict[str, Any], rid: str) -> tuple[int, _Answer | _Stream]:
-        reply = content.plan_chat(body)
-        if body.get("stream"):
-            opts = body.get("stream_options")
-            include = isinstance(opts, dict) and bool(opts.get("include_usage"))
-            frames = [_sse(c) for c in content.chat_stream(reply, rid, include)]
-            frames.append(_sse("[DONE]"))
-            error = {
-                "error": {
-                    "message": "The server had an error while processing your request.",
-                    "type": "server_error",
-                    "param": None,
-                    "code": None,
-                }
-            }
-            return reply.total_tokens, _Stream(frames, _sse(error))
-        return reply.total_tokens, _Answer(
-            200, _json_bytes(content.chat_completion(reply, rid)), {}
-        )
-
-    def _embeddings(self, body: dict[str, Any], rid: str) -> tuple[int, _Answer | _Stream]:
-        data, tokens = content.embeddings(body)
-        return tokens, _Answer(200, _json_bytes(data), {})
-
-    def _responses(self, body: dict[str, Any], rid: str) -> tuple[int, _Answer | _Stream]:
-        reply = content.plan_responses(body)
-        if body.get("stream"):
-            frames = [_sse(d, e) for e, d in content.responses_stream(reply, rid)]
-            error = {
-                "type": "error",
-                "code": "server_error",
-                "message": "stream interrupted",
-                "param": None,
-            }
-            return reply.total_tokens, _Stream(frames, _sse(error, "error"))
-        return reply.total_tokens, _Answer(
-            200, _json_bytes(content.response_object(reply, rid)), {}
-        )
-
-    def _messages(self, body: dict[str, Any], rid: str) -> tuple[int, _Answer | _Stream]:
-        reply = content.plan_messages(body)
-        if body.get("stream"):
-            frames = [_sse(d, e) for e, d in content.anthropic_stream(reply, rid)]
-            error = {
-                "type": "error",
-                "error": {"type": "overloaded_error", "message": "Overloaded"},
-            }
-            return reply.total_tokens, _Stream(frames, _sse(error, "error"))
-        return reply.total_tokens, _Answer(200, _json_bytes(content.messages(reply, rid)), {})
-
-    def _models(self, path: str) -> _Answer:
-        listing = content.models(self.models)
-        if path == "/v1/models":
-            return _Answer(200, _json_bytes(listing), {})
-        name = path.removeprefix("/v1/models/")
-        for model in listing["data"]:
-            if model["id"] == name:
-                return _Answer(200, _json_bytes(model), {})
-        body = {
-            "error": {
-                "message": f"The model '{name}' does not exist",
-                "type": "invalid_request_error",
-                "param": "model",
-                "code": "model_not_found",
-            }
-        }
-        return _Answer(404, _json_bytes(body), {})
-
-    # -- answers --------------------------------------------------------------------------
-    @staticmethod
-    def _error_body(
-        status: int, anthropic: bool, message: str, kind: str, code: str | None, param: str | None
-    ) -> dict[str, Any]:
-        if anthropic:
-            a_kind = {
-                400: "invalid_request_error",
-                401: "authentication_error",
-                403: "permission_error",
-                404: "not_found_error",
-                429: "rate_limit_error",
-                529: "overloaded_error",
-            }.get(status, "api_error")
-            return {"type": "error", "error": {"type": a_kind, "message": message}}
-        return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-    def _error_response(
-        self,
-        status: int,
-        anthropic: bool,
-        message: str,
-        kind: str,
-        code: str | None = None,
-        *,
-        param: str | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> web.Response:
-        body = self._error_body(status, anthropic, message, kind, code, param)
-        return web.Response(
-            status=status,
-            body=_json_bytes(body),
-            content_type="application/json",
-            headers=dict(headers or {}),
-        )
-
-    def _status_fault(self, fault: Fault, anthropic: bool) -> web.Response:
-        status = fault.status
-        headers = retry_after_headers(fault.retry_after, fault.retry_after_style)
-        if status == 429:
-            message = fault.message or "Rate limit reached. Please try again later."
-            return self._error_response(
-                429, anthropic, message, "requests", "rate_limit_exceeded", headers=headers
-            )
-        if status == 529:
-            message = fault.message or "Overloaded"
-            return self._error_response(
-                529, anthropic, message, "overloaded_error", "overloaded", headers=headers
-            )
-        kind = "server_error" if status >= 500 else "invalid_request_error"
-        message = fault.message or (
-            "The server had an error while processing your request."
-            if status >= 500
-            else f"fake client error {status}"
-        )
-        return self._error_response(status, anthropic, message, kind, None, headers=headers)
-
-    def _limited(
-        self, limited: tuple[str, float, float], tokens: int, anthropic: bool
-    ) -> web.Response:
-        unit, wait, limit = limited
-        if math.isinf(wait):
-            return self._error_response(
-                429,
-                anthropic,
-                f"Request too large: {tokens} tokens requested, limit {int(limit)} per min.",
-                "tokens",
-                "rate_limit_exceeded",
-            )
-        label = "requests per min (RPM)" if unit == "requests" else "tokens per min (TPM)"
-        requested = 1 if unit == "requests" else tokens
-        shown = format_go_duration(wait)
-        headers = {
-            "retry-after": str(math.ceil(wait)),
-            "retry-after-ms": str(math.ceil(wait * 1000)),
-        }
-        return self._error_response(
-            429,
-            anthropic,
-            f"Rate limit reached for {label}: Limit {int(limit)}, Requested {requested}. "
-            f"Please try again in {shown}.",
-            unit,
-            "rate_limit_exceeded",
-            headers=headers,
-        )
-
-    @staticmethod
-    def _reset(request: web.Request) -> web.Response:
-        transport = request.transport
-        if transport is not None:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
-        return web.Response(status=500)
-
-    async def _send(
-        self,
-        request: web.Request,
-        answer: _Answer | _Stream | web.StreamResponse,
-        fault: Fault | None,
-        anthropic: bool,
-    ) -> web.StreamResponse:
-        kind = fault.kind if fault is not None else "ok"
-        interval = fault.delay if fault is not None and kind == "dribble" else 0.0
-        if isinstance(answer, web.StreamResponse):
-            return answer
-        if isinstance(answer, _Stream):
-            return await self._send_stream(request, answer, kind, interval, fault)
-        if kind == "stream_error":
-            return self._status_fault(Fault.error(500), anthropic)
-        if kind == "malformed":
-            broken = answer.body[: len(answer.body) // 2] or b"{"
-            return web.Response(status=200, body=broken, content_type="application/json")
-        if kind not in ("truncate", "dribble"):
-            return web.Response(
-                status=answer.status,
-                body=answer.body,
-                headers=answer.headers,
-                content_type=answer.content_type,
-            )
-        resp = web.StreamResponse(status=answer.status, headers=answer.headers)
-        resp.content_type = answer.content_type
-        resp.content_length = len(answer.body)
-        await resp.prepare(request)
-        if kind == "truncate":
-            await resp.write(answer.body[: len(answer.body) // 2])
-            if request.transport is not None:
-                request.transport.close()
-            return resp
-        for start in range(0, len(answer.body), _DRIBBLE_PIECE):
-            if start:
-                await self._clock.sleep(interval)
-            await resp.write(answer.body[start : start + _DRIBBLE_PIECE])
-        await resp.write_eof()
-        return resp
-
-    async def _send_stream(
-        self, request: web.Request, stream: _Stream, kind: str, interval: float, fault: Fault | None
-    ) -> web.StreamResponse:
-        resp = web.StreamResponse(status=200, headers=stream.headers)
-        resp.content_type = "text/event-stream"
-        resp.headers["Cache-Control"] = "no-cache"
-        await resp.prepare(request)
-        frames = stream.frames
-        if kind == "truncate":
-            for frame in frames[: max(1, len(frames) // 2)]:
-                await resp.write(frame)
-            if request.transport is not None:
-                request.transport.close()
-            return resp
-        if kind == "stream_error" and fault is not None:
-            frames = [*frames[: min(fault.after, len(frames) - 1)], stream.error_frame]
-        for i, frame in enumerate(frames):
-            if i and interval > 0:
-                await self._clock.sleep(interval)
-            await resp.write(frame)
-        await resp.write_eof()
-        return resp
