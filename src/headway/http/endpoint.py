@@ -66,8 +66,10 @@ def default_policy(config: EndpointConfig, *, clock: Clock | None = None) -> Pol
 
 
 def _payload(request: Mapping[str, Any] | BaseModel | None, defaults: dict[str, Any]) -> Any:
-    if request is None:
-        body: dict[str, Any] = {}
+    if type(request) is dict:  # the common case, before the costlier isinstance checks
+        body: dict[str, Any] = dict(request)
+    elif request is None:
+        body = {}
     elif isinstance(request, BaseModel):
         body = request.model_dump(exclude_none=True)
     else:
