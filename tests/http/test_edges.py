@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -332,3 +334,31 @@ async def test_endpoint_enter_failure_closes_sdk_client(monkeypatch: pytest.Monk
     with pytest.raises(ConfigurationError):
         async with Endpoint(cfg):
             pass
+
+
+_READ_FAULTS = """
+import resource, socket
+a, b = socket.socketpair()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(200):  # what asyncio does per response: a 256 KiB recv of a small answer
+    a.send(b"x" * 100)
+    b.recv(256 * 1024)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+a.close()
+b.close()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mmap threshold")
+def test_transport_stops_socket_reads_from_faulting_pages() -> None:
+    """Until glibc raises its mmap threshold, a process maps (and faults) memory on every
+    256 KiB socket read; creating a transport raises it once."""
+
+    def faults(setup: str) -> int:
+        out = subprocess.check_output([sys.executable, "-c", setup + _READ_FAULTS])
+        return int(out)
+
+    imports = "import headway.http.transport\n"
+    faults(imports)  # compiles what is stale: compiling alone can raise the threshold
+    assert faults(imports) >= 200  # one page fault or more per read
+    assert faults(imports + "headway.http.transport.AiohttpTransport()\n") < 20
