@@ -12,22 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json as _json
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, TypeVar
 
 from pydantic import SecretStr
 
-from headway import _json as _fastjson
 from headway._resources import track as _track
 from headway._resources import untrack as _untrack
 from headway._secrets import mask_headers, redact_url
-from headway.errors import InvalidResponseError, StreamError
+from headway.http._attempt import _Attempt, _open_checked, _StreamAttempt
+from headway.http._stream_items import EventStream, StreamMode, _iterate
 from headway.http.headers import AuthType, HeaderFactory
-from headway.http.mapping import error_for_status, error_message
-from headway.http.ratelimit_headers import sync_from_headers
-from headway.http.streaming import DONE, LineDecoder, NDJSONDecoder, SSEDecoder
+from headway.http.mapping import error_for_status
 from headway.http.tokens import TokenMethod, estimate_tokens, usage_tokens
 from headway.http.transport import (
     AiohttpTransport,
@@ -43,7 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["AsyncAPIClient", "EventStream", "PolicyLike", "StreamMode"]
 
 T = TypeVar("T")
-StreamMode = Literal["bytes", "lines", "events", "json", "ndjson"]
 
 
 class PolicyLike(Protocol):
@@ -81,182 +77,6 @@ _CLOSED_MSG = (
     "{name} is closed: it cannot send requests after aclose() or leaving 'async with'; "
     "create a new client"
 )
-
-
-def _json_or_none(resp: Response) -> Any:
-    ctype = resp.headers.get("Content-Type") or ""
-    if "json" not in ctype or not resp.content:
-        return None
-    try:
-        return resp.json()
-    except InvalidResponseError:
-        return None
-
-
-class _Attempt:
-    """One request, sent once per attempt by a policy (no per-call closures)."""
-
-    __slots__ = (
-        "data",
-        "headers",
-        "json",
-        "method",
-        "params",
-        "parse",
-        "timeout",
-        "transport",
-        "url",
-    )
-
-    def __init__(
-        self,
-        transport: Transport,
-        method: str,
-        url: str,
-        headers: Mapping[str, str],
-        params: Mapping[str, Any] | None,
-        json: Any,
-        data: Any,
-        timeout: float | None,
-        parse: bool,
-    ) -> None:
-        self.transport = transport
-        self.method = method
-        self.url = url
-        self.headers = headers
-        self.params = params
-        self.json = json
-        self.data = data
-        self.timeout = timeout
-        self.parse = parse
-
-    async def __call__(self, ctx: Any) -> Response:
-        resp = await self.transport.send(
-            self.method,
-            self.url,
-            headers=self.headers,
-            params=self.params,
-            json=self.json,
-            data=self.data,
-            timeout=self.timeout,
-        )
-        limiter = ctx.limiter
-        if limiter is not None:
-            sync_from_headers(limiter, resp.headers)
-        if resp.status >= 400:
-            _refund_tokens(ctx.reservation)
-            raise error_for_status(resp.status, resp.headers, resp.content, self.method, self.url)
-        reservation = ctx.reservation
-        if self.parse:
-            body = resp.parsed()  # a garbled body fails this attempt (and is retried)
-            if reservation is not None and reservation.tokens:
-                used = usage_tokens(body)
-                if used is not None:
-                    reservation.settle(used)
-        elif reservation is not None and reservation.tokens:
-            used = usage_tokens(_json_or_none(resp))
-            if used is not None:
-                reservation.settle(used)
-        return resp
-
-
-def _refund_tokens(reservation: Any) -> None:
-    """An error answer generated no tokens: give the attempt's token estimate back."""
-    if reservation is not None and reservation.tokens:
-        reservation.settle(0)
-
-
-class _StreamAttempt:
-    __slots__ = ("call", "ctx")
-
-    def __init__(self, call: _Attempt) -> None:
-        self.call = call
-        self.ctx: Any = None
-
-    async def __call__(self, ctx: Any) -> StreamResponse:
-        self.ctx = ctx
-        ctx.keep_slot = True  # the stream holds its concurrency slot until it is closed
-        return await _open_checked(self.call, ctx.limiter, ctx.reservation)
-
-
-async def _open_checked(c: _Attempt, limiter: Any, reservation: Any) -> StreamResponse:
-    resp = await c.transport.open_stream(
-        c.method,
-        c.url,
-        headers=c.headers,
-        params=c.params,
-        json=c.json,
-        data=c.data,
-        timeout=c.timeout,
-    )
-    try:
-        if limiter is not None:
-            sync_from_headers(limiter, resp.headers)
-        if resp.status >= 400:
-            _refund_tokens(reservation)
-            content = await resp.aread()
-            raise error_for_status(resp.status, resp.headers, content, c.method, c.url)
-    except BaseException:
-        await resp.aclose()
-        raise
-    return resp
-
-
-class EventStream(AsyncIterator[T]):
-    """Items of a streamed response; an async iterator and an async context manager.
-
-    Use ``async with`` when you may stop early, so the connection is released at once::
-
-        async with client.stream("POST", "/chat", json=body) as events:
-            async for event in events:
-                ...
-    """
-
-    __slots__ = ("_agen",)
-
-    def __init__(self, agen: AsyncIterator[T]) -> None:
-        self._agen = agen
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> T:
-        return await self._agen.__anext__()
-
-    async def aclose(self) -> None:
-        """Stop the stream and release its connection (idempotent)."""
-        aclose = getattr(self._agen, "aclose", None)
-        if aclose is not None:
-            await aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-def _stream_error(payload: Any, resp: StreamResponse, default: str) -> StreamError:
-    detail = error_message(payload) or default
-    return StreamError(
-        f"error event in stream: {detail}",
-        status_code=resp.status,
-        headers=resp.headers,
-        body=payload,
-        method=resp.method,
-        url=resp.url,
-    )
-
-
-def _is_error_payload(payload: Any) -> bool:
-    if not isinstance(payload, Mapping):
-        return False
-    return bool(payload.get("error")) or payload.get("type") == "error"
 
 
 class AsyncAPIClient:
@@ -679,81 +499,3 @@ def _policy_concurrency(policy: Any) -> int | None:
         return conc
     limit = getattr(conc, "max_limit", None) or getattr(conc, "limit", None)
     return limit if isinstance(limit, int) else None
-
-
-async def _iterate(resp: StreamResponse, mode: StreamMode) -> AsyncIterator[Any]:
-    """Frame a streamed body as ``mode`` says."""
-    if mode == "bytes":
-        async for chunk in resp.aiter_bytes():
-            yield chunk
-        return
-    if mode == "lines":
-        lines = LineDecoder()
-        async for chunk in resp.aiter_bytes():
-            for line in lines.feed(chunk):
-                yield line.decode("utf-8", "replace")
-        for line in lines.flush():
-            yield line.decode("utf-8", "replace")
-        return
-    if mode == "ndjson":
-        nd = NDJSONDecoder()
-        try:
-            async for chunk in resp.aiter_bytes():
-                for doc in nd.feed(chunk):
-                    if _is_error_payload(doc):
-                        raise _stream_error(doc, resp, "error")
-                    yield doc
-            for doc in nd.flush():
-                if _is_error_payload(doc):
-                    raise _stream_error(doc, resp, "error")
-                yield doc
-        except _json.JSONDecodeError as exc:
-            raise InvalidResponseError(
-                f"a streamed line is not JSON ({exc})",
-                status_code=resp.status,
-                headers=resp.headers,
-                method=resp.method,
-                url=resp.url,
-            ) from None
-        return
-    sse = SSEDecoder()
-    as_json = mode == "json"
-    async for chunk in resp.aiter_bytes():
-        for event in sse.feed(chunk):
-            if event.data == DONE:
-                return
-            item = _event_item(event, resp, as_json)
-            if item is not None:
-                yield item
-    for event in sse.flush():
-        if event.data == DONE:
-            return
-        item = _event_item(event, resp, as_json)
-        if item is not None:
-            yield item
-
-
-def _event_item(event: Any, resp: StreamResponse, as_json: bool) -> Any:
-    if event.event == "error":
-        try:
-            payload: Any = _fastjson.loads(event.data)
-        except ValueError:
-            payload = event.data
-        raise _stream_error(payload, resp, event.data or "error")
-    if not as_json:
-        return event
-    if not event.data:
-        return None
-    try:
-        payload = _fastjson.loads(event.data)
-    except ValueError:
-        raise InvalidResponseError(
-            f"a streamed event is not JSON: {event.data[:200]!r}",
-            status_code=resp.status,
-            headers=resp.headers,
-            method=resp.method,
-            url=resp.url,
-        ) from None
-    if _is_error_payload(payload):
-        raise _stream_error(payload, resp, "error")
-    return payload
