@@ -170,7 +170,7 @@ async def test_slot_cuts_once_for_a_burst_of_overloads() -> None:
     async def call() -> None:
         async with limit.slot():
             with gauge:
-                await asyncio.sleep(1)
+                await asyncio.sleep(1)  # virtual time
                 raise rate_limited()
 
     results = await asyncio.gather(*(call() for _ in range(16)), return_exceptions=True)
@@ -193,10 +193,10 @@ async def test_slot_ignores_other_errors_and_cancellation() -> None:
 
     async def hold() -> None:
         async with limit.slot():
-            await asyncio.sleep(100)
+            await asyncio.sleep(100)  # virtual time
 
     task = asyncio.create_task(hold())
-    await asyncio.sleep(1)
+    await asyncio.sleep(1)  # virtual time
     assert limit.in_use == 1
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -57,7 +57,7 @@ async def test_execute_is_bounded() -> None:
     async def work(i: int) -> int:
         with gauge:
             assert ex.active <= 3
-            await asyncio.sleep(1 + i % 3)
+            await asyncio.sleep(1 + i % 3)  # virtual time
         return i
 
     results = await asyncio.gather(*(ex.execute(work, i) for i in range(20)))
@@ -73,7 +73,7 @@ async def test_unbounded_executor_runs_everything_at_once() -> None:
 
     async def work() -> None:
         with gauge:
-            await asyncio.sleep(1)
+            await asyncio.sleep(1)  # virtual time
 
     await asyncio.gather(*(ex.execute(work) for _ in range(50)))
     assert gauge.max == 50
