@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from headway._secrets import mask_headers
+from headway._secrets import looks_like_key, mask_headers
 from headway.errors import ConfigurationError
 from headway.http.headers import AuthType, HeaderFactory
 from headway.http.tokens import TokenMethod
@@ -64,7 +64,9 @@ class EndpointConfig(BaseModel):
         transport: the HTTP library for ``transport_type="http"``.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, hide_input_in_errors=True
+    )
 
     name: str = "endpoint"
     provider: str = "openai_compatible"
@@ -108,10 +110,13 @@ class EndpointConfig(BaseModel):
     @field_validator("api_key_env")
     @classmethod
     def _check_env_name(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        if value is not None and (
+            looks_like_key(value) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value)
+        ):
             raise ValueError(
-                "api_key_env is the NAME of an environment variable (like 'OPENAI_API_KEY'), "
-                "not a key; pass the key itself as api_key"
+                "api_key_env is the NAME of an environment variable (like 'OPENAI_API_KEY'); "
+                "the value given looks like a key, not a variable name (not shown): pass the "
+                "key itself as api_key"
             )
         return value
 
