@@ -109,6 +109,13 @@ class RedisLimiter:
         self._queue: deque[_Request] = deque()
         self._local: LocalBuckets | None = None
         self._local_outage = -1
+        #: clock time of the last admission Redis granted this worker (the fallback
+        #: refills only after it: those admissions already use the shared rate)
+        self._shared_until = -math.inf
+        self._local_share = 1.0
+        #: the wait of the last admission Redis granted: how far ahead the fleet's queue
+        #: of shared admissions ran then (other workers' run about as far)
+        self._last_wait = 0.0
 
     # -- reserving --------------------------------------------------------------------
 
@@ -239,10 +246,15 @@ class RedisLimiter:
             "",
         ]
         pending, caps = self._pending, self._caps
+        local = self._local
         for i in range(n):
             rate, cap = self._static[i]
             level_cap = caps[i]
-            args += [rate, cap, pending[i], "" if level_cap is None else level_cap]
+            adjust = pending[i]
+            if local is not None:
+                level_cap, charge = self._recovery(local, i, level_cap)
+                adjust -= charge
+            args += [rate, cap, adjust, "" if level_cap is None else level_cap]
             pending[i] = 0.0
             caps[i] = None
         cancels = self._cancels
@@ -257,6 +269,8 @@ class RedisLimiter:
             args.append(-1 if r.max_wait is None else r.max_wait * 1000.0)
             args += r.amounts
         result = await backend._eval(backend._reserve, self._keys, args)
+        if local is not None and local is self._local:
+            self._local = None  # charged: the next outage starts a fresh (empty) fallback
         backend.workers = int(result[0])
         shift = float(result[1]) / 1000.0
         server_now = float(result[2])
@@ -281,6 +295,24 @@ class RedisLimiter:
                 outcomes.append(self._rejection(r.amounts, wait, r.max_wait))
         return outcomes
 
+    def _recovery(
+        self, local: LocalBuckets, i: int, level_cap: float | None
+    ) -> tuple[float, float]:
+        """Back from an outage: the level cap and the charge for limit ``i``.
+
+        While Redis was away, its bucket refilled (or, restarted, came back full) though
+        the fleet kept admitting at its local shares. So the shared level is capped at
+        what this worker's fallback says the fleet has left (its level over its share),
+        and charged what the workers still on their fallbacks may admit until their next
+        probe. Too little is used for a moment; never too much.
+        """
+        share = self._local_share
+        estimate = local.level(i) / share if share > 0 else 0.0
+        if level_cap is not None:
+            estimate = min(estimate, level_cap)
+        others = (1.0 - share) * self.limits[i].per_second * self.backend.config.retry_interval
+        return estimate, max(0.0, others)
+
     def _reserve_local(
         self, amounts: list[float], max_wait: float | None, requests: float, tokens: float
     ) -> RedisReservation | BaseException:
@@ -290,15 +322,22 @@ class RedisLimiter:
         if mode == "allow":
             return RedisReservation(self, _ALLOW, None, 0.0, requests, tokens)
         local = self._local
+        now = self.clock.now()
         if local is None or self._local_outage != self.backend.outages:
-            share = self.backend.local_share()
+            # This worker's share of each limit, starting EMPTY: the shared bucket may have
+            # just been drained, so the fallback adds no burst, only the share's rate.
+            share = self._local_share = self.backend.local_share()
             local = LocalBuckets(
                 [(x.per_second * share, max(1.0, x.capacity * share)) for x in self.limits],
                 clock=self.clock,
             )
+            # Nothing refills before the fleet's queue of shared admissions has run out:
+            # ours (shared_until) and, about as long, the other workers'.
+            start = max(now + self._last_wait, self._shared_until)
+            for bucket in local.buckets:
+                bucket.level, bucket.start = 0.0, start
             self._local = local
             self._local_outage = self.backend.outages
-        now = self.clock.now()
         caps = self._caps
         level_caps = None
         if any(c is not None for c in caps):
@@ -322,9 +361,14 @@ class RedisLimiter:
         tokens: float,
         at: float,
     ) -> RedisReservation:
-        floor = self._pause_until - self.clock.now()
+        now = self.clock.now()
+        floor = self._pause_until - now
         if floor > wait:
             wait = floor
+        if source == _SHARED:
+            self._last_wait = wait
+            if now + wait > self._shared_until:
+                self._shared_until = now + wait
         if wait > 0 and enabled():
             emit(LIMITER_WAIT, source=self.name, requests=requests, tokens=tokens, wait=wait)
         return RedisReservation(self, source, state, wait, requests, tokens, at)
