@@ -342,6 +342,13 @@ def poison_server_main(port: int, seed: int) -> None:
         asyncio.run(main())
 
 
+def count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
+
+
 def write_poison_input(path: Path, n: int) -> None:
     write_input(path, n)
     with open(path, "a") as f:
@@ -403,7 +410,7 @@ def bench_poison(n: int = 5_000, kills: int = 3, max_outage: float = 20.0) -> di
                 "exit_code": proc.returncode,
                 "wall_s": round(time.perf_counter() - t0, 1),
                 "bound_s": max_outage + 60,
-                "lines_written": sum(1 for _ in open(out)) if out.exists() else 0,
+                "lines_written": count_lines(out),
                 "said": proc.stderr.strip().splitlines()[0] if proc.stderr.strip() else "",
             }
         )
@@ -418,7 +425,7 @@ def bench_poison(n: int = 5_000, kills: int = 3, max_outage: float = 20.0) -> di
                 time.sleep(2.5 + 0.5 * k)
                 p.kill()
                 p.wait()
-                written = sum(1 for _ in open(out)) if out.exists() else 0
+                written = count_lines(out)
                 runs.append(
                     {
                         "phase": f"kill {k + 1}",

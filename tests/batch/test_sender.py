@@ -17,7 +17,7 @@ from headway.batch.sender import (
 )
 from headway.errors import CircuitBreakerOpenError, ConfigurationError, ServerError
 from headway.testing import VirtualClock
-from headway.testing.fake_api import Fault, FakeAPI
+from headway.testing.fake_api import FakeAPI, Fault
 
 CHAT = "/v1/chat/completions"
 
@@ -203,7 +203,8 @@ async def test_a_200_with_invalid_json_is_retried() -> None:
         async with open_sender(SenderSettings(target=target, max_attempts=3)) as send:
             resp = await send(chat("a"))
         assert len(api.requests) == 3
-    assert resp.status_code == 200 and resp.body["object"] == "chat.completion"
+    assert resp.status_code == 200
+    assert resp.body["object"] == "chat.completion"
 
 
 @pytest.mark.virtual_time
@@ -275,7 +276,8 @@ def test_a_key_given_to_endpoint_config_is_not_echoed() -> None:
     with pytest.raises(ValidationError) as info:
         EndpointConfig(base_url="http://x", api_key_env=key)
     assert "looks like a key, not a variable name" in str(info.value)
-    assert key not in str(info.value) and key not in repr(info.value)
+    assert key not in str(info.value)
+    assert key not in repr(info.value)
     config = EndpointConfig(base_url="http://x", api_key_env="GOOD_NAME")
     with pytest.raises(ValidationError) as info:
         config.api_key_env = key

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from headway.cli import cli
 from headway.http.client import AsyncAPIClient
-from headway.testing.fake_api import Fault, FakeAPI
+from headway.testing.fake_api import FakeAPI, Fault
 
 from .conftest import ThreadedFakeAPI, write_chat_input
 

@@ -27,6 +27,7 @@ custom_id in the output exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -439,10 +440,8 @@ def _write_all(fd: int, data: bytes) -> None:
             view = view[n:]
     except OSError:
         if written:  # a partial line (disk full): take it back so the file stays whole
-            try:
+            with contextlib.suppress(OSError):  # else the next open cuts the torn line
                 os.ftruncate(fd, os.fstat(fd).st_size - written)
-            except OSError:  # pragma: no cover - the next open cuts the torn line
-                pass
         raise
 
 

@@ -71,7 +71,9 @@ class Verdict:
     exit_code: int
 
 
-_REFUSED = re.compile(r"Cannot connect to host (\S+?)(?::(?:443|80))? ssl:\S+ \[Connect call failed")
+_REFUSED = re.compile(
+    r"Cannot connect to host (\S+?)(?::(?:443|80))? ssl:\S+ \[Connect call failed"
+)
 _HOST = re.compile(r"Cannot connect to host (\S+?)(?::(?:443|80))? ssl:\S+ \[(.*?)\]")
 
 
@@ -243,8 +245,8 @@ class RunJudge:
             return []
         out: list[Result] = []
         for kind in ("outage", "auth", "not_found"):
-            out.extend(h.result for h in self._streaks[kind].held)  # type: ignore[index]
-            self._streaks[kind] = _Streak()  # type: ignore[index]
+            out.extend(h.result for h in self._streaks[kind].held)
+            self._streaks[kind] = _Streak()
         return out
 
     async def gate(self) -> Literal["send", "probe", "stop"]:
@@ -377,7 +379,7 @@ class RunJudge:
             return
         self.verdict = verdict
         for kind in ("outage", "auth", "not_found"):
-            self._streaks[kind] = _Streak()  # type: ignore[index]
+            self._streaks[kind] = _Streak()
         self.resend.clear()
         self.notify(verdict.message)
         self._signal()

@@ -279,7 +279,9 @@ class _AnswersMixin:
             assert fault is not None
             message = fault.message or "upstream provider failed"
             error = {"error": {"message": message, "type": "server_error", "code": 502}}
-            return web.Response(status=200, body=_json_bytes(error), content_type="application/json")
+            return web.Response(
+                status=200, body=_json_bytes(error), content_type="application/json"
+            )
         if kind == "echo_key":
             sent = (
                 request.headers.get("Authorization")
