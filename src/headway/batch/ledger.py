@@ -19,7 +19,7 @@ custom_id in the output exactly once.
 >>> import tempfile, pathlib
 >>> out = pathlib.Path(tempfile.mkdtemp()) / "out.jsonl"
 >>> with Ledger(out) as ledger:
-...     ledger.write(Result.success("a", 200, {"ok": True}))
+...     _ = ledger.write(Result.success("a", 200, {"ok": True}))
 >>> with Ledger(out) as ledger:
 ...     ledger.skip
 {'a'}
