@@ -189,17 +189,6 @@ class LocalBuckets:
         """Give back a cancelled reservation admitted at ``at``, where it is last in line."""
         reserve(self.buckets, self.clock.now(), [0.0] * len(self.buckets), cancels=[(at, amounts)])
 
-    def depletion(self, i: int) -> float:
-        """How far limit ``i`` is below full now: what it admitted recently, debt included.
-
-        >>> from headway import ManualClock
-        >>> local = LocalBuckets([(10.0, 5.0)], clock=ManualClock())
-        >>> _ = local.reserve([3.0])
-        >>> local.depletion(0)
-        3.0
-        """
-        return max(0.0, self.buckets[i].capacity - self.level(i))
-
     def level(self, i: int) -> float:
         """The level of limit ``i`` now (may be negative: debt)."""
         b = self.buckets[i]

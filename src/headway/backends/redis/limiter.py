@@ -113,6 +113,8 @@ class RedisLimiter:
         #: refills only after it: those admissions already use the shared rate)
         self._shared_until = -math.inf
         self._local_share = 1.0
+        self._capped = -1  # the outage whose recovery capped the shared level
+        self._recovering_until = -math.inf
         #: the wait of the last admission Redis granted: how far ahead the fleet's queue
         #: of shared admissions ran then (other workers' run about as far)
         self._last_wait = 0.0
@@ -247,14 +249,14 @@ class RedisLimiter:
         ]
         pending, caps = self._pending, self._caps
         local = self._local
+        if local is not None and self._capped == self._local_outage:
+            local = None  # this outage's recovery is done
         for i in range(n):
             rate, cap = self._static[i]
             level_cap = caps[i]
-            adjust = pending[i]
             if local is not None:
-                level_cap, charge = self._recovery(local, i, level_cap)
-                adjust -= charge
-            args += [rate, cap, adjust, "" if level_cap is None else level_cap]
+                level_cap = self._recovery_cap(local, i, level_cap)
+            args += [rate, cap, pending[i], "" if level_cap is None else level_cap]
             pending[i] = 0.0
             caps[i] = None
         cancels = self._cancels
@@ -269,8 +271,12 @@ class RedisLimiter:
             args.append(-1 if r.max_wait is None else r.max_wait * 1000.0)
             args += r.amounts
         result = await backend._eval(backend._reserve, self._keys, args)
-        if local is not None and local is self._local:
-            self._local = None  # charged: the next outage starts a fresh (empty) fallback
+        if local is not None:
+            # Back: the level is capped. Other workers may still be on their fallbacks
+            # until their next probe, so for one probe interval this worker keeps to its
+            # share too (it reserves from both).
+            self._capped = self._local_outage
+            self._recovering_until = self.clock.now() + backend.config.retry_interval
         backend.workers = int(result[0])
         shift = float(result[1]) / 1000.0
         server_now = float(result[2])
@@ -283,10 +289,16 @@ class RedisLimiter:
         if pause_ms:
             self._own_shift = 0.0
         self._seen_shift = shift
+        recovering = self.clock.now() < self._recovering_until
         outcomes: list[Any] = []
         for j, r in enumerate(batch):
             wait_ms = float(result[4 + 2 * j])
             wait = wait_ms / 1000.0
+            if int(result[3 + 2 * j]) and self._local is not None and recovering:
+                _, local_wait = self._local.reserve(r.amounts)
+                if local_wait > wait:
+                    wait = local_wait
+                    wait_ms = wait * 1000.0
             if int(result[3 + 2 * j]):
                 outcomes.append(
                     self._admitted(_SHARED, None, wait, r.requests, r.tokens, server_now + wait_ms)
@@ -295,23 +307,17 @@ class RedisLimiter:
                 outcomes.append(self._rejection(r.amounts, wait, r.max_wait))
         return outcomes
 
-    def _recovery(
-        self, local: LocalBuckets, i: int, level_cap: float | None
-    ) -> tuple[float, float]:
-        """Back from an outage: the level cap and the charge for limit ``i``.
+    def _recovery_cap(self, local: LocalBuckets, i: int, level_cap: float | None) -> float:
+        """Back from an outage: the level to cap limit ``i``'s shared bucket at.
 
-        While Redis was away, its bucket refilled (or, restarted, came back full) though
-        the fleet kept admitting at its local shares. So the shared level is capped at
-        what this worker's fallback says the fleet has left (its level over its share),
-        and charged what the workers still on their fallbacks may admit until their next
-        probe. Too little is used for a moment; never too much.
+        While Redis was away its bucket refilled (or, restarted, came back full) though
+        the fleet kept admitting at its local shares. This worker's fallback tells what the
+        fleet has left: its level over its share (negative while the queue of admissions
+        runs on). Too little is used for a moment; never too much.
         """
         share = self._local_share
         estimate = local.level(i) / share if share > 0 else 0.0
-        if level_cap is not None:
-            estimate = min(estimate, level_cap)
-        others = (1.0 - share) * self.limits[i].per_second * self.backend.config.retry_interval
-        return estimate, max(0.0, others)
+        return estimate if level_cap is None else min(estimate, level_cap)
 
     def _reserve_local(
         self, amounts: list[float], max_wait: float | None, requests: float, tokens: float
