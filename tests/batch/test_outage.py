@@ -68,8 +68,10 @@ async def test_dead_server_stops_after_max_outage_leaving_every_line_unsent(
     assert runner.verdict.exit_code == EXIT_OUTAGE
     assert records(out) == []  # no failure line per request: every line is left for the resume
     assert stats.failed == 0
-    assert "provider unreachable: connection refused to 127.0.0.1:1" in messages[0]
-    assert "next probe in 2 s" in messages[0]
+    # the cause at the first retry, then the outage with its next probe
+    assert messages[0] == "first requests failing: connection refused to 127.0.0.1:1; retrying"
+    assert "provider unreachable: connection refused to 127.0.0.1:1" in messages[1]
+    assert "next probe in 2 s" in messages[1]
     assert any(m.startswith("still unreachable") for m in messages)  # probes keep testing
     assert "stayed unreachable for 1 min" in messages[-1]
     assert virtual_clock.elapsed - t0 < 60 + 30  # not 600 s on an open breaker

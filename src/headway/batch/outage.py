@@ -59,6 +59,8 @@ EXIT_DISK_FULL = 5
 
 _OUTAGE_CODES = frozenset({"connection_error", "timeout", "server_error", "circuit_open"})
 
+_OUTAGE_ERRORS = ("ConnectionError", "TimeoutError", "ServerError", "CircuitBreakerOpenError")
+
 Kind = Literal["outage", "auth", "not_found"]
 
 
@@ -169,6 +171,7 @@ class RunJudge:
         self.outages = 0
         self._streaks: dict[Kind, _Streak] = {k: _Streak() for k in ("outage", "auth", "not_found")}
         self._answered = False  # any answer other than a 404 so far
+        self._told = False  # the first retry's cause was shown
         self._in_outage = False
         self._since = 0.0
         self._interval = first_probe
@@ -238,6 +241,19 @@ class RunJudge:
         if streak.count >= self.rejected_after:
             self._reject(kind, result)
         return released
+
+    def retrying(self, reason: str) -> None:
+        """A request is being retried for ``reason``: before any answer, say so once.
+
+        So the cause is on screen within seconds, while the retries are still running.
+        """
+        if self._answered or self._told or self._in_outage or self.verdict is not None:
+            return
+        kind, _, text = reason.partition(": ")
+        if not kind.endswith(_OUTAGE_ERRORS):
+            return  # a 429 or a garbled body: not a sign of an outage
+        self._told = True
+        self.notify(f"first requests failing: {describe_failure(text or reason)}; retrying")
 
     def held(self) -> list[Result]:
         """Results still held at the end of a run without a verdict: write them."""

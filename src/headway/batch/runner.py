@@ -103,6 +103,7 @@ class _Job:
     stats: BatchStats
     retries: int = 0
     reason: str | None = None
+    judge: RunJudge | None = None
 
 
 _CURRENT: ContextVar[_Job | None] = ContextVar("headway_batch_job", default=None)
@@ -128,6 +129,8 @@ def note_retry(
         reason = f"{type(exc).__name__}: {exc}"
     if reason:
         job.reason = reason
+        if job.judge is not None:
+            job.judge.retrying(reason)
     stats = job.stats
     if job.retries == 0:
         stats.retrying += 1
@@ -457,7 +460,7 @@ class BatchRunner:
                 if gate == "stop":
                     return  # the run is over: this request is left for the resume
                 probe = gate == "probe"
-            job = _Job(stats)
+            job = _Job(stats, judge=judge)
             token = _CURRENT.set(job)
             stats.in_flight += 1
             t0 = clock.now()
