@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import os
@@ -444,3 +445,27 @@ def test_ledger_masks_known_secrets(tmp_path: Path) -> None:
     assert key not in text
     assert text.count("***") == 2
     assert '"short":"short"' in text  # values under 8 characters are not masked
+
+
+@pytest.mark.virtual_time
+async def test_ctrl_c_during_an_outage_ends_the_run_at_once(
+    tmp_path: Path, virtual_clock: VirtualClock
+) -> None:
+    inp = write_input(tmp_path / "in.jsonl", 10)
+    out = tmp_path / "out.jsonl"
+
+    async def sender(request: BatchRequest) -> Response:
+        raise APIConnectionError("refused")
+
+    judge = RunJudge(max_outage=3600)
+    runner = BatchRunner(sender, inp, out, concurrency=2, judge=judge, grace=600)
+    task = asyncio.ensure_future(runner.run())
+    while not judge.in_outage:
+        await asyncio.sleep(0.5)
+    t0 = virtual_clock.elapsed
+    runner.stop()
+    stats = await task
+    assert virtual_clock.elapsed - t0 < 60  # not the grace period, not the outage limit
+    assert stats.interrupted
+    assert runner.verdict is None
+    assert records(out) == []

@@ -172,6 +172,7 @@ class RunJudge:
         self._streaks: dict[Kind, _Streak] = {k: _Streak() for k in ("outage", "auth", "not_found")}
         self._answered = False  # any answer other than a 404 so far
         self._told = False  # the first retry's cause was shown
+        self._stopped = False
         self._in_outage = False
         self._since = 0.0
         self._interval = first_probe
@@ -273,7 +274,7 @@ class RunJudge:
         outcome. A probe calls :meth:`probe_done` when its send is over.
         """
         while True:
-            if self.verdict is not None:
+            if self.verdict is not None or self._stopped:
                 return "stop"
             if not self._in_outage:
                 return "send"
@@ -290,6 +291,11 @@ class RunJudge:
                     pass
             else:
                 await changed.wait()
+
+    def stop(self) -> None:
+        """The run is stopping (Ctrl-C): callers waiting in :meth:`gate` leave at once."""
+        self._stopped = True
+        self._signal()
 
     def probe_done(self) -> None:
         """The probe's send finished (whatever its outcome); let the next one go later."""

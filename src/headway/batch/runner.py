@@ -248,6 +248,8 @@ class BatchRunner:
             return
         self._stopping = True
         self.stats.interrupted = True
+        if self.judge is not None:
+            self.judge.stop()  # requests waiting out an outage are left for the resume
         if self._reader is not None:
             self._reader.cancel()
             self._grace_task = asyncio.get_running_loop().create_task(self._grace_timer())
