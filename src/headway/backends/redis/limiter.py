@@ -273,10 +273,13 @@ class RedisLimiter:
         result = await backend._eval(backend._reserve, self._keys, args)
         if local is not None:
             # Back: the level is capped. Other workers may still be on their fallbacks
-            # until their next probe, so for one probe interval this worker keeps to its
-            # share too (it reserves from both).
+            # until their next probe, and their queued local admissions run on, so until
+            # this worker's own local queue has run out plus one probe interval it keeps
+            # to its share too (it reserves from both).
             self._capped = self._local_outage
-            self._recovering_until = self.clock.now() + backend.config.retry_interval
+            self._recovering_until = (
+                self.clock.now() + backend.config.retry_interval + self._local_horizon(local)
+            )
         backend.workers = int(result[0])
         shift = float(result[1]) / 1000.0
         server_now = float(result[2])
@@ -306,6 +309,15 @@ class RedisLimiter:
             else:
                 outcomes.append(self._rejection(r.amounts, wait, r.max_wait))
         return outcomes
+
+    def _local_horizon(self, local: LocalBuckets) -> float:
+        """Seconds until the fallback's queue of admissions has run out (its debt)."""
+        horizon = 0.0
+        for i, bucket in enumerate(local.buckets):
+            level = local.level(i)
+            if level < 0 and bucket.rate > 0:
+                horizon = max(horizon, -level / bucket.rate)
+        return horizon
 
     def _recovery_cap(self, local: LocalBuckets, i: int, level_cap: float | None) -> float:
         """Back from an outage: the level to cap limit ``i``'s shared bucket at.
