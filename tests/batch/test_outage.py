@@ -469,3 +469,20 @@ async def test_ctrl_c_during_an_outage_ends_the_run_at_once(
     assert stats.interrupted
     assert runner.verdict is None
     assert records(out) == []
+
+
+@pytest.mark.virtual_time
+async def test_a_404_before_the_first_answer_is_written_once_one_comes(tmp_path: Path) -> None:
+    inp = write_input(tmp_path / "in.jsonl", 5)
+    out = tmp_path / "out.jsonl"
+
+    async def sender(request: BatchRequest) -> Response:
+        if request.custom_id == "r0":
+            return Response(404, {"error": {"message": "no such model", "code": "not_found"}})
+        return Response(200, {"ok": True})
+
+    judge = RunJudge()
+    stats = await BatchRunner(sender, inp, out, concurrency=1, judge=judge).run()
+    assert judge.verdict is None
+    assert (stats.succeeded, stats.failed) == (4, 1)
+    assert [r["custom_id"] for r in records(out)][:2] == ["r1", "r0"]  # released at r1

@@ -217,7 +217,12 @@ class RunJudge:
             self._end_outage()
         if kind is None:
             self._answered = True
-            return [result, *self._release("auth"), *self._release("outage")]
+            return [
+                result,
+                *self._release("auth"),
+                *self._release("outage"),
+                *self._release("not_found"),
+            ]
         if kind == "outage":
             if result.code == "circuit_open" and hint:
                 self._cause = describe_failure(hint.partition(": ")[2] or hint)
@@ -385,7 +390,7 @@ class RunJudge:
             where = f"the key in {self.key_env}" if self.key_env else "the request's credentials"
             message = (
                 f"stopped: the server rejects {where}: {what}; "
-                f"{self._streaks[kind].count} requests in a row, none succeeded. "
+                f"{self._streaks[kind].count} requests in a row. "
                 "Check the key (--api-key-env names the variable), then run the same command "
                 "again: the unsent requests are left for it"
             )
