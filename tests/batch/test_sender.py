@@ -278,6 +278,7 @@ def test_a_key_given_to_endpoint_config_is_not_echoed() -> None:
     assert "looks like a key, not a variable name" in str(info.value)
     assert key not in str(info.value)
     assert key not in repr(info.value)
+    assert key not in repr(info.value.errors())
     config = EndpointConfig(base_url="http://x", api_key_env="GOOD_NAME")
     with pytest.raises(ValidationError) as info:
         config.api_key_env = key

@@ -107,6 +107,16 @@ class EndpointConfig(BaseModel):
     def _strip_endpoint(cls, value: str) -> str:
         return value.strip().lstrip("/")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _hide_key_given_as_env_name(cls, data: Any) -> Any:
+        # A key passed as api_key_env must not travel on as the error's input value.
+        if isinstance(data, dict):
+            value = data.get("api_key_env")
+            if isinstance(value, str) and looks_like_key(value):
+                return {**data, "api_key_env": "<a key, not shown>"}
+        return data
+
     @field_validator("api_key_env")
     @classmethod
     def _check_env_name(cls, value: str | None) -> str | None:
