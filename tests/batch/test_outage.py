@@ -486,3 +486,55 @@ async def test_a_404_before_the_first_answer_is_written_once_one_comes(tmp_path:
     assert judge.verdict is None
     assert (stats.succeeded, stats.failed) == (4, 1)
     assert [r["custom_id"] for r in records(out)][:2] == ["r1", "r0"]  # released at r1
+
+
+OUTCOMES = st.sampled_from(["ok", "ok", "ok", "refused", "503", "401", "404", "400"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 30),
+    pattern=st.lists(OUTCOMES, min_size=1, max_size=40),
+    concurrency=st.integers(1, 5),
+)
+def test_any_failure_pattern_then_a_resume_is_exactly_once(
+    tmp_path_factory: pytest.TempPathFactory, n: int, pattern: list[str], concurrency: int
+) -> None:
+    """Whatever the server does (outages, rejections, odd lines), nothing is written
+    twice, a run without a verdict writes every line, and a resume finishes the job."""
+    d = tmp_path_factory.mktemp("judge")
+    inp = write_input(d / "in.jsonl", n)
+    out = d / "out.jsonl"
+
+    async def first_run() -> RunJudge:
+        calls = 0
+
+        async def sender(request: BatchRequest) -> Response:
+            nonlocal calls
+            outcome = pattern[calls % len(pattern)]
+            calls += 1
+            await asyncio.sleep(0.1)
+            if outcome == "refused":
+                raise APIConnectionError("Connect call failed")
+            if outcome == "401":
+                raise AuthenticationError("401 Unauthorized", status_code=401)
+            if outcome != "ok":
+                return Response(int(outcome), {"error": {"message": outcome}})
+            return Response(200, {"ok": True})
+
+        judge = RunJudge(max_outage=30)
+        await BatchRunner(sender, inp, out, concurrency=concurrency, judge=judge).run()
+        return judge
+
+    async def main() -> RunJudge:
+        with VirtualClock():
+            judge = await first_run()
+            first = ids(out)
+            assert all(v == 1 for v in first.values())
+            if judge.verdict is None:
+                assert set(first) == {f"r{i}" for i in range(n)}
+            await BatchRunner(echo, inp, out, concurrency=concurrency).run()
+            return judge
+
+    asyncio.run(main())
+    assert ids(out) == Counter({f"r{i}": 1 for i in range(n)})
