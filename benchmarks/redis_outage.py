@@ -109,9 +109,8 @@ async def fleet(
 
     async def task(lim: Any) -> None:
         while time.monotonic() < stop_at:
-            asked = time.monotonic()
             res = await lim.reserve()
-            due = asked + res.delay
+            due = time.monotonic() + res.delay
             await res.wait()
             now = time.monotonic()
             if now < stop_at:

@@ -15,6 +15,7 @@ import pytest
 
 from headway import BackendUnavailableError
 from headway.backends import BACKEND_RECOVERED, BACKEND_UNAVAILABLE, RedisBackend
+from headway.errors import RateLimitExceededError
 from headway.events import Event, add_listener, remove_listener
 
 if TYPE_CHECKING:
@@ -201,7 +202,12 @@ async def test_a_fallback_starts_after_the_shared_queue_and_recovery_caps_the_le
         # the level was capped at what the fallback said was left: no burst of 10 after
         # the restart; and for one probe interval this worker keeps to its local share
         assert back.delay > 0.0
-        more = [await lim.reserve() for _ in range(3)]
-        assert all(r.shared for r in more)
-        gaps = [b.delay - a.delay for a, b in itertools.pairwise([back, *more])]
+        due = []
+        for _ in range(3):
+            res = await lim.reserve()
+            assert res.shared
+            due.append(time.monotonic() + res.delay)
+        gaps = [b - a for a, b in itertools.pairwise(due)]
         assert min(gaps) >= 1 / 10 - 0.02
+        with pytest.raises(RateLimitExceededError):  # no turn now: nothing is reserved
+            await lim.reserve(max_wait=0.0)

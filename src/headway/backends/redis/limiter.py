@@ -155,6 +155,18 @@ class RedisLimiter:
             and (backend._probing or self.clock.now() < backend._retry_at)
         ):  # an outage: no round trip, unless a probe is due
             return _outcome(self._reserve_local(amounts, max_wait, requests, tokens))
+        if self._local is not None and self.clock.now() < self._recovering_until:
+            # Just back from an outage: other workers may still be on their fallbacks, so
+            # this one keeps to its share too. It waits its local turn first and only
+            # then reserves from Redis, so the shared bucket sees the admission when it
+            # happens (reserving both at once would bank shared tokens for a burst).
+            ok, wait = self._local.reserve(amounts, max_wait=max_wait)
+            if not ok:
+                raise self._rejection(amounts, wait, max_wait)
+            if wait > 0:
+                await self.clock.sleep(wait)
+                if max_wait is not None:
+                    max_wait = max(0.0, max_wait - wait)
         req = _Request(amounts, max_wait, requests, tokens)
         if self._busy:
             fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -275,7 +287,7 @@ class RedisLimiter:
             # Back: the level is capped. Other workers may still be on their fallbacks
             # until their next probe, and their queued local admissions run on, so until
             # this worker's own local queue has run out plus one probe interval it keeps
-            # to its share too (it reserves from both).
+            # to its share too (see reserve).
             self._capped = self._local_outage
             self._recovering_until = (
                 self.clock.now() + backend.config.retry_interval + self._local_horizon(local)
@@ -292,16 +304,10 @@ class RedisLimiter:
         if pause_ms:
             self._own_shift = 0.0
         self._seen_shift = shift
-        recovering = self.clock.now() < self._recovering_until
         outcomes: list[Any] = []
         for j, r in enumerate(batch):
             wait_ms = float(result[4 + 2 * j])
             wait = wait_ms / 1000.0
-            if int(result[3 + 2 * j]) and self._local is not None and recovering:
-                _, local_wait = self._local.reserve(r.amounts)
-                if local_wait > wait:
-                    wait = local_wait
-                    wait_ms = wait * 1000.0
             if int(result[3 + 2 * j]):
                 outcomes.append(
                     self._admitted(_SHARED, None, wait, r.requests, r.tokens, server_now + wait_ms)
