@@ -8,7 +8,7 @@ reserving as fast as the shared limit admits, and records every admission time. 
 Redis is killed (SIGKILL), at 4 s restarted (empty), at 7 s frozen (SIGSTOP), at 9 s
 thawed (SIGCONT). Reports the most admissions in any 1 s window (sliding, after the first
 second's burst), as a ratio of the shared limit; the bar is 1.1x. Admissions are counted
-at the time the limiter scheduled them (the time of the call plus the wait it was given);
+at the time the limiter scheduled them (when ``reserve`` returned plus the wait it gave);
 ``peak_ratio_by_wake_time`` counts them when the waiting task woke up instead, which on
 a loaded machine adds the event loop's lateness (a late wake-up bunches admissions).
 """
