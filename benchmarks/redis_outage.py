@@ -92,10 +92,17 @@ def max_window(times: list[float], start: float, width: float = 1.0) -> tuple[in
 
 
 async def fleet(
-    url: str, redis: Redis, workers: int, rate: float, seconds: float
+    url: str,
+    redis: Redis,
+    workers: int,
+    rate: float,
+    seconds: float,
+    timeout: float = 0.1,
+    retry_interval: float = 0.2,
 ) -> dict[str, Any]:
     backends = [
-        RedisBackend(url, prefix="bench:", timeout=0.1, retry_interval=0.2) for _ in range(workers)
+        RedisBackend(url, prefix="bench:", timeout=timeout, retry_interval=retry_interval)
+        for _ in range(workers)
     ]
     for b in backends:
         await b.ping()
@@ -153,6 +160,8 @@ async def fleet(
         "workers": workers,
         "rate": rate,
         "seconds": seconds,
+        "timeout": timeout,
+        "retry_interval": retry_interval,
         "admitted": len(admitted),
         "events": log,
         "peak_1s": peak,
@@ -170,11 +179,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--seconds", type=float, default=14.0)
+    parser.add_argument("--timeout", type=float, default=0.1, help="RedisBackend timeout")
+    parser.add_argument("--retry-interval", type=float, default=0.2, help="probe interval")
     args = parser.parse_args()
     redis = Redis()
     redis.start()
     try:
-        result = asyncio.run(fleet(redis.url, redis, args.workers, args.rate, args.seconds))
+        result = asyncio.run(
+            fleet(
+                redis.url,
+                redis,
+                args.workers,
+                args.rate,
+                args.seconds,
+                args.timeout,
+                args.retry_interval,
+            )
+        )
     finally:
         redis.stop()
     print(json.dumps(result, indent=2))
