@@ -9,7 +9,7 @@ import pytest
 from headway import (
     ConfigurationError,
     ManualClock,
-    RateLimitExceededError,
+    MaxWaitExceededError,
     RequestTooLargeError,
     events,
 )
@@ -103,7 +103,7 @@ def test_max_wait_rejects_all_or_nothing(clock: ManualClock) -> None:
         multi = MultiLimiter.for_llm(rpm=60, tpm=600, clock=clock, max_wait=5.0, name="llm")
         multi.reserve_nowait(1, 600)
         before = levels(multi)
-        with pytest.raises(RateLimitExceededError) as info:
+        with pytest.raises(MaxWaitExceededError) as info:
             multi.reserve_nowait(1, 100)  # tokens would wait 10 s
         assert info.value.retry_after == pytest.approx(10.0)
         assert levels(multi) == before
