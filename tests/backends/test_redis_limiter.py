@@ -18,11 +18,11 @@ import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from headway import MaxWaitExceededError, RequestTooLargeError
+from headway import MaxWaitExceededError
 from headway.backends import Limit, RedisBackend, RedisLimiter, limits_of
 from headway.backends._model import Bucket, reserve_batch
 from headway.backends._scripts import RESERVE
-from headway.errors import ConfigurationError
+from headway.errors import ConfigurationError, RequestTooLargeError
 from headway.limits import Limiter, MultiLimiter, Reservation, TokenBucketRateLimiter
 
 pytestmark = pytest.mark.integration

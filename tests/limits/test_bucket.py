@@ -10,13 +10,8 @@ from unittest.mock import AsyncMock
 
 import pytest
 
-from headway import (
-    ConfigurationError,
-    ManualClock,
-    MaxWaitExceededError,
-    RequestTooLargeError,
-    events,
-)
+from headway import ConfigurationError, ManualClock, MaxWaitExceededError, events
+from headway.errors import RequestTooLargeError
 from headway.events import Event
 from headway.limits import Limiter, TokenBucketRateLimiter
 from headway.testing import VirtualClock

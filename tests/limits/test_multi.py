@@ -6,13 +6,8 @@ import asyncio
 
 import pytest
 
-from headway import (
-    ConfigurationError,
-    ManualClock,
-    MaxWaitExceededError,
-    RequestTooLargeError,
-    events,
-)
+from headway import ConfigurationError, ManualClock, MaxWaitExceededError, events
+from headway.errors import RequestTooLargeError
 from headway.events import Event
 from headway.limits import Limiter, MultiLimiter, Reservation, TokenBucketRateLimiter
 

@@ -10,7 +10,6 @@ import pytest
 from headway import (
     APIConnectionError,
     APITimeoutError,
-    AuthenticationError,
     CircuitBreakerOpenError,
     ConfigurationError,
     Event,
@@ -19,6 +18,7 @@ from headway import (
     ServerError,
 )
 from headway.concurrency import AdaptiveConcurrency, ConcurrencyLimit
+from headway.errors import AuthenticationError
 from headway.events import RETRY_BUDGET_EXHAUSTED, RETRY_GAVE_UP, RETRY_SCHEDULED, TIMEOUT
 from headway.limits import MultiLimiter, TokenBucketRateLimiter
 from headway.resilience import AttemptContext, CircuitBreaker, CircuitState, Policy
