@@ -138,6 +138,7 @@ class TokenBucketRateLimiter:
     """
 
     __slots__ = (
+        "__dict__",  # instances stay mockable: patch.object(obj, "method", ...)
         "_charge",
         "_clock",
         "_holes",
@@ -248,8 +249,7 @@ class TokenBucketRateLimiter:
         Settable: ``limiter.tokens = 0`` empties the bucket (a value above
         ``max_tokens`` is clamped to it).
         """
-        level = self._level + (self._now() - self._last) * self._rps
-        return level if level < self.max_tokens else self.max_tokens
+        return self._refill(self._now())
 
     @tokens.setter
     def tokens(self, value: float) -> None:

@@ -42,7 +42,7 @@ class KeyedLimiter(Generic[L]):
             so keep ``max_keys`` above the number of keys active within one period.
     """
 
-    __slots__ = ("_factory", "_items", "max_keys")
+    __slots__ = ("__dict__", "_factory", "_items", "max_keys")  # "__dict__": mockable
 
     def __init__(self, factory: Callable[[str], L], *, max_keys: int = 10_000) -> None:
         if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:

@@ -59,7 +59,8 @@ class MultiLimiter:
         limiters: the limits, in the order given.
     """
 
-    __slots__ = ("_clock", "_specs", "_units", "limiters", "max_wait", "name")
+    # "__dict__": instances stay mockable (patch.object(limiter, "reserve", ...)).
+    __slots__ = ("__dict__", "_clock", "_specs", "_units", "limiters", "max_wait", "name")
 
     def __init__(
         self,

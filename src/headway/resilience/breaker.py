@@ -345,6 +345,7 @@ class CircuitBreaker:
     """
 
     __slots__ = (
+        "__dict__",  # instances stay mockable: patch.object(obj, "method", ...)
         "_clock",
         "_lean",
         "_listeners",

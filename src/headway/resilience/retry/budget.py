@@ -36,6 +36,7 @@ class RetryBudget:
     """
 
     __slots__ = (
+        "__dict__",  # instances stay mockable: patch.object(obj, "method", ...)
         "_clock",
         "_epoch",
         "_floor",

@@ -7,7 +7,6 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from headway import events as _events
 from headway._clock import resolve_clock
 from headway.errors import (
     APIClientError,
@@ -201,7 +200,7 @@ class RetryEngine:
                 )
             return None
         listeners = listeners or self.listeners
-        if listeners or _events._listeners or _events.logger.isEnabledFor(logging.INFO):
+        if enabled(logging.INFO, listeners):
             emit(
                 RETRY_SCHEDULED,
                 source=source or self.name,
@@ -242,7 +241,7 @@ class RetryEngine:
             _emit_gave_up(exc, waits, why, source or self.name, listeners or self.listeners)
             return None
         listeners = listeners or self.listeners
-        if listeners or _events._listeners or _events.logger.isEnabledFor(logging.INFO):
+        if enabled(logging.INFO, listeners):
             emit(
                 RETRY_SCHEDULED,
                 source=source or self.name,
