@@ -535,8 +535,9 @@ class Policy:
                         await pool.acquire()
                     held = True
                 elif slots is not None:
-                    slot = slots.slot()
-                    await slot.__aenter__()
+                    taking = slots.slot()
+                    await taking.__aenter__()
+                    slot = taking  # held only once taken
                 if limiter is not None:
                     reservation = limiter.reserve_nowait(requests, tokens)
                     if reservation is None:
