@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from headway._clock import Clock, resolve_clock
+from headway._clock import LOOP_CLOCK, Clock, resolve_clock
 from headway.errors import (
     APIClientError,
     APIConnectionError,
@@ -70,12 +70,19 @@ from headway.errors import (
     HeadwayError,
 )
 from headway.events import (
+    BREAKER_CALL_RECORDED,
     BREAKER_REJECTED,
     BREAKER_STATE_CHANGED,
+    BreakerCallRecorded,
+    BreakerOpened,
+    BreakerStateChanged,
     EventListener,
     emit,
     enabled,
+    publish,
 )
+
+_listening = enabled
 
 __all__ = [
     "BreakerPermit",
@@ -526,13 +533,28 @@ class CircuitBreaker:
                 ticket.record_success(duration)
             else:
                 ticket.record_failure(outcome, duration)
-            return
-        if outcome is None:
+        elif outcome is None:
             s = self._s
             if s.consecutive_failures and s.generation == ticket:
                 s.consecutive_failures = 0
         elif isinstance(outcome, Exception):
             self._closed_failure(ticket, outcome)
+        if _listening(logging.DEBUG, self._listeners):
+            self._call_event(outcome)
+
+    def _call_event(self, outcome: BaseException | None) -> None:
+        failure = outcome is not None and self._classify(outcome) == _FAILURE
+        data = {"exception": outcome, "failure": failure}
+        event = BreakerCallRecorded(
+            BREAKER_CALL_RECORDED,
+            self.name,
+            data,
+            LOOP_CLOCK.now(),
+            logging.DEBUG,
+            exception=outcome,
+            failure=failure,
+        )
+        publish(event, self._listeners)
 
     def release(self, ticket: BreakerTicket) -> None:
         """Give ``ticket`` back without a verdict (the call was never made)."""
@@ -548,13 +570,13 @@ class CircuitBreaker:
         Raises:
             CircuitBreakerOpenError: the breaker is open; ``func`` was not called.
         """
-        permit = self.acquire()
+        ticket = self.try_enter()
         try:
             result = await func(*args, **kwargs)
         except BaseException as exc:
-            permit.record_failure(exc)
+            self.record(ticket, exc)
             raise
-        permit.record_success()
+        self.record(ticket)
         return result
 
     async def __aenter__(self) -> BreakerPermit:
@@ -713,15 +735,20 @@ class CircuitBreaker:
         if old is new:
             return
         level = logging.WARNING if new is _OPEN else logging.INFO
-        emit(
-            BREAKER_STATE_CHANGED,
-            source=self.name,
-            level=level,
-            listeners=self._listeners,
-            old=old,
-            new=new,
-            reason=reason,
-        )
+        if enabled(level, self._listeners):
+            cls = BreakerOpened if new is _OPEN else BreakerStateChanged
+            data = {"old": old, "new": new, "reason": reason}
+            event = cls(
+                BREAKER_STATE_CHANGED,
+                self.name,
+                data,
+                LOOP_CLOCK.now(),
+                level,
+                old=old.value,
+                new=new.value,
+                reason=reason,
+            )
+            publish(event, self._listeners)
 
     def _rejection(self, now: float) -> CircuitBreakerOpenError:
         s = self._s

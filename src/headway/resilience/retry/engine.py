@@ -7,7 +7,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from headway._clock import resolve_clock
+from headway._clock import LOOP_CLOCK, resolve_clock
 from headway.errors import (
     APIClientError,
     HeadwayError,
@@ -21,8 +21,12 @@ from headway.events import (
     RETRY_GAVE_UP,
     RETRY_SCHEDULED,
     EventListener,
+    RateLimited,
+    RetryGaveUp,
+    RetryScheduled,
     emit,
     enabled,
+    publish,
 )
 from headway.resilience.retry.schedule import (
     ExceptionTypes,
@@ -203,15 +207,7 @@ class RetryEngine:
             return None
         listeners = listeners or self.listeners
         if enabled(logging.INFO, listeners):
-            emit(
-                RETRY_SCHEDULED,
-                source=source or self.name,
-                level=logging.INFO,
-                listeners=listeners,
-                attempt=retry,
-                delay=delay,
-                reason=_reason(exc),
-            )
+            _scheduled(RetryScheduled, exc, retry, delay, source or self.name, listeners)
         return delay
 
     def server_delay(self, exc: RateLimitError) -> float | None:
@@ -244,16 +240,7 @@ class RetryEngine:
             return None
         listeners = listeners or self.listeners
         if enabled(logging.INFO, listeners):
-            emit(
-                RETRY_SCHEDULED,
-                source=source or self.name,
-                level=logging.INFO,
-                listeners=listeners,
-                attempt=waits,
-                delay=delay,
-                reason=_reason(exc),
-                rate_limited=True,
-            )
+            _scheduled(RateLimited, exc, waits, delay, source or self.name, listeners)
         return delay
 
     async def call(
@@ -347,11 +334,40 @@ def _emit_gave_up(
 ) -> None:
     # INFO, not WARNING: the caller gets the error itself; this is context for the logs.
     if enabled(logging.INFO, listeners):
-        emit(
+        reason = f"{why}; last error {_reason(exc)}"
+        event = RetryGaveUp(
             RETRY_GAVE_UP,
-            source=source,
-            level=logging.INFO,
-            listeners=listeners,
+            source,
+            {"attempts": retry, "reason": reason},
+            LOOP_CLOCK.now(),
+            logging.INFO,
             attempts=retry,
-            reason=f"{why}; last error {_reason(exc)}",
+            exception=exc,
         )
+        publish(event, listeners)
+
+
+def _scheduled(
+    cls: type[RetryScheduled],
+    exc: BaseException,
+    attempt: int,
+    delay: float,
+    source: str | None,
+    listeners: tuple[EventListener, ...],
+) -> None:
+    rate = cls is RateLimited
+    data: dict[str, Any] = {"attempt": attempt, "delay": delay, "reason": _reason(exc)}
+    if rate:
+        data["rate_limited"] = True
+    event = cls(
+        RETRY_SCHEDULED,
+        source,
+        data,
+        LOOP_CLOCK.now(),
+        logging.INFO,
+        attempt=attempt,
+        delay=delay,
+        exception=exc,
+        rate_limited=rate,
+    )
+    publish(event, listeners)
