@@ -73,6 +73,7 @@ from headway.events import (
     BREAKER_CALL_RECORDED,
     BREAKER_REJECTED,
     BREAKER_STATE_CHANGED,
+    GLOBAL_LISTENERS,
     BreakerCallRecorded,
     BreakerOpened,
     BreakerStateChanged,
@@ -81,8 +82,6 @@ from headway.events import (
     enabled,
     publish,
 )
-
-_listening = enabled
 
 __all__ = [
     "BreakerPermit",
@@ -539,7 +538,7 @@ class CircuitBreaker:
                 s.consecutive_failures = 0
         elif isinstance(outcome, Exception):
             self._closed_failure(ticket, outcome)
-        if _listening(logging.DEBUG, self._listeners):
+        if self._listeners or GLOBAL_LISTENERS:  # per-call events go to listeners only
             self._call_event(outcome)
 
     def _call_event(self, outcome: BaseException | None) -> None:
