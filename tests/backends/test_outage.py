@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from headway import BackendUnavailableError
 from headway.backends import BACKEND_RECOVERED, BACKEND_UNAVAILABLE, RedisBackend
-from headway.errors import RateLimitExceededError
+from headway.errors import BackendUnavailableError, MaxWaitExceededError
 from headway.events import Event, add_listener, remove_listener
 
 if TYPE_CHECKING:
@@ -209,5 +208,5 @@ async def test_a_fallback_starts_after_the_shared_queue_and_recovery_caps_the_le
             due.append(time.monotonic() + res.delay)
         gaps = [b - a for a, b in itertools.pairwise(due)]
         assert min(gaps) >= 1 / 10 - 0.02
-        with pytest.raises(RateLimitExceededError):  # no turn now: nothing is reserved
+        with pytest.raises(MaxWaitExceededError):  # no turn now: nothing is reserved
             await lim.reserve(max_wait=0.0)

@@ -29,8 +29,8 @@ from headway._clock import Clock, resolve_clock
 from headway._secrets import looks_like_key, redact_url
 from headway.batch.jobs import DEFAULT_URL, BatchRequest
 from headway.batch.runner import Response, Sender, note_retry
-from headway.errors import CircuitBreakerOpenError, ConfigurationError
-from headway.events import RETRY_SCHEDULED, Event
+from headway.errors import CircuitBreakerOpenError, ConfigurationError, RateLimitError
+from headway.events import Event, RetryScheduled
 from headway.http.mapping import error_for_status
 from headway.http.providers import PROVIDERS as _HTTP_PROVIDERS
 
@@ -207,12 +207,9 @@ class SenderSettings:
 
 
 def _on_event(event: Event) -> None:
-    if event.kind == RETRY_SCHEDULED:
-        reason = str(event.data.get("reason", ""))
-        note_retry(
-            rate_limited=reason.startswith(("RateLimitError", "429")) or " 429 " in reason,
-            reason=reason,
-        )
+    if isinstance(event, RetryScheduled):
+        # the exception names the cause an outage message shows
+        note_retry(event.exception, rate_limited=isinstance(event.exception, RateLimitError))
 
 
 def build_policy(
