@@ -180,7 +180,8 @@ class RunJudge:
         self._probing = False
         self._cause = ""
         self._changed = asyncio.Event()
-        self._on_verdict: Callable[[], None] | None = None
+        #: Called once when a verdict is reached (the runner stops the run).
+        self.on_verdict: Callable[[], None] | None = None
 
     # -- what the runner calls --------------------------------------------------------------
     @property
@@ -410,8 +411,8 @@ class RunJudge:
         self.resend.clear()
         self.notify(verdict.message)
         self._signal()
-        if self._on_verdict is not None:
-            self._on_verdict()
+        if self.on_verdict is not None:
+            self.on_verdict()
 
 
 def _secs(seconds: float) -> str:

@@ -274,7 +274,7 @@ class BatchRunner:
             loop = asyncio.get_running_loop()
             ticker = loop.create_task(self._tick())
             if judge is not None:
-                judge._on_verdict = self._halt
+                judge.on_verdict = self._halt
                 watcher = loop.create_task(judge.watch())
             reader = self._reader = loop.create_task(self._read())
             workers = [loop.create_task(self._worker()) for _ in range(self.concurrency)]
