@@ -25,7 +25,7 @@ from headway.errors import (
     ServerError,
     StreamError,
 )
-from headway.http import AsyncAPIClient, HttpxTransport, ServerSentEvent
+from headway.http import AsyncAPIClient, HttpxTransport, Request, ServerSentEvent
 
 ServerFactory = Callable[[web.Application], Awaitable[str]]
 
@@ -494,7 +494,7 @@ async def test_httpx_transport(serve: ServerFactory) -> None:
     await transport.aclose()
     await transport.aclose()
     with pytest.raises(RuntimeError):
-        await transport.send("GET", url)
+        await transport.send(Request("GET", url, {}))
 
 
 async def test_unknown_transport_name() -> None:
@@ -550,3 +550,36 @@ async def test_stream_holds_its_concurrency_slot_until_closed(
             async for _ in client.stream("POST", "/status/503"):
                 pass
         assert pool.in_use == 0
+
+
+@pytest.mark.virtual_time
+async def test_stream_timeouts(serve: ServerFactory) -> None:
+    never = asyncio.Event()
+
+    async def stall_body(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(b"data: 1\n\n")
+        await never.wait()
+        return resp
+
+    async def stall_head(_: web.Request) -> web.Response:
+        await never.wait()
+        return web.Response()
+
+    async def release(_: web.Application) -> None:
+        never.set()
+
+    app = web.Application()
+    app.on_shutdown.append(release)
+    app.router.add_get("/body", stall_body)
+    app.router.add_get("/head", stall_head)
+    url = await serve(app)
+    for kind in ("aiohttp", "httpx"):
+        async with AsyncAPIClient(url, timeout=30.0, transport=kind) as client:  # type: ignore[arg-type]
+            with pytest.raises(APITimeoutError):
+                async for _ in client.stream("GET", "/body", mode="bytes"):
+                    pass
+            with pytest.raises(APITimeoutError):
+                async for _ in client.stream("GET", "/head"):
+                    pass

@@ -49,11 +49,17 @@ def test_sse_comments_fields_and_defaults() -> None:
     ]
 
 
-def test_sse_event_json_and_flush_of_unterminated_event() -> None:
+def test_sse_event_json_and_unterminated_event_is_discarded() -> None:
     dec = SSEDecoder()
-    assert dec.feed(b'data: {"a": 1}') == []
-    [event] = dec.flush()
+    [event] = dec.feed(b'data: {"a": 1}\n\n')
     assert event.json() == {"a": 1}
+    assert dec.feed(b'data: {"a": 2}') == []
+    assert dec.flush() == []  # WHATWG: an event the stream did not terminate is dropped
+    assert dec.incomplete
+    whole = SSEDecoder()
+    whole.feed(b"data: x\n\n: trailing comment")
+    assert whole.flush() == []
+    assert not whole.incomplete
 
 
 def test_sse_one_mebibyte_event_in_small_chunks() -> None:

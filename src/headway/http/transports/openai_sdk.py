@@ -12,46 +12,43 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from headway.errors import APIConnectionError, APITimeoutError, StreamError
-from headway.http.mapping import error_for_status
-from headway.http.transport import Params, Response, StreamResponse
+from headway.errors import APIClientError
+from headway.http.status import error_for_status
+from headway.http.transports.base import (
+    Request,
+    Response,
+    StreamResponse,
+    TransportStream,
+    closed_error,
+    connection_error,
+    timeout_error,
+)
 
 __all__ = ["OpenAISDKTransport"]
 
 
-class _SDKStream:
-    __slots__ = ("_resp", "headers", "method", "status", "url")
+def _kind(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__:
+        return "timeout"
+    return "failure"
 
-    def __init__(self, resp: Any, method: str, url: str) -> None:
-        self._resp = resp
-        self.status: int = resp.status_code
-        self.headers: Mapping[str, str] = resp.headers
-        self.method = method
-        self.url = url
 
-    async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        try:
-            async for chunk in self._resp.aiter_bytes():
-                yield chunk
-        except Exception as exc:
-            if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__:
-                raise APITimeoutError(
-                    f"Request timed out: {exc}", method=self.method, url=self.url
-                ) from exc
-            raise StreamError(
-                f"the stream broke off: {exc or type(exc).__name__}",
-                status_code=self.status,
-                headers=self.headers,
-                method=self.method,
-                url=self.url,
-            ) from exc
+class _SDKStream(TransportStream):
+    __slots__ = ()
 
-    async def aread(self) -> bytes:
+    def _chunks(self) -> AsyncIterator[bytes]:
+        chunks: AsyncIterator[bytes] = self._resp.aiter_bytes()
+        return chunks
+
+    async def _read(self) -> bytes:
         data: bytes = await self._resp.aread()
         return data
 
-    async def aclose(self) -> None:
+    async def _close(self) -> None:
         await self._resp.aclose()
+
+    def _kind(self, exc: BaseException) -> str | None:
+        return _kind(exc)
 
 
 class OpenAISDKTransport:
@@ -104,80 +101,53 @@ class OpenAISDKTransport:
 
         return http_response_types()[0]
 
-    async def _post(
-        self,
-        method: str,
-        url: str,
-        headers: Mapping[str, str] | None,
-        params: Params,
-        json: Any,
-        timeout: float | None,
-        stream: bool,
-    ) -> Any:
+    async def _call(self, request: Request, stream: bool) -> Any:
         openai = self._openai
         if self._closed:
-            raise RuntimeError("the SDK transport is closed")
+            raise closed_error(request)
         options: dict[str, Any] = {}
-        if headers:
+        if request.headers:
+            # The SDK sends its own key: a second Authorization would be sent as well.
             options["headers"] = {
-                k: v for k, v in headers.items() if k.lower() not in ("authorization",)
+                k: v for k, v in request.headers.items() if k.lower() != "authorization"
             }
-        if params:
-            options["params"] = dict(params)
-        if timeout is not None:
-            options["timeout"] = timeout
+        if request.params:
+            options["params"] = dict(request.params)
+        if request.timeout is not None:
+            options["timeout"] = request.timeout
         cast_to = self._response_cls()
+        method, url, json = request.method.upper(), request.url, request.json
+        err: APIClientError | None = None
         try:
-            if method.upper() == "GET":
+            if method == "GET":
                 return await self.client.get(
                     url, cast_to=cast_to, options=options, stream=stream, stream_cls=None
                 )
-            if method.upper() == "DELETE":
+            if method == "DELETE":
                 return await self.client.delete(url, cast_to=cast_to, options=options, body=json)
             return await self.client.post(
                 url, cast_to=cast_to, body=json, options=options, stream=stream, stream_cls=None
             )
         except openai.APIStatusError as exc:
             resp = exc.response
-            raise error_for_status(
-                resp.status_code, resp.headers, resp.content, method, url
-            ) from None
+            err = error_for_status(
+                resp.status_code, resp.headers, resp.content, request.method, url
+            )
         except openai.APITimeoutError as exc:
-            raise APITimeoutError(f"Request timed out: {exc}", method=method, url=url) from exc
+            err = timeout_error(request, exc)
         except openai.APIConnectionError as exc:
-            raise APIConnectionError(
-                f"Connection error: {exc.__cause__ or exc}", method=method, url=url
-            ) from exc
+            err = connection_error(request, exc.__cause__ or exc, closed=self._closed)
+        raise err  # outside ``except``: the SDK's exception (it holds the headers) is dropped
 
-    async def send(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        params: Params = None,
-        json: Any = None,
-        data: Any = None,
-        timeout: float | None = None,
-    ) -> Response:
+    async def send(self, request: Request) -> Response:
         """Send through the SDK; a non-2xx answer raises the mapped headway error."""
-        resp = await self._post(method, url, headers, params, json, timeout, False)
-        return Response(resp.status_code, resp.headers, resp.content, method, url)
+        resp = await self._call(request, False)
+        return Response(resp.status_code, resp.headers, resp.content, request.method, request.url)
 
-    async def open_stream(
-        self,
-        method: str,
-        url: str,
-        *,
-        headers: Mapping[str, str] | None = None,
-        params: Params = None,
-        json: Any = None,
-        data: Any = None,
-        timeout: float | None = None,
-    ) -> StreamResponse:
+    async def open_stream(self, request: Request) -> StreamResponse:
         """Open a streamed response through the SDK."""
-        resp = await self._post(method, url, headers, params, json, timeout, True)
-        return _SDKStream(resp, method, url)
+        resp = await self._call(request, True)
+        return _SDKStream(resp, resp.status_code, resp.headers, request, self)
 
     async def aclose(self) -> None:
         """Close the SDK client if this transport created it (idempotent)."""
