@@ -91,6 +91,9 @@ class _AiohttpStream(TransportStream):
 
     async def _close(self) -> None:
         resp = self._resp
+        reading = getattr(self._transport, "_reading", None)
+        if reading is not None:
+            reading.discard(resp)
         if resp.content.at_eof():
             resp.release()
         else:
@@ -138,6 +141,9 @@ class AiohttpTransport:
         self.connect_timeout = connect_timeout if connect_timeout is not None else timeout
         self.trust_env = trust_env
         self._timeouts: dict[float | None, Any] = {}
+        # Responses whose bodies are being read: closing the session does not wake a
+        # read in progress, so aclose() fails them itself.
+        self._reading: set[Any] = set()
         self._closed = False
         _warm_allocator()
 
@@ -209,9 +215,12 @@ class AiohttpTransport:
             # Awaited directly, not through ``async with``: the context manager's two
             # extra coroutines sit on every suspension of the request (~2 us each).
             resp = await self._request(request, request.timeout)
+            reading = self._reading
+            reading.add(resp)
             try:
                 content = await resp.read()
             finally:
+                reading.discard(resp)
                 resp.release()
                 await resp.wait_for_close()
             return Response(resp.status, resp.headers, content, request.method, request.url)
@@ -233,11 +242,24 @@ class AiohttpTransport:
                 raise
         if err is not None:
             raise err
+        self._reading.add(resp)
         return _AiohttpStream(resp, resp.status, resp.headers, request, self)
 
     async def aclose(self) -> None:
-        """Close the session if the transport created it (idempotent)."""
+        """Close the session if the transport created it (idempotent).
+
+        Calls of other tasks still reading a body end with
+        :class:`~headway.http.ClientClosedError`.
+        """
         self._closed = True
+        if self._reading:
+            import aiohttp
+
+            reading, self._reading = self._reading, set()
+            for resp in reading:
+                resp.content.set_exception(
+                    aiohttp.ClientConnectionError("the transport was closed")
+                )
         session = self._session
         if session is not None and self._owns:
             self._session = None
