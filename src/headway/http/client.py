@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from headway._resources import track as _track
 from headway._resources import untrack as _untrack
 from headway._secrets import mask_headers, redact_url
+from headway.errors import ConfigurationError
 from headway.http._attempt import _Attempt, _StreamAttempt, open_checked
 from headway.http.headers import AuthType, HeaderFactory, merge_headers
 from headway.http.status import error_for_status
@@ -151,6 +152,14 @@ class AsyncAPIClient:
             )
             names |= HeaderFactory.auth_header_names(auth_type, auth_header)
         self._secret_names = frozenset(names)
+        if "@" in self.base_url.partition("://")[2].partition("/")[0] and any(
+            k.lower() == "authorization" for k in self._send_headers
+        ):
+            raise ConfigurationError(
+                f"base_url {redact_url(self.base_url)!r} carries user info (user:password@), "
+                "which is sent as an Authorization header, and an Authorization header is set "
+                "too: remove one of them"
+            )
         self._kind: str = "aiohttp"
         self._session = session
         self._transport: Transport | None = None
