@@ -257,9 +257,11 @@ def closed_error(request: Request) -> ClientClosedError:
 class TransportStream:
     """The shared half of every transport's :class:`StreamResponse`.
 
-    A transport subclasses it with :meth:`_chunks`, :meth:`_read`, :meth:`_close` and
-    :meth:`_kind` (which of the library's exceptions are timeouts and failures); the
-    mapping of failures to headway errors, scrubbed of secrets, is done here.
+    It reads a response object with httpx's methods (``aiter_bytes``, ``aread``,
+    ``aclose``); a transport whose library differs overrides :meth:`_chunks`,
+    :meth:`_read` and :meth:`_close`, and says in :meth:`_kind` which of the library's
+    exceptions are timeouts and failures. The mapping of failures to headway errors,
+    scrubbed of secrets, is done here.
     """
 
     __slots__ = ("_resp", "_transport", "headers", "request", "status")
@@ -291,15 +293,17 @@ class TransportStream:
         """The request's URL."""
         return self.request.url
 
-    # -- what a transport provides -------------------------------------------------------
-    def _chunks(self) -> AsyncIterator[bytes]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    # -- what a transport may override ---------------------------------------------------
+    def _chunks(self) -> AsyncIterator[bytes]:
+        chunks: AsyncIterator[bytes] = self._resp.aiter_bytes()
+        return chunks
 
-    async def _read(self) -> bytes:  # pragma: no cover - abstract
-        raise NotImplementedError
+    async def _read(self) -> bytes:
+        data: bytes = await self._resp.aread()
+        return data
 
-    async def _close(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    async def _close(self) -> None:
+        await self._resp.aclose()
 
     def _kind(self, exc: BaseException) -> str | None:
         """``"timeout"``, ``"failure"`` or ``None`` (not the library's: passed on)."""
@@ -357,3 +361,45 @@ class TransportStream:
     async def aclose(self) -> None:
         """Release the connection (idempotent)."""
         await self._close()
+
+
+class HttpxResponseTransport:
+    """The shared half of the transports whose library answers with ``httpx`` responses
+    (:class:`~headway.http.HttpxTransport`, :class:`~headway.http.OpenAISDKTransport`).
+
+    A subclass sets ``_owns``, ``_closed`` and ``stream_class`` and implements
+    :meth:`_call` (send, map failures) and :meth:`_close_client`.
+    """
+
+    stream_class: ClassVar[type[TransportStream]] = TransportStream
+    _owns: bool
+    _closed: bool
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` was called."""
+        return self._closed
+
+    async def _call(self, request: Request, *, stream: bool) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    async def _close_client(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def send(self, request: Request) -> Response:
+        """Send ``request`` and read its whole body."""
+        resp = await self._call(request, stream=False)
+        return Response(resp.status_code, resp.headers, resp.content, request.method, request.url)
+
+    async def open_stream(self, request: Request) -> StreamResponse:
+        """Send ``request``; return as soon as the response headers are in."""
+        resp = await self._call(request, stream=True)
+        return self.stream_class(resp, resp.status_code, resp.headers, request, self)
+
+    async def aclose(self) -> None:
+        """Close the library's client if this transport created it (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns:
+            await self._close_client()

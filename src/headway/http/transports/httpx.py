@@ -6,14 +6,12 @@ For code standardised on httpx; much slower under concurrency than aiohttp
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from headway.errors import APIClientError
 from headway.http.transports.base import (
+    HttpxResponseTransport,
     Request,
-    Response,
-    StreamResponse,
     TransportStream,
     closed_error,
     connection_error,
@@ -37,22 +35,11 @@ def _kind(exc: BaseException) -> str | None:
 class _HttpxStream(TransportStream):
     __slots__ = ()
 
-    def _chunks(self) -> AsyncIterator[bytes]:
-        chunks: AsyncIterator[bytes] = self._resp.aiter_bytes()
-        return chunks
-
-    async def _read(self) -> bytes:
-        data: bytes = await self._resp.aread()
-        return data
-
-    async def _close(self) -> None:
-        await self._resp.aclose()
-
     def _kind(self, exc: BaseException) -> str | None:
         return _kind(exc)
 
 
-class HttpxTransport:
+class HttpxTransport(HttpxResponseTransport):
     """A transport on :class:`httpx.AsyncClient` (``pip install 'headway[httpx]'``).
 
     Same arguments as :class:`~headway.http.AiohttpTransport`; ``client`` is an
@@ -60,6 +47,8 @@ class HttpxTransport:
     :class:`~headway.http.Request` has them (merged case-insensitively by the client);
     the ``httpx.AsyncClient``'s own default headers are added by httpx.
     """
+
+    stream_class = _HttpxStream
 
     def __init__(
         self,
@@ -93,11 +82,6 @@ class HttpxTransport:
         self.timeout = timeout
         self._closed = False
 
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`aclose` was called."""
-        return self._closed
-
     def _build(self, request: Request) -> httpx.Request:
         import httpx
 
@@ -118,7 +102,7 @@ class HttpxTransport:
             extensions=extensions,
         )
 
-    async def _send(self, request: Request, *, stream: bool) -> Any:
+    async def _call(self, request: Request, *, stream: bool) -> Any:
         """Send through httpx, mapping its failures to headway's errors."""
         if self._closed:
             raise closed_error(request)
@@ -135,23 +119,8 @@ class HttpxTransport:
                 err = connection_error(request, exc, closed=self._closed)
         raise err  # outside ``except``: httpx's exception (it holds the headers) is dropped
 
-    async def send(self, request: Request) -> Response:
-        """Send ``request`` and read its whole body."""
-        resp = await self._send(request, stream=False)
-        return Response(resp.status_code, resp.headers, resp.content, request.method, request.url)
-
-    async def open_stream(self, request: Request) -> StreamResponse:
-        """Send ``request``; return as soon as the response headers are in."""
-        resp = await self._send(request, stream=True)
-        return _HttpxStream(resp, resp.status_code, resp.headers, request, self)
-
-    async def aclose(self) -> None:
-        """Close the client if the transport created it (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._owns:
-            await self._client.aclose()
+    async def _close_client(self) -> None:
+        await self._client.aclose()
 
     def __repr__(self) -> str:
         return f"HttpxTransport(timeout={self.timeout})"

@@ -7,7 +7,7 @@ same :mod:`headway.errors` classes as the HTTP transports. Requires ``headway[op
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import SecretStr
@@ -15,9 +15,8 @@ from pydantic import SecretStr
 from headway.errors import APIClientError
 from headway.http.status import error_for_status
 from headway.http.transports.base import (
+    HttpxResponseTransport,
     Request,
-    Response,
-    StreamResponse,
     TransportStream,
     closed_error,
     connection_error,
@@ -36,22 +35,11 @@ def _kind(exc: BaseException) -> str:
 class _SDKStream(TransportStream):
     __slots__ = ()
 
-    def _chunks(self) -> AsyncIterator[bytes]:
-        chunks: AsyncIterator[bytes] = self._resp.aiter_bytes()
-        return chunks
-
-    async def _read(self) -> bytes:
-        data: bytes = await self._resp.aread()
-        return data
-
-    async def _close(self) -> None:
-        await self._resp.aclose()
-
     def _kind(self, exc: BaseException) -> str | None:
         return _kind(exc)
 
 
-class OpenAISDKTransport:
+class OpenAISDKTransport(HttpxResponseTransport):
     """Send requests through ``openai.AsyncOpenAI`` (retries off; closed by :meth:`aclose`).
 
     Args:
@@ -61,6 +49,8 @@ class OpenAISDKTransport:
         client: an ``openai.AsyncOpenAI`` to use instead (never closed here).
         default_headers: extra headers for every request.
     """
+
+    stream_class = _SDKStream
 
     def __init__(
         self,
@@ -91,17 +81,12 @@ class OpenAISDKTransport:
         self.client = client
         self._closed = False
 
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`aclose` was called."""
-        return self._closed
-
     def _response_cls(self) -> Any:
         from openai._httpx2 import http_response_types
 
         return http_response_types()[0]
 
-    async def _call(self, request: Request, stream: bool) -> Any:
+    async def _call(self, request: Request, *, stream: bool) -> Any:
         openai = self._openai
         if self._closed:
             raise closed_error(request)
@@ -139,23 +124,8 @@ class OpenAISDKTransport:
             err = connection_error(request, exc.__cause__ or exc, closed=self._closed)
         raise err  # outside ``except``: the SDK's exception (it holds the headers) is dropped
 
-    async def send(self, request: Request) -> Response:
-        """Send through the SDK; a non-2xx answer raises the mapped headway error."""
-        resp = await self._call(request, False)
-        return Response(resp.status_code, resp.headers, resp.content, request.method, request.url)
-
-    async def open_stream(self, request: Request) -> StreamResponse:
-        """Open a streamed response through the SDK."""
-        resp = await self._call(request, True)
-        return _SDKStream(resp, resp.status_code, resp.headers, request, self)
-
-    async def aclose(self) -> None:
-        """Close the SDK client if this transport created it (idempotent)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._owns:
-            await self.client.close()
+    async def _close_client(self) -> None:
+        await self.client.close()
 
     def __repr__(self) -> str:
         return "OpenAISDKTransport()"
