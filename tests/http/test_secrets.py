@@ -7,7 +7,7 @@ import logging
 import traceback
 
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from headway._secrets import mask_headers
 from headway.errors import AuthenticationError, ConfigurationError, HeadwayError, RateLimitError
@@ -211,3 +211,10 @@ def test_headers_named_like_credentials_are_masked() -> None:
     assert config.model_dump()["base_url"] == f"https://user:{USERINFO}@h/v1"  # Python dump
     request = Request("GET", f"https://u:{USERINFO}@h", {"X-Odd": TOKEN}, secret_headers={"x-odd"})
     _assert_no_canary_in(repr(request))
+
+
+def test_a_rejected_base_url_with_user_info_is_not_echoed() -> None:
+    with pytest.raises(ValidationError, match="must start with http") as info:
+        EndpointConfig(base_url=f"ftp://user:{USERINFO}@h/v1", auth_type="none")
+    _assert_no_canary_in(str(info.value))
+    _assert_no_canary_in(repr(info.value))

@@ -74,7 +74,11 @@ class EndpointConfig(BaseModel):
         transport: the HTTP library for ``transport_type="http"``.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    # hide_input_in_errors: a rejected value may hold a key (a base URL with user info,
+    # a key where a name belongs); validation errors say what is wrong without it.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, hide_input_in_errors=True
+    )
 
     name: str = "endpoint"
     provider: str = "openai_compatible"
@@ -110,7 +114,9 @@ class EndpointConfig(BaseModel):
     @classmethod
     def _check_base_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https:// (got {value!r})")
+            raise ValueError(
+                f"base_url must start with http:// or https:// (got {redact_url(value)!r})"
+            )
         return value.rstrip("/")
 
     @field_validator("endpoint")
