@@ -142,7 +142,7 @@ class AsyncAPIClient:
             max_connections = _policy_concurrency(policy)
         self.max_connections = max_connections
         self._send_headers = dict(self.headers)
-        names = {name.lower() for name in secret_headers}
+        names = {header.lower() for header in secret_headers}
         if auth is not None or auth_type == "none":
             self._send_headers = merge_headers(
                 self._send_headers,
@@ -241,7 +241,6 @@ class AsyncAPIClient:
         self,
         method: str,
         path: str,
-        *,
         params: Mapping[str, Any] | None = None,
         json: Any = None,
         data: Any = None,
@@ -289,21 +288,10 @@ headers={'Authorization': 'Bearer ***'})
         """
         # The hot path of every call. Every coroutine layer between the caller and
         # aiohttp sits on each of the request's suspensions, so the public methods are
-        # plain functions returning this coroutine.
+        # plain functions returning this coroutine, and the pooled case is inlined here.
         transport = self._transport
         if transport is None:
-            if self._closed:
-                raise RuntimeError(_CLOSED_MSG.format(name=type(self).__name__))
-            transport = self._make_transport()
-            try:
-                resp = await self._send(transport, request)
-            finally:
-                await transport.aclose()
-        else:
-            resp = await self._send(transport, request)
-        return resp.parsed() if parsed else resp
-
-    async def _send(self, transport: Transport, request: Request) -> Response:
+            return await self._send_once(request, parsed)
         policy = self.policy
         if policy is None:
             resp = await transport.send(request)
@@ -311,8 +299,30 @@ headers={'Authorization': 'Bearer ***'})
                 raise error_for_status(
                     resp.status, resp.headers, resp.content, request.method, request.url
                 )
-            return resp
-        return await policy.run(_Attempt(transport, request), requests=1.0, tokens=request.tokens)
+        else:
+            attempt = _Attempt(transport, request)
+            resp = await policy.run(attempt, requests=1.0, tokens=request.tokens)
+        return resp.parsed() if parsed else resp
+
+    async def _send_once(self, request: Request, parsed: bool) -> Any:
+        # Outside ``async with``: a transport for this call only.
+        if self._closed:
+            raise RuntimeError(_CLOSED_MSG.format(name=type(self).__name__))
+        transport = self._make_transport()
+        try:
+            policy = self.policy
+            if policy is None:
+                resp = await transport.send(request)
+                if resp.status >= 400:
+                    raise error_for_status(
+                        resp.status, resp.headers, resp.content, request.method, request.url
+                    )
+            else:
+                attempt = _Attempt(transport, request)
+                resp = await policy.run(attempt, requests=1.0, tokens=request.tokens)
+        finally:
+            await transport.aclose()
+        return resp.parsed() if parsed else resp
 
     @_returns_coroutine
     def request_raw(
@@ -348,15 +358,7 @@ headers={'Authorization': 'Bearer ***'})
                 parsed JSON is cached for ``response.parsed()`` / ``response.json()``.
         """
         request = self.build_request(
-            method,
-            path,
-            params=params,
-            json=json,
-            data=data,
-            headers=headers,
-            timeout=timeout,
-            tokens=tokens,
-            parse=parse,
+            method, path, params, json, data, headers, timeout, tokens, parse
         )
         return self.send(request)
 
@@ -385,15 +387,7 @@ headers={'Authorization': 'Bearer ***'})
             APITimeoutError: connecting or reading took longer than the timeout.
         """
         request = self.build_request(
-            method,
-            path,
-            params=params,
-            json=json,
-            data=data,
-            headers=headers,
-            timeout=timeout,
-            tokens=tokens,
-            parse=True,
+            method, path, params, json, data, headers, timeout, tokens, True
         )
         return self.send(request, parsed=True)
 

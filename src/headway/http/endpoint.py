@@ -234,14 +234,7 @@ class Endpoint:
         client = self.client
         if client is not None:  # the pooled client's coroutine itself: no layer between
             req = client.build_request(
-                cfg.method,
-                path,
-                params=params,
-                json=json,
-                headers=headers,
-                timeout=timeout,
-                tokens=tokens,
-                parse=True,
+                cfg.method, path, params, json, None, headers, timeout, tokens, True
             )
             return client.send(req, parsed=body_only)
         return self._call_once(path, params, json, headers, timeout, tokens, body_only)
