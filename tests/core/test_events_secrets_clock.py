@@ -3,9 +3,10 @@ import logging
 
 import pytest
 
-from headway import LOOP_CLOCK, Clock, ManualClock, events
+from headway import Clock, ManualClock, events
 from headway._clock import resolve_clock
 from headway._secrets import mask_headers, mask_value, redact_url
+from headway.clock import LOOP_CLOCK
 
 
 def test_listeners_receive_events_and_bad_listener_is_isolated() -> None:

@@ -13,8 +13,8 @@ from headway.errors import (
     CircuitBreakerOpenError,
     ConfigurationError,
     ExecutorShutdownError,
+    MaxWaitExceededError,
     RateLimitError,
-    RateLimitExceededError,
     ServerError,
 )
 from headway.events import BREAKER_REJECTED, BREAKER_STATE_CHANGED, Event
@@ -287,7 +287,7 @@ async def test_client_errors_count_as_successes(clock: ManualClock) -> None:
 async def test_local_headway_errors_are_neutral(clock: ManualClock) -> None:
     b = make(clock, failure_threshold=1)
     for exc in (
-        RateLimitExceededError("would wait"),
+        MaxWaitExceededError("would wait"),
         ExecutorShutdownError("closed"),
         CircuitBreakerOpenError(),
         asyncio.CancelledError(),

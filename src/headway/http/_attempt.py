@@ -64,16 +64,15 @@ def _refund_tokens(reservation: Any) -> None:
 
 
 class _StreamAttempt:
-    __slots__ = ("ctx", "request", "transport")
+    """Opening a stream, once per attempt (``Policy.open`` keeps the slot in a lease)."""
+
+    __slots__ = ("request", "transport")
 
     def __init__(self, transport: Transport, request: Request) -> None:
         self.transport = transport
         self.request = request
-        self.ctx: Any = None
 
     async def __call__(self, ctx: Any) -> StreamResponse:
-        self.ctx = ctx
-        ctx.keep_slot = True  # the stream holds its concurrency slot until it is closed
         return await open_checked(self.transport, self.request, ctx.limiter, ctx.reservation)
 
 

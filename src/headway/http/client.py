@@ -33,6 +33,8 @@ from headway.http.transports.base import Request, Response, StreamResponse, Tran
 if TYPE_CHECKING:
     import aiohttp
 
+    from headway.resilience.policy import Lease
+
 __all__ = ["AsyncAPIClient", "EventStream", "PolicyLike", "StreamMode"]
 
 T = TypeVar("T")
@@ -50,6 +52,17 @@ class PolicyLike(Protocol):
         tokens: float = 0.0,
     ) -> T:
         """Run ``attempt_fn(ctx)`` under retry, breaker, concurrency and limits."""
+        ...
+
+    async def open(
+        self,
+        attempt_fn: Callable[[Any], Awaitable[T]],
+        /,
+        *,
+        requests: float = 1.0,
+        tokens: float = 0.0,
+    ) -> Lease[T]:
+        """Like :meth:`run`; the successful attempt's slot stays in the returned lease."""
         ...
 
 
@@ -470,14 +483,14 @@ headers={'Authorization': 'Bearer ***'})
 
     async def _open_stream(
         self, transport: Transport, request: Request
-    ) -> tuple[StreamResponse, Any]:
-        """Open the stream; return it and the policy's attempt context (or ``None``)."""
+    ) -> tuple[StreamResponse, Lease[StreamResponse] | None]:
+        """Open the stream; return it and the policy's lease on it (or ``None``)."""
         policy = self.policy
         if policy is None:
             return await open_checked(transport, request, None, None), None
-        stream_attempt = _StreamAttempt(transport, request)
-        resp = await policy.run(stream_attempt, requests=1.0, tokens=request.tokens)
-        return resp, stream_attempt.ctx
+        attempt = _StreamAttempt(transport, request)
+        lease = await policy.open(attempt, requests=1.0, tokens=request.tokens)
+        return lease.value, lease
 
     async def _stream(
         self, request: Request, mode: StreamMode, require_end: bool
@@ -489,8 +502,8 @@ headers={'Authorization': 'Bearer ***'})
                 raise RuntimeError(_CLOSED_MSG.format(name=type(self).__name__))
             transport = temp = self._make_transport()
         try:
-            resp, ctx = await self._open_stream(transport, request)
-            reservation = None if ctx is None else ctx.reservation
+            resp, lease = await self._open_stream(transport, request)
+            reservation = None if lease is None else lease.reservation
             failure: BaseException | None = None
             try:
                 used: int | None = None
@@ -511,8 +524,8 @@ headers={'Authorization': 'Bearer ***'})
                 try:
                     await resp.aclose()
                 finally:
-                    if ctx is not None:
-                        await ctx.release_slot(failure)
+                    if lease is not None:
+                        await lease.aclose(failure)
         finally:
             if temp is not None:
                 await temp.aclose()

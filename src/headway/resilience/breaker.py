@@ -79,6 +79,7 @@ from headway.events import (
 
 __all__ = [
     "BreakerPermit",
+    "BreakerTicket",
     "CircuitBreaker",
     "CircuitState",
     "default_failure_predicate",
@@ -277,6 +278,10 @@ class BreakerPermit:
         return f"BreakerPermit({kind}, done={self._done})"
 
 
+#: What :meth:`CircuitBreaker.try_enter` hands out: a permit, or a closed breaker's
+#: generation number (no object per call).
+BreakerTicket = BreakerPermit | int
+
 # The permits of ``async with breaker:`` blocks, innermost first, per task context.
 _GUARDS: ContextVar[tuple[BreakerPermit, Any] | None] = ContextVar(
     "headway_breaker_guards", default=None
@@ -340,7 +345,9 @@ class CircuitBreaker:
     """
 
     __slots__ = (
+        "__dict__",  # instances stay mockable: patch.object(obj, "method", ...)
         "_clock",
+        "_lean",
         "_listeners",
         "_s",
         "excluded_exceptions",
@@ -420,6 +427,12 @@ class CircuitBreaker:
         ):
             state.window = _Window(self.window, self.window / WINDOW_BUCKETS)
         self._s = state
+        # Closed and counting consecutive failures only: try_enter() needs no permit.
+        self._lean = (
+            state.window is None
+            and slow_call_duration is None
+            and type(self).acquire is CircuitBreaker.acquire
+        )
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -481,6 +494,51 @@ class CircuitBreaker:
             raise self._rejection(now)
         s.trials_in_flight += 1
         return BreakerPermit(self, s.generation, True, now)
+
+    def try_enter(self) -> BreakerTicket:
+        """Ask leave for one call without waiting: a ticket for :meth:`record`/:meth:`release`.
+
+        The pipeline's form of :meth:`acquire`: while closed, a breaker that counts
+        consecutive failures only hands out its generation number instead of a
+        :class:`BreakerPermit` (no object per call). Raises
+        :class:`~headway.errors.CircuitBreakerOpenError` when open.
+        """
+        if self._lean:
+            s = self._s
+            if s.state is _CLOSED:
+                return s.generation
+        return self.acquire()
+
+    def record(
+        self,
+        ticket: BreakerTicket,
+        outcome: BaseException | None = None,
+        duration: float | None = None,
+    ) -> None:
+        """Report how the call of ``ticket`` went: ``None`` for success, else its error.
+
+        Cancellation and other non-``Exception`` outcomes give the ticket back without a
+        verdict. ``duration``: the call's seconds (for slow-call judgement).
+        """
+        if type(ticket) is not int:
+            assert isinstance(ticket, BreakerPermit)
+            if outcome is None:
+                ticket.record_success(duration)
+            else:
+                ticket.record_failure(outcome, duration)
+            return
+        if outcome is None:
+            s = self._s
+            if s.consecutive_failures and s.generation == ticket:
+                s.consecutive_failures = 0
+        elif isinstance(outcome, Exception):
+            self._closed_failure(ticket, outcome)
+
+    def release(self, ticket: BreakerTicket) -> None:
+        """Give ``ticket`` back without a verdict (the call was never made)."""
+        if type(ticket) is not int:
+            assert isinstance(ticket, BreakerPermit)
+            ticket.release()
 
     async def execute(
         self, func: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs

@@ -75,7 +75,11 @@ def _body(request: Request) -> Any:
 
 
 class _AiohttpStream(TransportStream):
-    __slots__ = ()
+    __slots__ = ("_reading",)
+
+    def __init__(self, resp: Any, request: Request, transport: Any, reading: set[Any]) -> None:
+        super().__init__(resp, resp.status, resp.headers, request, transport)
+        self._reading = reading  # the transport's set of bodies being read
 
     async def _chunks(self) -> AsyncIterator[bytes]:
         content = self._resp.content
@@ -91,9 +95,7 @@ class _AiohttpStream(TransportStream):
 
     async def _close(self) -> None:
         resp = self._resp
-        reading = getattr(self._transport, "_reading", None)
-        if reading is not None:
-            reading.discard(resp)
+        self._reading.discard(resp)
         if resp.content.at_eof():
             resp.release()
         else:
@@ -242,8 +244,9 @@ class AiohttpTransport:
                 raise
         if err is not None:
             raise err
-        self._reading.add(resp)
-        return _AiohttpStream(resp, resp.status, resp.headers, request, self)
+        reading = self._reading
+        reading.add(resp)
+        return _AiohttpStream(resp, request, self, reading)
 
     async def aclose(self) -> None:
         """Close the session if the transport created it (idempotent).

@@ -80,6 +80,9 @@ class Request:
         return f"Request({self.method!r}, {redact_url(self.url)!r}, headers={headers!r})"
 
 
+_MISSING: Any = object()
+
+
 class Response:
     """A complete HTTP response.
 
@@ -93,8 +96,6 @@ class Response:
 
     __slots__ = ("_json", "content", "headers", "method", "status", "url")
 
-    _MISSING: Any = object()
-
     def __init__(
         self, status: int, headers: Mapping[str, str], content: bytes, method: str, url: str
     ) -> None:
@@ -103,7 +104,7 @@ class Response:
         self.content = content
         self.method = method
         self.url = url
-        self._json: Any = Response._MISSING
+        self._json: Any = _MISSING
 
     @property
     def body(self) -> bytes:
@@ -122,7 +123,7 @@ class Response:
             InvalidResponseError: the body is not JSON.
         """
         value = self._json
-        if value is Response._MISSING:
+        if value is _MISSING:
             try:
                 value = _json.loads(self.content)
             except ValueError as exc:

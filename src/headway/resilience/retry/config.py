@@ -12,7 +12,7 @@ from headway._clock import Clock
 from headway.errors import is_retryable
 from headway.events import EventListener
 from headway.resilience.retry.budget import RetryBudget
-from headway.resilience.retry.engine import _Engine
+from headway.resilience.retry.engine import RetryEngine
 from headway.resilience.retry.schedule import (
     DEFAULT_MAX_SERVER_DELAY,
     ExceptionTypes,
@@ -97,22 +97,22 @@ class RetryPolicy(BaseModel):
             raise ValueError(
                 f"max_delay ({self.max_delay}) must be >= base_delay ({self.base_delay})"
             )
-        self._engine()
+        self.engine()
         return self
 
-    def _engine(self) -> _Engine:
+    def engine(self) -> RetryEngine:
         # The compiled policy lives in the instance dict (not a pydantic private
         # attribute, whose lookup is slow); a copy gets its own on first use.
-        engine: _Engine | None = self.__dict__.get("_rt")
+        engine: RetryEngine | None = self.__dict__.get("_rt")
         if engine is None or engine.owner is not self:
-            engine = self.__dict__["_rt"] = _Engine(self)
+            engine = self.__dict__["_rt"] = RetryEngine(self)
         return engine
 
     # -- the schedule ---------------------------------------------------------------------
     @property
     def jitter_mode(self) -> JitterMode:
         """The jitter strategy in words: ``"none"``, ``"full"``, ``"equal"``, ``"decorrelated"``."""
-        return self._engine().mode
+        return self.engine().mode
 
     def delay(self, retry: int, previous: float | None = None) -> float:
         """Delay before retry number ``retry`` (1-based), jittered by the policy's strategy.
@@ -122,7 +122,7 @@ class RetryPolicy(BaseModel):
         """
         if retry < 1:
             raise ValueError("retry numbers start at 1")
-        return self._engine().delay(retry, self.base_delay if previous is None else previous)
+        return self.engine().delay(retry, self.base_delay if previous is None else previous)
 
     def delays(self) -> Iterator[float]:
         """The delays before each of the ``max_retries`` retries (one random draw)."""
@@ -133,7 +133,7 @@ class RetryPolicy(BaseModel):
 
     def should_retry(self, exc: BaseException) -> bool:
         """Whether ``exc`` is of a kind this policy retries (ignoring counts and budget)."""
-        return self._engine().should_retry(exc)
+        return self.engine().should_retry(exc)
 
     # -- running ---------------------------------------------------------------------------
     async def call(self, func: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
@@ -141,11 +141,11 @@ class RetryPolicy(BaseModel):
 
         A zero delay retries at once, without a sleep.
         """
-        return await self._engine().call(func, args, kwargs)
+        return await self.engine().call(func, args, kwargs)
 
     def wrap(self, func: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorate ``func`` so that every call retries by this policy (signature kept)."""
-        call = self._engine().call
+        call = self.engine().call
 
         @functools.wraps(func)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:

@@ -7,9 +7,15 @@ import random
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from headway import events as _events
 from headway._clock import resolve_clock
-from headway.errors import HeadwayError, _transient, is_retryable, never_retry
+from headway.errors import (
+    APIClientError,
+    HeadwayError,
+    RateLimitError,
+    _transient,
+    is_retryable,
+    never_retry,
+)
 from headway.events import (
     RETRY_BUDGET_EXHAUSTED,
     RETRY_GAVE_UP,
@@ -30,12 +36,12 @@ from headway.resilience.retry.schedule import (
 if TYPE_CHECKING:
     from headway.resilience.retry.config import RetryPolicy
 
-__all__: list[str] = []  # internal: RetryPolicy, @retry and Policy use it
+__all__ = ["RetryEngine"]
 
 T = TypeVar("T")
 
 
-class _Engine:
+class RetryEngine:
     """The compiled form of a :class:`RetryPolicy`: plain slots, cheap on the hot path."""
 
     __slots__ = (
@@ -97,8 +103,17 @@ class _Engine:
         )
 
     def should_retry(self, exc: BaseException) -> bool:
+        """The one retry predicate: the rules below, then the policy's ``retry_on``.
+
+        Never cancellation and the like (:func:`~headway.errors.never_retry`); always an
+        API error whose server said ``x-should-retry: true``; never an ``exclude`` type.
+        """
+        if self.transient:
+            return _transient(exc)
         if never_retry(exc):
             return False
+        if isinstance(exc, APIClientError) and exc.should_retry:
+            return True  # the server's verdict wins
         if self.exclude and isinstance(exc, self.exclude):
             return False
         types = self.types
@@ -122,15 +137,7 @@ class _Engine:
         ``remaining`` the seconds left before a deadline (no retry may start after it).
         Emits the events.
         """
-        if self.transient:
-            retryable = _transient(exc)
-        elif never_retry(exc) or (self.exclude and isinstance(exc, self.exclude)):
-            retryable = False
-        elif self.types is not None:
-            retryable = isinstance(exc, self.types)
-        else:
-            assert self.predicate is not None
-            retryable = bool(self.predicate(exc))
+        retryable = _transient(exc) if self.transient else self.should_retry(exc)
         if not retryable:
             if retry > 1:
                 _emit_gave_up(
@@ -180,7 +187,7 @@ class _Engine:
             )
             return None
         budget = self.budget
-        if budget is not None and not budget.try_spend():
+        if budget is not None and not budget.try_withdraw():
             listeners = listeners or self.listeners
             if enabled(logging.WARNING, listeners):
                 emit(
@@ -193,7 +200,7 @@ class _Engine:
                 )
             return None
         listeners = listeners or self.listeners
-        if listeners or _events._listeners or _events.logger.isEnabledFor(logging.INFO):
+        if enabled(logging.INFO, listeners):
             emit(
                 RETRY_SCHEDULED,
                 source=source or self.name,
@@ -202,6 +209,48 @@ class _Engine:
                 attempt=retry,
                 delay=delay,
                 reason=_reason(exc),
+            )
+        return delay
+
+    def server_delay(self, exc: RateLimitError) -> float | None:
+        """The server's delay for a rate 429, capped by ``max_server_delay`` (or ``None``)."""
+        delay = exc.retry_after
+        if delay is None or not delay > 0.0:
+            return None
+        return delay if delay < self.max_server_delay else self.max_server_delay
+
+    def rate_delay(
+        self,
+        exc: RateLimitError,
+        waits: int,
+        remaining: float | None = None,
+        source: str | None = None,
+        listeners: tuple[EventListener, ...] = (),
+    ) -> float | None:
+        """The wait before going again after a rate 429 that is not counted as a retry.
+
+        ``waits`` numbers the rate waits of this call (1, 2, ...). The server's delay,
+        capped by ``max_server_delay``, else the backoff schedule; ``None`` when the
+        deadline would pass first. Draws nothing from the budget.
+        """
+        delay = self.server_delay(exc)
+        if delay is None:
+            delay = self.delay(waits, self.base_delay)
+        if remaining is not None and delay >= remaining:
+            why = "deadline would pass before the rate limit allows another attempt"
+            _emit_gave_up(exc, waits, why, source or self.name, listeners or self.listeners)
+            return None
+        listeners = listeners or self.listeners
+        if enabled(logging.INFO, listeners):
+            emit(
+                RETRY_SCHEDULED,
+                source=source or self.name,
+                level=logging.INFO,
+                listeners=listeners,
+                attempt=waits,
+                delay=delay,
+                reason=_reason(exc),
+                rate_limited=True,
             )
         return delay
 
