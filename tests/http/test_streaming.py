@@ -242,3 +242,20 @@ async def test_ndjson_cut_mid_line_raises(serve_raw: RawServerFactory) -> None:
         with pytest.raises(StreamError, match="middle of a line"):
             await _collect(client.stream("GET", "/", mode="ndjson"), got)
     assert got == [{"n": 0}]
+
+
+async def test_a_cut_or_unfinished_stream_gives_its_lease_back(serve_raw: RawServerFactory) -> None:
+    from headway import Policy
+    from headway.concurrency import ConcurrencyLimit
+
+    cut = await serve_raw(_sse_answer(b'data: {"n": 0}\n\ndata: {"n"'))
+    unfinished = await serve_raw(_sse_answer(b'data: {"n": 0}\n\n'))
+    pool = ConcurrencyLimit(1)
+    for url in (cut, unfinished):
+        async with AsyncAPIClient(url, policy=Policy(retry=None, concurrency=pool)) as client:
+            got: list[Any] = []
+            items = client.stream("GET", "/", mode="json", require_end=True)
+            with pytest.raises(StreamError):
+                await _collect(items, got)
+            assert got == [{"n": 0}]
+            assert pool.in_use == 0
