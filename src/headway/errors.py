@@ -68,7 +68,10 @@ __all__ = [
     "RequestTooLargeError",
     "ResourceNotFoundError",
     "ServerError",
+    "status_error_code",
     "StreamError",
+    "error_class",
+    "error_code",
     "is_retryable",
 ]
 
@@ -407,6 +410,80 @@ _NEVER_RETRY = (
 _CANCELLED_OR_EXIT = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
 _CANCELLED_OR_EXIT_OR_GEN = (*_CANCELLED_OR_EXIT, GeneratorExit)
 _TRANSIENT_BUILTIN = (TimeoutError, ConnectionError)
+
+
+def error_class(status: int, *, quota: bool = False) -> type[APIClientError]:
+    """The error class for an HTTP ``status`` >= 400: headway's one status table.
+
+    ``quota``: the 429's body says a quota or billing limit is exhausted.
+
+    >>> error_class(429).__name__, error_class(429, quota=True).__name__
+    ('RateLimitError', 'QuotaExceededError')
+    >>> error_class(503).__name__, error_class(418).__name__
+    ('ServerError', 'APIClientError')
+    """
+    if status == 429:
+        return QuotaExceededError if quota else RateLimitError
+    if status in (401, 403):
+        return AuthenticationError
+    if status == 404:
+        return ResourceNotFoundError
+    if status in (400, 422):
+        return BadRequestError
+    if status >= 500:
+        return ServerError
+    return APIClientError
+
+
+# The short codes failed results carry, most specific first.
+_CODES: tuple[tuple[type[BaseException], str], ...] = (
+    (QuotaExceededError, "insufficient_quota"),
+    (RateLimitError, "rate_limit_exceeded"),
+    (AuthenticationError, "authentication_error"),
+    (ResourceNotFoundError, "not_found"),
+    (BadRequestError, "bad_request"),
+    (APITimeoutError, "timeout"),
+    (APIConnectionError, "connection_error"),
+    (InvalidResponseError, "invalid_response"),
+    (StreamError, "stream_error"),
+    (ServerError, "server_error"),
+    (CircuitBreakerOpenError, "circuit_open"),
+    (RequestTooLargeError, "request_too_large"),
+    (MaxWaitExceededError, "local_rate_limit"),
+    (TimeoutError, "timeout"),
+    (ConnectionError, "connection_error"),
+)
+
+
+def error_code(exc: BaseException) -> str:
+    """The short code a failed result carries for ``exc`` (``rate_limit_exceeded``, ...).
+
+    >>> error_code(ServerError("boom", status_code=503))
+    'server_error'
+    >>> error_code(APIClientError("teapot", status_code=418))
+    'http_418'
+    """
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
+    if isinstance(exc, APIClientError) and exc.status_code is not None:
+        return f"http_{exc.status_code}"
+    if isinstance(exc, APIClientError):
+        return "api_error"
+    return "internal_error"
+
+
+def status_error_code(status: int) -> str:
+    """The error code of an HTTP ``status`` >= 400 (by :func:`error_class`).
+
+    >>> status_error_code(429), status_error_code(502), status_error_code(418)
+    ('rate_limit_exceeded', 'server_error', 'http_418')
+    """
+    cls = error_class(status)
+    for known, code in _CODES:
+        if cls is known:
+            return code
+    return f"http_{status}"
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -521,7 +521,7 @@ class Policy:
         if rt is not None and rt.budget is not None:
             rt.budget.record_request()
         attempt = failures = waits = 0
-        previous = base = 0.0 if rt is None else rt.base_delay
+        previous = 0.0 if rt is None else rt.base_delay
         while True:
             attempt += 1
             ticket = slot = reservation = None
@@ -535,8 +535,9 @@ class Policy:
                         await pool.acquire()
                     held = True
                 elif slots is not None:
-                    slot = slots.slot()
-                    await slot.__aenter__()
+                    taking = slots.slot()
+                    await taking.__aenter__()
+                    slot = taking  # held only once taken
                 if limiter is not None:
                     reservation = limiter.reserve_nowait(requests, tokens)
                     if reservation is None:
@@ -557,14 +558,11 @@ class Policy:
             except BaseException as exc:
                 spent = clock.now() - started if timed else None
                 _finish(pool if held else None, slot, breaker, ticket, exc, called, spent)
-                waiting = self._rate_wait and isinstance(exc, RateLimitError)
-                waits += waiting
-                failures += not waiting
-                delay = self._after_failure(exc, waiting, failures, waits, previous, total)
+                delay, failures, waits, previous = self._after_failure(
+                    exc, failures, waits, previous, total
+                )
                 if delay is None:
                     raise
-                if not waiting:
-                    previous = delay if delay > 0.0 else base
             else:
                 if limiter is not None:
                     limiter.on_success()
@@ -586,18 +584,19 @@ class Policy:
     def _after_failure(
         self,
         exc: BaseException,
-        waiting: bool,
         failures: int,
         waits: int,
         previous: float,
         total: Deadline | None,
-    ) -> float | None:
-        """After a failed attempt: the delay before the next one, or ``None`` to give up.
+    ) -> tuple[float | None, int, int, float]:
+        """After a failed attempt: the delay before the next one (``None``: give up) and
+        the updated counts of failures and rate waits, and the last backoff delay.
 
-        ``waiting``: a rate 429 waited out without counting (``rate_limits="wait"``).
+        A rate 429 with ``rate_limits="wait"`` is a wait, not a failure: it draws no
+        budget and does not count towards ``max_retries``.
         """
         if not isinstance(exc, Exception):
-            return None  # cancellation and the like: never retried
+            return None, failures, waits, previous  # cancellation: never retried
         rt = self._plan[0]
         if isinstance(exc, RateLimitError) and self._on_rate_limited is not None:
             delay = exc.retry_after
@@ -605,16 +604,21 @@ class Policy:
                 delay = self._max_server_delay
             self._on_rate_limited(delay, empty=exc.bucket_empty)
         if rt is None:
-            return None
+            return None, failures, waits, previous
         remaining = None
         if total is not None:
             when = total.when()
             if when is not None:
                 remaining = when - LOOP_CLOCK.now()
-        if waiting:
-            assert isinstance(exc, RateLimitError)
-            return rt.rate_delay(exc, waits, remaining, self._name, self._listeners)
-        return rt.next_delay(exc, failures, previous, remaining, self._name, self._listeners)
+        if self._rate_wait and isinstance(exc, RateLimitError):
+            waits += 1
+            wait = rt.rate_delay(exc, waits, remaining, self._name, self._listeners)
+            return wait, failures, waits, previous
+        failures += 1
+        after = rt.next_delay(exc, failures, previous, remaining, self._name, self._listeners)
+        if after is not None:
+            previous = after if after > 0.0 else rt.base_delay
+        return after, failures, waits, previous
 
     def __repr__(self) -> str:
         parts = []

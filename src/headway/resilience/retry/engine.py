@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from headway._clock import resolve_clock
+from headway._clock import LOOP_CLOCK, resolve_clock
 from headway.errors import (
     APIClientError,
     HeadwayError,
@@ -21,8 +21,12 @@ from headway.events import (
     RETRY_GAVE_UP,
     RETRY_SCHEDULED,
     EventListener,
+    RateLimited,
+    RetryGaveUp,
+    RetryScheduled,
     emit,
     enabled,
+    publish,
 )
 from headway.resilience.retry.schedule import (
     ExceptionTypes,
@@ -59,6 +63,7 @@ class RetryEngine:
         "owner",
         "predicate",
         "rand",
+        "result_predicate",
         "transient",
         "types",
     )
@@ -90,6 +95,7 @@ class RetryEngine:
         self.name = policy.name
         self.listeners = policy.listeners
         self.rand: Callable[[], float] = random.random
+        self.result_predicate = policy.retry_on_result
 
     def delay(self, retry: int, previous: float) -> float:
         return _schedule_delay(
@@ -201,15 +207,7 @@ class RetryEngine:
             return None
         listeners = listeners or self.listeners
         if enabled(logging.INFO, listeners):
-            emit(
-                RETRY_SCHEDULED,
-                source=source or self.name,
-                level=logging.INFO,
-                listeners=listeners,
-                attempt=retry,
-                delay=delay,
-                reason=_reason(exc),
-            )
+            _scheduled(RetryScheduled, exc, retry, delay, source or self.name, listeners)
         return delay
 
     def server_delay(self, exc: RateLimitError) -> float | None:
@@ -242,16 +240,7 @@ class RetryEngine:
             return None
         listeners = listeners or self.listeners
         if enabled(logging.INFO, listeners):
-            emit(
-                RETRY_SCHEDULED,
-                source=source or self.name,
-                level=logging.INFO,
-                listeners=listeners,
-                attempt=waits,
-                delay=delay,
-                reason=_reason(exc),
-                rate_limited=True,
-            )
+            _scheduled(RateLimited, exc, waits, delay, source or self.name, listeners)
         return delay
 
     async def call(
@@ -262,17 +251,78 @@ class RetryEngine:
             budget.record_request()
         retry = 0
         previous = self.base_delay
+        check = self.result_predicate
         while True:
             try:
-                return await func(*args, **kwargs)
+                result = await func(*args, **kwargs)
             except Exception as exc:
                 retry += 1
                 delay = self.next_delay(exc, retry, previous)
                 if delay is None:
                     raise
-                previous = delay if delay > 0.0 else self.base_delay
+            else:
+                if check is None or not check(result):
+                    return result
+                retry += 1
+                delay = self.result_delay(retry, previous)
+                if delay is None:
+                    return result
+            previous = delay if delay > 0.0 else self.base_delay
             if delay > 0.0:
                 await self.clock.sleep(delay)
+
+    def result_delay(self, retry: int, previous: float) -> float | None:
+        """The delay before retry ``retry`` after a result ``retry_on_result`` rejected;
+        ``None`` when retries or the budget ran out (the caller keeps the result)."""
+        if retry > self.max_retries:
+            return None
+        budget = self.budget
+        if budget is not None and not budget.try_withdraw():
+            return None
+        return self.delay(retry, previous)
+
+    async def iterate(
+        self,
+        func: Callable[..., AsyncIterator[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> AsyncIterator[Any]:
+        """Iterate ``func(*args, **kwargs)`` (an async generator function), starting it
+        again after an error raised before its first item, as :meth:`call` would."""
+        budget = self.budget
+        if budget is not None:
+            budget.record_request()
+        retry = 0
+        previous = self.base_delay
+        while True:
+            gen = func(*args, **kwargs)
+            try:
+                first = await gen.__anext__()
+            except StopAsyncIteration:
+                return
+            except Exception as exc:
+                await _aclose(gen)
+                retry += 1
+                delay = self.next_delay(exc, retry, previous)
+                if delay is None:
+                    raise
+                previous = delay if delay > 0.0 else self.base_delay
+                if delay > 0.0:
+                    await self.clock.sleep(delay)
+                continue
+            break
+        try:
+            yield first
+            async for item in gen:
+                yield item
+        finally:
+            await _aclose(gen)
+
+
+async def _aclose(gen: AsyncIterator[Any]) -> None:
+    aclose = getattr(gen, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _emit_gave_up(
@@ -284,11 +334,40 @@ def _emit_gave_up(
 ) -> None:
     # INFO, not WARNING: the caller gets the error itself; this is context for the logs.
     if enabled(logging.INFO, listeners):
-        emit(
+        reason = f"{why}; last error {_reason(exc)}"
+        event = RetryGaveUp(
             RETRY_GAVE_UP,
-            source=source,
-            level=logging.INFO,
-            listeners=listeners,
+            source,
+            {"attempts": retry, "reason": reason},
+            LOOP_CLOCK.now(),
+            logging.INFO,
             attempts=retry,
-            reason=f"{why}; last error {_reason(exc)}",
+            exception=exc,
         )
+        publish(event, listeners)
+
+
+def _scheduled(
+    cls: type[RetryScheduled],
+    exc: BaseException,
+    attempt: int,
+    delay: float,
+    source: str | None,
+    listeners: tuple[EventListener, ...],
+) -> None:
+    rate = cls is RateLimited
+    data: dict[str, Any] = {"attempt": attempt, "delay": delay, "reason": _reason(exc)}
+    if rate:
+        data["rate_limited"] = True
+    event = cls(
+        RETRY_SCHEDULED,
+        source,
+        data,
+        LOOP_CLOCK.now(),
+        logging.INFO,
+        attempt=attempt,
+        delay=delay,
+        exception=exc,
+        rate_limited=rate,
+    )
+    publish(event, listeners)

@@ -1,4 +1,4 @@
-"""Keys stay out of the HTTP layer's reprs, logs, errors and exception chains."""
+"""Keys stay out of the HTTP layer's reprs, logs, errors and exception chains (redaction)."""
 
 from __future__ import annotations
 
