@@ -184,11 +184,6 @@ async def test_the_python_api_never_shows_the_key(
     assert CANARY not in "\n".join(seen)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11 item 11: the aiohttp exception kept as __cause__ carries the request "
-    "headers in its repr (fixed in the http layer)",
-)
 async def test_exception_causes_do_not_carry_the_key(bad_status_server: str) -> None:
     seen: list[str] = []
     errors = await collect_api(bad_status_server, None, seen)
