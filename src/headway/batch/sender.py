@@ -31,8 +31,8 @@ from headway.batch.jobs import DEFAULT_URL, BatchRequest
 from headway.batch.runner import Response, Sender, note_retry
 from headway.errors import CircuitBreakerOpenError, ConfigurationError, RateLimitError
 from headway.events import Event, RetryScheduled
-from headway.http.status import error_for_status
 from headway.http.providers import PROVIDERS as _HTTP_PROVIDERS
+from headway.http.status import error_for_status
 
 __all__ = [
     "PROVIDERS",
