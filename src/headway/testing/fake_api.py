@@ -77,8 +77,10 @@ __all__ = ["FakeAPI", "RecordedRequest", "Route", "Script"]
 # Names imported "as" themselves are re-exported: they were defined or imported here
 # before the split (the doctests use Fault).
 
-_ENTRY_KEY = web.RequestKey("headway_entry", object)
-_PARAMS_KEY = web.RequestKey("headway_params", dict)
+# web.RequestKey exists from aiohttp 3.14 (which warns on str keys); older versions take str.
+_RequestKey: Any = getattr(web, "RequestKey", None)
+_ENTRY_KEY: Any = _RequestKey("headway_entry", object) if _RequestKey else "headway_entry"
+_PARAMS_KEY: Any = _RequestKey("headway_params", dict) if _RequestKey else "headway_params"
 
 
 class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):

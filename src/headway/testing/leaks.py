@@ -54,6 +54,9 @@ _ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
 _THIS_FILE = __file__.removesuffix("c")
 _NEVER_AWAITED = r"coroutine .* was never awaited"
 _TASK_MESSAGES = ("Task exception was never retrieved", "Task was destroyed but it is pending")
+# Tasks a test runner creates around each fixture and test (anyio's pytest plugin): the
+# runner's, not the test's.
+_RUNNER_TASKS = frozenset({"TestRunner._call_in_runner_task"})
 
 
 @dataclass(slots=True, frozen=True)
@@ -320,6 +323,7 @@ class LeakGuard:
             if t is not current
             and t not in self._before
             and not t.done()
+            and _coro_name(t) not in _RUNNER_TASKS
             and not _serves_an_older_server(t, servers)
         ]
 
