@@ -138,6 +138,14 @@ async def test_unmarked_leak_is_not_checked():
     asyncio.create_task(forever())
 
 @pytest.mark.no_leaks
+async def test_async_mock_session_pitfall():
+    from unittest.mock import AsyncMock
+
+    session = AsyncMock()
+    async with session.get("https://x.test/") as resp:
+        pass
+
+@pytest.mark.no_leaks
 @pytest.mark.allow_leaks
 def test_all_markers_are_registered():
     pass
@@ -162,6 +170,9 @@ def test_marked_tests_fail_naming_each_leak(tmp_path: Path) -> None:
         assert "headway leak guard" in outcome.message, (name, outcome.message)
         for needle in needles:
             assert needle in outcome.message, (name, needle, outcome.message)
+    assert outcomes["test_async_mock_session_pitfall"].status in ("failed", "error"), output
+    assert "headway: how to fix this" in output
+    assert "mock_aiohttp_session(...) for an" in output
     assert outcomes["test_clean"].status == "passed", output
     assert outcomes["test_unmarked_leak_is_not_checked"].status == "passed", output
     assert outcomes["test_all_markers_are_registered"].status == "passed", output

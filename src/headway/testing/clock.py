@@ -12,7 +12,7 @@ served before time moves (a loopback server on the same loop, like
 :class:`~headway.testing.FakeAPI`, has its bytes delivered by the time the client's send
 returns), a wait with no timer at all is a real wait, and while work runs in a thread
 (``run_in_executor``, ``asyncio.to_thread``, DNS look-ups) the loop waits for it in real
-time instead of skipping past it. A jump costs two non-blocking polls, so an open socket
+time instead of skipping past it. A jump costs one non-blocking poll, so an open socket
 does not slow virtual time down.
 
 Time always moves when only timers remain: a timer that keeps falling due at the same
@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import selectors
 from collections.abc import Callable
 from types import TracebackType
@@ -65,9 +64,10 @@ class VirtualClock:
         start: virtual time at install; by default the loop's current time, so timers
             scheduled before install keep their order.
         io_grace: real seconds to wait for I/O before each jump while sockets other
-            than the loop's own are registered; by default the loop only polls them
-            (and yields the CPU once in between), which is enough for servers on the
-            same loop. Give a server in another thread or process a few milliseconds.
+            than the loop's own are registered; by default the loop only polls them,
+            which is enough for servers on the same loop (loopback bytes are delivered
+            by the time the sender's write returns). Give a server in another thread or
+            process a few milliseconds.
     """
 
     def __init__(self, start: float | None = None, *, io_grace: float = DEFAULT_IO_GRACE) -> None:
@@ -198,9 +198,7 @@ class VirtualClock:
     def _grace(self, real_select: Callable[[float | None], list[Any]], timeout: float) -> list[Any]:
         if self.io_grace > 0:
             return real_select(min(timeout, self.io_grace))
-        # Let a peer that is runnable (a loopback delivery, a thread) go first, poll again.
-        os.sched_yield()
-        return real_select(0)
+        return []  # polled once already: what has arrived is served, nothing more to wait
 
     def _step_if_stalled(self) -> None:
         """A timer is due and nothing else is ready: make sure time does not stand still.

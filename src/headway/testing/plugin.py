@@ -29,6 +29,7 @@ plugin on its asyncio backend; the fixtures and markers work under both.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -171,6 +172,61 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 name = _SYNC_GUARD
             if name not in fixturenames:
                 fixturenames.insert(at, name)
+
+
+# The classic async-mock mistakes, and what fixes each (shown under a failing test that
+# uses headway's fixtures, markers or leak guard).
+_PITFALLS = (
+    (
+        re.compile(
+            r"'coroutine' object (has no attribute '__aenter__'|does not support the "
+            r"asynchronous context manager protocol)"
+        ),
+        "an AsyncMock method returns a coroutine, but `async with session.get(...)` needs "
+        "an async context manager: use headway.testing.mock_aiohttp_session(...) for an "
+        "aiohttp session, or async_cm_mock(...) for any async context manager",
+    ),
+    (
+        re.compile(r"object (Magic|NonCallableMagic)?Mock can't be used in 'await' expression"),
+        "a MagicMock is not awaitable: use AsyncMock for async methods, or "
+        "headway.testing.mock_response(...), whose json(), text() and read() are awaitable",
+    ),
+    (
+        re.compile(r"'(coroutine|AsyncMock)' object has no attribute '(status|json|headers|text)'"),
+        "a response was used without `await` (an AsyncMock session returns coroutines): "
+        "use headway.testing.mock_aiohttp_session(...), whose requests give responses "
+        "both awaited and in `async with`",
+    ),
+)
+_OWN_FIXTURES = frozenset(
+    {"virtual_clock", "fake_api", "capture_logs", "mock_api_responses", _SYNC_GUARD, _ANYIO_GUARD}
+)
+
+
+def _uses_headway(item: pytest.Item) -> bool:
+    names = set(getattr(item, "fixturenames", ()))
+    if names & _OWN_FIXTURES or any(n.startswith("_headway_") for n in names):
+        return True
+    return any(item.get_closest_marker(m) is not None for m in ("virtual_time", "no_leaks"))
+
+
+def pitfall_hint(exc: BaseException) -> str | None:
+    """What fixes ``exc`` if it is a classic async-mock mistake, else ``None``."""
+    text = str(exc)
+    for pattern, hint in _PITFALLS:
+        if pattern.search(text):
+            return hint
+    return None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed and call.excinfo is not None and _uses_headway(item):
+        hint = pitfall_hint(call.excinfo.value)
+        if hint is not None:
+            report.sections.append(("headway: how to fix this", hint))
+    return report
 
 
 def _fail_on(leaks: list[Leak], request: pytest.FixtureRequest) -> None:
