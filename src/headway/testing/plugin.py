@@ -19,8 +19,8 @@ Markers:
 
 Options:
     ``--headway-leak-check`` or the ini option ``headway_leak_check = true`` runs the
-    leak guard for every test (the cheap way: a young-generation garbage collection per
-    test; the ``no_leaks`` marker does a full one).
+    leak guard for every test (it costs about as much as the marker: a garbage
+    collection of only what the test allocated).
 
 Async tests may be run by pytest-asyncio (any ``loop_scope``) or by anyio's pytest
 plugin on its asyncio backend; the fixtures and markers work under both.
@@ -236,10 +236,8 @@ def _fail_on(leaks: list[Leak], request: pytest.FixtureRequest) -> None:
 
 
 def _new_guard(request: pytest.FixtureRequest) -> LeakGuard:
-    # A test marked no_leaks gets a full garbage collection; the suite-wide guard a
-    # young-generation one, so that it costs well under a millisecond per test.
-    marked = request.node.get_closest_marker("no_leaks") is not None
-    guard: LeakGuard = _feature("leaks").LeakGuard(gc_generation=2 if marked else 1)
+    # A full collection, made cheap by freezing what existed before the test.
+    guard: LeakGuard = _feature("leaks").LeakGuard()
     return guard
 
 
