@@ -415,6 +415,7 @@ def test_fixtures_without_a_runner_say_what_to_do(tmp_path: Path) -> None:
     sync = outcomes["test_sync_test_asks_for_fake_api"]
     assert sync.status == "error", output
     assert "needs an async test" in sync.message
+    assert outcomes["test_async_test_without_a_runner"].status == "error", output
     assert "pytest-asyncio" in sync.message
     assert "fixture 'virtual_clock' not found" not in output
     trio = outcomes["test_fake_api_on_trio"]

@@ -29,6 +29,7 @@ plugin on its asyncio backend; the fixtures and markers work under both.
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Literal
@@ -69,8 +70,11 @@ def _feature(module: str) -> Any:
         )
 
 
-def _has_pytest_asyncio() -> bool:
-    return getattr(pytest_asyncio, "fixture", None) is not None
+def _asyncio_plugin_active(config: pytest.Config) -> bool:
+    """pytest-asyncio is importable and its plugin loaded (not ``-p no:asyncio``)."""
+    return getattr(pytest_asyncio, "fixture", None) is not None and (
+        config.pluginmanager.has_plugin("asyncio")
+    )
 
 
 def _async_guard_name(scope: str) -> str:
@@ -131,6 +135,12 @@ def _is_async(item: pytest.Item) -> bool:
         return False
 
 
+def _runs_in_a_loop(item: pytest.Item, fixturenames: list[str]) -> bool:
+    obj = getattr(item, "obj", None)
+    inner = getattr(getattr(obj, "hypothesis", None), "inner_test", obj)
+    return _is_anyio(item, fixturenames) or _is_async(item) or inspect.iscoroutinefunction(inner)
+
+
 def _first_function_scoped(item: pytest.Item, fixturenames: list[str]) -> int:
     """Index of the first function-scoped fixture: wider-scoped ones are set up before.
 
@@ -153,14 +163,18 @@ def _first_function_scoped(item: pytest.Item, fixturenames: list[str]) -> int:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     everywhere = _leak_check_everywhere(config)
+    asyncio_plugin = _asyncio_plugin_active(config)
     for item in items:
         fixturenames = getattr(item, "fixturenames", None)
         if not isinstance(fixturenames, list):
             continue
         at = _first_function_scoped(item, fixturenames)
-        if item.get_closest_marker("virtual_time") is not None and (
-            "virtual_clock" not in fixturenames
+        if (
+            item.get_closest_marker("virtual_time") is not None
+            and "virtual_clock" not in fixturenames
+            and (asyncio_plugin or _runs_in_a_loop(item, fixturenames))
         ):
+            # (pytest-asyncio gives even a sync test a current loop, here in virtual time)
             fixturenames.insert(at, "virtual_clock")
         guarded = everywhere or item.get_closest_marker("no_leaks") is not None
         if guarded and item.get_closest_marker("allow_leaks") is None:
@@ -258,13 +272,13 @@ def _loop_fixture(request: pytest.FixtureRequest, what: str) -> str:
                 pytrace=False,
             )
         return f"_headway_{what}_anyio"
-    if _has_pytest_asyncio() and _is_async(node):
+    if _asyncio_plugin_active(request.config):
         return f"_headway_{what}_{_loop_scope(node)}"
-    if not _has_pytest_asyncio():
-        hint = "install pytest-asyncio, or run the test with anyio (@pytest.mark.anyio)"
-    else:
-        hint = "make the test `async def` (run by pytest-asyncio or anyio's plugin)"
-    pytest.fail(f"headway's {what} fixture needs an async test in an event loop: {hint}")
+    pytest.fail(
+        f"headway's {what} fixture needs an async test in an event loop: install "
+        "pytest-asyncio, or run the test with anyio's plugin (@pytest.mark.anyio)",
+        pytrace=False,
+    )
 
 
 def _sync_guard(request: pytest.FixtureRequest) -> Iterator[None]:
