@@ -69,6 +69,7 @@ from headway.testing._fake_journal import (
     _JournalMixin,
 )
 from headway.testing._fake_journal import HandlerResult as HandlerResult
+from headway.testing._fake_batches import install_batches
 from headway.testing._fake_limits import _Bucket, _LimitsMixin
 from headway.testing.faults import Chaos, FaultLike, parse_script
 from headway.testing.faults import Fault as Fault
@@ -155,6 +156,8 @@ class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
             ("POST", "/v1/responses"): self._responses,
             ("POST", "/v1/messages"): self._messages,
         }
+        # The Batch APIs (OpenAI files + batches, Anthropic message batches).
+        self.batches = install_batches(self)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> Self:
