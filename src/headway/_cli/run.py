@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 
+from headway._cli.batches import batch_options, run_via_batch
 from headway._cli.common import (
     _fail,
     _finish,
@@ -86,6 +88,7 @@ __all__ = ["run"]
     help="Send only this worker's share of the lines (worker K of N; use one -o per worker).",
 )
 @_progress_options
+@batch_options
 def run(
     input_path: Path,
     output: Path | None,
@@ -107,6 +110,7 @@ def run(
     shard: str | None,
     progress: str,
     quiet: bool,
+    **batch: Any,
 ) -> int:
     """Send every request of INPUT (JSONL, .gz ok) and write one result per request.
 
@@ -148,6 +152,24 @@ def run(
         timeout=timeout,
         redis_url=redis_url,
     )
+    if batch["via"] == "batch":
+        return run_via_batch(
+            input_path=input_path,
+            output=output,
+            errors=errors,
+            provider=provider,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            retry_failed=retry_failed,
+            summary_json=summary_json,
+            fsync=fsync,
+            quiet=quiet,
+            progress=progress,
+            online=settings,
+            opts={**batch, "shard": shard, "redis_url": redis_url},
+        )
+    if batch["then_online"] or batch["detach"]:
+        _fail("--then-online and --detach go with --via batch")
     runner = BatchRunner(
         _no_sender,
         input_path,

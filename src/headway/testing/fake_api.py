@@ -59,6 +59,7 @@ from headway.testing._fake_answers import _DRIBBLE_PIECE as _DRIBBLE_PIECE
 from headway.testing._fake_answers import _Answer, _AnswersMixin, _Stream
 from headway.testing._fake_answers import _json_bytes as _json_bytes
 from headway.testing._fake_answers import _sse as _sse
+from headway.testing._fake_batches import install_batches
 from headway.testing._fake_journal import _PARAM as _PARAM
 from headway.testing._fake_journal import (
     Handler,
@@ -69,7 +70,6 @@ from headway.testing._fake_journal import (
     _JournalMixin,
 )
 from headway.testing._fake_journal import HandlerResult as HandlerResult
-from headway.testing._fake_batches import install_batches
 from headway.testing._fake_limits import _Bucket, _LimitsMixin
 from headway.testing.faults import Chaos, FaultLike, parse_script
 from headway.testing.faults import Fault as Fault

@@ -1,0 +1,190 @@
+"""Planning a provider batch: which lines may go, how they group, where files split.
+
+A line goes into a batch when its provider's Batch API serves it: OpenAI's takes
+``POST`` requests to ``/v1/chat/completions``, ``/v1/embeddings``, ``/v1/responses``
+and ``/v1/completions`` (one endpoint and one model per file); Anthropic's takes
+``/v1/messages`` parameters. A line asking to stream, or bound elsewhere, gets a
+one-line reason instead (:func:`batch_problem`). Lines are grouped by what one batch
+may mix and each group is split into parts within :class:`BatchLimits` (requests,
+bytes and, for OpenAI, the model's enqueued-token limit).
+
+>>> from headway.batch.jobs import parse_line
+>>> line = '{"custom_id": "a", "url": "/v1/embeddings", "body": {"model": "m", "stream": 1}}'
+>>> r = parse_line(line, 1)
+>>> batch_problem(r, "openai")
+'line 1 (custom_id a): a batch cannot stream; drop "stream": true or use --via online'
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from headway.batch.jobs import ANTHROPIC_URL, BatchRequest
+
+__all__ = [
+    "OPENAI_ENDPOINTS",
+    "BatchLimits",
+    "Kind",
+    "PartWriter",
+    "batch_problem",
+    "group_key",
+    "provider_line",
+]
+
+Kind = Literal["openai", "anthropic"]
+
+#: The endpoints OpenAI's Batch API serves (text ones; images and videos are not read).
+OPENAI_ENDPOINTS = frozenset(
+    {"/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/v1/completions"}
+)
+
+
+@dataclass(slots=True, frozen=True)
+class BatchLimits:
+    """How big one provider batch may be.
+
+    Attributes:
+        max_requests: requests per batch (OpenAI 50,000; Anthropic 100,000).
+        max_bytes: bytes per batch file or request (OpenAI 200 MB; Anthropic 256 MB).
+        max_tokens: the model's enqueued-token limit (OpenAI; estimated input tokens
+            queued at once across this run's batches of one model), or ``None``.
+    """
+
+    max_requests: int
+    max_bytes: int
+    max_tokens: int | None = None
+
+    @classmethod
+    def for_provider(
+        cls,
+        kind: Kind,
+        *,
+        max_requests: int | None = None,
+        max_bytes: int | None = None,
+        max_tokens: int | None = None,
+    ) -> BatchLimits:
+        """The provider's documented limits, with any of them overridden.
+
+        >>> BatchLimits.for_provider("openai").max_requests
+        50000
+        >>> BatchLimits.for_provider("anthropic", max_bytes=10).max_bytes
+        10
+        """
+        if kind == "anthropic":
+            requests, size = 100_000, 256 * 1024 * 1024
+        else:
+            requests, size = 50_000, 200 * 1024 * 1024
+        return cls(max_requests or requests, max_bytes or size, max_tokens)
+
+
+def batch_problem(request: BatchRequest, kind: Kind) -> str | None:
+    """Why ``request`` cannot go in a ``kind`` batch (one line), or ``None`` if it can."""
+    where = f"line {request.line} (custom_id {request.custom_id})"
+    body = request.body
+    if body.get("stream"):
+        return f'{where}: a batch cannot stream; drop "stream": true or use --via online'
+    if request.method != "POST":
+        return f"{where}: the Batch API only sends POST requests, not {request.method}"
+    if kind == "anthropic":
+        if request.url != ANTHROPIC_URL:
+            return (
+                f"{where}: Anthropic's Message Batches serve {ANTHROPIC_URL} only, not "
+                f"{request.url}; use --via online"
+            )
+        return None
+    if request.kind == "anthropic":
+        return f"{where}: an Anthropic line (params) needs --provider anthropic"
+    if request.url not in OPENAI_ENDPOINTS:
+        served = ", ".join(sorted(OPENAI_ENDPOINTS))
+        return f"{where}: the Batch API does not serve {request.url} (it serves {served})"
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        return f'{where}: a batch line needs a "model" in its body'
+    return None
+
+
+def group_key(request: BatchRequest, kind: Kind) -> tuple[str, str]:
+    """(endpoint, model): what one batch of ``kind`` may not mix."""
+    if kind == "anthropic":
+        return ANTHROPIC_URL, ""  # Anthropic batches mix models freely
+    return request.url, str(request.body.get("model"))
+
+
+def provider_line(request: BatchRequest, kind: Kind) -> bytes:
+    """The request as a line of the provider's batch format (no newline)."""
+    if kind == "anthropic":
+        record: dict[str, Any] = {"custom_id": request.custom_id, "params": request.body}
+    else:
+        record = {
+            "custom_id": request.custom_id,
+            "method": "POST",
+            "url": request.url,
+            "body": request.body,
+        }
+    return orjson.dumps(record)
+
+
+@dataclass(slots=True)
+class PartWriter:
+    """Writes one group's lines into part files, starting a new one at the limits.
+
+    ``on_full(part)`` is called with each finished part (the last one by :meth:`close`).
+    A part is ``{"path", "ids", "bytes", "tokens"}``.
+    """
+
+    directory: str
+    prefix: str
+    limits: BatchLimits
+    overhead: int = 0  # bytes a request adds around its line (Anthropic: the JSON array)
+    parts: list[dict[str, Any]] = field(default_factory=list)
+    _file: Any = None
+    _part: dict[str, Any] | None = None
+
+    def fits_alone(self, size: int, tokens: int) -> bool:
+        """Whether one line of ``size`` bytes and ``tokens`` tokens fits in any part."""
+        limit_tokens = self.limits.max_tokens
+        return size + 1 + self.overhead <= self.limits.max_bytes and (
+            limit_tokens is None or tokens <= limit_tokens
+        )
+
+    def add(self, custom_id: str, line: bytes, tokens: int) -> None:
+        """Append a line (which :meth:`fits_alone`), opening a new part when needed."""
+        part = self._part
+        size = len(line) + 1 + self.overhead
+        if part is not None and (
+            len(part["ids"]) >= self.limits.max_requests
+            or part["bytes"] + size > self.limits.max_bytes
+            or (
+                self.limits.max_tokens is not None
+                and part["tokens"] + tokens > self.limits.max_tokens
+            )
+        ):
+            self._finish()
+            part = None
+        if part is None:
+            n = len(self.parts) + 1
+            path = os.path.join(self.directory, f"{self.prefix}-{n:04d}.jsonl")
+            part = {"path": path, "ids": [], "bytes": 0, "tokens": 0}
+            self._file = open(path, "wb")  # noqa: SIM115 - closed in _finish
+            self._part = part
+        self._file.write(line + b"\n")
+        part["ids"].append(custom_id)
+        part["bytes"] += size
+        part["tokens"] += tokens
+
+    def _finish(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._part is not None:
+            self.parts.append(self._part)
+            self._part = None
+
+    def close(self) -> list[dict[str, Any]]:
+        """Finish the last part; return every part written."""
+        self._finish()
+        return self.parts
