@@ -482,3 +482,81 @@ async def test_state_from_another_provider_is_refused(tmp_path: Path) -> None:
         await batchapi.submit(inp, out, settings(api))
         with pytest.raises(ConfigurationError, match="use the same provider"):
             await batchapi.submit(inp, out, settings(api, "anthropic"))
+
+
+async def test_server_with_smaller_limits_fails_the_batch_with_its_code(tmp_path: Path) -> None:
+    inp = write_input(tmp_path / "in.jsonl", 6)
+    with open(inp, "a") as f:  # a repeated custom_id is not sent twice
+        f.write(json.dumps({"custom_id": "q0", "url": "/v1/chat/completions", "body": {}}) + "\n")
+    out = tmp_path / "out.jsonl"
+    async with FakeAPI() as api:
+        api.batches.max_requests = 4  # this server takes fewer than we were told
+        outcome = await batchapi.run(inp, out, settings(api))
+    recs = assert_exactly_once(out, 6)
+    assert {r["error"]["code"] for r in recs} == {"too_many_requests"}
+    assert outcome.stats.duplicates == 1
+
+
+async def test_unfinished_lines_without_then_online_are_written_as_failures(
+    tmp_path: Path,
+) -> None:
+    inp = write_input(tmp_path / "in.jsonl", 10)
+    out = tmp_path / "out.jsonl"
+    async with FakeAPI() as api:
+        api.batches.timing.processing = 100.0
+        api.batches.timing.completion_window = 51.0
+        engine = ProviderBatchRun(settings(api), out)
+        with pytest.raises(Exception, match="online settings"):
+            await engine.run(inp, then_online=True)  # collected, but nothing to go online with
+        outcome = await batchapi.collect(out, settings(api))  # no then_online: failures
+        assert outcome.stats.failed == 5
+        again = await batchapi.run(inp, out, settings(api))  # nothing left to do
+        assert again.stats.skipped == 10
+    codes = Counter(r["error"]["code"] for r in assert_exactly_once(out, 10) if r["error"])
+    assert codes == {"batch_expired": 5}
+
+
+async def test_lost_payload_and_lost_upload(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inp = write_input(tmp_path / "in.jsonl", 8)
+    out = tmp_path / "out.jsonl"
+    async with FakeAPI() as api:
+
+        async def crash(self: Any, *a: Any) -> Any:
+            raise Crash
+
+        s = settings(api, max_requests=4)
+        monkeypatch.setattr(OpenAIBatches, "create", crash)
+        with pytest.raises(Crash):
+            await batchapi.run(inp, out, s)
+        monkeypatch.undo()
+        state = BatchState.load(out)
+        first, second = state.parts
+        assert (first.status, second.status) == ("creating", "planned")
+        # the provider lost the first upload; the second part's local file is gone
+        first.status = "uploaded"
+        state.save()
+        api.batches.files.pop(first.file_id or "")
+        Path(second.payload).unlink()
+        outcome = await batchapi.run(inp, out, s)
+        assert created(api) == (2, 1)  # the first part uploaded again, then created once
+    recs = {r["custom_id"]: r for r in records(out)}
+    assert sum(r["error"] is None for r in recs.values()) == 4
+    assert {r["error"]["code"] for r in recs.values() if r["error"]} == {"internal_error"}
+    assert any("is gone" in n for n in outcome.notes)
+
+
+async def test_cancel_of_an_ended_batch_is_a_note(tmp_path: Path) -> None:
+    inp = write_input(tmp_path / "in.jsonl", 3)
+    out = tmp_path / "out.jsonl"
+    async with FakeAPI() as api:
+        await batchapi.submit(inp, out, settings(api))
+        import asyncio
+
+        await asyncio.sleep(30)
+        engine = ProviderBatchRun(settings(api), out)
+        state = await engine.refresh(cancel=True)
+        assert any("Cannot cancel" in n for n in engine.notes)
+        assert state.parts[0].status == "collected"
+    assert_exactly_once(out, 3)
