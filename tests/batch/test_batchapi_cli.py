@@ -259,3 +259,29 @@ def test_then_online_flag(tmp_path: Path, server: Server) -> None:
     online = len(server.api.calls("POST", "/v1/chat/completions"))
     assert 0 < online < 20
     assert all(r["error"] is None for r in records(out))
+
+
+async def test_a_second_signal_stops_at_once() -> None:
+    from headway._cli.batches import _run
+
+    class Stuck:
+        stopping = False
+
+        def stop(self) -> None:
+            self.stopping = True
+
+        async def run(self, *args: object, **kwargs: object) -> None:
+            await asyncio.Event().wait()  # a step that never ends (a hung upload)
+
+    engine = Stuck()
+    task = asyncio.ensure_future(
+        _run(engine, Path("in"), detach=False, then_online=False, online=None)
+    )  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGINT)
+    await asyncio.sleep(0.01)
+    assert engine.stopping
+    assert not task.done()
+    os.kill(os.getpid(), signal.SIGINT)
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -131,15 +131,24 @@ def run_via_batch(
         settings, output, errors=errors, retry_failed=retry_failed, fsync=fsync, progress=show
     )
     then_online = bool(opts.get("then_online"))
-    outcome = asyncio.run(
-        _run(
-            engine,
-            input_path,
-            detach=bool(opts.get("detach")),
-            then_online=then_online,
-            online=online,
+    try:
+        outcome = asyncio.run(
+            _run(
+                engine,
+                input_path,
+                detach=bool(opts.get("detach")),
+                then_online=then_online,
+                online=online,
+            )
         )
-    )
+    except asyncio.CancelledError:
+        click.echo(
+            "headway: interrupted; the batches already created keep running at the provider. "
+            f"Run the same command again to resume (`headway batches cancel {output}` "
+            "cancels them).",
+            err=True,
+        )
+        return EXIT_INTERRUPTED
     return _report(outcome, output, input_path, summary_json, engine.stopping)
 
 
@@ -152,10 +161,19 @@ async def _run(
     online: SenderSettings,
 ) -> RunOutcome:
     loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+
+    def on_signal() -> None:
+        # The first signal detaches once the step under way is done; a second one stops
+        # at once (the state was written before the step, so the next run resumes it).
+        if engine.stopping and task is not None:
+            task.cancel()
+        engine.stop()
+
     installed = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, engine.stop)
+            loop.add_signal_handler(sig, on_signal)
         except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
             continue
         installed.append(sig)

@@ -295,7 +295,10 @@ class ProviderBatchRun:
         state.provider = s.provider
         return state
 
-    def _write(self, result: Result) -> None:
+    def _write(self, result: Result, shape: str = "openai") -> None:
+        if shape != "openai" and hasattr(result, "shape"):
+            # the ledger writes the line in the input line's shape (headway.batch.output)
+            setattr(result, "shape", shape)  # noqa: B010
         assert self._ledger is not None
         self._ledger.write(result)
         self.stats.record(result)
@@ -383,7 +386,7 @@ class ProviderBatchRun:
                 unfinished.update(part.unfinished)
         directory = self.output + ".batches.d"
         os.makedirs(directory, exist_ok=True)
-        writers: dict[tuple[str, str], PartWriter] = {}
+        writers: dict[tuple[str, str, str], PartWriter] = {}
         overhead = 1 if kind == "anthropic" else 0
         count_tokens = limits.max_tokens is not None
         if count_tokens:
@@ -430,16 +433,17 @@ class ProviderBatchRun:
                 )
             if problem is not None:
                 rejected.append(problem)
-                self._write(Result.failure(cid, "invalid_request", problem))
+                shape = "anthropic" if item.kind == "anthropic" else "openai"
+                self._write(Result.failure(cid, "invalid_request", problem), shape)
                 continue
             writer.add(cid, line, tokens)
         stats.total = len(seen)
-        for (endpoint, model), writer in writers.items():
+        for (endpoint, model, shape), writer in writers.items():
             for raw in writer.close():
                 key = os.path.basename(raw["path"]).removesuffix(".jsonl")
-                state.parts.append(
-                    Part(key, endpoint, model, raw["ids"], raw["path"], tokens=raw["tokens"])
-                )
+                part = Part(key, endpoint, model, raw["ids"], raw["path"], tokens=raw["tokens"])
+                part.shape = shape
+                state.parts.append(part)
         if rejected:
             more = f" (and {len(rejected) - 3} more)" if len(rejected) > 3 else ""
             self.notes.append(
@@ -591,7 +595,7 @@ class ProviderBatchRun:
     def _fail_part(self, part: Part, code: str, message: str) -> None:
         for cid in part.ids:
             if cid not in self._done:
-                self._write(Result.failure(cid, code, message))
+                self._write(Result.failure(cid, code, message), part.shape)
         part.status = "collected"
         assert self.state is not None
         self.state.save()
@@ -718,7 +722,8 @@ class ProviderBatchRun:
                     continue
                 err = by_line.get(n, first)
                 code = str(err.get("code") or "batch_failed")
-                self._write(Result.failure(cid, code, str(err.get("message") or "batch failed")))
+                message = str(err.get("message") or "batch failed")
+                self._write(Result.failure(cid, code, message), part.shape)
         else:
             written: set[str] = set()
             async for result in remote.results(got):
@@ -730,7 +735,7 @@ class ProviderBatchRun:
                 if then_online and code in UNFINISHED:
                     part.unfinished[cid] = code
                     continue
-                self._write(result)
+                self._write(result, part.shape)
             missing_code = {"cancelled": "batch_cancelled", "expired": "batch_expired"}.get(
                 got.status, "batch_expired" if remote.kind == "openai" else "expired"
             )
@@ -741,7 +746,7 @@ class ProviderBatchRun:
                     part.unfinished[cid] = missing_code
                 else:
                     message = _unfinished_message(missing_code)
-                    self._write(Result.failure(cid, missing_code, message))
+                    self._write(Result.failure(cid, missing_code, message), part.shape)
         if then_online:
             self._online.update(c for c in part.unfinished if c not in self._done)
         part.status = "collected"

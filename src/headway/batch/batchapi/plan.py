@@ -107,11 +107,17 @@ def batch_problem(request: BatchRequest, kind: Kind) -> str | None:
     return None
 
 
-def group_key(request: BatchRequest, kind: Kind) -> tuple[str, str]:
-    """(endpoint, model): what one batch of ``kind`` may not mix."""
+def group_key(request: BatchRequest, kind: Kind) -> tuple[str, str, str]:
+    """(endpoint, model, result shape): what one batch of ``kind`` may not mix.
+
+    Anthropic batches mix models freely; their Anthropic lines (``params``) and bare
+    bodies go in separate batches only because their results are written in different
+    shapes.
+    """
     if kind == "anthropic":
-        return ANTHROPIC_URL, ""  # Anthropic batches mix models freely
-    return request.url, str(request.body.get("model"))
+        shape = "anthropic" if request.kind == "anthropic" else "openai"
+        return ANTHROPIC_URL, "", shape
+    return request.url, str(request.body.get("model")), "openai"
 
 
 def provider_line(request: BatchRequest, kind: Kind) -> bytes:

@@ -304,7 +304,8 @@ class AnthropicBatches:
             created = _iso_seconds(b.get("created_at"))
             counts = b.get("request_counts") or {}
             total = sum(int(v or 0) for v in counts.values())
-            if created is not None and created >= after - 2.0 and total == size:
+            # A minute's slack for the difference between our clock and the provider's.
+            if created is not None and created >= after - 60.0 and total == size:
                 return self._remote(b)
         return None
 

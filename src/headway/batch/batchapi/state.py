@@ -67,6 +67,7 @@ class Part:
         old_batches: batches of this part the provider failed (e.g. token limit).
         unfinished: custom_id -> code of lines the batch left undone (expired,
             cancelled), kept for ``--then-online``.
+        shape: the shape its result lines are written in (``openai``, ``anthropic``).
     """
 
     key: str
@@ -85,6 +86,7 @@ class Part:
     retry_at: float | None = None
     old_batches: list[str] = field(default_factory=list)
     unfinished: dict[str, str] = field(default_factory=dict)
+    shape: str = "openai"
 
     @property
     def live(self) -> bool:
