@@ -285,3 +285,20 @@ async def test_a_second_signal_stops_at_once() -> None:
     os.kill(os.getpid(), signal.SIGINT)
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_plan_shows_the_split_and_the_lines_that_cannot_go(tmp_path: Path) -> None:
+    inp = write_input(tmp_path / "in.jsonl", 25, models=2)
+    with open(inp, "a") as f:
+        body = {"model": "m", "stream": True}
+        f.write(json.dumps({"custom_id": "s", "url": "/v1/chat/completions", "body": body}) + "\n")
+    result = invoke(["batches", "plan", str(inp), "--batch-max-requests", "10"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("batch 1: /v1/chat/completions gpt-4o-mini-0: 10 requests")
+    assert "cannot stream" in result.stdout
+    assert lines[-1] == "4 batch(es), 25 requests; 1 line(s) cannot go"
+    result = invoke(["batches", "plan", str(inp), "--provider", "anthropic"])
+    assert "needs --provider anthropic" not in result.stdout
+    assert "serve /v1/messages only" in result.stdout
+    assert invoke(["batches", "plan", str(tmp_path / "nope")]).exit_code == 2

@@ -234,6 +234,49 @@ def _load(output: Path) -> BatchAPISettings:
     return settings_from_state(output)
 
 
+@batches.command("plan")
+@click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--provider", type=click.Choice(["openai", "anthropic"]), default="openai")
+@click.option("--batch-max-requests", type=click.IntRange(min=1))
+@click.option("--batch-max-bytes", type=click.IntRange(min=1))
+@click.option("--batch-max-tokens", type=click.IntRange(min=1))
+def plan(
+    input_path: Path,
+    provider: str,
+    batch_max_requests: int | None,
+    batch_max_bytes: int | None,
+    batch_max_tokens: int | None,
+) -> int:
+    """Show how `run --via batch` would split INPUT into batches (sends nothing)."""
+    from headway.batch.batchapi.plan import BatchLimits, Kind, preview
+
+    if not input_path.exists():
+        _fail(f"input file {input_path} does not exist")
+    kind: Kind = "anthropic" if provider == "anthropic" else "openai"
+    limits = BatchLimits.for_provider(
+        kind,
+        max_requests=batch_max_requests,
+        max_bytes=batch_max_bytes,
+        max_tokens=batch_max_tokens,
+    )
+    default_url = "/v1/messages" if kind == "anthropic" else "/v1/chat/completions"
+    parts, problems = preview(input_path, kind, limits, default_url=default_url)
+    for n, part in enumerate(parts, 1):
+        model = f" {part['model']}" if part["model"] else ""
+        tokens = f", ~{part['tokens']:,} tokens" if limits.max_tokens else ""
+        click.echo(
+            f"batch {n}: {part['endpoint']}{model}: {part['requests']:,} requests, "
+            f"{part['bytes'] / 1e6:.1f} MB{tokens}"
+        )
+    for problem in problems[:10]:
+        click.echo(f"not in a batch: {problem}")
+    if len(problems) > 10:
+        click.echo(f"not in a batch: ... and {len(problems) - 10} more")
+    total = sum(p["requests"] for p in parts)
+    click.echo(f"{len(parts)} batch(es), {total:,} requests; {len(problems)} line(s) cannot go")
+    return EXIT_OK
+
+
 @batches.command("status")
 @click.argument("output", metavar="OUT", type=click.Path(dir_okay=False, path_type=Path))
 def status(output: Path) -> int:

@@ -32,6 +32,7 @@ __all__ = [
     "PartWriter",
     "batch_problem",
     "group_key",
+    "preview",
     "provider_line",
 ]
 
@@ -142,7 +143,7 @@ class PartWriter:
     A part is ``{"path", "ids", "bytes", "tokens"}``.
     """
 
-    directory: str
+    directory: str | None  # None: count only (a dry run writes nothing)
     prefix: str
     limits: BatchLimits
     overhead: int = 0  # bytes a request adds around its line (Anthropic: the JSON array)
@@ -173,11 +174,13 @@ class PartWriter:
             part = None
         if part is None:
             n = len(self.parts) + 1
-            path = os.path.join(self.directory, f"{self.prefix}-{n:04d}.jsonl")
+            path = os.path.join(self.directory or "", f"{self.prefix}-{n:04d}.jsonl")
             part = {"path": path, "ids": [], "bytes": 0, "tokens": 0}
-            self._file = open(path, "wb")  # noqa: SIM115 - closed in _finish
+            if self.directory is not None:
+                self._file = open(path, "wb")  # noqa: SIM115 - closed in _finish
             self._part = part
-        self._file.write(line + b"\n")
+        if self._file is not None:
+            self._file.write(line + b"\n")
         part["ids"].append(custom_id)
         part["bytes"] += size
         part["tokens"] += tokens
@@ -194,3 +197,66 @@ class PartWriter:
         """Finish the last part; return every part written."""
         self._finish()
         return self.parts
+
+
+def preview(
+    input: str | os.PathLike[str],
+    kind: Kind,
+    limits: BatchLimits,
+    *,
+    default_url: str,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """How ``input`` would be split, without writing or sending anything.
+
+    Returns the batches (``endpoint``, ``model``, ``requests``, ``bytes``, ``tokens``)
+    and the one-line reasons of the lines that cannot go in a batch.
+
+    >>> import tempfile, pathlib, json
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "in.jsonl"
+    >>> body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    >>> _ = p.write_text("".join(json.dumps(body) + "\\n" for _ in range(5)))
+    >>> limits = BatchLimits(max_requests=2, max_bytes=10_000)
+    >>> parts, bad = preview(p, "openai", limits, default_url="/v1/chat/completions")
+    >>> [b["requests"] for b in parts], bad
+    ([2, 2, 1], [])
+    """
+    from headway.batch.jobs import InvalidLine, read_requests
+
+    count_tokens = limits.max_tokens is not None
+    if count_tokens:
+        from headway.http.tokens import estimate_tokens
+    writers: dict[tuple[str, str, str], PartWriter] = {}
+    problems: list[str] = []
+    seen: set[str] = set()
+    overhead = 1 if kind == "anthropic" else 0
+    for item in read_requests(input, default_url=default_url):
+        if item.custom_id in seen:
+            continue
+        seen.add(item.custom_id)
+        if isinstance(item, InvalidLine):
+            problems.append(item.message)
+            continue
+        problem = batch_problem(item, kind)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        key = group_key(item, kind)
+        writer = writers.setdefault(key, PartWriter(None, "dry", limits, overhead))
+        line = provider_line(item, kind)
+        tokens = estimate_tokens(item.body, method="heuristic") if count_tokens else 0
+        if not writer.fits_alone(len(line), tokens):
+            problems.append(f"line {item.line} (custom_id {item.custom_id}): too large for a batch")
+            continue
+        writer.add(item.custom_id, line, tokens)
+    batches = [
+        {
+            "endpoint": endpoint,
+            "model": model or None,
+            "requests": len(raw["ids"]),
+            "bytes": raw["bytes"],
+            "tokens": raw["tokens"],
+        }
+        for (endpoint, model, _shape), writer in writers.items()
+        for raw in writer.close()
+    ]
+    return batches, problems
