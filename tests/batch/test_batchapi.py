@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from collections import Counter
@@ -11,6 +12,9 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from headway.batch import batchapi
 from headway.batch.batchapi import BatchState, ProviderBatchRun, batch_settings
@@ -560,3 +564,60 @@ async def test_cancel_of_an_ended_batch_is_a_note(tmp_path: Path) -> None:
         assert any("Cannot cancel" in n for n in engine.notes)
         assert state.parts[0].status == "collected"
     assert_exactly_once(out, 3)
+
+
+@hsettings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    n=st.integers(1, 25),
+    per_batch=st.integers(1, 12),
+    step=st.sampled_from(["upload", "create", "poll", "download"]),
+    after=st.integers(0, 3),
+)
+def test_property_a_crash_anywhere_never_pays_twice(
+    tmp_path_factory: pytest.TempPathFactory, n: int, per_batch: int, step: str, after: int
+) -> None:
+    """Crash at the after-th call of a step, resume: each line once, each part created once."""
+    from headway.testing import VirtualClock
+
+    d = tmp_path_factory.mktemp("prop")
+    inp = write_input(d / "in.jsonl", n)
+    out = d / "out.jsonl"
+    name = {"poll": "retrieve", "download": "results"}.get(step, step)
+    real = getattr(OpenAIBatches, name)
+    calls = {"n": 0}
+
+    def crashing(self: Any, *a: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] > after:
+            if step == "download":
+
+                async def broken() -> AsyncIterator[Any]:
+                    async for r in real(self, *a):
+                        yield r
+                        raise Crash
+
+                return broken()
+            raise Crash
+        return real(self, *a)
+
+    async def scenario() -> tuple[int, int, int]:
+        with VirtualClock():
+            async with FakeAPI() as api:
+                s = settings(api, max_requests=per_batch)
+                setattr(OpenAIBatches, name, crashing)
+                try:
+                    await batchapi.run(inp, out, s)
+                except Crash:
+                    pass
+                finally:
+                    setattr(OpenAIBatches, name, real)
+                await batchapi.run(inp, out, s)
+                files, made = created(api)
+                return files, made, -(-n // per_batch)
+
+    files, made, parts = asyncio.run(scenario())
+    assert made == parts
+    assert files == parts
+    assert_exactly_once(out, n)
