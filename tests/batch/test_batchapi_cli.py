@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -34,8 +35,9 @@ HEADWAY = [sys.executable, "-m", "headway.cli"]
 class Server:
     """A FakeAPI on its own loop in a thread, with fast batches."""
 
-    def __init__(self, processing: float = 0.05) -> None:
+    def __init__(self, processing: float = 0.05, **kwargs: Any) -> None:
         self.processing = processing
+        self.kwargs = kwargs
         self.api: FakeAPI | None = None
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -43,7 +45,7 @@ class Server:
         self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
 
     async def _serve(self) -> None:
-        async with FakeAPI() as api:
+        async with FakeAPI(**self.kwargs) as api:
             t = api.batches.timing
             t.validating, t.processing, t.finalizing, t.cancelling = (
                 0.02,
@@ -302,3 +304,28 @@ def test_plan_shows_the_split_and_the_lines_that_cannot_go(tmp_path: Path) -> No
     assert "needs --provider anthropic" not in result.stdout
     assert "serve /v1/messages only" in result.stdout
     assert invoke(["batches", "plan", str(tmp_path / "nope")]).exit_code == 2
+
+
+def test_a_provider_error_is_one_line_and_resumable(tmp_path: Path) -> None:
+    locked = Server(api_key="sk-right").start()
+    try:
+        inp = write_input(tmp_path / "in.jsonl", 3)
+        out = tmp_path / "out.jsonl"
+        result = invoke(run_args(inp, out, locked.url))  # no key sent: 401 on the upload
+        assert result.exit_code == 1
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("headway: error: the provider's Batch API failed:")
+        assert "run the same command again to resume" in lines[0]
+        assert records(out) == []  # nothing written: the lines are not failed, they wait
+        os.environ["HW_TEST_KEY"] = "sk-right"
+        try:
+            result = invoke([*run_args(inp, out, locked.url), "--api-key-env", "HW_TEST_KEY"])
+            assert result.exit_code == 0, result.output
+            result = invoke(["batches", "status", str(out)])
+            assert result.exit_code == 0
+        finally:
+            del os.environ["HW_TEST_KEY"]
+        once(out, 3)
+    finally:
+        locked.stop()

@@ -26,6 +26,7 @@ from headway.batch.batchapi import (
 from headway.batch.batchapi.engine import BatchAPISettings
 from headway.batch.sender import SenderSettings
 from headway.batch.summary import render_summary
+from headway.errors import APIClientError
 
 __all__ = ["batch_options", "batches", "run_via_batch"]
 
@@ -141,6 +142,8 @@ def run_via_batch(
                 online=online,
             )
         )
+    except APIClientError as exc:
+        return _provider_failed(exc, output)
     except asyncio.CancelledError:
         click.echo(
             "headway: interrupted; the batches already created keep running at the provider. "
@@ -223,6 +226,18 @@ def _report(
     return EXIT_OK
 
 
+def _provider_failed(exc: APIClientError, output: Path) -> int:
+    """One line on stderr for a provider error that ended the command; exit code 1."""
+    where = f" ({exc.method} {exc.url})" if exc.url else ""
+    click.echo(
+        f"headway: error: the provider's Batch API failed: {' '.join(exc.message.split())}"
+        f"{where}. Nothing is lost: what was submitted is recorded in {output}.batches.json; "
+        "fix the cause and run the same command again to resume",
+        err=True,
+    )
+    return EXIT_FAILED
+
+
 @click.group("batches")
 def batches() -> None:
     """Provider batches submitted by `headway run --via batch`."""
@@ -282,7 +297,10 @@ def plan(
 def status(output: Path) -> int:
     """Poll the batches of OUT once, write the results of those that ended, show the rest."""
     engine = ProviderBatchRun(_load(output), output)
-    state = asyncio.run(engine.refresh())
+    try:
+        state = asyncio.run(engine.refresh())
+    except APIClientError as exc:
+        return _provider_failed(exc, output)
     return _show(engine, state)
 
 
@@ -291,7 +309,10 @@ def status(output: Path) -> int:
 def cancel(output: Path) -> int:
     """Cancel the running batches of OUT (what they finished is kept)."""
     engine = ProviderBatchRun(_load(output), output)
-    state = asyncio.run(engine.refresh(cancel=True))
+    try:
+        state = asyncio.run(engine.refresh(cancel=True))
+    except APIClientError as exc:
+        return _provider_failed(exc, output)
     return _show(engine, state)
 
 

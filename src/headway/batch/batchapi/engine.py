@@ -281,6 +281,9 @@ class ProviderBatchRun:
                     "use the same provider, or another -o"
                 )
             self._resumed = {p.key for p in state.parts if p.live}
+            # the latest way to the key wins (`headway batches status` uses it)
+            state.api_key_env = s.api_key_env or state.api_key_env
+            state.provider = s.provider or state.provider
             if input is not None:
                 state.input = os.path.abspath(input)
             return state
@@ -575,9 +578,10 @@ class ProviderBatchRun:
             state.save()
             return False
         except (APIClientError, HeadwayError) as exc:
-            if part.status == "uploading" or (part.status == "creating" and not _known(exc)):
-                raise
-            self._fail_part(part, error_code(exc), f"the batch could not be created: {exc}")
+            if not _refused(exc):
+                raise  # not about this part (a key, a server without the API...): stop
+            what = "uploaded" if part.status == "uploading" else "created"
+            self._fail_part(part, error_code(exc), f"the batch could not be {what}: {exc}")
             return True
         part.batch_id = made.id
         part.status = "submitted"
@@ -816,9 +820,13 @@ class ProviderBatchRun:
 _ENDED = frozenset({"completed", "expired", "cancelled", "failed", "ended"})
 
 
-def _known(exc: BaseException) -> bool:
-    """Whether a failed create certainly made nothing (the provider said no)."""
-    return isinstance(exc, APIClientError) and exc.status_code is not None and exc.status_code < 500
+def _refused(exc: BaseException) -> bool:
+    """Whether the provider refused this part's content (nothing was made; its lines fail).
+
+    Other errors (a bad key, a server without the Batch API, an outage that outlasted the
+    retries) end the run instead: the state is saved and the next run resumes.
+    """
+    return isinstance(exc, APIClientError) and exc.status_code in (400, 413, 422)
 
 
 def _unfinished_message(code: str) -> str:
