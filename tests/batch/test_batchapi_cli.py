@@ -329,3 +329,21 @@ def test_a_provider_error_is_one_line_and_resumable(tmp_path: Path) -> None:
         once(out, 3)
     finally:
         locked.stop()
+
+
+def test_provider_anthropic_via_batch(tmp_path: Path, server: Server) -> None:
+    inp = write_input(tmp_path / "in.jsonl", 7, kind="anthropic")
+    out = tmp_path / "out.jsonl"
+    os.environ["HW_TEST_ANTHROPIC"] = "sk-ant-test"
+    try:
+        args = [*run_args(inp, out, server.url), "--provider", "anthropic"]
+        result = invoke([*args, "--api-key-env", "HW_TEST_ANTHROPIC"])
+    finally:
+        del os.environ["HW_TEST_ANTHROPIC"]
+    assert result.exit_code == 0, result.output
+    once(out, 7)
+    assert server.api is not None
+    (create,) = server.api.calls("POST", "/v1/messages/batches")
+    assert create.headers["anthropic-version"] == "2023-06-01"
+    assert "x-api-key" in {k.lower() for k in create.headers}
+    assert BatchState.load(out).kind == "anthropic"
