@@ -621,3 +621,42 @@ def test_property_a_crash_anywhere_never_pays_twice(
     assert made == parts
     assert files == parts
     assert_exactly_once(out, n)
+
+
+@pytest.mark.parametrize("kind", ["openai", "anthropic"])
+async def test_a_download_cut_short_is_finished_at_the_next_poll(tmp_path: Path, kind: str) -> None:
+    inp = write_input(tmp_path / "in.jsonl", 30, kind=kind)
+    out = tmp_path / "out.jsonl"
+    async with FakeAPI() as api:
+        path = (
+            "/v1/files/{file_id}/content"
+            if kind == "openai"
+            else "/v1/messages/batches/{batch_id}/results"
+        )
+        api.script("GET", path, ["truncate"])
+        outcome = await batchapi.run(inp, out, settings(api, kind))
+        api.assert_scripts_consumed()
+        assert outcome.stats.succeeded == 30
+        assert any("download interrupted" in n for n in outcome.notes)
+    assert_exactly_once(out, 30)
+
+
+async def test_an_unreadable_result_line_costs_one_result(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    inp = write_input(tmp_path / "in.jsonl", 5)
+    out = tmp_path / "out.jsonl"
+    async with FakeAPI() as api:
+        batches = api.batches
+
+        async def garbled(request: web.Request) -> web.Response:
+            f = batches.files[api.path_params(request)["file_id"]]
+            lines = batches._file_bytes(f).splitlines()
+            body = b"\n".join([b"not json", b'{"no": "custom_id"}', *lines[1:]]) + b"\n"
+            return web.Response(body=body, content_type="application/octet-stream")
+
+        api.route("GET", "/v1/files/{file_id}/content", garbled)
+        outcome = await batchapi.run(inp, out, settings(api))
+        assert outcome.stats.succeeded == 4
+    recs = {r["custom_id"]: r for r in assert_exactly_once(out, 5)}
+    assert recs["q0"]["error"]["code"] == "invalid_response"

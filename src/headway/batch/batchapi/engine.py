@@ -650,7 +650,13 @@ class ProviderBatchRun:
                 changed = True
                 state.save()
             if got.ended:
-                await self._collect(remote, part, got, then_online=then_online)
+                try:
+                    await self._collect(remote, part, got, then_online=then_online)
+                except (APIClientError, HeadwayError) as exc:
+                    # A download broken off: what was written stays, the rest comes at
+                    # the next poll (the ledger skips what is already there).
+                    self.notes.append(f"{part.batch_id}: download interrupted ({exc}); retrying")
+                    continue
                 changed = True
         for part in list(state.parts):
             if (
@@ -740,9 +746,7 @@ class ProviderBatchRun:
                     part.unfinished[cid] = code
                     continue
                 self._write(result, part.shape)
-            missing_code = {"cancelled": "batch_cancelled", "expired": "batch_expired"}.get(
-                got.status, "batch_expired" if remote.kind == "openai" else "expired"
-            )
+            missing_code = _MISSING.get((remote.kind, got.status), "invalid_response")
             for cid in part.ids:
                 if cid in self._done or cid in written:
                     continue
@@ -817,6 +821,13 @@ class ProviderBatchRun:
         return state
 
 
+#: The code of a line a batch has no result for, by (provider, final status).
+_MISSING = {
+    ("openai", "cancelled"): "batch_cancelled",
+    ("openai", "expired"): "batch_expired",
+    ("anthropic", "ended"): "expired",
+}
+
 _ENDED = frozenset({"completed", "expired", "cancelled", "failed", "ended"})
 
 
@@ -830,6 +841,8 @@ def _refused(exc: BaseException) -> bool:
 
 
 def _unfinished_message(code: str) -> str:
+    if code == "invalid_response":
+        return "The batch's results have no (readable) line for this request."
     if "cancel" in code:
         return "This request was not executed because the batch was cancelled."
     return "This request could not be executed before the completion window expired."

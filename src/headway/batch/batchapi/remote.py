@@ -258,10 +258,26 @@ class OpenAIBatches:
             file_id = remote.raw.get(key)
             if not file_id:
                 continue
-            resp = await self.client.request_raw("GET", f"/v1/files/{file_id}/content")
-            for raw in resp.content.splitlines():
-                if raw.strip():
-                    yield line_result(orjson.loads(raw))
+            path = f"/v1/files/{file_id}/content"
+            async with self.client.stream("GET", path, mode="lines") as lines:
+                async for raw in lines:  # streamed: a file of any size in little memory
+                    record = _record(raw)
+                    if record is not None:
+                        yield line_result(record)
+
+
+def _record(raw: str) -> dict[str, Any] | None:
+    """One result line as a dict; ``None`` for a blank or unreadable line (skipped: its
+    request then counts as having no result)."""
+    if not raw.strip():
+        return None
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("custom_id"), str):
+        return None
+    return record
 
 
 def _iso_seconds(text: Any) -> float | None:
@@ -332,7 +348,8 @@ class AnthropicBatches:
         if not url:
             remote = await self.retrieve(remote.id)
             url = remote.raw.get("results_url") or f"/v1/messages/batches/{remote.id}/results"
-        resp = await self.client.request_raw("GET", url)
-        for raw in resp.content.splitlines():
-            if raw.strip():
-                yield _anthropic_result(orjson.loads(raw))
+        async with self.client.stream("GET", url, mode="lines") as lines:
+            async for raw in lines:
+                record = _record(raw)
+                if record is not None:
+                    yield _anthropic_result(record)
