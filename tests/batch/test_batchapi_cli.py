@@ -347,3 +347,16 @@ def test_provider_anthropic_via_batch(tmp_path: Path, server: Server) -> None:
     assert create.headers["anthropic-version"] == "2023-06-01"
     assert "x-api-key" in {k.lower() for k in create.headers}
     assert BatchState.load(out).kind == "anthropic"
+
+
+def test_online_refuses_an_output_whose_batches_still_run(tmp_path: Path) -> None:
+    slow = Server(processing=60.0).start()
+    try:
+        inp = write_input(tmp_path / "in.jsonl", 3)
+        out = tmp_path / "out.jsonl"
+        assert invoke(run_args(inp, out, slow.url, "--detach")).exit_code == 0
+        result = invoke(["run", str(inp), "-o", str(out), "--base-url", slow.url])
+        assert result.exit_code == 2
+        assert "has batches running at the provider" in result.stderr
+    finally:
+        slow.stop()

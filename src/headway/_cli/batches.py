@@ -28,7 +28,7 @@ from headway.batch.sender import SenderSettings
 from headway.batch.summary import render_summary
 from headway.errors import APIClientError
 
-__all__ = ["batch_options", "batches", "run_via_batch"]
+__all__ = ["batch_options", "batches", "refuse_live_batches", "run_via_batch"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,6 +105,16 @@ def _settings(
         poll_interval=opts.get("poll_interval") or 5.0,
         max_poll_interval=opts.get("max_poll_interval") or 120.0,
     )
+
+
+def refuse_live_batches(output: Path) -> None:
+    """Stop ``--via online`` on an OUT whose batches still run (it would pay twice)."""
+    if BatchState.exists(output) and BatchState.load(output).live:
+        _fail(
+            f"{output} has batches running at the provider: collect them first (the same "
+            f"command with --via batch, or `headway batches status {output}`), or cancel "
+            f"them with `headway batches cancel {output}`"
+        )
 
 
 def run_via_batch(

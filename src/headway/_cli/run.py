@@ -10,7 +10,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from headway._cli.batches import batch_options, run_via_batch
+from headway._cli.batches import batch_options, refuse_live_batches, run_via_batch
 from headway._cli.common import (
     _fail,
     _finish,
@@ -170,6 +170,7 @@ def run(
         )
     if batch["then_online"] or batch["detach"]:
         _fail("--then-online and --detach go with --via batch")
+    refuse_live_batches(output)
     runner = BatchRunner(
         _no_sender,
         input_path,
