@@ -660,3 +660,14 @@ async def test_an_unreadable_result_line_costs_one_result(tmp_path: Path) -> Non
         assert outcome.stats.succeeded == 4
     recs = {r["custom_id"]: r for r in assert_exactly_once(out, 5)}
     assert recs["q0"]["error"]["code"] == "invalid_response"
+
+
+async def test_failures_go_to_the_errors_file_of_the_submitting_run(tmp_path: Path) -> None:
+    inp = write_input(tmp_path / "in.jsonl", 4)
+    out, errors = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
+    async with FakeAPI() as api:
+        api.batches.fail.add("q2")
+        await ProviderBatchRun(settings(api), out, errors=errors).run(inp, detach=True)
+        await batchapi.collect(out, settings(api))  # no errors= here: the state knows
+    assert [r["custom_id"] for r in records(errors)] == ["q2"]
+    assert sorted(r["custom_id"] for r in records(out)) == ["q0", "q1", "q3"]

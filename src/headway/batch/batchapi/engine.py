@@ -284,6 +284,10 @@ class ProviderBatchRun:
             # the latest way to the key wins (`headway batches status` uses it)
             state.api_key_env = s.api_key_env or state.api_key_env
             state.provider = s.provider or state.provider
+            if self.errors is None:  # failed results go where the submitting run sent them
+                self.errors = state.errors
+            else:
+                state.errors = self.errors
             if input is not None:
                 state.input = os.path.abspath(input)
             return state
