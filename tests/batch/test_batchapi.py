@@ -671,3 +671,19 @@ async def test_failures_go_to_the_errors_file_of_the_submitting_run(tmp_path: Pa
         await batchapi.collect(out, settings(api))  # no errors= here: the state knows
     assert [r["custom_id"] for r in records(errors)] == ["q2"]
     assert sorted(r["custom_id"] for r in records(out)) == ["q0", "q1", "q3"]
+
+
+def test_embedding_batches_hold_at_most_50000_inputs(tmp_path: Path) -> None:
+    from headway.batch.batchapi.plan import BatchLimits, preview
+
+    inp = tmp_path / "in.jsonl"
+    with open(inp, "w") as f:
+        for i in range(3):
+            body = {"model": "text-embedding-3-small", "input": ["w"] * 20_000}
+            f.write(json.dumps({"custom_id": f"e{i}", "url": "/v1/embeddings", "body": body}))
+            f.write("\n")
+    parts, problems = preview(
+        inp, "openai", BatchLimits.for_provider("openai"), default_url="/v1/chat/completions"
+    )
+    assert [p["requests"] for p in parts] == [2, 1]
+    assert problems == []

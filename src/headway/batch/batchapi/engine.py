@@ -37,6 +37,7 @@ from headway.batch.batchapi.plan import (
     Kind,
     PartWriter,
     batch_problem,
+    embedding_inputs,
     group_key,
     provider_line,
 )
@@ -443,7 +444,8 @@ class ProviderBatchRun:
                 shape = "anthropic" if item.kind == "anthropic" else "openai"
                 self._write(Result.failure(cid, "invalid_request", problem), shape)
                 continue
-            writer.add(cid, line, tokens)
+            inputs = embedding_inputs(item) if item.url == "/v1/embeddings" else 0
+            writer.add(cid, line, tokens, inputs)
         stats.total = len(seen)
         for (endpoint, model, shape), writer in writers.items():
             for raw in writer.close():

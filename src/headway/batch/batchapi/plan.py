@@ -30,7 +30,9 @@ __all__ = [
     "BatchLimits",
     "Kind",
     "PartWriter",
+    "EMBEDDING_INPUTS",
     "batch_problem",
+    "embedding_inputs",
     "group_key",
     "preview",
     "provider_line",
@@ -38,10 +40,32 @@ __all__ = [
 
 Kind = Literal["openai", "anthropic"]
 
-#: The endpoints OpenAI's Batch API serves (text ones; images and videos are not read).
+#: The endpoints OpenAI's Batch API serves (its ``POST /v1/batches`` ``endpoint`` values).
 OPENAI_ENDPOINTS = frozenset(
-    {"/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/v1/completions"}
+    {
+        "/v1/chat/completions",
+        "/v1/embeddings",
+        "/v1/responses",
+        "/v1/completions",
+        "/v1/moderations",
+        "/v1/images/generations",
+        "/v1/images/edits",
+        "/v1/videos",
+    }
 )
+#: OpenAI caps an ``/v1/embeddings`` batch at this many inputs across its requests.
+EMBEDDING_INPUTS = 50_000
+
+
+def embedding_inputs(request: BatchRequest) -> int:
+    """How many inputs an embeddings request carries (a list counts each item).
+
+    >>> from headway.batch.jobs import parse_line
+    >>> embedding_inputs(parse_line('{"model": "e", "input": ["a", "b", "c"]}', 1))
+    3
+    """
+    value = request.body.get("input")
+    return len(value) if isinstance(value, list) and value else 1
 
 
 @dataclass(slots=True, frozen=True)
@@ -158,12 +182,17 @@ class PartWriter:
             limit_tokens is None or tokens <= limit_tokens
         )
 
-    def add(self, custom_id: str, line: bytes, tokens: int) -> None:
-        """Append a line (which :meth:`fits_alone`), opening a new part when needed."""
+    def add(self, custom_id: str, line: bytes, tokens: int, inputs: int = 0) -> None:
+        """Append a line (which :meth:`fits_alone`), opening a new part when needed.
+
+        ``inputs``: the embedding inputs it carries (at most :data:`EMBEDDING_INPUTS`
+        a part).
+        """
         part = self._part
         size = len(line) + 1 + self.overhead
         if part is not None and (
             len(part["ids"]) >= self.limits.max_requests
+            or (inputs and part["inputs"] + inputs > EMBEDDING_INPUTS)
             or part["bytes"] + size > self.limits.max_bytes
             or (
                 self.limits.max_tokens is not None
@@ -175,7 +204,7 @@ class PartWriter:
         if part is None:
             n = len(self.parts) + 1
             path = os.path.join(self.directory or "", f"{self.prefix}-{n:04d}.jsonl")
-            part = {"path": path, "ids": [], "bytes": 0, "tokens": 0}
+            part = {"path": path, "ids": [], "bytes": 0, "tokens": 0, "inputs": 0}
             if self.directory is not None:
                 self._file = open(path, "wb")  # noqa: SIM115 - closed in _finish
             self._part = part
@@ -184,6 +213,7 @@ class PartWriter:
         part["ids"].append(custom_id)
         part["bytes"] += size
         part["tokens"] += tokens
+        part["inputs"] += inputs
 
     def _finish(self) -> None:
         if self._file is not None:
@@ -247,7 +277,8 @@ def preview(
         if not writer.fits_alone(len(line), tokens):
             problems.append(f"line {item.line} (custom_id {item.custom_id}): too large for a batch")
             continue
-        writer.add(item.custom_id, line, tokens)
+        inputs = embedding_inputs(item) if item.url == "/v1/embeddings" else 0
+        writer.add(item.custom_id, line, tokens, inputs)
     batches = [
         {
             "endpoint": endpoint,
