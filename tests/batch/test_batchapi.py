@@ -687,3 +687,17 @@ def test_embedding_batches_hold_at_most_50000_inputs(tmp_path: Path) -> None:
     )
     assert [p["requests"] for p in parts] == [2, 1]
     assert problems == []
+
+
+async def test_a_part_too_big_for_the_token_limit_fails_after_a_few_tries(tmp_path: Path) -> None:
+    inp = write_input(tmp_path / "in.jsonl", 5)
+    out = tmp_path / "out.jsonl"
+    async with FakeAPI() as api:
+        api.batches.enqueued_token_limit = 3  # less than the whole file, with nothing queued
+        s = settings(api)
+        s.requeue_delay = 5.0
+        outcome = await batchapi.run(inp, out, s)
+        assert len(api.batches.openai_batches) == 5  # tried, then gave up: no endless loop
+    codes = {r["error"]["code"] for r in assert_exactly_once(out, 5)}
+    assert codes == {"token_limit_exceeded"}
+    assert any("--batch-max-tokens" in n for n in outcome.notes)

@@ -720,6 +720,21 @@ class ProviderBatchRun:
         ids = set(part.ids)
         if got.status == "failed":
             codes = [str(e.get("code")) for e in got.errors]
+            alone = not any(
+                p is not part and p.status == "submitted" and p.model == part.model
+                for p in state.parts
+            )
+            if "token_limit_exceeded" in codes and alone and len(part.old_batches) >= 4:
+                # Refused again and again with nothing of ours ahead of it: too big for the
+                # limit on its own. Say so instead of trying forever.
+                part.old_batches.append(part.batch_id)
+                self._fail_part(
+                    part,
+                    "token_limit_exceeded",
+                    "the batch is larger than the model's enqueued-token limit; run again "
+                    "with --batch-max-tokens below that limit (and --retry-failed)",
+                )
+                return
             if "token_limit_exceeded" in codes:
                 # Refused for the model's enqueued-token limit: submit it again later.
                 part.old_batches.append(part.batch_id)
