@@ -701,3 +701,18 @@ async def test_a_part_too_big_for_the_token_limit_fails_after_a_few_tries(tmp_pa
     codes = {r["error"]["code"] for r in assert_exactly_once(out, 5)}
     assert codes == {"token_limit_exceeded"}
     assert any("--batch-max-tokens" in n for n in outcome.notes)
+
+
+async def test_one_run_at_a_time_per_output(tmp_path: Path) -> None:
+    from headway.batch.batchapi.engine import exclusive
+    from headway.errors import ConfigurationError
+
+    inp = write_input(tmp_path / "in.jsonl", 2)
+    out = tmp_path / "out.jsonl"
+    async with FakeAPI() as api:
+        with exclusive(str(out)):  # as if another process were running on OUT
+            with pytest.raises(ConfigurationError, match="another headway process"):
+                await batchapi.run(inp, out, settings(api))
+            assert created(api) == (0, 0)
+        await batchapi.run(inp, out, settings(api))
+    assert_exactly_once(out, 2)

@@ -26,7 +26,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol, TypeVar
@@ -42,7 +42,7 @@ from headway.batch.batchapi.plan import (
     provider_line,
 )
 from headway.batch.batchapi.remote import UNFINISHED, AnthropicBatches, OpenAIBatches, Remote
-from headway.batch.batchapi.state import BatchState, Part
+from headway.batch.batchapi.state import BatchState, Part, state_path
 from headway.batch.jobs import InvalidLine, read_requests
 from headway.batch.ledger import Ledger, Result, error_code
 from headway.batch.sender import SenderSettings, Target
@@ -326,6 +326,20 @@ class ProviderBatchRun:
         (unless ``detach`` or not ``wait``) poll and collect; with ``then_online`` send
         what the batches left unfinished through the online path (``online`` settings).
         """
+        with exclusive(self.output):
+            return await self._run(
+                input, detach=detach, wait=wait, then_online=then_online, online=online
+            )
+
+    async def _run(
+        self,
+        input: str | os.PathLike[str] | None,
+        *,
+        detach: bool,
+        wait: bool,
+        then_online: bool,
+        online: SenderSettings | None,
+    ) -> RunOutcome:
         t0 = self.clock.now()
         path = None if input is None else os.fspath(input)
         state = self.state = self._load_state(path)
@@ -818,6 +832,10 @@ class ProviderBatchRun:
     # -- status and cancel ----------------------------------------------------------------
     async def refresh(self, *, cancel: bool = False) -> BatchState:
         """Poll (or cancel) every batch of the state once and collect those that ended."""
+        with exclusive(self.output):
+            return await self._refresh(cancel=cancel)
+
+    async def _refresh(self, *, cancel: bool) -> BatchState:
         state = self.state = self._load_state(None)
         ledger = self._ledger = Ledger(self.output, self.errors, fsync=self.fsync)
         ledger.open()
@@ -840,6 +858,35 @@ class ProviderBatchRun:
             self._ledger = None
             state.save()
         return state
+
+
+@contextlib.contextmanager
+def exclusive(output: str) -> Iterator[None]:
+    """Hold the lock of ``output``'s batches: one run at a time may submit or collect.
+
+    Two runs on one OUT at once could both submit the same lines. The lock is an
+    ``flock`` on ``OUT.batches.json.lock``, released when the process ends however it
+    ends (so a killed run never leaves it held).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock
+        yield
+        return
+    path = state_path(output) + ".lock"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigurationError(
+                f"another headway process is working on the batches of {output}; "
+                "wait for it to end (or stop it) and run again"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 #: The code of a line a batch has no result for, by (provider, final status).
