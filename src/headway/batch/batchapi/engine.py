@@ -180,7 +180,7 @@ async def open_remote(
 ) -> AsyncIterator[OpenAIBatches | AnthropicBatches]:
     """Open the provider adapter (two clients on one connection pool)."""
     from headway.http.client import AsyncAPIClient
-    from headway.http.transport import AiohttpTransport
+    from headway.http.transports import AiohttpTransport
     from headway.resilience.policy import Policy
     from headway.resilience.retry import RetryPolicy
 
