@@ -160,15 +160,15 @@ def test_run_end_to_end_with_summary_json(tmp_path: Path, fake_server: StartServ
     data = json.loads(summary.read_text())
     assert (data["succeeded"], data["failed"], data["total"]) == (30, 0, 30)
     assert data["tokens"] > 0
-    assert "succeeded" in result.stdout
-    assert "[headway] 30/30 (100%)" in result.stderr
+    assert "succeeded" in result.stderr
+    assert "[headway] 30/30 100%" in result.stderr
     rec = json.loads(out.read_text().splitlines()[0])
     assert rec["response"]["status_code"] == 200
     assert rec["response"]["body"]["object"] == "chat.completion"
 
     again = invoke([*args, "-q"])
     assert again.exit_code == 0
-    assert "already done (skipped)" in again.stdout
+    assert "already done (skipped)" in again.stderr
     assert len(result_ids(out)) == 30
 
 
@@ -183,8 +183,8 @@ def test_run_permanent_failures_exit_1_then_retry_failed(
     args = ["run", str(inp), "-o", str(out), "--errors", str(errs), "--base-url", server.url]
     result = invoke([*args, "--api-key-env", "FAKE_KEY", "-q"])
     assert result.exit_code == 1, result.output
-    assert "authentication_error" in result.stdout
-    assert "invalid_request" in result.stdout
+    assert "authentication_error" in result.stderr
+    assert "invalid_request" in result.stderr
     assert "sk-wrong" not in result.output
     assert "sk-wrong" not in errs.read_text()
     assert result_ids(out) == []

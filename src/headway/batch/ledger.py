@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
+from headway.batch.output import is_success, result_record
 from headway.errors import (
     APIClientError,
     APIConnectionError,
@@ -49,6 +50,7 @@ from headway.errors import (
     ServerError,
     StreamError,
 )
+from headway.http.tokens import usage_tokens
 
 __all__ = ["Ledger", "Result", "error_code", "result_from_error", "tokens_used"]
 
@@ -97,20 +99,7 @@ def tokens_used(body: Any) -> int:
     >>> tokens_used({"usage": {"input_tokens": 3, "output_tokens": 4}})
     7
     """
-    if not isinstance(body, dict):
-        return 0
-    usage = body.get("usage")
-    if not isinstance(usage, dict):
-        return 0
-    total = usage.get("total_tokens")
-    if isinstance(total, int):
-        return total
-    n = 0
-    for key in ("input_tokens", "output_tokens", "prompt_tokens", "completion_tokens"):
-        v = usage.get(key)
-        if isinstance(v, int):
-            n += v
-    return n
+    return usage_tokens(body) or 0  # the limiter's own counter
 
 
 def _new_id() -> str:
@@ -134,6 +123,8 @@ class Result:
     attempts: int = 1
     tokens: int = 0
     id: str = field(default_factory=_new_id)
+    shape: str = "openai"  # the line's shape: "openai" or "anthropic" (headway.batch.output)
+    metadata: Any = None  # the input line's metadata, copied to the result line
 
     @property
     def ok(self) -> bool:
@@ -193,18 +184,8 @@ class Result:
         )
 
     def to_record(self) -> dict[str, Any]:
-        """The ledger line as a dict (OpenAI Batch output shape)."""
-        response = (
-            None
-            if self.status_code is None
-            else {"status_code": self.status_code, "request_id": self.request_id, "body": self.body}
-        )
-        return {
-            "id": self.id,
-            "custom_id": self.custom_id,
-            "response": response,
-            "error": self.error,
-        }
+        """The ledger line as a dict (see :mod:`headway.batch.output` for its shapes)."""
+        return result_record(self)
 
     def to_line(self) -> bytes:
         """The ledger line, newline included."""
@@ -234,7 +215,7 @@ def result_from_error(
 
 
 def _is_success(record: Any) -> bool:
-    return isinstance(record, dict) and record.get("error") is None
+    return is_success(record)
 
 
 @dataclass(slots=True)

@@ -40,6 +40,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from headway._clock import Clock, resolve_clock
 from headway.batch.jobs import DEFAULT_URL, BatchRequest, InvalidLine, count_lines, read_requests
 from headway.batch.ledger import Ledger, Result, result_from_error
+from headway.batch.output import shape_for
 from headway.batch.progress import NullProgress, ProgressReporter
 from headway.batch.summary import BatchStats
 from headway.errors import RateLimitError
@@ -49,6 +50,7 @@ __all__ = [
     "Response",
     "Sender",
     "note_retry",
+    "note_wait",
     "signal_handlers",
     "status_error_code",
 ]
@@ -96,17 +98,35 @@ def status_error_code(status: int) -> str:
 class _Job:
     stats: BatchStats
     retries: int = 0
+    waited: float = 0.0  # seconds spent waiting for the rate limit (and backoff)
 
 
 _CURRENT: ContextVar[_Job | None] = ContextVar("headway_batch_job", default=None)
 
 
-def note_retry(exc: BaseException | None = None, *, rate_limited: bool | None = None) -> None:
+def note_wait(seconds: float) -> None:
+    """Tell the runner that the request being sent in this task waited ``seconds``.
+
+    The limiter's waits (and retry backoff) are added up per request, so that the summary
+    splits its latency into time waiting and server time. Outside a runner it does nothing.
+    """
+    job = _CURRENT.get()
+    if job is not None and seconds > 0:
+        job.waited += seconds
+
+
+def note_retry(
+    exc: BaseException | None = None,
+    *,
+    rate_limited: bool | None = None,
+    cause: str | None = None,
+) -> None:
     """Tell the runner that the request being sent in this task is being retried.
 
     Senders call it before each retry (the HTTP sender does it for you); ``exc`` is the
-    error that caused it, so 429s are counted (or say so with ``rate_limited``). Outside
-    a runner it does nothing.
+    error that caused it, so 429s are counted (or say so with ``rate_limited``);
+    ``cause`` is the retry reason's text when there is no exception. Outside a runner it
+    does nothing.
     """
     job = _CURRENT.get()
     if job is None:
@@ -120,6 +140,7 @@ def note_retry(exc: BaseException | None = None, *, rate_limited: bool | None = 
         rate_limited = isinstance(exc, RateLimitError) or getattr(exc, "status_code", None) == 429
     if rate_limited:
         stats.rate_limited += 1
+    stats.note_retry_cause(exc, cause)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -149,6 +170,9 @@ class BatchRunner:
         owns: a filter on custom_ids: lines it rejects belong to another worker and are
             ignored (``headway run --shard K/N`` passes ``Shard(K, N).owns``).
         clock: the clock for elapsed time, ticks and the grace period.
+        output_format: the result lines' shape: ``auto`` (each input line's own),
+            ``openai`` or ``anthropic`` (see :mod:`headway.batch.output`).
+        ledger: write results through this ledger instead of one on ``output``.
     """
 
     def __init__(
@@ -166,12 +190,15 @@ class BatchRunner:
         fsync: bool = False,
         owns: Callable[[str], bool] | None = None,
         clock: Clock | None = None,
+        output_format: str = "auto",
+        ledger: Ledger | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.sender = sender
         self.input = os.fspath(input)
-        self.ledger = Ledger(output, errors, retry_failed=retry_failed, fsync=fsync)
+        self.ledger = ledger or Ledger(output, errors, retry_failed=retry_failed, fsync=fsync)
+        self.output_format = output_format
         self.concurrency = concurrency
         self.default_url = default_url
         self.owns = owns
@@ -344,7 +371,7 @@ class BatchRunner:
 
     async def _worker(self) -> None:
         queue, stats, ledger, clock = self._queue, self.stats, self.ledger, self.clock
-        send = self.sender
+        send, output_format = self.sender, self.output_format
         while True:
             request = await queue.get()
             if request is None:
@@ -366,8 +393,11 @@ class BatchRunner:
                 if job.retries:
                     stats.retrying -= 1
                 _CURRENT.reset(token)
+            if request.kind == "anthropic" or output_format != "auto":
+                result.shape = shape_for(request.kind, output_format)
+            result.metadata = request.metadata
             ledger.write(result)
-            stats.record(result)
+            stats.record(result, waited=job.waited)
             if self._stopping:
                 return
 
