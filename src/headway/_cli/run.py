@@ -282,7 +282,7 @@ def _parse_shard(shard: str | None) -> Any:
         return None
     match = _SHARD.match(shard)
     if match is None:
-        _fail(f"--shard must be written K/N (worker K of N, e.g. 1/4), got {shard!r}")
+        _fail(f"--shard {shard!r}: write K/N (worker K of N, e.g. 1/4)")
     from headway.backends import Shard
 
     return Shard.parse(f"{match.group(1)}/{match.group(2)}").owns

@@ -157,8 +157,9 @@ def resolve_target(
     if key_env:
         value = env.get(key_env)
         if not value:
+            state = "is empty" if value is not None else "is not set"
             raise ConfigurationError(
-                f"the API key variable {key_env} is not set; export it "
+                f"the API key variable {key_env} {state}; export it "
                 "(or name another with --api-key-env)"
             )
         key = SecretStr(value)
