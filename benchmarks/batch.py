@@ -313,8 +313,9 @@ async def main(inp, out, url):
             while (line := await queue.get()) is not None:
                 async with session.post(url + line["url"], json=line["body"]) as r:
                     body = await r.json()
-                    f.write(json.dumps({"custom_id": line["custom_id"],
-                                        "response": {"status_code": r.status, "body": body}}) + "\\n")
+                    response = {"status_code": r.status, "body": body}
+                    f.write(json.dumps({"custom_id": line["custom_id"], "response": response}))
+                    f.write("\\n")
         async with aiohttp.ClientSession() as session:
             workers = [asyncio.create_task(worker(session)) for _ in range(64)]
             with open(inp) as src:

@@ -230,7 +230,10 @@ NOT_FOUND_HINT = (
 
 
 class StatusLine:
-    """The live display as a rich renderable: two lines at 80 columns, one from 120.
+    """The live display as a rich renderable: one line when it all fits, else two.
+
+    By priority: the bar, count, percentage, rate and ETA; the outcome counts; the rate in
+    force; tokens per minute (dropped first when the terminal is narrow).
 
     ``rps``/``tpm`` are set by the reporter before each refresh.
     """
@@ -240,7 +243,7 @@ class StatusLine:
         self.rps = 0.0
         self.tpm = 0.0
 
-    def _parts(self) -> tuple[str, str, str]:
+    def _parts(self) -> tuple[str, str, tuple[str, str]]:
         s = self.stats
         total = "?" if s.total is None else f"{s.total:,}"
         pct = f" {s.done * 100 // s.total:>3d}%" if s.total else ""
@@ -249,23 +252,25 @@ class StatusLine:
             f"ok {s.succeeded:,}  failed {s.failed:,}  retrying {s.retrying}  "
             f"429s {s.rate_limited:,}"
         )
-        extra = f"{_short(self.tpm)} tok/min  {limit_slot(s)}"
-        return head, counts, extra
+        return head, counts, (limit_slot(s), f"{_short(self.tpm)} tok/min")
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         from rich.text import Text
 
         width = options.max_width
         head, counts, extra = self._parts()
-        bar_room = 40 if width >= 120 else 24
-        if width >= 120:
-            rest = f"{head}  {counts}  {extra}"
-            bar = _bar(self.stats, max(10, min(bar_room, width - len(rest) - 2)))
-            yield Text.assemble((bar, "magenta"), " ", rest, no_wrap=True, overflow="ellipsis")
+        limit, tpm = extra
+        one = f"{head}  {counts}  {limit}  {tpm}"
+        if width >= len(one) + 11:  # wide: all on one line, with a bar of 10 or more
+            bar = _bar(self.stats, min(40, width - len(one) - 1))
+            yield Text.assemble((bar, "magenta"), " ", one, no_wrap=True, overflow="ellipsis")
             return
-        bar = _bar(self.stats, max(5, min(bar_room, width - len(head) - 1)))
+        bar = _bar(self.stats, max(5, min(40, width - len(head) - 1)))
         yield Text.assemble((bar, "magenta"), " ", head, no_wrap=True, overflow="ellipsis")
-        yield Text(f"{counts}  {extra}", no_wrap=True, overflow="ellipsis")
+        second = f"{counts}  {limit}"
+        if len(second) + len(tpm) + 2 <= width:  # tokens/min when there is room
+            second = f"{counts}  {tpm}  {limit}"
+        yield Text(second, no_wrap=True, overflow="ellipsis")
 
 
 def _bar(stats: BatchStats, width: int) -> str:
