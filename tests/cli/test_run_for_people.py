@@ -66,7 +66,7 @@ def test_dry_run_sends_nothing_and_counts(tmp_path: Path, fake_server: StartServ
     assert "POST /v1/chat/completions  gpt-4o-mini" in out
     assert "POST /v1/embeddings" in out
     assert "7 request(s) to send" in out
-    assert "time at the given limits: at least 7 s (set by --rpm 60)" in out
+    assert "time at the given limits: about 7.0 s (set by --rpm 60)" in out
     assert "2 problem(s): 1 duplicate custom_id, 0 too large, 1 invalid line(s)" in out
     assert "line 8: custom_id 'c0' repeats" in out
     assert "dry run: nothing was sent" in out

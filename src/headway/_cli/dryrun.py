@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable
 
@@ -35,7 +34,7 @@ KNOWN_PATHS = frozenset(
 
 def _duration(seconds: float) -> str:
     if seconds < 60:
-        return f"{seconds:.0f} s"
+        return f"{seconds:.1f} s"
     if seconds < 3600:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
@@ -141,4 +140,4 @@ def _time_line(n: int, tokens: int, rpm: float | None, tpm: float | None, concur
             f"({concurrency} in flight at most)"
         )
     seconds, which = max(bounds)
-    return f"time at the given limits: at least {_duration(math.ceil(seconds))} (set by {which})"
+    return f"time at the given limits: about {_duration(seconds)} (set by {which})"

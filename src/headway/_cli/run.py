@@ -376,7 +376,9 @@ def _run(
     if to_stdout:
         from headway.batch.output import StreamLedger
 
-        ledger = StreamLedger(sys.stdout, None if errors is None else os.fspath(errors))
+        ledger = StreamLedger(
+            getattr(sys.stdout, "buffer", sys.stdout), None if errors is None else os.fspath(errors)
+        )
     elif no_resume:
         for path in (output, errors):
             if path is not None and path.is_file():

@@ -221,6 +221,14 @@ def usage_split(body: Any) -> TokenUsage | None:
     if type(body) is not dict and not isinstance(body, Mapping):
         return None
     usage = body.get("usage")
+    if type(usage) is dict and "cache_read_input_tokens" not in usage:
+        # Fast path: OpenAI's chat shape, plain ints.
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        total = usage.get("total_tokens")
+        if type(prompt) is int and type(completion) is int and type(total) is int:
+            details = usage.get("prompt_tokens_details")
+            cached = details.get("cached_tokens") if type(details) is dict else None
+            return TokenUsage(prompt, completion, cached if type(cached) is int else 0, total)
     if usage is not None and (type(usage) is dict or isinstance(usage, Mapping)):
         get = usage.get
         if "prompt_tokens" in usage or "completion_tokens" in usage:
