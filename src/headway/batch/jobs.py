@@ -34,6 +34,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 
+from headway._json import loads
+
 __all__ = [
     "ANTHROPIC_URL",
     "DEFAULT_URL",
@@ -108,7 +110,7 @@ def parse_line(
         default_url: the path a bare body is sent to.
     """
     try:
-        obj = json.loads(text)
+        obj = loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         return _invalid(None, line, _json_problem(text, exc))
     if not isinstance(obj, dict):

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
+from headway._json import dumps
 from headway.batch.output import is_success, result_record
 from headway.errors import (
     APIClientError,
@@ -189,8 +190,7 @@ class Result:
 
     def to_line(self) -> bytes:
         """The ledger line, newline included."""
-        text = json.dumps(self.to_record(), ensure_ascii=False, separators=(",", ":"))
-        return text.encode("utf-8") + b"\n"
+        return dumps(self.to_record()) + b"\n"
 
 
 def result_from_error(
