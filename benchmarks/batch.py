@@ -502,6 +502,35 @@ def report(results: dict[str, dict[str, Any]]) -> str:
             f"| {c['exactly_once']} | {'yes' if c['pass'] else 'NO'} |",
             "",
         ]
+    sp = results.get("speed")
+    if sp:
+        lines += [
+            "## 4. `headway run` vs a plain aiohttp loop",
+            "",
+            f"`{sp['command']}` and the plain loop of `PLAIN_LOOP` in this file (reads the "
+            "same file, 64 workers, one result line each), against the same bare aiohttp "
+            f"server in another process, alternating, {sp['runs']} runs each after one "
+            "untimed warm-up, median:",
+            "",
+            "| requests | headway | plain loop | ratio (plain time / headway time) "
+            "| first request: headway | plain loop | bar | pass |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {sp['requests']:,} | {sp['headway_s']:.2f} s ({sp['headway_req_s']:,.0f} req/s) "
+            f"| {sp['plain_s']:.2f} s ({sp['plain_req_s']:,.0f} req/s) | {sp['ratio']:.3f}x "
+            f"| {sp['headway_first_request_s']:.2f} s | {sp['plain_first_request_s']:.2f} s "
+            f"| >= 0.95x, first request <= 0.3 s | {'yes' if sp['pass'] else 'NO'} |",
+            "",
+            "Per run (seconds; `first` is from process start to the server's first request):",
+            "",
+            "| run | headway | plain | headway first | plain first | `python -c pass` |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {i + 1} | {r['headway_s']:.2f} | {r['plain_s']:.2f} "
+                f"| {r['headway_first_s']:.2f} | {r['plain_first_s']:.2f} | {r['python_s']:.3f} |"
+                for i, r in enumerate(sp["rows"])
+            ),
+            "",
+        ]
     lines += NOTES
     return "\n".join(lines)
 
