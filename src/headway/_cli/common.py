@@ -199,10 +199,16 @@ def _warn_notes(runner: BatchRunner) -> None:
             f"not sent (first: {cid!r} on line {line})",
             err=True,
         )
-    if stats.interrupted:
+    if stats.interrupted and hasattr(runner.ledger, "output"):
         click.echo(
             "headway: interrupted; run the same command again to resume "
             f"({stats.abandoned} request(s) in flight were abandoned and will be resent)",
+            err=True,
+        )
+    elif stats.interrupted:  # results went to a stream: nothing to resume from
+        click.echo(
+            f"headway: interrupted; {stats.written} result(s) were written "
+            f"({stats.abandoned} request(s) in flight were abandoned)",
             err=True,
         )
 
