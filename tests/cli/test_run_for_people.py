@@ -167,6 +167,10 @@ def test_all_404_answers_warn(tmp_path: Path, fake_server: StartServer) -> None:
     assert result.exit_code == 1
     assert "the first answers were all 404 Not Found" in result.stderr
     assert "--retry-failed" in result.stderr  # the exact command to retry them
+    quiet = invoke(
+        ["run", str(inp), "-o", str(tmp_path / "q"), "--base-url", server.url + "/x", "-q"]
+    )
+    assert quiet.stderr.count("the first answers were all 404 Not Found") == 1
 
 
 # -- 3. logs -------------------------------------------------------------------------------------

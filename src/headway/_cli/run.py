@@ -26,6 +26,7 @@ from headway._cli.common import (
     teardown_logging,
 )
 from headway.batch.jobs import DEFAULT_URL, STDIO
+from headway.batch.progress import NOT_FOUND_HINT, NullProgress
 from headway.batch.runner import BatchRunner
 from headway.batch.sender import PROVIDERS, SenderSettings, Target, resolve_target
 
@@ -428,6 +429,8 @@ def _report_run(
 
     _warn_notes(runner)
     stats = runner.stats
+    if stats.all_404 and isinstance(runner.progress, NullProgress):
+        click.echo(f"headway: warning: {NOT_FOUND_HINT}", err=True)  # the display said it
     commands: dict[str, str] = {}
     if resumable and stats.interrupted:
         commands["resume_command"] = command_line(drop=("--retry-failed",))
