@@ -283,14 +283,13 @@ def render_summary(
     rps = summary["requests_per_s"]
     table.add_row("elapsed", f"{summary['elapsed_s']:.1f} s")
     table.add_row("throughput", "-" if rps is None else f"{rps:,.1f} req/s")
+    table.add_row("tokens", f"{summary['tokens']:,}")
     split = summary.get("tokens_split")
-    tokens = f"{summary['tokens']:,}"
     if split and summary["tokens"]:
-        tokens += (
-            f" ({split['prompt']:,} prompt, {split['completion']:,} completion, "
-            f"{split['cached']:,} cached)"
+        table.add_row(
+            "  prompt / completion / cached",
+            f"{split['prompt']:,} / {split['completion']:,} / {split['cached']:,}",
         )
-    table.add_row("tokens", tokens)
     if summary["interrupted"]:
         table.add_row("interrupted", f"[yellow]yes[/] ({summary['abandoned']} abandoned)")
     console.print(table)
