@@ -26,6 +26,7 @@ A line's top-level ``metadata`` (never sent) is copied to its result line.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -165,15 +166,11 @@ class StreamLedger:
     def open(self) -> StreamLedger:
         """Open the errors file, if any."""
         if self.errors is not None:
-            import os
-
             self._err_fd = os.open(self.errors, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         return self
 
     def write(self, result: Result) -> None:
         """Write ``result`` as one line."""
-        import os
-
         fd = self.fd if result.ok or self._err_fd is None else self._err_fd
         if fd is None:
             self.stream.write(result.to_line())
@@ -185,8 +182,6 @@ class StreamLedger:
 
     def close(self) -> None:
         """Close the errors file (idempotent); the stream stays open."""
-        import os
-
         if self._err_fd is not None:
             fd, self._err_fd = self._err_fd, None
             os.close(fd)
