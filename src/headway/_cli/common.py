@@ -241,8 +241,22 @@ class _TooLargeHint:
             ) from None
 
 
+def _limit_text(rpm: float | None, tpm: float | None) -> str | None:
+    parts = []
+    if rpm is not None:
+        parts.append(f"{rpm:,.0f}/min")
+    if tpm is not None:
+        parts.append(f"{tpm:,.0f} tok/min")
+    return ", ".join(parts) or None
+
+
 async def _run_batch(runner: BatchRunner, settings: SenderSettings) -> None:
     from headway import events
+
+    stats = runner.stats
+    if stats.limit_text is None:  # the rate in force: the flags' until the server says less
+        stats.limit_text = _limit_text(settings.rpm, settings.tpm)
+        stats.limited_by = "you" if stats.limit_text else None
 
     limited = settings.rpm is not None or settings.tpm is not None
     if limited:

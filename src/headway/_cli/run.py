@@ -399,8 +399,6 @@ def _run(
         output_format=output_format,
         ledger=ledger,
     )
-    runner.stats.limit_text = _limit_text(settings.rpm, settings.tpm)
-    runner.stats.limited_by = "you" if runner.stats.limit_text else None
     asyncio.run(_run_batch(runner, settings))
     return _report_run(runner, source, summary_json, resumable=not to_stdout)
 
@@ -410,15 +408,6 @@ class _AnyKey(dict[str, str]):
 
     def get(self, key: str, default: Any = None) -> str:
         return os.environ.get(key) or "dry-run"
-
-
-def _limit_text(rpm: float | None, tpm: float | None) -> str | None:
-    parts = []
-    if rpm is not None:
-        parts.append(f"{rpm:,.0f}/min")
-    if tpm is not None:
-        parts.append(f"{tpm:,.0f} tok/min")
-    return ", ".join(parts) or None
 
 
 def _report_run(
