@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from headway import errors
-from headway.batch.ledger import _CODES, Result, error_code
+from headway.batch.ledger import Result
+from headway.errors import _CODES, error_code
 from headway.http.tokens import usage_split
 
 if TYPE_CHECKING:
@@ -221,7 +222,7 @@ def _code_of_reason(reason: str) -> str:
     if isinstance(cls, type):
         for known, code in _CODES:
             if issubclass(cls, known):
-                return code
+                return str(code)
     return name.lower() or "unknown"
 
 
