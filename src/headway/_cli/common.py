@@ -15,7 +15,7 @@ import click
 from headway.batch.progress import NullProgress, PlainProgress, ProgressReporter, RichProgress
 from headway.batch.runner import BatchRunner, note_wait, signal_handlers
 from headway.batch.sender import SenderSettings, open_sender
-from headway.batch.summary import render_summary
+from headway.batch.summary import render_summary, summary_text
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -166,7 +166,7 @@ def _progress_options(func: F) -> F:
 
 def _finish(
     runner: BatchRunner,
-    console: Console,
+    console: Console | None,
     *,
     summary_json: Path | None,
     failed_before: int,
@@ -176,7 +176,10 @@ def _finish(
     summary = runner.summary()
     summary["failed_before"] = failed_before
     summary.update(commands or {})
-    render_summary(summary, console, title=title)
+    if console is None:  # not a terminal: plain text, and no rich to import
+        click.echo(summary_text(summary, title=title), err=True)
+    else:
+        render_summary(summary, console, title=title)
     if summary_json is not None:
         summary_json.parent.mkdir(parents=True, exist_ok=True)
         summary_json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -413,9 +413,7 @@ class _AnyKey(dict[str, str]):
 def _report_run(
     runner: BatchRunner, source: str, summary_json: Path | None, *, resumable: bool
 ) -> int:
-    """Notes, summary (on stderr) and exit code of ``headway run``."""
-    from rich.console import Console
-
+    """Notes, summary (on stderr: a table on a terminal, else plain text) and exit code."""
     _warn_notes(runner)
     stats = runner.stats
     if stats.all_404 and isinstance(runner.progress, NullProgress):
@@ -425,9 +423,14 @@ def _report_run(
         commands["resume_command"] = command_line(drop=("--retry-failed",))
     if resumable and (stats.failed or runner.ledger.failed_before):
         commands["retry_command"] = command_line(add=("--retry-failed",))
+    console = None
+    if sys.stderr.isatty():
+        from rich.console import Console
+
+        console = Console(stderr=True)
     code, _ = _finish(
         runner,
-        Console(stderr=True),
+        console,
         summary_json=summary_json,
         failed_before=runner.ledger.failed_before,
         title=f"headway run: {'standard input' if source == STDIO else source}",

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 #: Answers looked at for the "every answer is a 404" warning.
 FIRST_ANSWERS = 10
 
-__all__ = ["BatchStats", "percentile", "render_summary"]
+__all__ = ["BatchStats", "percentile", "render_summary", "summary_rows", "summary_text"]
 
 
 def percentile(sorted_values: array[float] | list[float], q: float) -> float | None:
@@ -237,6 +237,90 @@ def _fmt_s(v: float | None) -> str:
     return f"{v * 1000:.0f} ms" if v < 1 else f"{v:.2f} s"
 
 
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The summary's rows as ``(label, value, style)``, the order both renderers use."""
+    rows: list[tuple[str, str, str]] = [("requests", f"{summary['total']:,}", "")]
+    rows.append(("succeeded", f"{summary['succeeded']:,}", "green"))
+    failed = summary["failed"]
+    rows.append(("failed", f"{failed:,}", "red" if failed else ""))
+    rows += [(f"  {code}", f"{n:,}", "") for code, n in summary["errors_by_code"].items()]
+    if summary["skipped"]:
+        rows.append(("already done (skipped)", f"{summary['skipped']:,}", ""))
+    if summary["duplicates"]:
+        rows.append(("duplicate custom_id (not sent)", f"{summary['duplicates']:,}", "yellow"))
+    rows.append(("retries", f"{summary['retries']:,}", ""))
+    for cause, n in summary.get("retries_by_cause", {}).items():
+        rows.append((f"  {cause}", f"{n:,}", ""))
+    rows.append(("429s seen", f"{summary['rate_limited']:,}", ""))
+    lat = summary["latency_s"]
+    rows.append(
+        (
+            "latency p50 / p95 / p99",
+            f"{_fmt_s(lat['p50'])} / {_fmt_s(lat['p95'])} / {_fmt_s(lat['p99'])}",
+            "",
+        )
+    )
+    wait, server = summary.get("waiting_s"), summary.get("server_s")
+    if wait is not None and server is not None:
+        rows.append(
+            (
+                "  waiting for the limit p50 / p95",
+                f"{_fmt_s(wait['p50'])} / {_fmt_s(wait['p95'])}",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "  server time p50 / p95 / p99",
+                f"{_fmt_s(server['p50'])} / {_fmt_s(server['p95'])} / {_fmt_s(server['p99'])}",
+                "",
+            )
+        )
+    rate = summary.get("rate_limit") or {}
+    if rate.get("in_force"):
+        who = f" (set by {rate['limited_by']})" if rate.get("limited_by") else ""
+        rows.append(("rate in force", f"{rate['in_force']}{who}", ""))
+    rps = summary["requests_per_s"]
+    rows.append(("elapsed", f"{summary['elapsed_s']:.1f} s", ""))
+    rows.append(("throughput", "-" if rps is None else f"{rps:,.1f} req/s", ""))
+    rows.append(("tokens", f"{summary['tokens']:,}", ""))
+    split = summary.get("tokens_split")
+    if split and summary["tokens"]:
+        rows.append(
+            (
+                "  prompt / completion / cached",
+                f"{split['prompt']:,} / {split['completion']:,} / {split['cached']:,}",
+                "",
+            )
+        )
+    if summary["interrupted"]:
+        rows.append(("interrupted", f"yes ({summary['abandoned']} abandoned)", "yellow"))
+    return rows
+
+
+def _commands(summary: dict[str, Any]) -> list[str]:
+    out = []
+    for key, text in (("resume_command", "to resume"), ("retry_command", "to retry the failures")):
+        command = summary.get(key)
+        if command:
+            out.append(f"{text}: {command}")
+    return out
+
+
+def summary_text(summary: dict[str, Any], *, title: str = "headway run") -> str:
+    """The summary as plain aligned text (for logs; no terminal styling, no rich).
+
+    >>> print(summary_text(BatchStats(total=0).summary(elapsed=0.0)).splitlines()[1])
+      requests                                 0
+    """
+    rows = summary_rows(summary)
+    width = max(len(label) for label, _, _ in rows)
+    vwidth = max(len(value) for _, value, _ in rows)
+    lines = [title]
+    lines += [f"  {label:<{width}}  {value:>{vwidth}}" for label, value, _ in rows]
+    return "\n".join([*lines, *_commands(summary)])
+
+
 def render_summary(
     summary: dict[str, Any], console: Console, *, title: str = "headway run"
 ) -> None:
@@ -249,52 +333,8 @@ def render_summary(
     table = Table(title=title, show_header=False, title_justify="left", min_width=40)
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
-    table.add_row("requests", f"{summary['total']:,}")
-    table.add_row("succeeded", f"[green]{summary['succeeded']:,}[/]")
-    failed = summary["failed"]
-    table.add_row("failed", f"[red]{failed:,}[/]" if failed else "0")
-    for code, n in summary["errors_by_code"].items():
-        table.add_row(f"  {code}", f"{n:,}")
-    if summary["skipped"]:
-        table.add_row("already done (skipped)", f"{summary['skipped']:,}")
-    if summary["duplicates"]:
-        table.add_row("duplicate custom_id (not sent)", f"[yellow]{summary['duplicates']}[/]")
-    table.add_row("retries", f"{summary['retries']:,}")
-    for cause, n in summary.get("retries_by_cause", {}).items():
-        table.add_row(f"  {cause}", f"{n:,}")
-    table.add_row("429s seen", f"{summary['rate_limited']:,}")
-    lat = summary["latency_s"]
-    table.add_row(
-        "latency p50 / p95 / p99",
-        f"{_fmt_s(lat['p50'])} / {_fmt_s(lat['p95'])} / {_fmt_s(lat['p99'])}",
-    )
-    wait, server = summary.get("waiting_s"), summary.get("server_s")
-    if wait is not None and server is not None:
-        table.add_row(
-            "  waiting for the limit p50 / p95", f"{_fmt_s(wait['p50'])} / {_fmt_s(wait['p95'])}"
-        )
-        table.add_row(
-            "  server time p50 / p95 / p99",
-            f"{_fmt_s(server['p50'])} / {_fmt_s(server['p95'])} / {_fmt_s(server['p99'])}",
-        )
-    rate = summary.get("rate_limit") or {}
-    if rate.get("in_force"):
-        who = f" (set by {rate['limited_by']})" if rate.get("limited_by") else ""
-        table.add_row("rate in force", f"{rate['in_force']}{who}")
-    rps = summary["requests_per_s"]
-    table.add_row("elapsed", f"{summary['elapsed_s']:.1f} s")
-    table.add_row("throughput", "-" if rps is None else f"{rps:,.1f} req/s")
-    table.add_row("tokens", f"{summary['tokens']:,}")
-    split = summary.get("tokens_split")
-    if split and summary["tokens"]:
-        table.add_row(
-            "  prompt / completion / cached",
-            f"{split['prompt']:,} / {split['completion']:,} / {split['cached']:,}",
-        )
-    if summary["interrupted"]:
-        table.add_row("interrupted", f"[yellow]yes[/] ({summary['abandoned']} abandoned)")
+    for label, value, style in summary_rows(summary):
+        table.add_row(label, f"[{style}]{value}[/]" if style else value)
     console.print(table)
-    for key, text in (("resume_command", "to resume"), ("retry_command", "to retry the failures")):
-        command = summary.get(key)
-        if command:
-            console.print(f"{text}: {command}", markup=False, highlight=False, soft_wrap=True)
+    for line in _commands(summary):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
