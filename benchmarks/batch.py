@@ -339,7 +339,9 @@ def _first_request(url: str) -> float | None:
 
 #: As an installed package runs: with its bytecode cached (``PYTHONDONTWRITEBYTECODE``,
 #: if set, would make every start compile headway's sources again).
+#: The cache lives outside the source tree, so no stale ``__pycache__`` is left behind.
 BYTECODE_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+BYTECODE_ENV["PYTHONPYCACHEPREFIX"] = os.path.join(tempfile.gettempdir(), "headway-bench-pyc")
 
 
 def _timed(cmd: list[str], url: str) -> tuple[float, float]:
