@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
 import sys
 from typing import Any
@@ -105,11 +106,22 @@ async def _serve(*, batch_seconds: float = 10.0, **kwargs: Any) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with FakeAPI(**kwargs, journal_limit=10_000) as api:
+        try:
+            api = await FakeAPI(**kwargs, journal_limit=10_000).__aenter__()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            _fail(
+                f"port {kwargs['port']} on {kwargs['host']} is already in use: pick another "
+                "with --port, or leave --port out for a free one"
+            )
+        try:
             api.batches.timing.processing = batch_seconds
             click.echo(f"headway fake API listening on {api.url}  (Ctrl-C to stop)")
             sys.stdout.flush()
             await stop.wait()
+        finally:
+            await api.__aexit__(None, None, None)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

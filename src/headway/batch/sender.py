@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from headway._clock import Clock, resolve_clock
 from headway._secrets import looks_like_key, redact_url
 from headway.batch.jobs import DEFAULT_URL, BatchRequest
-from headway.batch.runner import Response, Sender, note_retry
+from headway.batch.runner import Response, Sender, note_retry, note_wait
 from headway.errors import CircuitBreakerOpenError, ConfigurationError, RateLimitError
 from headway.events import Event, RetryScheduled
 from headway.http.providers import PROVIDERS as _HTTP_PROVIDERS
@@ -165,8 +165,9 @@ def resolve_target(
     if key_env:
         value = env.get(key_env)
         if not value:
+            state = "is empty" if value is not None else "is not set"
             raise ConfigurationError(
-                f"the API key variable {key_env} is not set; export it "
+                f"the API key variable {key_env} {state}; export it "
                 "(or name another with --api-key-env)"
             )
         key = SecretStr(value)
@@ -210,6 +211,7 @@ def _on_event(event: Event) -> None:
     if isinstance(event, RetryScheduled):
         # the exception names the cause an outage message shows
         note_retry(event.exception, rate_limited=isinstance(event.exception, RateLimitError))
+        note_wait(event.delay)
 
 
 def build_policy(
