@@ -440,6 +440,32 @@ class TokenBucketRateLimiter:
                 await self._clock.sleep(delay)
         return await func(*args, **kwargs)
 
+    def try_take(self, requests: float = 1.0, tokens: float = 0.0) -> bool:
+        """Take one call's ``requests`` or ``tokens`` (by :attr:`unit`) if it may go now.
+
+        The allocation-free form of :meth:`reserve_nowait` for a caller that needs no
+        :class:`Reservation` (nothing to settle later): ``True`` took the units,
+        ``False`` took nothing (the call would wait, or the amount is not valid) and the
+        caller falls back to :meth:`reserve_nowait`.
+
+        >>> bucket = TokenBucketRateLimiter(rate=1, max_tokens=1)
+        >>> bucket.try_take(), bucket.try_take()
+        (True, False)
+        """
+        amount = requests if self._is_requests else tokens
+        if not 0.0 <= amount <= self.max_tokens or not (requests >= 0.0 and tokens >= 0.0):
+            return False
+        now = self._now()
+        level = self._level + (now - self._last) * self._rps
+        if level > self.max_tokens:
+            level = self.max_tokens
+        level -= amount
+        if level >= 0.0 and now >= self._tail:
+            self._level = level
+            self._last = now
+            return True
+        return False
+
     def reserve_nowait(
         self, requests: float = 1.0, tokens: float = 0.0, *, max_wait: float | None = None
     ) -> Reservation:
