@@ -54,7 +54,7 @@ from headway.limits._reservation import (
     wait_reserved,
 )
 
-__all__ = ["UNITS", "TokenBucketRateLimiter"]
+__all__ = ["UNITS", "Booking", "TokenBucketRateLimiter", "reserve_together"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -440,6 +440,23 @@ class TokenBucketRateLimiter:
                 await self._clock.sleep(delay)
         return await func(*args, **kwargs)
 
+    @property
+    def shift(self) -> float:
+        """Total seconds waiting reservations were pushed back by pauses (only grows).
+
+        A waiter compares it with the value when it booked to sleep the extra time.
+        """
+        return self._shift
+
+    def cancel_booking(self, booking: Booking, amount: float) -> None:
+        """Give back a waiting reservation's ``amount``, booked as ``booking``.
+
+        Only the queue's tail is given back at once; a waiter cancelled in the middle
+        leaves a hole that goes back with the tail (see the reservation's ``cancel``).
+        """
+        seq, prev_tail, mark = booking
+        self._release(seq, prev_tail, amount, mark)
+
     def try_take(self, requests: float = 1.0, tokens: float = 0.0) -> bool:
         """Take one call's ``requests`` or ``tokens`` (by :attr:`unit`) if it may go now.
 
@@ -524,18 +541,6 @@ class TokenBucketRateLimiter:
         tokens = _non_negative("tokens", tokens)
         now = self._now()
         self._level = self._ceiling(self._refill(now) + tokens, now)
-        self._last = now
-
-    def _refund_checked(self, tokens: float) -> None:
-        # refund() of an amount known to be a finite number >= 0 (a settled reservation).
-        now = self._now()
-        # == self._ceiling(self._refill(now) + tokens, now), since tokens >= 0
-        level = self._level + (now - self._last) * self._rps + tokens
-        if level > self.max_tokens:
-            level = self.max_tokens
-        if self._paused_until > now:
-            level = self._ceiling(level, now)
-        self._level = level
         self._last = now
 
     def charge(self, tokens: float) -> None:
@@ -695,6 +700,69 @@ def _plain_form(
     in_flight: float = 0.0,
 ) -> tuple[float, float | None, float | None, float]:
     return remaining, reset_after, limit, in_flight
+
+
+#: How one bucket booked a waiting call: (its sequence number, the queue's tail before
+#: it, the bucket's pause shift then); what cancelling the call needs.
+Booking = tuple[int, float, float]
+
+
+def reserve_together(
+    buckets: tuple[TokenBucketRateLimiter, ...],
+    units: tuple[bool, ...],
+    requests: float,
+    tokens: float,
+    max_wait: float | None,
+) -> tuple[float, list[float] | None, tuple[Booking, ...] | None]:
+    """Reserve one call on every bucket at once, all or nothing: ``MultiLimiter``'s core.
+
+    ``units[i]``: whether ``buckets[i]`` is charged ``requests`` (else ``tokens``).
+    Returns ``(delay, charged, booking)``: the seconds to wait (every bucket books the
+    call for then), the amounts each bucket was charged, and the bookings a cancelled
+    wait gives back (``None`` when the call goes at once). When the delay exceeds
+    ``max_wait`` nothing is reserved and ``charged`` is ``None``. Raises
+    :class:`~headway.errors.RequestTooLargeError` when a bucket can never hold its amount.
+    """
+    now = buckets[0]._now()
+    befores = []
+    delay = 0.0
+    for lim, is_requests in zip(buckets, units, strict=True):
+        amount = requests if is_requests else tokens
+        rps = lim._rps
+        cap = lim.max_tokens
+        if amount > cap:
+            lim._refuse(amount)
+        before = lim._level + (now - lim._last) * rps
+        if before > cap:
+            before = cap
+        befores.append(before)
+        if before < amount:
+            wait = (amount - before) / rps
+            if wait > delay:
+                delay = wait
+        if lim._tail > now:
+            wait = lim._tail - now
+            if wait > delay:
+                delay = wait
+    charged = []
+    if delay <= 0.0:
+        for i, lim in enumerate(buckets):
+            amount = requests if units[i] else tokens
+            lim._level = befores[i] - amount
+            lim._last = now
+            charged.append(amount)
+        return 0.0, charged, None
+    if max_wait is not None and delay > max_wait:
+        return delay, None, None
+    booking = []
+    for i, lim in enumerate(buckets):
+        amount = requests if units[i] else tokens
+        # Every bucket books the call for when it really goes (after the longest wait).
+        level = lim._book_at(befores[i] - amount, amount, delay)
+        charged.append(befores[i] - level)
+        lim._commit(now, level, delay)
+        booking.append((lim._seq, lim._prev_tail, lim._shift))
+    return delay, charged, tuple(booking)
 
 
 class _Slot:

@@ -31,7 +31,7 @@ from headway import events
 from headway._clock import Clock
 from headway.errors import ConfigurationError, MaxWaitExceededError
 from headway.limits._reservation import RATE_LIMITED_PAUSE, Reservation
-from headway.limits.bucket import TokenBucketRateLimiter, _non_negative
+from headway.limits.bucket import TokenBucketRateLimiter, _non_negative, reserve_together
 
 __all__ = ["MultiLimiter", "Reservation"]
 
@@ -60,7 +60,7 @@ class MultiLimiter:
     """
 
     # "__dict__": instances stay mockable (patch.object(limiter, "reserve", ...)).
-    __slots__ = ("__dict__", "_clock", "_specs", "_units", "limiters", "max_wait", "name")
+    __slots__ = ("__dict__", "_clock", "_units", "limiters", "max_wait", "name")
 
     def __init__(
         self,
@@ -90,7 +90,6 @@ class MultiLimiter:
         self.max_wait = None if max_wait is None else _non_negative("max_wait", max_wait)
         self.name = name
         self._units = tuple(lim.unit == "requests" for lim in self.limiters)
-        self._specs = tuple((lim, lim.unit == "requests") for lim in self.limiters)
 
     @classmethod
     def for_llm(
@@ -159,49 +158,14 @@ class MultiLimiter:
         """
         if not (requests >= 0.0 and tokens >= 0.0):
             raise ValueError(f"requests and tokens must be >= 0, got {requests!r}, {tokens!r}")
-        limiters = self.limiters
-        units = self._units
-        now = limiters[0]._now()
-        befores = []
-        delay = 0.0
-        for lim, is_requests in self._specs:
-            amount = requests if is_requests else tokens
-            rps = lim._rps
-            cap = lim.max_tokens
-            if amount > cap:
-                lim._refuse(amount)
-            before = lim._level + (now - lim._last) * rps
-            if before > cap:
-                before = cap
-            befores.append(before)
-            if before < amount:
-                wait = (amount - before) / rps
-                if wait > delay:
-                    delay = wait
-            if lim._tail > now:
-                wait = lim._tail - now
-                if wait > delay:
-                    delay = wait
-        if delay <= 0.0:
-            charged = []
-            for i, lim in enumerate(limiters):
-                amount = requests if units[i] else tokens
-                lim._level = befores[i] - amount
-                lim._last = now
-                charged.append(amount)
-            return Reservation(0.0, requests, tokens, self._clock, limiters, units, charged)
         limit = self.max_wait if max_wait is None else max_wait
-        if limit is not None and delay > limit:
+        limiters, units = self.limiters, self._units
+        delay, charged, booking = reserve_together(limiters, units, requests, tokens, limit)
+        if charged is None:
+            assert limit is not None  # only a wait beyond max_wait books nothing
             self._reject(requests, tokens, delay, limit)
-        charged = []
-        booking = []
-        for i, lim in enumerate(limiters):
-            amount = requests if units[i] else tokens
-            # Every limit books the call for when it really goes (after the longest wait).
-            level = lim._book_at(befores[i] - amount, amount, delay)
-            charged.append(befores[i] - level)
-            lim._commit(now, level, delay)
-            booking.append((lim._seq, lim._prev_tail, lim._shift))
+        if booking is None:
+            return Reservation(0.0, requests, tokens, self._clock, limiters, units, charged)
         if events.enabled():
             events.emit(
                 events.LIMITER_WAIT,
@@ -210,9 +174,7 @@ class MultiLimiter:
                 tokens=tokens,
                 wait=delay,
             )
-        return Reservation(
-            delay, requests, tokens, self._clock, limiters, units, charged, tuple(booking)
-        )
+        return Reservation(delay, requests, tokens, self._clock, limiters, units, charged, booking)
 
     async def reserve(
         self, requests: float = 1.0, tokens: float = 0.0, *, max_wait: float | None = None
