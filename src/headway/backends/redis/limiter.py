@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from headway._clock import Clock, resolve_clock
 from headway.backends._base import Limit
 from headway.backends._model import LocalBuckets
-from headway.backends.redis.backend import _Unavailable
+from headway.backends.redis._outage import _Unavailable
 from headway.backends.redis.reservation import _ALLOW, _LOCAL, _SHARED, RedisReservation, _Slot
 from headway.errors import ConfigurationError, MaxWaitExceededError, RequestTooLargeError
 from headway.events import (
