@@ -140,7 +140,8 @@ class RedisBackend:
         self.workers = 1
         #: How many outages this backend has gone through.
         self.outages = 0
-        self._reserve: AsyncScript = self.client.register_script(_scripts.RESERVE)
+        #: The limiters' reservation script (:meth:`eval_script` runs it).
+        self.reserve_script: AsyncScript = self.client.register_script(_scripts.RESERVE)
         self._down = False
         self._down_since = 0.0
         self._retry_at = 0.0
@@ -158,7 +159,11 @@ class RedisBackend:
         """False during an outage (between a failed call and the next answer)."""
         return not self._down
 
-    def _may_call(self) -> bool:
+    def resting(self, now: float) -> bool:
+        """Whether an outage is on and no probe is due at ``now``: skip Redis, stay local."""
+        return self._down and (self._probing or now < self._retry_at)
+
+    def may_call(self) -> bool:
         """Whether to call Redis now; during an outage one caller probes per interval."""
         if not self._down:
             return True
@@ -214,7 +219,8 @@ class RedisBackend:
         self._recovered()
         return result
 
-    def _unavailable(self, what: str) -> BackendUnavailableError:
+    def unavailable_error(self, what: str) -> BackendUnavailableError:
+        """The error for ``what`` under ``on_backend_error="fail"`` during an outage."""
         return BackendUnavailableError(
             f"Redis at {self._where} is unreachable, so {what} cannot be shared "
             "(on_backend_error='fail'); it is retried every "
@@ -239,8 +245,6 @@ class RedisBackend:
             return False
         self._recovered()
         return True
-
-    _eval = eval_script  # the limiter's name for it
 
     def ensure_refresher(self) -> None:
         """Start the task that keeps shared circuit states fresh (once, in a loop)."""
@@ -271,7 +275,7 @@ class RedisBackend:
             if read:
                 next_read = clock.now() + interval
             wake.clear()
-            if self._may_call():
+            if self.may_call():
                 try:
                     for state in list(self._breakers.values()):
                         await state.step(read)
@@ -370,7 +374,7 @@ class RedisBackend:
                 if current is not None and current.cancelling():
                     raise
         for lim in self._limiters.values():
-            if lim._has_pending() and not self._down:
+            if lim.has_pending() and not self._down:
                 with contextlib.suppress(BackendUnavailableError):
                     await lim.flush()
         if self._owns_client:
