@@ -375,21 +375,9 @@ class TokenBucketRateLimiter:
         raise ValueError(f"tokens must be a number >= 0, got {tokens!r}")
 
     def _reject(self, tokens: float, wait: float, limit: float) -> NoReturn:
-        if events.enabled(logging.INFO):
-            events.emit(
-                events.LIMITER_REJECTED,
-                source=self.name,
-                level=logging.INFO,
-                tokens=tokens,
-                wait=wait,
-                max_wait=limit,
-            )
         who = f" {self.name!r}" if self.name else ""
-        raise MaxWaitExceededError(
-            f"rate limiter{who} would make {tokens:g} {self.unit} wait {wait:.3f}s, "
-            f"more than max_wait={limit:g}s; retry later or raise max_wait",
-            retry_after=wait,
-        )
+        what = f"rate limiter{who} would make {tokens:g} {self.unit}"
+        refuse_wait(self.name, what, wait, limit, tokens=tokens)
 
     async def acquire(self, tokens: float = 1.0) -> float:
         """Reserve ``tokens`` at once; return how long to wait before proceeding.
@@ -700,6 +688,28 @@ def _plain_form(
     in_flight: float = 0.0,
 ) -> tuple[float, float | None, float | None, float]:
     return remaining, reset_after, limit, in_flight
+
+
+def refuse_wait(name: str | None, what: str, wait: float, limit: float, **data: Any) -> NoReturn:
+    """Refuse a reservation whose ``wait`` exceeds ``limit`` (its ``max_wait``).
+
+    Emits ``LIMITER_REJECTED`` (INFO, with ``data``) and raises
+    :class:`~headway.errors.MaxWaitExceededError`: "``what`` wait ... s, more than
+    max_wait=...".
+    """
+    if events.enabled(logging.INFO):
+        events.emit(
+            events.LIMITER_REJECTED,
+            source=name,
+            level=logging.INFO,
+            wait=wait,
+            max_wait=limit,
+            **data,
+        )
+    raise MaxWaitExceededError(
+        f"{what} wait {wait:.3f}s, more than max_wait={limit:g}s; retry later or raise max_wait",
+        retry_after=wait,
+    )
 
 
 #: How one bucket booked a waiting call: (its sequence number, the queue's tail before

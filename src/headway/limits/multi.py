@@ -22,16 +22,20 @@ tells the real token count, :meth:`Reservation.settle` refunds or charges the di
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from types import TracebackType
 from typing import NoReturn
 
 from headway import events
 from headway._clock import Clock
-from headway.errors import ConfigurationError, MaxWaitExceededError
+from headway.errors import ConfigurationError
 from headway.limits._reservation import RATE_LIMITED_PAUSE, Reservation
-from headway.limits.bucket import TokenBucketRateLimiter, _non_negative, reserve_together
+from headway.limits.bucket import (
+    TokenBucketRateLimiter,
+    _non_negative,
+    refuse_wait,
+    reserve_together,
+)
 
 __all__ = ["MultiLimiter", "Reservation"]
 
@@ -195,23 +199,9 @@ class MultiLimiter:
         return _MultiSlot(self, requests, tokens)
 
     def _reject(self, requests: float, tokens: float, delay: float, limit: float) -> NoReturn:
-        if events.enabled(logging.INFO):
-            events.emit(
-                events.LIMITER_REJECTED,
-                source=self.name,
-                level=logging.INFO,
-                requests=requests,
-                tokens=tokens,
-                wait=delay,
-                max_wait=limit,
-            )
         who = f" {self.name!r}" if self.name else ""
-        raise MaxWaitExceededError(
-            f"rate limits{who} would make a call of {requests:g} requests and {tokens:g} "
-            f"tokens wait {delay:.3f}s, more than max_wait={limit:g}s; retry later or "
-            "raise max_wait",
-            retry_after=delay,
-        )
+        what = f"rate limits{who} would make a call of {requests:g} requests and {tokens:g} tokens"
+        refuse_wait(self.name, what, delay, limit, requests=requests, tokens=tokens)
 
     # -- hooks the HTTP layer drives --------------------------------------------------
     def pause_until(self, when: float) -> None:

@@ -697,14 +697,7 @@ class CircuitBreaker:
         if permit._generation != s.generation:
             return  # granted before the last transition: it no longer counts
         if s.window is None and not permit.trial:
-            # The common case: closed, counting consecutive failures only.
-            if outcome == _SUCCESS:
-                s.consecutive_failures = 0
-            elif outcome == _FAILURE:
-                s.consecutive_failures += 1
-                if s.consecutive_failures >= self.failure_threshold:
-                    reason = f"{s.consecutive_failures} consecutive failures"
-                    self._transition(_OPEN, reason, self._clock.now())
+            self._count(outcome)  # the common case
             return
         slow = False
         if outcome != _IGNORED and self.slow_call_duration is not None:
@@ -757,9 +750,12 @@ class CircuitBreaker:
             outcome = _FAILURE  # what _classify() says of any other error by default
         else:
             outcome = self._classify(exc)
+        if generation == self._s.generation:
+            self._count(outcome)
+
+    def _count(self, outcome: int) -> None:
+        """A closed breaker that counts consecutive failures only learns ``outcome``."""
         s = self._s
-        if generation != s.generation:
-            return
         if outcome == _SUCCESS:
             s.consecutive_failures = 0
         elif outcome == _FAILURE:
