@@ -130,11 +130,6 @@ class RetryBudget:
 
     def try_withdraw(self) -> bool:
         """Withdraw one retry if the budget allows it; return whether it did."""
-        return self.try_spend()
-
-    def try_spend(self) -> bool:
-        """Withdraw one retry if the budget allows it; return whether it did
-        (the older name of :meth:`try_withdraw`)."""
         epoch = int(self._now() // self._width)
         last = self._epoch
         pending = self._pending
