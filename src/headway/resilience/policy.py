@@ -247,16 +247,6 @@ async def _slot_of(limit: ConcurrencyLimit) -> Any:
     return taking
 
 
-async def _reserved(limiter: Limiter, requests: float, tokens: float) -> Reservation:
-    """Reserve on ``limiter`` and wait the reservation's delay (cancelled: refunded)."""
-    reservation = limiter.reserve_nowait(requests, tokens)
-    if reservation is None:
-        reservation = await limiter.reserve(requests, tokens)
-    if reservation.delay > 0.0:
-        await reservation.wait()
-    return reservation
-
-
 def _takes_nothing(requests: float, tokens: float) -> bool:
     """``try_take`` of a limiter without one: never takes (use ``reserve_nowait``)."""
     return False
@@ -551,11 +541,10 @@ class Policy:
         rt, breaker, pool, slots, limiter, take, timed, timeout, clock = self._plan
         if rt is not None and rt.budget is not None:
             rt.budget.record_request()
-        attempt, failures, waits, previous = 0, 0, 0, 0.0 if rt is None else rt.base_delay
+        attempt, fails, waits, prev = 0, 0, 0, 0.0 if rt is None else rt.base_delay
         while True:
             attempt += 1
-            ticket = slot = reservation = None
-            held = called = False
+            ticket, slot, reservation, held, called = None, None, None, False, False
             try:
                 ticket = None if breaker is None else breaker.try_enter()
                 if pool is not None:
@@ -563,7 +552,11 @@ class Policy:
                 elif slots is not None:
                     slot = await _slot_of(slots)
                 if limiter is not None and (ctx is not None or not take(requests, tokens)):
-                    reservation = await _reserved(limiter, requests, tokens)
+                    reservation = limiter.reserve_nowait(requests, tokens)
+                    if reservation is None:
+                        reservation = await limiter.reserve(requests, tokens)
+                    if reservation.delay > 0.0:
+                        await reservation.wait()
                 if ctx is not None:
                     ctx.attempt, ctx.reservation = attempt, reservation
                 started = clock.now() if timed else 0.0
@@ -576,9 +569,7 @@ class Policy:
             except BaseException as exc:
                 spent = clock.now() - started if timed and called else None
                 _finish(pool if held else None, slot, breaker, ticket, exc, called, spent)
-                delay, failures, waits, previous = self._after_failure(
-                    exc, failures, waits, previous, total
-                )
+                delay, fails, waits, prev = self._after_failure(exc, fails, waits, prev, total)
                 if delay is None:
                     raise
             else:
