@@ -718,25 +718,25 @@ Booking = tuple[int, float, float]
 
 
 def reserve_together(
-    buckets: tuple[TokenBucketRateLimiter, ...],
-    units: tuple[bool, ...],
+    specs: tuple[tuple[TokenBucketRateLimiter, bool], ...],
     requests: float,
     tokens: float,
     max_wait: float | None,
 ) -> tuple[float, list[float] | None, tuple[Booking, ...] | None]:
     """Reserve one call on every bucket at once, all or nothing: ``MultiLimiter``'s core.
 
-    ``units[i]``: whether ``buckets[i]`` is charged ``requests`` (else ``tokens``).
-    Returns ``(delay, charged, booking)``: the seconds to wait (every bucket books the
-    call for then), the amounts each bucket was charged, and the bookings a cancelled
-    wait gives back (``None`` when the call goes at once). When the delay exceeds
-    ``max_wait`` nothing is reserved and ``charged`` is ``None``. Raises
-    :class:`~headway.errors.RequestTooLargeError` when a bucket can never hold its amount.
+    ``specs``: ``(bucket, charged_requests)`` pairs; a bucket is charged ``requests``
+    when its flag is true, else ``tokens``. Returns ``(delay, charged, booking)``: the
+    seconds to wait (every bucket books the call for then), the amounts each bucket was
+    charged, and the bookings a cancelled wait gives back (``None`` when the call goes
+    at once). When the delay exceeds ``max_wait`` nothing is reserved and ``charged``
+    is ``None``. Raises :class:`~headway.errors.RequestTooLargeError` when a bucket can
+    never hold its amount.
     """
-    now = buckets[0]._now()
+    now = specs[0][0]._now()
     befores = []
     delay = 0.0
-    for lim, is_requests in zip(buckets, units, strict=True):
+    for lim, is_requests in specs:
         amount = requests if is_requests else tokens
         rps = lim._rps
         cap = lim.max_tokens
@@ -756,8 +756,8 @@ def reserve_together(
                 delay = wait
     charged = []
     if delay <= 0.0:
-        for i, lim in enumerate(buckets):
-            amount = requests if units[i] else tokens
+        for i, (lim, is_requests) in enumerate(specs):
+            amount = requests if is_requests else tokens
             lim._level = befores[i] - amount
             lim._last = now
             charged.append(amount)
@@ -765,8 +765,8 @@ def reserve_together(
     if max_wait is not None and delay > max_wait:
         return delay, None, None
     booking = []
-    for i, lim in enumerate(buckets):
-        amount = requests if units[i] else tokens
+    for i, (lim, is_requests) in enumerate(specs):
+        amount = requests if is_requests else tokens
         # Every bucket books the call for when it really goes (after the longest wait).
         level = lim._book_at(befores[i] - amount, amount, delay)
         charged.append(befores[i] - level)

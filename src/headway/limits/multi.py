@@ -64,7 +64,7 @@ class MultiLimiter:
     """
 
     # "__dict__": instances stay mockable (patch.object(limiter, "reserve", ...)).
-    __slots__ = ("__dict__", "_clock", "_units", "limiters", "max_wait", "name")
+    __slots__ = ("__dict__", "_clock", "_specs", "_units", "limiters", "max_wait", "name")
 
     def __init__(
         self,
@@ -94,6 +94,7 @@ class MultiLimiter:
         self.max_wait = None if max_wait is None else _non_negative("max_wait", max_wait)
         self.name = name
         self._units = tuple(lim.unit == "requests" for lim in self.limiters)
+        self._specs = tuple(zip(self.limiters, self._units, strict=True))
 
     @classmethod
     def for_llm(
@@ -163,8 +164,8 @@ class MultiLimiter:
         if not (requests >= 0.0 and tokens >= 0.0):
             raise ValueError(f"requests and tokens must be >= 0, got {requests!r}, {tokens!r}")
         limit = self.max_wait if max_wait is None else max_wait
+        delay, charged, booking = reserve_together(self._specs, requests, tokens, limit)
         limiters, units = self.limiters, self._units
-        delay, charged, booking = reserve_together(limiters, units, requests, tokens, limit)
         if charged is None:
             assert limit is not None  # only a wait beyond max_wait books nothing
             self._reject(requests, tokens, delay, limit)
