@@ -41,10 +41,10 @@ async def wait_reserved(
     while True:
         extra = 0.0
         for i, lim in enumerate(limiters):
-            moved = lim._shift - seen[i]
+            moved = lim.shift - seen[i]
             if moved > extra:
                 extra = moved
-            seen[i] = lim._shift
+            seen[i] = lim.shift
         if extra <= 0.0:
             return
         await clock.sleep(extra)
@@ -137,7 +137,7 @@ class Reservation:
                     if diff > 0.0:
                         lim.charge(diff)
                     else:
-                        lim._refund_checked(-diff)  # refund(-diff), already validated
+                        lim.refund(-diff)
                     charged[i] += diff
         self.tokens = float(tokens)
 
@@ -156,8 +156,7 @@ class Reservation:
         for i, lim in enumerate(self._limiters):
             amount = self._charged[i]
             if booking is not None:
-                seq, prev_tail, mark = booking[i]
-                lim._release(seq, prev_tail, amount, mark)
+                lim.cancel_booking(booking[i], amount)
             elif amount > 0.0:
                 lim.refund(amount)
 

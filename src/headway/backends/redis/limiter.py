@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from headway._clock import Clock, resolve_clock
 from headway.backends._base import Limit
 from headway.backends._model import LocalBuckets
-from headway.backends.redis.backend import _Unavailable
+from headway.backends.redis._outage import _Unavailable
 from headway.backends.redis.reservation import _ALLOW, _LOCAL, _SHARED, RedisReservation, _Slot
 from headway.errors import ConfigurationError, MaxWaitExceededError, RequestTooLargeError
 from headway.events import (
@@ -150,11 +150,8 @@ class RedisLimiter:
         if max_wait is None:
             max_wait = self.max_wait
         backend = self.backend
-        if (
-            backend._down
-            and not self._busy
-            and (backend._probing or self.clock.now() < backend._retry_at)
-        ):  # an outage: no round trip, unless a probe is due
+        if not self._busy and backend.resting(self.clock.now()):
+            # an outage: no round trip, unless a probe is due
             return _outcome(self._reserve_local(amounts, max_wait, requests, tokens))
         if self._local is not None and self.clock.now() < self._recovering_until:
             # Just back from an outage: other workers may still be on their fallbacks, so
@@ -220,7 +217,7 @@ class RedisLimiter:
                 batch.append(nxt)
         outcomes: list[Any] | None = None
         try:
-            if self.backend._may_call():
+            if self.backend.may_call():
                 with contextlib.suppress(_Unavailable):
                     outcomes = await self._reserve_shared(batch)
         except BaseException:
@@ -283,7 +280,7 @@ class RedisLimiter:
         for r in batch:
             args.append(-1 if r.max_wait is None else r.max_wait * 1000.0)
             args += r.amounts
-        result = await backend._eval(backend._reserve, self._keys, args)
+        result = await backend.eval_script(backend.reserve_script, self._keys, args)
         if local is not None:
             # Back: the level is capped. Other workers may still be on their fallbacks
             # until their next probe, and their queued local admissions run on, so until
@@ -343,7 +340,7 @@ class RedisLimiter:
     ) -> RedisReservation | BaseException:
         mode = self.backend.config.on_backend_error
         if mode == "fail":
-            return self.backend._unavailable(f"limiter {self.name!r}")
+            return self.backend.unavailable_error(f"limiter {self.name!r}")
         if mode == "allow":
             return RedisReservation(self, _ALLOW, None, 0.0, requests, tokens)
         local = self._local
@@ -409,7 +406,13 @@ class RedisLimiter:
             retry_after=wait,
         )
 
-    def _settle(self, source: int, state: LocalBuckets | None, tokens: float) -> None:
+    @property
+    def shift(self) -> float:
+        """Total seconds waiting reservations were pushed back by pauses (only grows)."""
+        return self._shift
+
+    def settle_units(self, source: int, state: LocalBuckets | None, tokens: float) -> None:
+        """A reservation of ``source`` settled: ``tokens`` more were used (< 0: fewer)."""
         deltas = [tokens if t else 0.0 for t in self._tokens]
         if source == _SHARED:
             pending = self._pending
@@ -418,16 +421,18 @@ class RedisLimiter:
         elif source == _LOCAL and state is not None:
             state.adjust(deltas)
 
-    def _cancel(
+    def cancel_units(
         self, source: int, state: LocalBuckets | None, at: float, requests: float, tokens: float
     ) -> None:
+        """Give back a cancelled reservation of ``source`` admitted ``at``."""
         back = [tokens if t else requests for t in self._tokens]
         if source == _SHARED:
             self._cancels.append((at, back))
         elif source == _LOCAL and state is not None:
             state.cancel(at, back)
 
-    def _has_pending(self) -> bool:
+    def has_pending(self) -> bool:
+        """Whether settles, cancels, caps or a pause still wait to be sent to Redis."""
         return (
             any(self._pending)
             or bool(self._cancels)
