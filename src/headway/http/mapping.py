@@ -36,7 +36,7 @@ from headway.errors import (
     ResourceNotFoundError,
     ServerError,
 )
-from headway.http.ratelimit_headers import parse_retry_after
+from headway.http.ratelimit_headers import parse_retry_after, rate_limit_error
 
 __all__ = ["error_for_status", "error_message", "parse_body"]
 
@@ -120,7 +120,7 @@ def error_for_status(
     }
     if status == 429:
         cls = QuotaExceededError if _is_quota(body) else RateLimitError
-        return cls(message, retry_after=parse_retry_after(headers), **kw)
+        return rate_limit_error(cls, message, **kw)
     if status in (401, 403):
         return AuthenticationError(message, **kw)
     if status == 404:
