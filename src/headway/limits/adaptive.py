@@ -74,6 +74,8 @@ _SHARE_BACK = 0.02
 _HOLD = 1.0
 #: The least rate probing goes down to, per minute.
 _FLOOR_RPM = 1.0
+#: Calls are booked at most this many seconds ahead (or two calls' worth, if longer).
+_HORIZON = 0.5
 #: Relative change of the rate in force worth an event.
 _REPORT = 0.02
 
@@ -332,17 +334,39 @@ class AdaptiveLimiter:
         return out
 
     # -- reserving (the Limiter protocol) ----------------------------------------------
+    def _queued(self) -> float:
+        """Seconds of calls already booked ahead on the requests bucket."""
+        bucket = self._rpm_bucket
+        debt = -bucket.tokens
+        return debt * 60.0 / bucket.rate if debt > 0.0 else 0.0
+
+    def _horizon(self) -> float:
+        # Book at most this far ahead: a rate learned later applies to the calls after.
+        return max(_HORIZON, 2.0 * 60.0 / self._rpm_bucket.rate)
+
     def reserve_nowait(
         self, requests: float = 1.0, tokens: float = 0.0, *, max_wait: float | None = None
-    ) -> Reservation:
-        """Reserve for one call now; ``delay`` on the result says when it may go."""
+    ) -> Reservation | None:
+        """Reserve for one call now, or ``None`` when calls are booked too far ahead.
+
+        The rate may change any moment (a header, a 429, a probe), so calls are booked
+        at most about half a second ahead; past that, ``None`` says: await
+        :meth:`reserve`, which waits (holding nothing) until the queue is short.
+        """
+        if self._queued() > self._horizon():
+            return None
         return self._multi.reserve_nowait(requests, tokens, max_wait=max_wait)
 
     async def reserve(
         self, requests: float = 1.0, tokens: float = 0.0, *, max_wait: float | None = None
     ) -> Reservation:
-        """Reserve for one call (see :meth:`reserve_nowait`)."""
-        return self._multi.reserve_nowait(requests, tokens, max_wait=max_wait)
+        """Reserve for one call, first waiting (holding nothing) while the queue is long."""
+        sleep = self._clock.sleep
+        while True:
+            ahead = self._queued() - self._horizon()
+            if ahead <= 0.0:
+                return self._multi.reserve_nowait(requests, tokens, max_wait=max_wait)
+            await sleep(ahead if ahead > 0.001 else 0.001)
 
     def slot(self, requests: float = 1.0, tokens: float = 0.0) -> Any:
         """``async with limiter.slot(requests, tokens) as r:`` waits until the call may go."""
