@@ -194,19 +194,27 @@ async def test_demo_style_429_with_room_left_does_not_pause_or_slow() -> None:
 def test_control_law_ceiling_advertised_probe() -> None:
     c = RateControl(ceiling=100.0, start=60.0)
     assert (c.rate, c.source) == (60.0, "server")
-    assert c.advertise(50.0, 0.0) and (c.rate, c.source) == (50.0, "server")
+    assert c.advertise(50.0, 0.0)
+    assert (c.rate, c.source) == (50.0, "server")
     assert not c.advertise(50.0, 0.0)
-    assert c.advertise(500.0, 0.0) and (c.rate, c.source) == (100.0, "user")
+    assert c.advertise(500.0, 0.0)
+    assert (c.rate, c.source) == (100.0, "user")
     assert not c.rate_limited(1.0)  # 500 * 0.85 is still above the ceiling
-    assert c.rate == 100.0 and c.share < 1.0
+    assert c.rate == 100.0
+    assert c.share < 1.0
     assert not c.rate_limited(1.5)  # within the hold: one signal
-    assert not c.room() and c.share == 1.0  # the rate in force did not move (ceiling)
+    assert not c.room()
+    assert c.share == 1.0
     assert not c.room()
     p = RateControl(ceiling=None, start=60.0)
     assert not p.succeeded(0.0)
-    assert p.succeeded(1.0) and p.rate == pytest.approx(120.0)
-    assert p.rate_limited(2.0) and p.rate == pytest.approx(60.0) and not p.slow_start
-    assert p.succeeded(3.0) and p.rate == pytest.approx(60.0 + 0.015 * 120.0)
+    assert p.succeeded(1.0)
+    assert p.rate == pytest.approx(120.0)
+    assert p.rate_limited(2.0)
+    assert p.rate == pytest.approx(60.0)
+    assert not p.slow_start
+    assert p.succeeded(3.0)
+    assert p.rate == pytest.approx(60.0 + 0.015 * 120.0)
 
 
 @settings(max_examples=60, deadline=None)
@@ -234,7 +242,8 @@ def test_rate_never_exceeds_the_ceiling_and_stays_positive(
             c.rate_limited(now)
         else:
             c.advertise(value, now)
-        assert c.rate > 0.0 and math.isfinite(c.rate)
+        assert c.rate > 0.0
+        assert math.isfinite(c.rate)
         if ceiling is not None:
             assert c.rate <= ceiling
         if c.advertised is not None:
