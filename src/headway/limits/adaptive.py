@@ -8,9 +8,9 @@ ceiling and what the server enforces, learned while the calls go:
   limit: the limiter runs at it (and at the token limit it advertises), lowered for a
   while after a rate 429 that says the bucket is empty (another client shares the key)
   and raised back as answers succeed or the server reports room to spare.
-* **Probed.** A server that advertises nothing is probed: the limiter starts low,
-  doubles about every second while answers succeed (slow start), and on the first rate
-  429 settles into additive increase / multiplicative decrease around the enforced rate.
+* **Probed.** A server that advertises nothing is probed: the limiter starts low, grows
+  by half every second while answers succeed (slow start), and on the first rate 429
+  settles into additive increase / multiplicative decrease around the enforced rate.
 
 The burst is small (``burst_seconds`` of the rate, one second by default): providers
 enforce per second or per few seconds, whatever their limits say per minute.
@@ -61,6 +61,8 @@ Source = Literal["server", "user"]
 
 #: Where probing starts, per minute, when nothing is known about the server.
 _START_RPM = 60.0
+#: Slow start: the probed rate grows by this factor per second of answers.
+_GROWTH = 1.5
 #: Multiplicative decrease: after slow start, and while slow-starting.
 _BETA = 0.85
 _BETA_SLOW_START = 0.5
@@ -186,7 +188,7 @@ class RateControl:
             return False
         dt = min(now - last, 1.0)
         if self.slow_start:
-            self.learned *= 2.0**dt  # doubles about every second
+            self.learned *= _GROWTH**dt
         else:
             self.learned += _ALPHA * self.peak * dt
         if ceiling is not None and self.learned > ceiling:
@@ -221,7 +223,8 @@ class AdaptiveLimiter:
         start_rpm: where probing starts when the server advertises nothing (default 60,
             or the ceiling if lower).
         burst_seconds: the burst allowed, in seconds of the rate in force (at least one
-            request). Providers enforce per second or per few seconds; keep it small.
+            request), once the server's limit is known (while probing: one request).
+            Providers enforce per second or per few seconds; keep it small.
         clock: where time is read and slept (default: the running loop's clock).
         name: shown in events.
         listeners: called with a :class:`RateChanged` on every change of the rate in
@@ -280,6 +283,8 @@ class AdaptiveLimiter:
 
     # -- construction helpers -------------------------------------------------------
     def _burst(self, rate: float) -> float:
+        if self.requests.advertised is None:
+            return 1.0  # probing: the rate is a guess, so no burst on top of it
         return max(1.0, rate / 60.0 * self.burst_seconds)
 
     def _token_bucket(self, rate: float) -> TokenBucketRateLimiter:
@@ -414,11 +419,18 @@ class AdaptiveLimiter:
         if not empty:
             return
         now = self._clock.now()
+        bucket = self._rpm_bucket
+        old = bucket.rate
+        booked = -bucket.tokens  # calls already booked at the old rate
         if self.requests.rate_limited(now):
             self._apply("requests", "rate_limited")
         if delay is None or not delay > 0.0:
             # No word from the server: let the bucket refill one call's worth.
             delay = 60.0 / self.requests.rate
+        if booked > 0.0 and bucket.rate < old:
+            # The calls booked keep their old spacing: pause longer, so that on average
+            # they go at the new rate.
+            delay += booked * 60.0 * (1.0 / bucket.rate - 1.0 / old)
         self._multi.pause_until(now + delay)
 
     def observe_headers(self, headers: Mapping[str, str]) -> None:
