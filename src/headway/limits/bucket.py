@@ -12,8 +12,9 @@ Guarantee: in any window of length ``t`` the bucket schedules at most
 ``max_tokens + rate * t / period`` tokens, and callers that wait arrive no closer: the
 event loop may wake a sleeper late (never early), and a caller woken more than half an
 interval late moves everyone behind it back by the excess, so what the server sees in a
-window stays within the bound (rounded down). The limiter also remembers when the last queued caller goes (the *tail*), so a
-newcomer never goes before someone already waiting, even after tokens were given back.
+window stays within the bound (rounded down). The limiter also remembers when the last
+queued caller goes (the *tail*), so a newcomer never goes before someone already
+waiting, even after tokens were given back.
 
 Giving back:
 
