@@ -36,12 +36,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-if TYPE_CHECKING:
-    from headway.errors import RateLimitError
+from headway.errors import APIClientError, QuotaExceededError, RateLimitError
 
-E = TypeVar("E", bound="RateLimitError")
+E = TypeVar("E", bound=APIClientError)
 
 __all__ = [
     "LimitState",
@@ -274,15 +273,17 @@ def server_delay(headers: Mapping[str, str] | None) -> float | None:
 
 
 def rate_limit_error(cls: type[E], message: str, **kw: Any) -> E:
-    """``cls(message, retry_after=..., **kw)`` for a 429, with ``bucket_empty`` set.
+    """``cls(message, retry_after=..., bucket_empty=..., **kw)``: the error for a 429.
 
     ``kw`` holds the error's fields, ``headers`` among them. ``retry_after`` is
-    :func:`server_delay`; ``bucket_empty`` is :func:`bucket_empty`.
+    :func:`server_delay`; ``bucket_empty`` is :func:`bucket_empty` (a quota error takes
+    no ``bucket_empty``: it is never retried).
     """
     headers = kw.get("headers")
-    err = cls(message, retry_after=server_delay(headers), **kw)
-    setattr(err, "bucket_empty", bucket_empty(headers))  # noqa: B010
-    return err
+    kw["retry_after"] = server_delay(headers)
+    if issubclass(cls, RateLimitError) and not issubclass(cls, QuotaExceededError):
+        kw["bucket_empty"] = bucket_empty(headers)
+    return cls(message, **kw)
 
 
 @dataclass(slots=True, frozen=True)

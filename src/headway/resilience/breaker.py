@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
 
-from headway._clock import Clock, resolve_clock
+from headway._clock import LOOP_CLOCK, Clock, resolve_clock
 from headway.errors import (
     APIClientError,
     APIConnectionError,
@@ -70,15 +70,23 @@ from headway.errors import (
     HeadwayError,
 )
 from headway.events import (
+    BREAKER_CALL_RECORDED,
     BREAKER_REJECTED,
     BREAKER_STATE_CHANGED,
+    BreakerCallRecorded,
+    BreakerOpened,
+    BreakerStateChanged,
     EventListener,
     emit,
     enabled,
+    publish,
 )
+
+_listening = enabled
 
 __all__ = [
     "BreakerPermit",
+    "BreakerTicket",
     "CircuitBreaker",
     "CircuitState",
     "default_failure_predicate",
@@ -277,6 +285,10 @@ class BreakerPermit:
         return f"BreakerPermit({kind}, done={self._done})"
 
 
+#: What :meth:`CircuitBreaker.try_enter` hands out: a permit, or a closed breaker's
+#: generation number (no object per call).
+BreakerTicket = BreakerPermit | int
+
 # The permits of ``async with breaker:`` blocks, innermost first, per task context.
 _GUARDS: ContextVar[tuple[BreakerPermit, Any] | None] = ContextVar(
     "headway_breaker_guards", default=None
@@ -340,7 +352,9 @@ class CircuitBreaker:
     """
 
     __slots__ = (
+        "__dict__",  # instances stay mockable: patch.object(obj, "method", ...)
         "_clock",
+        "_lean",
         "_listeners",
         "_s",
         "excluded_exceptions",
@@ -420,6 +434,12 @@ class CircuitBreaker:
         ):
             state.window = _Window(self.window, self.window / WINDOW_BUCKETS)
         self._s = state
+        # Closed and counting consecutive failures only: try_enter() needs no permit.
+        self._lean = (
+            state.window is None
+            and slow_call_duration is None
+            and type(self).acquire is CircuitBreaker.acquire
+        )
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -482,6 +502,66 @@ class CircuitBreaker:
         s.trials_in_flight += 1
         return BreakerPermit(self, s.generation, True, now)
 
+    def try_enter(self) -> BreakerTicket:
+        """Ask leave for one call without waiting: a ticket for :meth:`record`/:meth:`release`.
+
+        The pipeline's form of :meth:`acquire`: while closed, a breaker that counts
+        consecutive failures only hands out its generation number instead of a
+        :class:`BreakerPermit` (no object per call). Raises
+        :class:`~headway.errors.CircuitBreakerOpenError` when open.
+        """
+        if self._lean:
+            s = self._s
+            if s.state is _CLOSED:
+                return s.generation
+        return self.acquire()
+
+    def record(
+        self,
+        ticket: BreakerTicket,
+        outcome: BaseException | None = None,
+        duration: float | None = None,
+    ) -> None:
+        """Report how the call of ``ticket`` went: ``None`` for success, else its error.
+
+        Cancellation and other non-``Exception`` outcomes give the ticket back without a
+        verdict. ``duration``: the call's seconds (for slow-call judgement).
+        """
+        if type(ticket) is not int:
+            assert isinstance(ticket, BreakerPermit)
+            if outcome is None:
+                ticket.record_success(duration)
+            else:
+                ticket.record_failure(outcome, duration)
+        elif outcome is None:
+            s = self._s
+            if s.consecutive_failures and s.generation == ticket:
+                s.consecutive_failures = 0
+        elif isinstance(outcome, Exception):
+            self._closed_failure(ticket, outcome)
+        if _listening(logging.DEBUG, self._listeners):
+            self._call_event(outcome)
+
+    def _call_event(self, outcome: BaseException | None) -> None:
+        failure = outcome is not None and self._classify(outcome) == _FAILURE
+        data = {"exception": outcome, "failure": failure}
+        event = BreakerCallRecorded(
+            BREAKER_CALL_RECORDED,
+            self.name,
+            data,
+            LOOP_CLOCK.now(),
+            logging.DEBUG,
+            exception=outcome,
+            failure=failure,
+        )
+        publish(event, self._listeners)
+
+    def release(self, ticket: BreakerTicket) -> None:
+        """Give ``ticket`` back without a verdict (the call was never made)."""
+        if type(ticket) is not int:
+            assert isinstance(ticket, BreakerPermit)
+            ticket.release()
+
     async def execute(
         self, func: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
@@ -490,13 +570,13 @@ class CircuitBreaker:
         Raises:
             CircuitBreakerOpenError: the breaker is open; ``func`` was not called.
         """
-        permit = self.acquire()
+        ticket = self.try_enter()
         try:
             result = await func(*args, **kwargs)
         except BaseException as exc:
-            permit.record_failure(exc)
+            self.record(ticket, exc)
             raise
-        permit.record_success()
+        self.record(ticket)
         return result
 
     async def __aenter__(self) -> BreakerPermit:
@@ -655,15 +735,20 @@ class CircuitBreaker:
         if old is new:
             return
         level = logging.WARNING if new is _OPEN else logging.INFO
-        emit(
-            BREAKER_STATE_CHANGED,
-            source=self.name,
-            level=level,
-            listeners=self._listeners,
-            old=old,
-            new=new,
-            reason=reason,
-        )
+        if enabled(level, self._listeners):
+            cls = BreakerOpened if new is _OPEN else BreakerStateChanged
+            data = {"old": old, "new": new, "reason": reason}
+            event = cls(
+                BREAKER_STATE_CHANGED,
+                self.name,
+                data,
+                LOOP_CLOCK.now(),
+                level,
+                old=old.value,
+                new=new.value,
+                reason=reason,
+            )
+            publish(event, self._listeners)
 
     def _rejection(self, now: float) -> CircuitBreakerOpenError:
         s = self._s
