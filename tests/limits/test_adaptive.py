@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import pytest
@@ -141,14 +142,16 @@ async def test_ceiling_half_the_real_limit_is_never_exceeded(profile: str) -> No
 @pytest.mark.virtual_time
 async def test_advertised_limit_is_used_at_once_and_ceiling_holds() -> None:
     async with FakeAPI(profile="openai", rpm=600, tpm=100_000) as api:
-        changes: list[RateChanged] = []
+        changes: list[Any] = []
         limiter = AdaptiveLimiter(rpm=400, listeners=(changes.append,))
         out = await drive(api, limiter, 50, workers=4, tokens=20)
     assert out.failed == []
     assert limiter.rate_in_force() == (400.0, "user")
     assert limiter.rate_in_force("tokens") == (100_000.0, "server")
     assert limiter.learned_limits() == {"requests": 600.0, "tokens": 100_000.0}
+    assert isinstance(changes[0], RateChanged)
     assert changes[0].reason == "advertised"
+    assert changes[0].kind == RATE_CHANGED
     assert {c.unit for c in changes} == {"requests", "tokens"}
 
 

@@ -211,25 +211,36 @@ def build_policy(
     With a shared ``backend`` (a :class:`~headway.backends.RedisBackend`) the limits and
     the breaker's state are shared by every worker using the same name.
     """
-    from headway.limits.multi import MultiLimiter
+    from headway.limits.adaptive import AdaptiveLimiter
     from headway.resilience.breaker import CircuitBreaker
     from headway.resilience.policy import Policy
     from headway.resilience.retry import RetryPolicy
 
-    limiter: Any = None
-    if settings.rpm is not None or settings.tpm is not None:
-        burst = settings.burst
-        if burst is None and settings.rpm is not None:
-            # A second's worth of requests: smooth pacing from the first request on.
-            burst = max(1.0, settings.rpm / 60.0)
-        if backend is not None:
-            limiter = backend.limiter(
-                settings.shared_name, rpm=settings.rpm, tpm=settings.tpm, burst=burst, clock=clock
-            )
-        else:
-            limiter = MultiLimiter.for_llm(
-                rpm=settings.rpm, tpm=settings.tpm, burst=burst, clock=clock, name="batch"
-            )
+    # The server's real limit, learned; --rpm/--tpm are ceilings. The burst: a second's
+    # worth, or --burst requests.
+    burst_seconds = 1.0
+    if settings.burst is not None and settings.rpm is not None:
+        burst_seconds = settings.burst * 60.0 / settings.rpm
+    limiter: Any
+    if backend is not None:
+        from headway.backends.redis.adaptive import SharedAdaptiveLimiter
+
+        limiter = SharedAdaptiveLimiter(
+            backend,
+            settings.shared_name,
+            rpm=settings.rpm,
+            tpm=settings.tpm,
+            burst_seconds=burst_seconds,
+            clock=clock,
+        )
+    else:
+        limiter = AdaptiveLimiter(
+            rpm=settings.rpm,
+            tpm=settings.tpm,
+            burst_seconds=burst_seconds,
+            clock=clock,
+            name="batch",
+        )
     retry = RetryPolicy(
         max_retries=settings.max_attempts - 1,
         base_delay=settings.base_delay,

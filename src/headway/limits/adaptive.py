@@ -41,12 +41,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from headway import events
 from headway._clock import Clock, resolve_clock
+from headway.events import Event, EventListener
 from headway.errors import ConfigurationError
 from headway.limits._reservation import Reservation
 from headway.limits.bucket import TokenBucketRateLimiter
@@ -54,7 +55,7 @@ from headway.limits.multi import MultiLimiter
 
 __all__ = ["RATE_CHANGED", "AdaptiveLimiter", "RateChanged", "RateControl"]
 
-#: Event kind emitted on every change of the rate in force (data: a :class:`RateChanged`).
+#: Event kind of :class:`RateChanged`, published on every change of the rate in force.
 RATE_CHANGED = "limiter.rate_changed"
 
 Source = Literal["server", "user"]
@@ -83,21 +84,21 @@ _REPORT = 0.02
 
 
 @dataclass(frozen=True, slots=True)
-class RateChanged:
-    """The rate in force changed (the data of a :data:`RATE_CHANGED` event).
+class RateChanged(Event):
+    """The rate in force changed (a typed :class:`~headway.events.Event`).
 
     Attributes:
         unit: ``"requests"`` or ``"tokens"``.
         old, new: the rate in force before and after, per minute.
-        source: ``"server"`` (the server's limit binds) or ``"user"`` (the ceiling).
+        limited_by: ``"server"`` (the server's limit binds) or ``"user"`` (the ceiling).
         reason: what changed it (``"advertised"``, ``"rate_limited"``, ``"probe"``).
     """
 
-    unit: str
-    old: float
-    new: float
-    source: Source
-    reason: str
+    unit: str = "requests"
+    old: float = 0.0
+    new: float = 0.0
+    limited_by: Source = "server"
+    reason: str = ""
 
 
 class RateControl:
@@ -227,8 +228,8 @@ class AdaptiveLimiter:
             Providers enforce per second or per few seconds; keep it small.
         clock: where time is read and slept (default: the running loop's clock).
         name: shown in events.
-        listeners: called with a :class:`RateChanged` on every change of the rate in
-            force (also emitted as a :data:`RATE_CHANGED` event).
+        listeners: called with a :class:`RateChanged` event on every change of the rate
+            in force (which also goes to the global listeners and the ``headway`` logger).
 
     Satisfies :class:`~headway.limits.Limiter`: a :class:`~headway.Policy` or an
     :class:`~headway.http.Endpoint` takes it where a :class:`MultiLimiter` would go.
@@ -243,7 +244,7 @@ class AdaptiveLimiter:
         burst_seconds: float = 1.0,
         clock: Clock | None = None,
         name: str | None = None,
-        listeners: tuple[Callable[[RateChanged], None], ...] = (),
+        listeners: tuple[EventListener, ...] = (),
     ) -> None:
         for what, value in (("rpm", rpm), ("tpm", tpm)):
             if value is not None and not (value > 0 and math.isfinite(value)):
@@ -505,21 +506,22 @@ class AdaptiveLimiter:
         if reason == "probe" and abs(new - old) < _REPORT * old:
             return
         self._reported[unit] = new
-        change = RateChanged(unit, old, new, control.source, reason)
-        for listener in self._listeners:
-            listener(change)
-        if events.enabled(logging.INFO):
-            events.emit(
-                RATE_CHANGED,
-                source=self.name,
-                level=logging.INFO,
-                unit=unit,
-                old=old,
-                new=new,
-                limited_by=change.source,
-                reason=reason,
-                change=change,
-            )
+        if not events.enabled(logging.INFO, self._listeners):
+            return
+        limited_by = control.source
+        change = RateChanged(
+            RATE_CHANGED,
+            self.name,
+            {"unit": unit, "old": old, "new": new, "limited_by": limited_by, "reason": reason},
+            self._clock.now(),
+            logging.INFO,
+            unit=unit,
+            old=old,
+            new=new,
+            limited_by=limited_by,
+            reason=reason,
+        )
+        events.publish(change, self._listeners)
 
     def __repr__(self) -> str:
         rate, source = self.requests.rate, self.requests.source
