@@ -86,7 +86,7 @@ def _status(stats: BatchStats, rps: float, tpm: float) -> str:
     return (
         f"{rps:.1f} req/s | {tpm:,.0f} tok/min | ok {stats.succeeded} | "
         f"failed {stats.failed} | retrying {stats.retrying} | 429s {stats.rate_limited}"
-    )
+    ) + (f" | {stats.limited_by}" if stats.limited_by else "")
 
 
 class NullProgress:

@@ -48,6 +48,7 @@ __all__ = [
     "BatchRunner",
     "Response",
     "Sender",
+    "note_rate",
     "note_retry",
     "signal_handlers",
     "status_error_code",
@@ -101,6 +102,20 @@ def note_retry(exc: BaseException | None = None, *, rate_limited: bool | None = 
         rate_limited = isinstance(exc, RateLimitError) or getattr(exc, "status_code", None) == 429
     if rate_limited:
         stats.rate_limited += 1
+
+
+def note_rate(limited_by: str, learned: Mapping[str, float]) -> None:
+    """Tell the runner the rate in force changed (shown on the progress line and summary).
+
+    ``limited_by`` reads like ``"limited by server: 1,180/min"``; ``learned`` is what the
+    server advertised or probing found, per minute, by unit. Outside a runner it does
+    nothing.
+    """
+    job = _CURRENT.get()
+    if job is None:
+        return
+    job.stats.limited_by = limited_by
+    job.stats.learned = dict(learned)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

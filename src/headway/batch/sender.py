@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from headway._clock import Clock, resolve_clock
 from headway._secrets import redact_url
 from headway.batch.jobs import DEFAULT_URL, BatchRequest
-from headway.batch.runner import Response, Sender, note_retry
+from headway.batch.runner import Response, Sender, note_rate, note_retry
 from headway.errors import CircuitBreakerOpenError, ConfigurationError, RateLimitError
 from headway.events import Event, RetryScheduled
 from headway.http.providers import PROVIDERS as _HTTP_PROVIDERS
@@ -203,6 +203,16 @@ def _on_event(event: Event) -> None:
         note_retry(rate_limited=isinstance(event.exception, RateLimitError))
 
 
+def _on_rate(limiter: Any) -> Any:
+    def listener(event: Event) -> None:
+        if getattr(event, "unit", None) == "requests":
+            new = getattr(event, "new", 0.0)
+            who = getattr(event, "limited_by", "server")
+            note_rate(f"limited by {who}: {new:,.0f}/min", limiter.learned_limits())
+
+    return listener
+
+
 def build_policy(
     settings: SenderSettings, *, clock: Clock | None = None, backend: Any = None
 ) -> Any:
@@ -241,6 +251,7 @@ def build_policy(
             clock=clock,
             name="batch",
         )
+    limiter.listeners = (_on_rate(limiter),)
     retry = RetryPolicy(
         max_retries=settings.max_attempts - 1,
         base_delay=settings.base_delay,

@@ -58,6 +58,9 @@ class BatchStats:
         rate_limited: 429 answers seen, retried or final.
         in_flight: requests being sent now; retrying: of those, how many have retried.
         tokens: tokens used, from the responses' ``usage``.
+        limited_by: the request rate in force and who sets it
+            (``"limited by server: 1,180/min"``), once known.
+        learned: what the server advertised or probing found, per minute, by unit.
     """
 
     total: int | None = None
@@ -76,6 +79,8 @@ class BatchStats:
     interrupted: bool = False
     abandoned: int = 0
     latencies: array[float] = field(default_factory=lambda: array("d"))
+    limited_by: str | None = None
+    learned: dict[str, float] = field(default_factory=dict)
 
     @property
     def written(self) -> int:
@@ -117,6 +122,8 @@ class BatchStats:
             "errors_by_code": dict(sorted(self.errors_by_code.items())),
             "retries": self.retries,
             "rate_limited": self.rate_limited,
+            "limited_by": self.limited_by,
+            "learned_limits": dict(self.learned),
             "interrupted": self.interrupted,
             "abandoned": self.abandoned,
             "latency_s": {
@@ -162,6 +169,11 @@ def render_summary(
         table.add_row("duplicate custom_id (not sent)", f"[yellow]{summary['duplicates']}[/]")
     table.add_row("retries", str(summary["retries"]))
     table.add_row("429s seen", str(summary["rate_limited"]))
+    if summary.get("limited_by"):
+        learned = ", ".join(
+            f"{v:,.0f} {unit}/min" for unit, v in summary.get("learned_limits", {}).items()
+        )
+        table.add_row("rate", summary["limited_by"] + (f" (learned {learned})" if learned else ""))
     lat = summary["latency_s"]
     table.add_row(
         "latency p50 / p95 / p99",

@@ -47,8 +47,8 @@ from typing import Any, Literal
 
 from headway import events
 from headway._clock import Clock, resolve_clock
-from headway.events import Event, EventListener
 from headway.errors import ConfigurationError
+from headway.events import Event, EventListener
 from headway.limits._reservation import Reservation
 from headway.limits.bucket import TokenBucketRateLimiter
 from headway.limits.multi import MultiLimiter
@@ -256,7 +256,7 @@ class AdaptiveLimiter:
         self.name = name
         self.burst_seconds = float(burst_seconds)
         self._clock = resolve_clock(clock)
-        self._listeners = tuple(listeners)
+        self.listeners: tuple[EventListener, ...] = tuple(listeners)
         self.requests = RateControl(ceiling=rpm, start=start_rpm)
         self.tokens: RateControl | None = (
             None if tpm is None else RateControl(ceiling=tpm, start=tpm)
@@ -506,7 +506,7 @@ class AdaptiveLimiter:
         if reason == "probe" and abs(new - old) < _REPORT * old:
             return
         self._reported[unit] = new
-        if not events.enabled(logging.INFO, self._listeners):
+        if not events.enabled(logging.INFO, self.listeners):
             return
         limited_by = control.source
         change = RateChanged(
@@ -521,7 +521,7 @@ class AdaptiveLimiter:
             limited_by=limited_by,
             reason=reason,
         )
-        events.publish(change, self._listeners)
+        events.publish(change, self.listeners)
 
     def __repr__(self) -> str:
         rate, source = self.requests.rate, self.requests.source

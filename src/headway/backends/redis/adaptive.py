@@ -22,6 +22,7 @@ from headway._clock import Clock, resolve_clock
 from headway.backends._base import Limit
 from headway.backends.redis.limiter import MAX_PAUSE, RedisLimiter
 from headway.errors import ConfigurationError
+from headway.events import EventListener
 from headway.limits.adaptive import (
     _START_RPM,
     RATE_CHANGED,
@@ -53,6 +54,8 @@ class SharedAdaptiveLimiter:
         start_rpm, burst_seconds: as for :class:`~headway.limits.AdaptiveLimiter`.
         sync_every: seconds between reads of the shared state.
         clock: where time is read and slept.
+        listeners: called with a :class:`~headway.limits.adaptive.RateChanged` event on
+            every change of the shared rate this worker makes or adopts.
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class SharedAdaptiveLimiter:
         burst_seconds: float = 1.0,
         sync_every: float = 0.5,
         clock: Clock | None = None,
+        listeners: tuple[EventListener, ...] = (),
     ) -> None:
         for what, value in (("rpm", rpm), ("tpm", tpm)):
             if value is not None and not (value > 0 and math.isfinite(value)):
@@ -89,6 +93,7 @@ class SharedAdaptiveLimiter:
         self._seen_limit: str | None = None
         self._reported = self.requests.rate
         self.rate_limited_count = 0
+        self.listeners: tuple[EventListener, ...] = tuple(listeners)
 
     def _burst(self, rate: float) -> float:
         if self.requests.advertised is None:
@@ -112,7 +117,7 @@ class SharedAdaptiveLimiter:
     # -- the Limiter protocol ----------------------------------------------------------
     def reserve_nowait(self, requests: float = 1.0, tokens: float = 0.0) -> None:
         """Always ``None``: a shared reservation takes a round trip (await :meth:`reserve`)."""
-        return None
+        return
 
     async def reserve(
         self, requests: float = 1.0, tokens: float = 0.0, *, max_wait: float | None = None
@@ -188,7 +193,7 @@ class SharedAdaptiveLimiter:
         if reason == "probe" and abs(new - old) < 0.02 * old:
             return
         self._reported = new
-        if events.enabled(logging.INFO):
+        if events.enabled(logging.INFO, self.listeners):
             fields = {"unit": "requests", "old": old, "new": new, "limited_by": c.source}
             events.publish(
                 RateChanged(
@@ -202,7 +207,8 @@ class SharedAdaptiveLimiter:
                     new=new,
                     limited_by=c.source,
                     reason=reason,
-                )
+                ),
+                self.listeners,
             )
 
     def _state(self) -> dict[Any, Any]:
