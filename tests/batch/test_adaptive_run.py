@@ -74,11 +74,20 @@ async def test_rpm_half_the_real_limit_is_never_exceeded(profile: str, tmp_path:
 
 
 @pytest.mark.virtual_time
-async def test_quota_error_fails_its_lines_without_retrying(tmp_path: Path) -> None:
+async def test_quota_error_stops_the_run_resumably(tmp_path: Path) -> None:
     async with FakeAPI(profile="openai", rpm=LIMIT) as api:
-        api.script("POST", CHAT, ["insufficient_quota"] * 3)
-        stats, out = await run(api, tmp_path, 3, max_attempts=6)
-        assert len(api.calls("POST", CHAT)) == 3  # never retried
-    assert stats.failed == 3  # type: ignore[attr-defined]
-    codes = {json.loads(line)["error"]["code"] for line in out.read_text().splitlines()}
-    assert codes == {"insufficient_quota"}
+        api.script("POST", CHAT, ["ok", "insufficient_quota"])
+        stats, out = await run(api, tmp_path, 40, max_attempts=6)
+        sent = len(api.calls("POST", CHAT))
+    assert stats.stopped is not None  # type: ignore[attr-defined]
+    assert stats.stopped.startswith("quota exhausted: ")  # type: ignore[attr-defined]
+    assert stats.failed == 0  # type: ignore[attr-defined]
+    written = out.read_text().splitlines() if out.exists() else []
+    assert all("error" not in json.loads(line) or not json.loads(line)["error"] for line in written)
+    assert len(written) < 40  # stopped early: the rest is left for the next run
+    assert sent < 40
+    # the next run (quota raised) sends what is left, and only that
+    async with FakeAPI(profile="openai", rpm=LIMIT) as api:
+        stats2, _ = await run(api, tmp_path, 40)
+        assert len(api.calls("POST", CHAT)) == 40 - len(written)
+    assert stats2.succeeded == 40 - len(written)  # type: ignore[attr-defined]

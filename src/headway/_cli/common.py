@@ -118,6 +118,8 @@ def _finish(
         summary_json.parent.mkdir(parents=True, exist_ok=True)
         summary_json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     stats = runner.stats
+    if stats.stopped is not None:
+        return EXIT_FAILED, summary
     if stats.interrupted:
         return EXIT_INTERRUPTED, summary
     if stats.failed or stats.duplicates or failed_before:
@@ -136,7 +138,13 @@ def _warn_notes(runner: BatchRunner) -> None:
             f"not sent (first: {cid!r} on line {line})",
             err=True,
         )
-    if stats.interrupted:
+    if stats.stopped is not None:
+        click.echo(
+            f"headway: stopped: {' '.join(stats.stopped.split())}; raise the quota, then run "
+            "the same command again to resume",
+            err=True,
+        )
+    elif stats.interrupted:
         click.echo(
             "headway: interrupted; run the same command again to resume "
             f"({stats.abandoned} request(s) in flight were abandoned and will be resent)",

@@ -42,7 +42,7 @@ from headway.batch.jobs import DEFAULT_URL, BatchRequest, InvalidLine, count_lin
 from headway.batch.ledger import Ledger, Result, result_from_error
 from headway.batch.progress import NullProgress, ProgressReporter
 from headway.batch.summary import BatchStats
-from headway.errors import RateLimitError, status_error_code
+from headway.errors import QuotaExceededError, RateLimitError, status_error_code
 
 __all__ = [
     "BatchRunner",
@@ -351,6 +351,14 @@ class BatchRunner:
             t0 = clock.now()
             try:
                 response = await send(request)
+            except QuotaExceededError as exc:
+                # Waiting won't help and every line would fail alike: stop, write nothing
+                # for this line (the next run sends it), say why once.
+                if stats.stopped is None:
+                    stats.stopped = f"quota exhausted: {exc.message}"
+                    self.stop()
+                stats.abandoned += 1
+                return
             except Exception as exc:
                 result = result_from_error(
                     request.custom_id, exc, latency=clock.now() - t0, attempts=job.retries + 1

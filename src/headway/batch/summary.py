@@ -61,6 +61,7 @@ class BatchStats:
         limited_by: the request rate in force and who sets it
             (``"limited by server: 1,180/min"``), once known.
         learned: what the server advertised or probing found, per minute, by unit.
+        stopped: why the run stopped early (a quota exhausted), if it did.
     """
 
     total: int | None = None
@@ -81,6 +82,7 @@ class BatchStats:
     latencies: array[float] = field(default_factory=lambda: array("d"))
     limited_by: str | None = None
     learned: dict[str, float] = field(default_factory=dict)
+    stopped: str | None = None
 
     @property
     def written(self) -> int:
@@ -124,6 +126,7 @@ class BatchStats:
             "rate_limited": self.rate_limited,
             "limited_by": self.limited_by,
             "learned_limits": dict(self.learned),
+            "stopped": self.stopped,
             "interrupted": self.interrupted,
             "abandoned": self.abandoned,
             "latency_s": {
