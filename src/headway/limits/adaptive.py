@@ -372,7 +372,8 @@ class AdaptiveLimiter:
             ahead = self._queued() - self._horizon()
             if ahead <= 0.0:
                 return self._multi.reserve_nowait(requests, tokens, max_wait=max_wait)
-            await sleep(ahead if ahead > 0.001 else 0.001)
+            # In short steps: a rate learned meanwhile shortens the queue at once.
+            await sleep(min(max(ahead, 0.001), 0.1))
 
     def slot(self, requests: float = 1.0, tokens: float = 0.0) -> Any:
         """``async with limiter.slot(requests, tokens) as r:`` waits until the call may go."""
@@ -413,14 +414,16 @@ class AdaptiveLimiter:
         """A rate 429: with ``empty`` the server's bucket is empty, so pause and slow down.
 
         ``delay`` is the server's wait (already capped by the caller), or ``None``. When
-        the bucket is not empty (``empty=False``) only that request backs off: nothing
-        changes here.
+        the bucket is not empty (``empty=False``) only that request backs off; the turn
+        it took is given back (the server did not count it).
         """
         self.rate_limited_count += 1
+        bucket = self._rpm_bucket
         if not empty:
+            # The server refused this one call without counting it: its turn comes back.
+            bucket.refund(1.0)
             return
         now = self._clock.now()
-        bucket = self._rpm_bucket
         old = bucket.rate
         booked = -bucket.tokens  # calls already booked at the old rate
         if self.requests.rate_limited(now):
