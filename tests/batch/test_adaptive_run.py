@@ -14,8 +14,8 @@ import pytest
 
 from headway.batch import BatchRunner
 from headway.batch.sender import SenderSettings, open_sender, resolve_target
-from headway.testing.fake_api import FakeAPI
 from headway.testing._fake_limits import PROFILES
+from headway.testing.fake_api import FakeAPI
 
 CHAT = "/v1/chat/completions"
 LIMIT = 240.0  # the server's real limit per minute
