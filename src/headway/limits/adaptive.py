@@ -126,7 +126,7 @@ class RateControl:
     )
 
     def __init__(self, *, ceiling: float | None, start: float) -> None:
-        self.ceiling = ceiling
+        self.ceiling = None if ceiling is None else float(ceiling)
         self.advertised: float | None = None
         self.learned = start if ceiling is None else min(start, ceiling)
         self.peak = self.learned  # the rate at the last decrease (probing's yardstick)
