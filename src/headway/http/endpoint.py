@@ -55,7 +55,16 @@ def default_policy(config: EndpointConfig, *, clock: Clock | None = None) -> Pol
     from headway.resilience.policy import Policy
     from headway.resilience.retry import RetryPolicy
 
-    limiter = AdaptiveLimiter(rpm=config.rpm, tpm=config.tpm, clock=clock, name=config.name)
+    from headway.http.providers import PROVIDERS
+
+    spec = PROVIDERS.get(config.provider)
+    limiter = AdaptiveLimiter(
+        rpm=config.rpm,
+        tpm=config.tpm,
+        burst_seconds=spec.burst_seconds if spec is not None else 1.0,
+        clock=clock,
+        name=config.name,
+    )
     return Policy(
         retry=RetryPolicy(max_retries=config.max_retries, clock=clock),
         limiter=limiter,
