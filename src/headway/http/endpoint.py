@@ -51,11 +51,10 @@ def default_policy(config: EndpointConfig, *, clock: Clock | None = None) -> Pol
     or probed when it advertises none) with ``rpm`` and ``tpm`` as ceilings, and caps
     concurrency (``concurrency``).
     """
+    from headway.http.providers import PROVIDERS
     from headway.limits import AdaptiveLimiter
     from headway.resilience.policy import Policy
     from headway.resilience.retry import RetryPolicy
-
-    from headway.http.providers import PROVIDERS
 
     spec = PROVIDERS.get(config.provider)
     limiter = AdaptiveLimiter(

@@ -475,7 +475,7 @@ class AdaptiveLimiter:
                 self._apply("tokens", "advertised")
 
     def _remaining(self, unit: str, left: str, limit: str | None) -> None:
-        remaining = _number(left)
+        remaining = _count(left)
         if remaining is None:
             return
         total = _number(limit)
@@ -487,6 +487,15 @@ class AdaptiveLimiter:
         bucket = self._rpm_bucket if unit == "requests" else self._tpm_bucket
         if bucket is not None:
             bucket.sync(remaining)
+        # The server's bucket is empty although we pace at its advertised limit: someone
+        # else draws on it. Slow down before the 429s come.
+        if (
+            remaining < 1.0
+            and control is not None
+            and control.advertised is not None
+            and control.rate_limited(self._clock.now())
+        ):
+            self._apply(unit, "rate_limited")
 
     def _apply(self, unit: str, reason: str) -> None:
         if unit == "requests":
@@ -530,6 +539,15 @@ class AdaptiveLimiter:
         rate, source = self.requests.rate, self.requests.source
         who = f"{self.name!r}, " if self.name else ""
         return f"AdaptiveLimiter({who}rpm={rate:g} limited by {source})"
+
+
+def _count(text: str) -> float | None:
+    """A remaining count: a finite number >= 0, else ``None``."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value >= 0 and math.isfinite(value) else None
 
 
 def _number(text: str | None) -> float | None:
