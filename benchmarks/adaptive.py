@@ -101,9 +101,12 @@ async def one_case(profile: str, ceiling: float | None, args: argparse.Namespace
     span = args.seconds - args.warmup
     achieved = len(warm) / span * 60.0 / limit if span > 0 else 0.0
     busiest = _max_in_window(admitted, 10.0) * 6.0  # per minute, from the busiest 10 s
-    # Above the ceiling: more admissions over the run than the ceiling allows (its rate
-    # over the run, plus the burst of one second's worth, plus the first call).
-    allowance = None if rpm is None else rpm * args.seconds / 60.0 + rpm / 60.0 + 1.0
+    # Above the ceiling: more admissions than the ceiling allows over their span (its
+    # rate, plus the burst of one second's worth, plus the first call).
+    # Callers that started before the end are admitted after it: count over the span of
+    # the admissions themselves.
+    span_all = admitted[-1] - admitted[0] if len(admitted) > 1 else 0.0
+    allowance = None if rpm is None else rpm * span_all / 60.0 + rpm / 60.0 + 1.0
     return {
         "profile": profile,
         "ceiling_x": ceiling,
@@ -115,6 +118,7 @@ async def one_case(profile: str, ceiling: float | None, args: argparse.Namespace
         "ok": ok,
         "busiest_10s_per_min": busiest,
         "admitted": len(admitted),
+        "span": span_all,
         "allowance": allowance,
         "over_ceiling": allowance is not None and len(admitted) > allowance,
         "available_x": available,
