@@ -43,6 +43,7 @@ __all__ = [
     "BreakerStateChanged",
     "Event",
     "EventListener",
+    "GLOBAL_LISTENERS",
     "RateLimited",
     "RetryGaveUp",
     "RetryScheduled",
@@ -140,7 +141,9 @@ class BreakerCallRecorded(Event):
     """A call through a circuit breaker ended: ``exception`` is ``None`` on success.
 
     ``failure`` says whether the breaker counted it as a failure (an excluded error or
-    one its predicate accepts is not)."""
+    one its predicate accepts is not). Built only when a listener is registered (the
+    breaker's or a global one), to keep the per-call path free otherwise; it then also
+    reaches the logger at DEBUG."""
 
     exception: BaseException | None = None
     failure: bool = False
@@ -149,6 +152,10 @@ class BreakerCallRecorded(Event):
 EventListener = Callable[[Event], None]
 
 _listeners: list[EventListener] = []
+
+#: The global listeners (read it, don't change it: use :func:`add_listener`). Hot paths
+#: test it to build per-call events only when someone registered a listener.
+GLOBAL_LISTENERS = _listeners
 
 
 def add_listener(listener: EventListener) -> None:

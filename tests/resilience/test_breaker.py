@@ -661,3 +661,11 @@ async def test_ratio_mode_ignores_excluded_and_cancelled_calls(clock: ManualCloc
     assert b.state is CLOSED  # still 1 call in the window: below minimum_calls
     await fail_times(b, 1)
     assert b.state is OPEN
+
+
+def test_a_shared_breaker_needs_a_name() -> None:
+    from headway.backends import MemoryBackend
+
+    with pytest.raises(ConfigurationError, match="name"):
+        CircuitBreaker(backend=MemoryBackend())
+    assert CircuitBreaker(name="svc", backend=MemoryBackend()).state is CircuitState.CLOSED

@@ -489,3 +489,26 @@ async def test_open_keeps_the_successful_attempts_slot_in_a_lease(adaptive: bool
         assert pool.in_use == 1
         assert held.value is None
     assert pool.in_use == 0
+
+
+async def test_a_lease_carries_the_breaker_verdict_until_it_closes() -> None:
+    breaker = CircuitBreaker(failure_threshold=1)
+    policy = Policy(retry=None, breaker=breaker, concurrency=1)
+
+    async def stream(ctx: AttemptContext) -> str:
+        return "open stream"
+
+    lease = await policy.open(stream)
+    assert breaker.failure_count == 0  # no verdict while the stream is open
+    await lease.aclose(ConnectionError("broken mid-stream"))
+    assert state(breaker) is CircuitState.OPEN  # judged at close, as a failure
+    breaker.reset()
+
+    for how in (None, asyncio.CancelledError(), GeneratorExit()):
+        lease = await policy.open(stream)
+        await lease.aclose(how)  # success, or given back unjudged
+        assert state(breaker) is CircuitState.CLOSED
+        assert policy.concurrency is not None
+        assert policy.concurrency.in_use == 0
+    assert "closed" in repr(lease)
+    lease.settle(10)  # no limiter: nothing to settle

@@ -58,7 +58,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from headway._clock import LOOP_CLOCK, Clock, resolve_clock
 from headway.errors import (
@@ -73,6 +73,7 @@ from headway.events import (
     BREAKER_CALL_RECORDED,
     BREAKER_REJECTED,
     BREAKER_STATE_CHANGED,
+    GLOBAL_LISTENERS,
     BreakerCallRecorded,
     BreakerOpened,
     BreakerStateChanged,
@@ -82,10 +83,11 @@ from headway.events import (
     publish,
 )
 
-_listening = enabled
-
 __all__ = [
+    "BreakerBackend",
     "BreakerPermit",
+    "BreakerState",
+    "BreakerStore",
     "BreakerTicket",
     "CircuitBreaker",
     "CircuitState",
@@ -190,6 +192,58 @@ class _Window:
     def clear(self) -> None:
         self.buckets.clear()
         self.calls = self.failures = self.slow = 0
+
+
+class BreakerStore(Protocol):
+    """Circuit state kept outside this process (shared by workers), as a store offers it.
+
+    The operations a shared breaker needs: how long the circuit stays open
+    (``open_for``), open it until a time (``publish_open``), close it
+    (``publish_closed``), try a half-open trial (``try_trial``) and give one back
+    (``release_trial``). :class:`headway.backends.RedisBreakerState` implements it; the
+    in-memory state below is the default when a breaker has no ``backend``.
+    """
+
+    def open_for(self) -> float | None:
+        """Seconds the circuit stays open cluster-wide (``<= 0``: trial time); None: closed."""
+        ...
+
+    def publish_open(self, recovery_time: float) -> None:
+        """This worker opened the circuit: open it for everyone for ``recovery_time`` s."""
+        ...
+
+    def publish_closed(self) -> None:
+        """A trial call succeeded: close the circuit for everyone."""
+        ...
+
+    def try_trial(self) -> bool:
+        """Take a cluster-wide half-open trial permit (False: all are taken)."""
+        ...
+
+    def release_trial(self) -> None:
+        """Give back a trial permit taken by :meth:`try_trial` (cancelled or excluded)."""
+        ...
+
+
+class BreakerState(Protocol):
+    """What a :class:`CircuitBreaker` reads and writes about its circuit, per call."""
+
+    state: CircuitState
+    generation: int
+    open_until: float
+    forced: bool
+    consecutive_failures: int
+    trials_in_flight: int
+    trial_successes: int
+    window: _Window | None
+
+
+class BreakerBackend(Protocol):
+    """A backend that can hold breaker state (``CircuitBreaker(backend=...)``)."""
+
+    def breaker_state(self, name: str, *, half_open_max_calls: int = 1) -> BreakerState:
+        """The state of the breaker ``name``, shared with every breaker of that name."""
+        ...
 
 
 @dataclass(slots=True)
@@ -388,7 +442,7 @@ class CircuitBreaker:
         slow_call_duration: float | None = None,
         slow_call_rate_threshold: float = 1.0,
         listeners: Iterable[EventListener] = (),
-        backend: Any = None,
+        backend: BreakerBackend | None = None,
     ) -> None:
         _positive_int("failure_threshold", failure_threshold)
         _positive_int("half_open_max_calls", half_open_max_calls)
@@ -419,6 +473,7 @@ class CircuitBreaker:
         self.slow_call_rate_threshold = float(slow_call_rate_threshold)
         self._listeners: tuple[EventListener, ...] = tuple(listeners)
         self._clock = resolve_clock(clock)
+        state: BreakerState
         if backend is None:
             state = _BreakerState()
         else:
@@ -427,6 +482,10 @@ class CircuitBreaker:
                 raise ConfigurationError(
                     f"{backend!r} cannot hold breaker state (it has no breaker_state()); "
                     "pass backend=None to keep the state in this process"
+                )
+            if not name:
+                raise ConfigurationError(
+                    "a breaker with a backend shares its state by name: pass name=..."
                 )
             state = factory(name, half_open_max_calls=half_open_max_calls)
         if state.window is None and (
@@ -539,7 +598,7 @@ class CircuitBreaker:
                 s.consecutive_failures = 0
         elif isinstance(outcome, Exception):
             self._closed_failure(ticket, outcome)
-        if _listening(logging.DEBUG, self._listeners):
+        if self._listeners or GLOBAL_LISTENERS:  # per-call events go to listeners only
             self._call_event(outcome)
 
     def _call_event(self, outcome: BaseException | None) -> None:
