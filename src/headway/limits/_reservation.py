@@ -58,7 +58,7 @@ async def wait_reserved(
     late = clock.now() - due
     if late > 0.0:
         for lim in limiters:
-            lim._woke_late(late)
+            lim.arrived_late(late)
 
 
 class Reservation:

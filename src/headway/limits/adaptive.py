@@ -148,7 +148,8 @@ class RateControl:
         ceiling = self.ceiling
         return "user" if ceiling is not None and self.rate >= ceiling else "server"
 
-    def _update(self) -> bool:
+    def update(self) -> bool:
+        """Recompute :attr:`rate` from the fields; ``True`` if it moved."""
         new = self._target()
         changed = new != self.rate
         self.rate = new
@@ -159,14 +160,14 @@ class RateControl:
         if not limit > 0.0 or limit == self.advertised:
             return False
         self.advertised = limit
-        return self._update()
+        return self.update()
 
     def room(self) -> bool:
         """The server reports plenty left: a lowered share goes back to the full limit."""
         if self.share >= 1.0:
             return False
         self.share = 1.0
-        return self._update()
+        return self.update()
 
     def succeeded(self, now: float) -> bool:
         """One call answered while the limiter was busy: probe upward."""
@@ -178,7 +179,7 @@ class RateControl:
             if last is None or now <= last:
                 return False
             self.share = min(1.0, self.share + _SHARE_BACK * min(now - last, 1.0))
-            return self._update()
+            return self.update()
         ceiling = self.ceiling
         if ceiling is not None and self.learned >= ceiling:
             self._probe_at = now
@@ -194,7 +195,7 @@ class RateControl:
             self.learned += _ALPHA * self.peak * dt
         if ceiling is not None and self.learned > ceiling:
             self.learned = ceiling
-        return self._update()
+        return self.update()
 
     def rate_limited(self, now: float) -> bool:
         """A rate 429 said the server's bucket is empty: decrease (once per hold)."""
@@ -204,14 +205,14 @@ class RateControl:
         if self.advertised is not None:
             self.share = max(0.1, self.share * _SHARE_CUT)
             self._back_at = now
-            return self._update()
+            return self.update()
         current = min(self.learned, self.rate)
         beta = _BETA_SLOW_START if self.slow_start else _BETA
         self.slow_start = False
         self.peak = current
         self.learned = max(_FLOOR_RPM, current * beta)
         self._probe_at = now
-        return self._update()
+        return self.update()
 
 
 class AdaptiveLimiter:

@@ -556,8 +556,11 @@ class TokenBucketRateLimiter:
                 seconds=when - now,
             )
 
-    def _woke_late(self, late: float) -> None:
+    def arrived_late(self, late: float) -> None:
         """A waiter went ``late`` seconds after its turn: keep the arrivals honest.
+
+        :meth:`Reservation.wait <headway.limits.Reservation.wait>` and :meth:`wait` call
+        it; a custom waiter that sleeps its own delay may too.
 
         The server counts arrivals, not turns. Lateness up to half a request's interval
         costs nothing (a window then holds at most ``max_tokens + rate * t`` arrivals,

@@ -17,6 +17,8 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import RedisError
+
 from headway import events
 from headway._clock import Clock, resolve_clock
 from headway.backends._base import Limit
@@ -231,7 +233,7 @@ class SharedAdaptiveLimiter:
             c.learned = c.ceiling
         c.peak = float(state.get("peak", repr(c.peak)))
         c.slow_start = state.get("slow", "1") == "1"
-        if c._update():
+        if c.update():
             self._apply("shared")
 
     async def sync_learned(self) -> None:
@@ -249,7 +251,7 @@ class SharedAdaptiveLimiter:
                 self._version = int(result[1])
                 return
             raw = await client.hgetall(self._key)
-        except self.backend._errors:
+        except (RedisError, OSError, TimeoutError):
             return  # Redis away: keep the local view; the shared bucket copes on its own
         state = {_text(k): _text(v) for k, v in raw.items()}
         version = int(state.get("version", "-1") or -1)
