@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from headway import ManualClock
 from headway.errors import ConfigurationError, QuotaExceededError, RateLimitError
-from headway.http.mapping import error_for_status
+from headway.http.status import error_for_status
 from headway.limits import AdaptiveLimiter, Limiter
 from headway.limits.adaptive import RATE_CHANGED, RateChanged, RateControl
 from headway.testing import FakeAPI
