@@ -80,8 +80,10 @@ __all__ = ["PROFILES", "FakeAPI", "Limits", "RecordedRequest", "Route", "Script"
 # Names imported "as" themselves are re-exported: they were defined or imported here
 # before the split (the doctests use Fault).
 
-_ENTRY_KEY = web.RequestKey("headway_entry", object)
-_PARAMS_KEY = web.RequestKey("headway_params", dict)
+# web.RequestKey exists from aiohttp 3.14 (which warns on str keys); older versions take str.
+_RequestKey: Any = getattr(web, "RequestKey", None)
+_ENTRY_KEY: Any = _RequestKey("headway_entry", object) if _RequestKey else "headway_entry"
+_PARAMS_KEY: Any = _RequestKey("headway_params", dict) if _RequestKey else "headway_params"
 
 
 class FakeAPI(_AnswersMixin):
@@ -149,6 +151,7 @@ class FakeAPI(_AnswersMixin):
             ("POST", "/v1/embeddings"): self._embeddings,
             ("POST", "/v1/responses"): self._responses,
             ("POST", "/v1/messages"): self._messages,
+            ("POST", "/v1/messages/count_tokens"): self._count_tokens,
         }
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -316,6 +319,12 @@ class FakeAPI(_AnswersMixin):
         A route replaces an earlier one with the same method and path, and wins over
         the built-in routes. ``method="*"`` matches any method.
         """
+        if handler is not None and not callable(handler):
+            raise TypeError(
+                f"FakeAPI.route({method!r}, {path!r}, ...): the third argument is a handler "
+                f"function, not a {type(handler).__name__}; for a canned answer pass "
+                "json=... (or text=..., status=...)"
+            )
         method = method.upper()
         new = Route(
             method,
@@ -386,6 +395,7 @@ class FakeAPI(_AnswersMixin):
         if isinstance(entry, RecordedRequest) and entry.fault not in ("reset", "hang"):
             entry.status = response.status
             response.headers.setdefault("x-request-id", f"req_{self._rid(entry)}")
+            response.headers.setdefault("request-id", f"req_{self._rid(entry)}")  # Anthropic's
         anthropic = request.path.rstrip("/") == "/v1/messages"
         extra = self.limits.headers(self._clock.now(), response.status, anthropic)
         for key, value in extra.items():
@@ -433,7 +443,7 @@ class FakeAPI(_AnswersMixin):
             entry.route = route.path
         elif builtin is not None or is_models:
             entry.route = path.rstrip("/")
-        anthropic = route is None and path.rstrip("/") == "/v1/messages"
+        anthropic = route is None and path.rstrip("/").startswith("/v1/messages")
 
         journal.chaos = self.chaos
         chaos = journal.chaos_for(method, path, route)
