@@ -188,6 +188,8 @@ def _finish(
         data = (json.dumps(summary, indent=2) + "\n").encode()
         summary_json.write_bytes(data if mask is None else mask(data))
     stats = runner.stats
+    if stats.stopped is not None:
+        return EXIT_FAILED, summary
     if stats.interrupted:
         return EXIT_INTERRUPTED, summary
     if stats.failed or stats.duplicates or failed_before:
@@ -206,7 +208,13 @@ def _warn_notes(runner: BatchRunner) -> None:
             f"not sent (first: {cid!r} on line {line})",
             err=True,
         )
-    if stats.interrupted and hasattr(runner.ledger, "output"):
+    if stats.stopped is not None:
+        click.echo(
+            f"headway: stopped: {' '.join(stats.stopped.split())}; raise the quota, then run "
+            "the same command again to resume",
+            err=True,
+        )
+    elif stats.interrupted and hasattr(runner.ledger, "output"):
         click.echo(
             "headway: interrupted; run the same command again to resume "
             f"({stats.abandoned} request(s) in flight were abandoned and will be resent)",

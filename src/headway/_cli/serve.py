@@ -28,6 +28,12 @@ __all__ = ["serve_fake"]
     help="Most requests admitted at once [default: --rpm, a minute's worth].",
 )
 @click.option(
+    "--profile",
+    type=click.Choice(["openai", "azure", "anthropic", "litellm", "silent", "shared"]),
+    help="Enforce --rpm/--tpm as this provider does (windows, headers, 429 shapes) "
+    "[default: continuous per-minute buckets with OpenAI's headers].",
+)
+@click.option(
     "--rate-limit", type=click.FloatRange(0, 1), default=0.0, help="Share of random 429s."
 )
 @click.option("--retry-after", type=click.FloatRange(min=0), default=1.0, show_default=True)
@@ -53,6 +59,7 @@ def serve_fake(
     rpm: float | None,
     tpm: float | None,
     burst: float | None,
+    profile: str | None,
     rate_limit: float,
     retry_after: float,
     server_error: float,
@@ -67,6 +74,10 @@ def serve_fake(
     Point your own code at the printed URL: /v1/chat/completions, /v1/embeddings,
     /v1/responses, /v1/messages, /v1/models, and the Batch APIs (/v1/files,
     /v1/batches, /v1/messages/batches).
+
+    \b
+    Example: a LiteLLM-style proxy at 1,200 requests per minute, with 5% random 503s
+      headway serve-fake --profile litellm --rpm 1200 --server-error 0.05
     """
     from headway.testing.faults import Chaos
 
@@ -89,6 +100,7 @@ def serve_fake(
             rpm=rpm,
             tpm=tpm,
             burst=burst,
+            profile=profile,
             chaos=chaos,
             seed=seed,
             api_key=api_key,

@@ -44,13 +44,19 @@ from headway.batch.outage import RunJudge, Verdict
 from headway.batch.output import shape_for
 from headway.batch.progress import NullProgress, ProgressReporter
 from headway.batch.summary import BatchStats
-from headway.errors import ConfigurationError, RateLimitError, status_error_code
+from headway.errors import (
+    ConfigurationError,
+    QuotaExceededError,
+    RateLimitError,
+    status_error_code,
+)
 
 __all__ = [
     "BatchRunner",
     "Response",
     "ResumeMismatchError",
     "Sender",
+    "note_rate",
     "note_retry",
     "note_wait",
     "signal_handlers",
@@ -138,6 +144,21 @@ def note_retry(
     if rate_limited:
         stats.rate_limited += 1
     stats.note_retry_cause(exc, cause)
+
+
+def note_rate(rate: float, limited_by: str, learned: Mapping[str, float]) -> None:
+    """Tell the runner the request rate in force changed (progress line and summary).
+
+    ``rate`` is per minute; ``limited_by`` says who sets it (``"server"`` or ``"user"``);
+    ``learned`` is what the server advertised or probing found, per minute, by unit.
+    Outside a runner it does nothing.
+    """
+    job = _CURRENT.get()
+    if job is None:
+        return
+    job.stats.limit_text = f"{rate:,.0f}/min"
+    job.stats.limited_by = "you" if limited_by == "user" else limited_by
+    job.stats.learned = dict(learned)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -472,6 +493,14 @@ class BatchRunner:
             t0 = clock.now()
             try:
                 response = await send(request)
+            except QuotaExceededError as exc:
+                # Waiting won't help and every line would fail alike: stop, write nothing
+                # for this line (the next run sends it), say why once.
+                if stats.stopped is None:
+                    stats.stopped = f"quota exhausted: {exc.message}"
+                    self.stop()
+                stats.abandoned += 1
+                return
             except RecursionError:
                 result = Result.failure(
                     request.custom_id,

@@ -71,6 +71,8 @@ class BatchStats:
             ``(number, code, custom_id, one-line reason)`` for the live display.
         limit_text / limited_by: the rate in force (``"3,000/min"``) and who sets it
             (``"you"`` for the flags, ``"server"`` once the server's enforced limit is lower).
+        learned: what the server advertised or probing found, per minute, by unit.
+        stopped: why the run stopped early (a quota exhausted), if it did.
         answered / answered_404: of the first answers, how many; how many were 404s.
         latencies / waits: per sent request, its latency and the part of it spent waiting
             (rate limit and retry backoff); the rest is server time.
@@ -103,6 +105,8 @@ class BatchStats:
     )
     limit_text: str | None = None
     limited_by: str | None = None
+    learned: dict[str, float] = field(default_factory=dict)
+    stopped: str | None = None
     answered: int = 0
     answered_404: int = 0
 
@@ -179,6 +183,8 @@ class BatchStats:
             "errors_by_code": dict(sorted(self.errors_by_code.items())),
             "retries": self.retries,
             "rate_limited": self.rate_limited,
+            "learned_limits": dict(self.learned),
+            "stopped": self.stopped,
             "interrupted": self.interrupted,
             "abandoned": self.abandoned,
             "latency_s": {
@@ -279,7 +285,13 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
     rate = summary.get("rate_limit") or {}
     if rate.get("in_force"):
         who = f" (set by {rate['limited_by']})" if rate.get("limited_by") else ""
-        rows.append(("rate in force", f"{rate['in_force']}{who}", ""))
+        learned = ", ".join(
+            f"{v:,.0f} {unit}/min" for unit, v in (summary.get("learned_limits") or {}).items()
+        )
+        learned = f"; learned {learned}" if learned else ""
+        rows.append(("rate in force", f"{rate['in_force']}{who}{learned}", ""))
+    if summary.get("stopped"):
+        rows.append(("stopped", str(summary["stopped"]), "red"))
     rps = summary["requests_per_s"]
     rows.append(("elapsed", f"{summary['elapsed_s']:.1f} s", ""))
     rows.append(("throughput", "-" if rps is None else f"{rps:,.1f} req/s", ""))

@@ -34,9 +34,11 @@ async def wait_reserved(
 
     A pause shifts every reservation that was still waiting by the pause's length (see
     :meth:`TokenBucketRateLimiter.pause_until`); a waiter notices through each limiter's
-    cumulative shift. The caller refunds on cancellation.
+    cumulative shift. A waiter woken late tells each limiter, which keeps the callers
+    behind it from following too closely. The caller refunds on cancellation.
     """
     seen = list(marks)
+    due = clock.now() + delay
     await clock.sleep(delay)
     while True:
         extra = 0.0
@@ -46,8 +48,17 @@ async def wait_reserved(
                 extra = moved
             seen[i] = lim.shift
         if extra <= 0.0:
-            return
-        await clock.sleep(extra)
+            break
+        due += extra
+        left = due - clock.now()
+        if left > 0.0:  # a caller woken late already waited part of the shift
+            await clock.sleep(left)
+    # Woken late: what the server sees is the arrival, so the callers behind must not
+    # follow closer than the rate allows (each limiter shifts its queue if need be).
+    late = clock.now() - due
+    if late > 0.0:
+        for lim in limiters:
+            lim.arrived_late(late)
 
 
 class Reservation:

@@ -9,9 +9,12 @@ it). The whole reservation is a few float operations on one event loop, so no lo
 needed and nothing runs in the background.
 
 Guarantee: in any window of length ``t`` the bucket schedules at most
-``max_tokens + rate * t / period`` tokens (the event loop may wake a sleeper late, never
-early). The limiter also remembers when the last queued caller goes (the *tail*), so a
-newcomer never goes before someone already waiting, even after tokens were given back.
+``max_tokens + rate * t / period`` tokens, and callers that wait arrive no closer: the
+event loop may wake a sleeper late (never early), and a caller woken more than half an
+interval late moves everyone behind it back by the excess, so what the server sees in a
+window stays within the bound (rounded down). The limiter also remembers when the last
+queued caller goes (the *tail*), so a newcomer never goes before someone already
+waiting, even after tokens were given back.
 
 Giving back:
 
@@ -571,6 +574,27 @@ class TokenBucketRateLimiter:
                 until=when,
                 seconds=when - now,
             )
+
+    def arrived_late(self, late: float) -> None:
+        """A waiter went ``late`` seconds after its turn: keep the arrivals honest.
+
+        :meth:`Reservation.wait <headway.limits.Reservation.wait>` and :meth:`wait` call
+        it; a custom waiter that sleeps its own delay may too.
+
+        The server counts arrivals, not turns. Lateness up to half a request's interval
+        costs nothing (a window then holds at most ``max_tokens + rate * t`` arrivals,
+        rounded down); beyond it, everyone queued behind and every newcomer moves back
+        by the excess, so nobody follows the late caller closer than the rate allows.
+        """
+        excess = late - 0.5 / self._rps
+        if excess <= 0.0 or not self._is_requests:
+            return  # token limits: a call's tokens span far more than the lateness
+        now = self._now()
+        self._level = self._refill(now) - excess * self._rps
+        self._last = now
+        self._shift += excess
+        if self._tail > now:
+            self._tail += excess
 
     def pause(self, seconds: float) -> None:
         """Admit nobody for ``seconds`` from now: ``pause_until(now + seconds)``."""

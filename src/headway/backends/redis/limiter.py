@@ -30,7 +30,10 @@ from headway.limits import RATE_LIMITED_PAUSE
 if TYPE_CHECKING:
     from headway.backends.redis.backend import RedisBackend
 
-__all__ = ["RedisLimiter"]
+__all__ = ["MAX_PAUSE", "RedisLimiter"]
+
+#: The longest a pause (a 429's Retry-After) holds every worker, in seconds.
+MAX_PAUSE = 120.0
 
 
 def _first(item: tuple[float, list[float]]) -> float:
@@ -463,9 +466,13 @@ class RedisLimiter:
         """Admit nobody before clock time ``when`` (after a 429 with Retry-After).
 
         Applies in this process at once and for every worker with the next round trip
-        (call :meth:`flush` to publish it now). Later reservations queue behind it.
+        (call :meth:`flush` to publish it now). Later reservations queue behind it. A
+        pause is at most :data:`MAX_PAUSE` long: one ``Retry-After: 86400`` does not stop
+        every worker (nor keep the bucket in Redis) for a day.
         """
         now = self.clock.now()
+        if when > now + MAX_PAUSE:
+            when = now + MAX_PAUSE
         start = max(self._pause_until, now)
         if when > start:
             self._pause_until = when
@@ -496,6 +503,23 @@ class RedisLimiter:
 
     def on_success(self) -> None:
         """An attempt succeeded: a no-op for fixed limits."""
+
+    def set_limit(self, index: int, limit: Limit) -> None:
+        """Replace limit ``index`` (same unit and period) from the next round trip on.
+
+        What a limiter that learns its rate (:class:`~headway.backends.redis.adaptive.
+        SharedAdaptiveLimiter`) uses to change the shared bucket's rate and burst.
+        """
+        old = self.limits[index]
+        if (limit.unit, limit.period) != (old.unit, old.period):
+            raise ConfigurationError(
+                f"limiter {self.name!r}: limit {index} is {old.unit} per {old.period:g}s; "
+                "a new rate keeps the unit and the period"
+            )
+        limits = list(self.limits)
+        limits[index] = limit
+        self.limits = tuple(limits)
+        self._static[index] = (repr(limit.per_second / 1000.0), repr(limit.capacity))
 
     def sync(
         self,
