@@ -259,7 +259,10 @@ def test_summary_json_tells_the_whole_story(tmp_path: Path, fake_server: StartSe
     assert split["prompt"] + split["completion"] == data["tokens"] > 0
     assert data["retries"] > 0
     assert data["retries_by_cause"] == {"rate_limit_exceeded": data["retries"]}
-    assert data["rate_limit"] == {"in_force": "60,000/min", "limited_by": "you"}
+    # 40% of answers are 429s with no rate headers: the server is taken to be the limit, and
+    # the rate comes down (never below 1% of the user's ceiling)
+    assert data["rate_limit"]["limited_by"] == "server"
+    assert data["rate_limit"]["in_force"].endswith("/min")
     assert set(data["waiting_s"]) == {"p50", "p95", "total"}
     assert data["server_s"]["p50"] <= data["latency_s"]["p50"]
     assert "server time p50 / p95 / p99" in result.stderr

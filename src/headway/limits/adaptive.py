@@ -75,8 +75,11 @@ _SHARE_CUT = 0.85
 _SHARE_BACK = 0.02
 #: Decreases closer together than this count as one (a burst of 429s is one signal).
 _HOLD = 1.0
-#: The least rate probing goes down to, per minute.
+#: The least rate probing goes down to, per minute; with a user ceiling, never below this
+#: share of it either (a user who allows 60,000/min is not served by 1/min: random 429s
+#: that carry no rate headers must slow a run, not stall it).
 _FLOOR_RPM = 1.0
+_FLOOR_SHARE = 0.01
 #: Calls are booked at most this many seconds ahead (or two calls' worth, if longer).
 _HORIZON = 0.5
 #: Relative change of the rate in force worth an event.
@@ -118,6 +121,7 @@ class RateControl:
         "_probe_at",
         "advertised",
         "ceiling",
+        "floor",
         "learned",
         "peak",
         "rate",
@@ -127,6 +131,7 @@ class RateControl:
 
     def __init__(self, *, ceiling: float | None, start: float) -> None:
         self.ceiling = None if ceiling is None else float(ceiling)
+        self.floor = _FLOOR_RPM if ceiling is None else max(_FLOOR_RPM, ceiling * _FLOOR_SHARE)
         self.advertised: float | None = None
         self.learned = start if ceiling is None else min(start, ceiling)
         self.peak = self.learned  # the rate at the last decrease (probing's yardstick)
@@ -210,7 +215,7 @@ class RateControl:
         beta = _BETA_SLOW_START if self.slow_start else _BETA
         self.slow_start = False
         self.peak = current
-        self.learned = max(_FLOOR_RPM, current * beta)
+        self.learned = max(self.floor, current * beta)
         self._probe_at = now
         return self.update()
 
