@@ -169,3 +169,14 @@ def test_profile_names_and_validation() -> None:
     with pytest.raises(ValueError, match="phases"):
         SharedLimits(rpm=60, phases=(2.0,))
     assert "rpm=60" in repr(make_limits("openai", rpm=60))
+
+
+def test_shared_profile_drain_always_moves_on_past_a_phase_boundary() -> None:
+    """A time that sits on a phase boundary, but rounds one phase early, once looped forever."""
+    from headway.testing._fake_limits import SharedLimits
+
+    limits = SharedLimits(rpm=600, phases=(0.0, 0.5), phase=0.1)
+    limits.meters(939167.0189485865)  # the origin
+    limits.meters(943698.2189485865)  # (t - origin) / phase rounds to just under 45312
+    limits.meters(943732.061375579)  # before the fix: never returned
+    assert limits.other_share(943732.061375579) in (0.0, 0.5)

@@ -441,7 +441,10 @@ class SharedLimits(OpenAILimits):
         taken = 0.0
         t = last
         while t < now:
-            boundary = self._origin + (math.floor((t - self._origin) / self.phase) + 1) * self.phase
+            k = math.floor((t - self._origin) / self.phase) + 1
+            boundary = self._origin + k * self.phase
+            if boundary <= t:  # t sits on a boundary that rounding put one phase early
+                boundary = self._origin + (k + 1) * self.phase
             end = min(boundary, now)
             taken += self.other_share(t) * (end - t)
             t = end
