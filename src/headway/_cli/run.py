@@ -85,6 +85,27 @@ __all__ = ["run"]
     metavar="K/N",
     help="Send only this worker's share of the lines (worker K of N; use one -o per worker).",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    envvar="HEADWAY_ENGINE",
+    help="Send from this process, or from Ray actors sharing one limit (pip install "
+    "'headway[ray]').",
+)
+@click.option(
+    "--ray-address",
+    envvar="RAY_ADDRESS",
+    help="The Ray cluster for --engine ray (default: start a local Ray).",
+)
+@click.option(
+    "--ray-actors",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Ray actors sending requests (--engine ray).",
+)
 @_progress_options
 def run(
     input_path: Path,
@@ -105,6 +126,9 @@ def run(
     fsync: bool,
     redis_url: str | None,
     shard: str | None,
+    engine: str,
+    ray_address: str | None,
+    ray_actors: int,
     progress: str,
     quiet: bool,
 ) -> int:
@@ -119,6 +143,11 @@ def run(
     Example:
       export OPENAI_API_KEY=...
       headway run requests.jsonl -o results.jsonl --provider openai --rpm 500 --tpm 200000
+
+    \b
+    On a Ray cluster (one global limit for all its actors):
+      headway run requests.jsonl -o results.jsonl --provider openai --rpm 500 \\
+        --engine ray --ray-address ray://head:10001
 
     \b
     Several workers, one global limit (worker 2 of 4, on any machine):
@@ -161,7 +190,12 @@ def run(
         fsync=fsync,
         owns=owns,
     )
-    asyncio.run(_run_batch(runner, settings))
+    if engine == "ray":
+        from headway.ray._engine import run_batch_on_ray
+
+        asyncio.run(run_batch_on_ray(runner, settings, address=ray_address, actors=ray_actors))
+    else:
+        asyncio.run(_run_batch(runner, settings))
     return _report_run(runner, input_path, summary_json)
 
 

@@ -1,0 +1,284 @@
+"""The named-actor backend's client side, against a stand-in actor (no Ray needed).
+
+The stand-in runs :class:`SharedState` — the very class Ray wraps as the actor — in this
+process, on the test's (virtual) clock, one awaited "round trip" per call. The same
+backend against a real Ray cluster is tested in ``tests/ray``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from headway import CircuitBreakerOpenError
+from headway._clock import resolve_clock
+from headway.backends.ray import RayBackend, RayReservation, SharedState
+from headway.errors import (
+    ConfigurationError,
+    RateLimitExceededError,
+    RequestTooLargeError,
+    ServerError,
+)
+from headway.events import Event, add_listener, remove_listener
+from headway.resilience.breaker import CircuitBreaker, CircuitState
+
+
+class _Method:
+    def __init__(self, actor: StubActor, fn: Callable[..., Any]) -> None:
+        self.actor = actor
+        self.fn = fn
+
+    def remote(self, *args: Any) -> Any:
+        async def trip() -> Any:
+            await asyncio.sleep(0.001)  # the network, both ways
+            if self.actor.down:
+                raise ConnectionError("actor unavailable")
+            self.actor.trips += 1
+            return self.fn(*args)
+
+        return trip()
+
+
+class StubActor:
+    """Stands in for the Ray actor handle: ``handle.method.remote(...)`` is awaitable."""
+
+    def __init__(self) -> None:
+        self.state = SharedState(now=resolve_clock(None).now)
+        self.reserve = _Method(self, self.state.reserve)
+        self.breaker = _Method(self, self.state.breaker)
+        self.down = False
+        self.trips = 0
+
+
+@pytest.fixture
+def events() -> Iterator[list[Event]]:
+    seen: list[Event] = []
+    add_listener(seen.append)
+    yield seen
+    remove_listener(seen.append)
+
+
+def worst_window(times: list[float], window: float) -> int:
+    """The most admissions in any ``window`` seconds."""
+    times = sorted(times)
+    best, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+@pytest.mark.virtual_time
+async def test_two_workers_share_one_limit_in_few_round_trips() -> None:
+    actor = StubActor()
+    a, b = RayBackend(actor=actor), RayBackend(actor=actor)
+    la, lb = a.limiter("api", rps=10, burst=2), b.limiter("api", rps=10, burst=2)
+    assert a.limiter("api") is la
+    clock = la.clock
+    t0 = clock.now()
+    admitted: list[float] = []
+
+    async def one(limiter: Any) -> None:
+        await limiter.acquire()
+        admitted.append(clock.now() - t0)
+
+    await asyncio.gather(*(one(la if i % 2 else lb) for i in range(60)))
+    # 60 calls, one limit of 10/s with a burst of 2: ~5.8 s for everyone together
+    assert max(admitted) == pytest.approx(5.8, abs=0.05)
+    assert worst_window(admitted, 1.0) <= 2 + 10
+    assert actor.trips < 60 / 4  # callers waiting on one trip go together in the next
+    assert la.round_trips + lb.round_trips == actor.trips
+    assert b.workers == 2
+    await a.aclose()
+    await b.aclose()
+
+
+@pytest.mark.virtual_time
+async def test_settle_cancel_sync_and_pause_are_shared() -> None:
+    actor = StubActor()
+    a, b = RayBackend(actor=actor), RayBackend(actor=actor)
+    la = a.limiter("llm", rpm=600, tpm=6000, burst=10)
+    lb = b.limiter("llm", rpm=600, tpm=6000, burst=10)
+    res = await la.reserve(tokens=6000)
+    assert isinstance(res, RayReservation)
+    assert res.shared
+    assert res.delay == 0.0
+    res.settle(1000)  # 5000 tokens back, published with the next trip
+    await la.flush()
+    assert (await lb.reserve(tokens=5000)).delay == 0.0
+    nxt = await lb.reserve(tokens=3000)
+    assert nxt.delay == pytest.approx(30.0, abs=0.1)
+    nxt.cancel()  # last in line: everything back
+    assert nxt.cancelled
+    await lb.flush()
+    assert (await lb.reserve(tokens=3000)).delay == pytest.approx(30.0, abs=0.1)
+    la.sync("tokens", 0.0)  # the server says nothing is left
+    la.sync("nothing", 1.0)  # no such unit: ignored
+    await la.flush()
+    assert (await lb.reserve(tokens=100)).delay > 0
+    la.pause(5.0)  # a 429 with Retry-After: 5 for everyone
+    await la.flush()
+    clock = lb.clock
+    t0 = clock.now()
+    await lb.acquire(tokens=0)
+    assert clock.now() - t0 >= 5.0
+    with pytest.raises(RequestTooLargeError):
+        await la.reserve(tokens=7000)
+    with pytest.raises(ValueError, match="negative"):
+        await la.reserve(requests=-1)
+    with pytest.raises(RateLimitExceededError):
+        await la.reserve(tokens=6000, max_wait=0.1)
+    with pytest.raises(ValueError, match="finite"):
+        res.settle(-1)
+    assert "llm" in repr(la)
+    assert "shared=True" in repr(res)
+
+
+async def test_limits_of_one_name_must_agree() -> None:
+    actor = StubActor()
+    a, b = RayBackend(actor=actor), RayBackend(actor=actor)
+    await a.limiter("x", rpm=60).acquire()
+    with pytest.raises(ConfigurationError, match="one set of limits"):
+        a.limiter("x", rpm=120)
+    with pytest.raises(ConfigurationError, match="at least one"):
+        a.limiter("y")
+    with pytest.raises(ConfigurationError, match="other limits"):
+        await b.limiter("x", rpm=120).acquire()
+    assert b.outages == 0
+    state = SharedState()
+    state.reserve("z", [(1.0, 1.0)], "w", None, None, [], 0.0, [])
+    with pytest.raises(ValueError, match="one set of limits"):
+        state.reserve("z", [(2.0, 1.0)], "w", None, None, [], 0.0, [])
+
+
+@pytest.mark.virtual_time
+async def test_an_unreachable_actor_means_a_local_share_then_recovery(
+    events: list[Event],
+) -> None:
+    actor = StubActor()
+    a, b = RayBackend(actor=actor, retry_interval=1.0), RayBackend(actor=actor)
+    la, lb = a.limiter("api", rps=10, burst=10), b.limiter("api", rps=10, burst=10)
+    await lb.acquire()
+    await la.acquire()  # a has seen b: two workers
+    assert a.workers == 2
+    actor.down = True
+    clock = la.clock
+    t0 = clock.now()
+    for _ in range(10):  # half of the limit each: 5 at once, then 5/s
+        await la.acquire()
+    assert clock.now() - t0 == pytest.approx(1.0, abs=0.05)
+    assert [e.kind for e in events].count("backend.unavailable") == 1
+    actor.down = False
+    await clock.sleep(1.0)
+    res = await la.reserve()
+    assert res.shared
+    assert "backend.recovered" in [e.kind for e in events]
+    local = la._local
+    assert local is not None
+
+
+@pytest.mark.virtual_time
+async def test_a_cancelled_waiter_gives_its_reservation_back() -> None:
+    actor = StubActor()
+    backend = RayBackend(actor=actor)
+    lim = backend.limiter("api", rps=1, burst=1)
+    await lim.acquire()
+    waiter = asyncio.ensure_future(lim.acquire())
+    queued = [asyncio.ensure_future(lim.reserve()) for _ in range(3)]
+    await asyncio.sleep(0.1)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    for q in queued:
+        (await q).cancel()
+    await lim.flush()
+    clock = lim.clock
+    t0 = clock.now()
+    await lim.acquire()
+    assert clock.now() - t0 <= 1.0
+
+
+@pytest.mark.virtual_time
+async def test_one_worker_opens_the_circuit_for_all_and_one_trial_runs() -> None:
+    actor = StubActor()
+    a = RayBackend(actor=actor, breaker_refresh=0.25)
+    b = RayBackend(actor=actor, breaker_refresh=0.25)
+    ba = CircuitBreaker(2, 10.0, name="svc", backend=a)
+    bb = CircuitBreaker(2, 10.0, name="svc", backend=b)
+    assert bb.state is CircuitState.CLOSED  # starts b's refresher
+    for _ in range(2):
+        ba.acquire().record_failure(ServerError("boom", status_code=503))
+    assert ba.state is CircuitState.OPEN
+    await asyncio.sleep(0.6)  # a publishes, b reads
+    assert bb.state is CircuitState.OPEN
+    with pytest.raises(CircuitBreakerOpenError):
+        bb.acquire()
+    await asyncio.sleep(10.0)
+    # half-open: a trial permit is leased cluster-wide; ask, then come back
+    got = []
+    for br in (ba, bb):
+        with contextlib.suppress(CircuitBreakerOpenError):
+            got.append(br.acquire())
+    await asyncio.sleep(0.6)
+    for br in (ba, bb):
+        with contextlib.suppress(CircuitBreakerOpenError):
+            got.append(br.acquire())
+    assert len(got) == 1  # one trial for the two workers
+    got[0].record_success()
+    await asyncio.sleep(0.6)
+    assert ba.state is CircuitState.CLOSED
+    assert bb.state is CircuitState.CLOSED
+    assert "svc" in repr(a.breaker_state("svc").store)
+    await a.aclose()
+    await b.aclose()
+    await a.aclose()  # idempotent
+
+
+@pytest.mark.virtual_time
+async def test_breaker_writes_survive_an_outage() -> None:
+    actor = StubActor()
+    a, b = RayBackend(actor=actor), RayBackend(actor=actor)
+    sa = a.breaker_state("svc").store
+    sb = b.breaker_state("svc").store
+    assert sb.open_for() is None
+    actor.down = True
+    sa.publish_open(30.0)
+    await asyncio.sleep(0.6)
+    assert sb.open_for() is None  # not published yet
+    actor.down = False
+    await asyncio.sleep(1.0)
+    left = sb.open_for()
+    assert left is not None
+    assert 0 < left <= 30.0
+    sa.publish_closed()
+    await asyncio.sleep(0.6)
+    assert sb.open_for() is None
+    assert not sa.try_trial()
+    sa.release_trial()  # nothing held: nothing to do
+    with pytest.raises(ValueError, match="> 0"):
+        sa.publish_open(0)
+    await a.aclose()
+    await b.aclose()
+
+
+def test_store_rules() -> None:
+    state = SharedState()
+    with pytest.raises(ConfigurationError):
+        RayBackend(actor=StubActor()).breaker_state("x", half_open_max_calls=0)
+    left, gen, got = state.breaker("x", 0.001, "t1", False, False, 1, 30.0)
+    assert left is not None
+    assert gen == 1
+    assert not got
+    import time
+
+    time.sleep(0.002)
+    assert state.breaker("x", -1.0, "t1", True, False, 1, 30.0)[2]
+    assert not state.breaker("x", -1.0, "t2", True, False, 1, 30.0)[2]
+    assert state.breaker("x", -1.0, "t1", False, True, 1, 30.0)[2] is False
+    assert state.breaker("x", -1.0, "t2", True, False, 1, 30.0)[2]
+    assert state.breaker("x", 0.0, "t2", False, False, 1, 30.0)[0] is None
