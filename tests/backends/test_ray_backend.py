@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from headway import CircuitBreakerOpenError
 from headway._clock import resolve_clock
@@ -282,3 +284,35 @@ def test_store_rules() -> None:
     assert state.breaker("x", -1.0, "t1", False, True, 1, 30.0)[2] is False
     assert state.breaker("x", -1.0, "t2", True, False, 1, 30.0)[2]
     assert state.breaker("x", 0.0, "t2", False, False, 1, 30.0)[0] is None
+
+
+@given(
+    steps=st.lists(st.tuples(st.floats(0.0, 2.0), st.integers(1, 12)), min_size=1, max_size=25),
+    rate=st.sampled_from([1.0, 5.0, 20.0]),
+    burst=st.sampled_from([1.0, 3.0, 10.0]),
+)
+def test_batched_admissions_never_exceed_burst_plus_rate(
+    steps: list[tuple[float, int]], rate: float, burst: float
+) -> None:
+    """Whatever the batching, the admissions the actor hands out fit the token bucket,
+    and one trip of k callers admits them exactly as k trips at the same instant."""
+    now = [0.0]
+    batched = SharedState(now=lambda: now[0])
+    single = SharedState(now=lambda: now[0])
+    admitted: list[float] = []
+    for advance, k in steps:
+        now[0] += advance
+        _, t, _, out = batched.reserve(
+            "x", [(rate, burst)], "w", None, None, [], 0.0, [([1.0], None)] * k
+        )
+        one_by_one = [
+            single.reserve("x", [(rate, burst)], "w", None, None, [], 0.0, [([1.0], None)])[3][0]
+            for _ in range(k)
+        ]
+        assert [ok for ok, _ in out] == [ok for ok, _ in one_by_one]
+        assert [w for _, w in out] == pytest.approx([w for _, w in one_by_one])
+        admitted += [t + wait for ok, wait in out if ok]
+    admitted.sort()
+    for i in range(len(admitted)):
+        for j in range(i, len(admitted)):
+            assert j - i + 1 <= burst + rate * (admitted[j] - admitted[i]) + 1e-6

@@ -24,6 +24,8 @@ circuit — the same contract as :class:`~headway.backends.RedisBackend`, withou
 ...                                          [([2.0], None), ([1.0], None)])
 >>> workers, [(ok, round(wait, 3)) for ok, wait in out]
 (1, [(True, 0.0), (True, 1.0)])
+>>> state.stats()
+{'trips': 1, 'reservations': 2}
 """
 
 from __future__ import annotations
@@ -77,6 +79,12 @@ class SharedState:
         self._limits: dict[str, tuple[tuple[tuple[float, float], ...], list[Bucket]]] = {}
         self._clients: dict[str, float] = {}
         self._breakers: dict[str, _Circuit] = {}
+        self._trips = 0
+        self._reserved = 0
+
+    def stats(self) -> dict[str, int]:
+        """Round trips served and reservations made in them (batching: several per trip)."""
+        return {"trips": self._trips, "reservations": self._reserved}
 
     def reserve(
         self,
@@ -109,6 +117,8 @@ class SharedState:
                 if now - seen > _PRESENCE:
                     del self._clients[c]
         buckets = entry[1]
+        self._trips += 1
+        self._reserved += sum(1 for amounts, _ in callers if any(amounts))
         out = reserve_batch(
             buckets, now, callers, adjusts=adjusts, level_caps=caps, cancels=cancels, pause=pause
         )

@@ -172,7 +172,8 @@ class Caller:
             from ``id_column``, the path from ``url_column`` or the endpoint).
         parse: ``body -> dict of columns`` to return parsed fields instead of
             ``response`` (``None`` for failed rows).
-        burst: requests admitted at once (default: one second's worth of ``rpm``).
+        burst: requests admitted at once (default: a tenth of a second's worth of
+            ``rpm``, leaving the server's burst for the jitter of many senders).
         max_breaker_wait: seconds to wait for an open circuit before failing a row.
     """
 
@@ -243,7 +244,9 @@ class Caller:
         if cfg.rpm is not None or cfg.tpm is not None:
             burst = self.burst
             if burst is None and cfg.rpm is not None:
-                burst = max(1.0, cfg.rpm / 60.0)
+                # A tenth of a second's worth: the actors' sends leave with some jitter,
+                # and the server's own burst (often a second's worth) absorbs it.
+                burst = max(1.0, cfg.rpm / 600.0)
             if self.backend is not None:
                 limiter = self.backend.limiter(
                     self.limit_name, rpm=cfg.rpm, tpm=cfg.tpm, burst=burst
