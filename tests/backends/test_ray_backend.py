@@ -316,3 +316,59 @@ def test_batched_admissions_never_exceed_burst_plus_rate(
     for i in range(len(admitted)):
         for j in range(i, len(admitted)):
             assert j - i + 1 <= burst + rate * (admitted[j] - admitted[i]) + 1e-6
+
+
+@pytest.mark.virtual_time
+async def test_a_pause_elsewhere_pushes_back_waiters_here(events: list[Event]) -> None:
+    actor = StubActor()
+    async with RayBackend(actor=actor) as a, RayBackend(actor=actor) as b:
+        la, lb = a.limiter("api", rps=1, burst=1), b.limiter("api", rps=1, burst=1)
+        clock = lb.clock
+        await lb.acquire()
+        await la.acquire()  # a has seen the actor's pause shift once
+        t0 = clock.now()
+        waiter = asyncio.ensure_future(lb.acquire())  # admitted in ~2 s
+        await asyncio.sleep(0.1)
+        la.pause(5.0)  # a 429 in a: every worker waits 5 s more
+        await la.flush()
+        await lb.flush()  # b's next trip learns of it
+        await waiter
+        assert clock.now() - t0 >= 5.0
+        assert "limiter.paused" in [e.kind for e in events]
+        async with lb.slot() as res:
+            assert res.shared
+        lb.sync("requests", 0.0, limit=1.0)
+        await lb.flush()
+        assert (await lb.reserve()).delay > 0
+        assert "RayBackend" in repr(a)
+
+
+@pytest.mark.virtual_time
+async def test_local_reservations_settle_cancel_and_reject() -> None:
+    actor = StubActor()
+    actor.down = True
+    backend = RayBackend(actor=actor, retry_interval=60.0)
+    lim = backend.limiter("api", rpm=60, tpm=600, burst=1)
+    res = await lim.reserve(tokens=600)
+    assert not res.shared
+    assert res.delay == 0.0
+    res.settle(100)  # 500 tokens back, locally
+    again = await lim.reserve(tokens=500)
+    assert again.delay == pytest.approx(1.0)  # the request limit, not the tokens
+    again.cancel()
+    with pytest.raises(RateLimitExceededError):
+        await lim.reserve(tokens=600, max_wait=0.5)
+    lim.pause(3.0)
+    paused = await lim.reserve(tokens=0)
+    assert paused.delay >= 3.0
+    actor.down = False
+    await asyncio.sleep(60.0)  # time to probe the actor again
+    leader = asyncio.ensure_future(lim.reserve())
+    queued = asyncio.ensure_future(lim.reserve())
+    await asyncio.sleep(0)  # the leader's trip is in flight, the other waits for the next
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert (await leader).shared
+    backend.kill()  # not a Ray actor: nothing to do
+    await backend.aclose()

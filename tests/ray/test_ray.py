@@ -335,3 +335,51 @@ def test_cli_engine_ray_resumes_and_reports_like_the_local_engine(
     again = CliRunner().invoke(cli_main, args, catch_exceptions=False)
     assert len(api.requests()) == 30, again.output  # resumed: nothing sent again
     assert sorted(_output_ids(out)) == sorted(ids)
+
+
+# -- the UDF in this process, on the batch formats Ray Data hands it --------------------
+
+
+async def test_arrow_and_pandas_batches_keep_their_columns_and_get_typed_results() -> None:
+    import pyarrow as pa
+
+    from headway.testing import FakeAPI
+
+    chat = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hey"}]})
+    async with FakeAPI() as api:
+        caller = hr.Caller(
+            _config(api.url, rpm=6000),
+            backend="memory",
+            parse=lambda b: {"reply": b["choices"][0]["message"]["content"]},
+        )
+        plain = hr.Caller(_config(api.url, rpm=6000), backend="memory")
+        try:
+            table = pa.table(
+                {"custom_id": ["a", "b"], "body": [chat, "[]"], "n": [1, 2], "latency": [0, 0]}
+            )
+            out = await caller(table)
+            frame = await plain(table.to_pandas())
+        finally:
+            await caller.aclose()
+            await plain.aclose()
+    assert out.column_names[:3] == ["custom_id", "body", "n"]
+    assert out.schema.field("status_code").type == pa.int64()
+    assert out.schema.field("latency").type == pa.float64()  # replaced, not duplicated
+    assert out.column("reply").to_pylist() == ["echo: hey", None]
+    assert "response" not in out.column_names
+    assert out.column("error_code").to_pylist() == [None, "invalid_request"]
+    assert list(frame["n"]) == [1, 2]
+    assert json.loads(frame["response"][0])["choices"][0]["message"]["content"] == "echo: hey"
+
+
+def test_a_dropped_udf_closes_its_pool_on_its_own_loop(served: Any) -> None:
+    import asyncio
+
+    server = served()
+    caller = hr.Caller(_config(server.url, rpm=6000), backend="memory")
+    chat = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    got = asyncio.run_coroutine_threadsafe(caller.send("a", chat), server.loop).result(30)
+    assert got.ok
+    caller.__del__()  # what Ray Data's actor shutdown does, from another thread
+    assert caller.backend is None
+    assert not caller._endpoints

@@ -317,10 +317,11 @@ class RayBackend:
 
     def kill(self) -> None:
         """Kill the actor (its state is lost): at the end of a job, for a detached one."""
-        import ray
-
         with contextlib.suppress(Exception):
-            ray.kill(self.actor)
+            import ray
+
+            if isinstance(self.actor, ray.actor.ActorHandle):
+                ray.kill(self.actor)
 
     # -- outage bookkeeping -----------------------------------------------------------
 
