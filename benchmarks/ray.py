@@ -142,9 +142,11 @@ def run_headway(
     ray: Any, url: str, rows: list[dict[str, Any]], args: argparse.Namespace
 ) -> dict[str, Any]:
     import headway.ray as hr
+    from headway.backends.ray import RayBackend
 
     out_dir = Path(tempfile.mkdtemp(prefix="headway-ray-bench-"))
     backend_name = f"bench-{os.getpid()}-{time.monotonic_ns()}"
+    state = RayBackend(backend_name).actor  # held here, to read its counts at the end
     try:
         t0 = time.monotonic()
         hr.run(
@@ -163,7 +165,6 @@ def run_headway(
             backend_name=backend_name,
         )
         wall = time.monotonic() - t0
-        state = ray.get_actor(backend_name, namespace="headway")
         trips = ray.get(state.stats.remote())
         ray.kill(state)
         ids: Counter[str] = Counter()

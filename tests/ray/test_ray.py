@@ -383,3 +383,21 @@ def test_a_dropped_udf_closes_its_pool_on_its_own_loop(served: Any) -> None:
     caller.__del__()  # what Ray Data's actor shutdown does, from another thread
     assert caller.backend is None
     assert not caller._endpoints
+
+
+async def test_a_lost_state_actor_is_found_again_or_created_anew(ray_session: Any) -> None:
+    import asyncio
+
+    from headway.backends.ray import RayBackend
+
+    name = f"headway-test-{uuid.uuid4().hex[:8]}"
+    backend = RayBackend(name, retry_interval=0.05, timeout=5.0)
+    lim = backend.limiter("api", rps=1000, burst=1000)
+    assert (await lim.reserve()).shared
+    ray_session.kill(backend.actor, no_restart=True)  # gone for good
+    assert not (await lim.reserve()).shared  # a local share meanwhile
+    await asyncio.sleep(0.06)
+    assert (await lim.reserve()).shared  # the probe created the actor again
+    assert backend.outages == 1
+    backend.kill()
+    await backend.aclose()

@@ -16,7 +16,9 @@ circuit — the same contract as :class:`~headway.backends.RedisBackend`, withou
 * **Actor down.** A failed or slow round trip (``timeout``) makes the limiter fall back
   to a local limit at one over the number of workers seen live, probing the actor again
   every ``retry_interval`` seconds (``backend.unavailable`` / ``backend.recovered``
-  events). A restarted actor starts with full buckets.
+  events). A probe looks the named actor up again and creates it if it is gone (a
+  non-detached actor dies with the process that created it). A restarted or re-created
+  actor starts with full buckets.
 
 >>> from headway.backends.ray import SharedState
 >>> state = SharedState()
@@ -234,10 +236,9 @@ class RayBackend:
         self._down = False
         self._down_since = 0.0
         self._retry_at = -math.inf
+        self._options: dict[str, Any] | None = None
         if actor is None:
-            import ray
-
-            options: dict[str, Any] = {
+            self._options = {
                 "name": name,
                 "namespace": namespace,
                 "get_if_exists": True,
@@ -245,8 +246,8 @@ class RayBackend:
                 "max_restarts": -1,
             }
             if detached:
-                options["lifetime"] = "detached"
-            actor = ray.remote(SharedState).options(**options).remote()
+                self._options["lifetime"] = "detached"
+            actor = self._named_actor()
         self.actor: Any = actor
         self._limiters: dict[str, RayLimiter] = {}
         self._breakers: dict[str, SharedCircuitState[RayBreakerState]] = {}
@@ -353,10 +354,20 @@ class RayBackend:
                 outage=round(self.clock.now() - self._down_since, 3),
             )
 
-    async def _call(self, method: Any, *args: Any) -> Any:
-        """One round trip to the actor, bounded by ``timeout``."""
+    def _named_actor(self) -> Any:
+        import ray
+
+        assert self._options is not None
+        return ray.remote(SharedState).options(**self._options).remote()
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        """One round trip to the actor's ``method``, bounded by ``timeout``."""
+        if self._down and self._options is not None:
+            # A probe after a failure: the actor may be gone for good (a non-detached
+            # actor dies with the process that created it); look it up or create it anew.
+            self.actor = self._named_actor()
         async with asyncio.timeout(self.timeout):
-            return await method.remote(*args)
+            return await getattr(self.actor, method).remote(*args)
 
     # -- breaker refresher ------------------------------------------------------------
 
@@ -634,7 +645,7 @@ class RayLimiter:
         self._pending, self._caps, self._cancels = [0.0] * n, [None] * n, []
         try:
             shift, actor_now, workers, out = await backend._call(
-                backend.actor.reserve,
+                "reserve",
                 self.name,
                 self._specs,
                 backend.worker_id,
@@ -877,7 +888,7 @@ class RayBreakerState:
         backend = self.backend
         try:
             left, gen, got = await backend._call(
-                backend.actor.breaker,
+                "breaker",
                 self.name,
                 write,
                 self._token,
