@@ -141,10 +141,8 @@ def test_request_of_and_configuration_errors() -> None:
     )
     with pytest.raises(ConfigurationError, match="custom_id"):
         request_of({"body": {}})
-    with pytest.raises(ConfigurationError):
-        Caller(
-            {"base_url": "http://127.0.0.1:1/v1", "auth_type": "none"}, backend="nope"
-        )._make_backend()
+    with pytest.raises(ConfigurationError, match="use 'actor'"):
+        Caller({"base_url": "http://127.0.0.1:1/v1", "auth_type": "none"}, backend="nope")
     caller = Caller(
         {"base_url": "http://127.0.0.1:1/v1", "auth_type": "none"},
         backend="redis://127.0.0.1:6379/0",

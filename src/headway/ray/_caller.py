@@ -18,7 +18,7 @@ from headway.events import RETRY_SCHEDULED, Event
 from headway.http.config import EndpointConfig
 from headway.http.endpoint import Endpoint
 
-__all__ = ["RESULT_COLUMNS", "Caller", "request_of"]
+__all__ = ["RESULT_COLUMNS", "Caller", "check_backend", "request_of"]
 
 #: The columns :class:`Caller` adds to every row.
 RESULT_COLUMNS = (
@@ -43,6 +43,24 @@ def _on_event(event: Event) -> None:
             reason = str(event.data.get("reason", ""))
             if reason.startswith(("RateLimitError", "429")) or " 429 " in reason:
                 counter[1] += 1
+
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def check_backend(spec: str) -> str:
+    """``spec`` if it names a backend :class:`Caller` knows, else a one-line error.
+
+    >>> check_backend("actor"), check_backend("redis://127.0.0.1:6379/0")
+    ('actor', 'redis://127.0.0.1:6379/0')
+    >>> check_backend("etcd://x")
+    Traceback (most recent call last):
+    ...
+    headway.errors.ConfigurationError: backend 'etcd://x': use 'actor', a redis:// URL or 'memory'
+    """
+    if spec in ("actor", "memory") or spec.startswith(_REDIS_SCHEMES):
+        return spec
+    raise ConfigurationError(f"backend {spec!r}: use 'actor', a redis:// URL or 'memory'")
 
 
 def _plain(value: Any) -> Any:
@@ -200,7 +218,7 @@ class Caller:
         if config.concurrency is None:
             config = config.model_copy(update={"concurrency": 64})
         self.config = config
-        self.backend_spec = backend
+        self.backend_spec = check_backend(backend)
         self.backend_name = backend_name
         self.limit_name = limit_name or f"ray:{config.base_url}"
         self.id_column = id_column
@@ -225,13 +243,11 @@ class Caller:
             from headway.backends.ray import RayBackend
 
             return RayBackend(self.backend_name)
-        if spec.startswith(("redis://", "rediss://", "unix://")):
-            from headway.backends.redis import RedisBackend
-
-            return RedisBackend(spec, prefix=self.backend_name.rstrip(":") + ":")
         if spec == "memory":
             return None
-        raise ConfigurationError(f"backend {spec!r}: use 'actor', a redis:// URL or 'memory'")
+        from headway.backends.redis import RedisBackend
+
+        return RedisBackend(spec, prefix=self.backend_name.rstrip(":") + ":")
 
     def _make_policy(self) -> Any:
         from headway.limits import MultiLimiter
@@ -317,7 +333,7 @@ class Caller:
     def __del__(self) -> None:
         # Ray Data drops the UDF when its actor shuts down gracefully: close the pool on
         # the loop it was opened on (that loop runs in another thread of the actor).
-        loop = self._loop
+        loop = getattr(self, "_loop", None)  # None too when __init__ raised
         if loop is None or not self._endpoints or loop.is_closed() or not loop.is_running():
             return
         with contextlib.suppress(Exception):

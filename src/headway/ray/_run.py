@@ -13,7 +13,7 @@ from headway.batch.ledger import Ledger, Result
 from headway.batch.progress import NullProgress, ProgressReporter
 from headway.batch.summary import BatchStats
 from headway.http.config import EndpointConfig
-from headway.ray._caller import Caller
+from headway.ray._caller import Caller, check_backend
 
 __all__ = ["output_file", "result_of_row", "run"]
 
@@ -127,6 +127,7 @@ def run(
         if isinstance(endpoint, EndpointConfig)
         else EndpointConfig.model_validate(dict(endpoint))
     )  # a bad config fails here, on the driver, not in every actor
+    check_backend(backend)
     path = output_file(output)
     ledger = Ledger(path, errors, retry_failed=retry_failed, fsync=fsync)
     ledger.open()
