@@ -401,3 +401,21 @@ async def test_a_lost_state_actor_is_found_again_or_created_anew(ray_session: An
     assert backend.outages == 1
     backend.kill()
     await backend.aclose()
+
+
+def test_the_docs_example_from_a_jsonl_file_to_a_results_file(
+    ray_session: Any, served: Any, tmp_path: Path
+) -> None:
+    api = served()
+    lines = [
+        json.dumps({"custom_id": f"j-{i}", "url": "/v1/chat/completions", "body": body})
+        for i, body in enumerate(json.loads(r["body"]) for r in _rows(10, "j"))
+    ]
+    (tmp_path / "requests.jsonl").write_text("\n".join(lines) + "\n")
+    ds = ray_session.data.read_json(str(tmp_path / "requests.jsonl"))  # body: a struct column
+    stats = hr.run(ds, _config(api.url, rpm=6000), output=tmp_path / "results", actors=(1, 2))
+    assert stats.succeeded == 10
+    assert sorted(_output_ids(tmp_path / "results" / "results.jsonl")) == sorted(
+        f"j-{i}" for i in range(10)
+    )
+    assert sorted(_sent_contents(api.requests())) == sorted(f"j {i}" for i in range(10))
