@@ -25,9 +25,40 @@ False
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from types import TracebackType
+from typing import Any, Protocol, Self, runtime_checkable
 
-__all__ = ["open_resources", "track", "untrack", "unwatch", "watch"]
+__all__ = ["AsyncResourceManager", "open_resources", "track", "untrack", "unwatch", "watch"]
+
+
+@runtime_checkable
+class AsyncResourceManager(Protocol):
+    """What every headway object owning a session, a socket or tasks implements.
+
+    ``async with obj:`` opens it (where there is anything to open) and closes it;
+    ``await obj.aclose()`` closes it, and closing twice is harmless. Clients, endpoints,
+    transports, executors, backends and the fake API server all satisfy it::
+
+        isinstance(client, headway.AsyncResourceManager)  # True
+    """
+
+    async def __aenter__(self) -> Self:
+        """Open (if needed) and return the object."""
+        ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any:
+        """Close it, whatever happened in the block."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close it and release what it holds; idempotent."""
+        ...
+
 
 _weak: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
 _strong: dict[int, Any] = {}

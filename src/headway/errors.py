@@ -16,7 +16,7 @@ error                                   transient  why
 :class:`ServerError` (5xx, 529)         yes        the provider's trouble
 :class:`APIClientError` 408 / 409       yes        as the official SDKs do
 :class:`InvalidResponseError`           yes        a truncated or garbled body
-:class:`RateLimitExceededError`         yes        a local limiter would wait too long
+:class:`MaxWaitExceededError`           yes        a local limiter would wait too long
 :class:`BackendUnavailableError`        yes        Redis is down (``on_backend_error='fail'``)
 :class:`CircuitBreakerOpenError`        no [1]_    fail fast; retry after ``retry_after``
 :class:`QuotaExceededError`             no         billing or quota exhausted
@@ -64,11 +64,14 @@ __all__ = [
     "InvalidResponseError",
     "QuotaExceededError",
     "RateLimitError",
-    "RateLimitExceededError",
+    "MaxWaitExceededError",
     "RequestTooLargeError",
     "ResourceNotFoundError",
     "ServerError",
+    "status_error_code",
     "StreamError",
+    "error_class",
+    "error_code",
     "is_retryable",
 ]
 
@@ -107,7 +110,7 @@ class RequestTooLargeError(HeadwayError, ValueError):
         self.capacity = capacity
 
 
-class RateLimitExceededError(HeadwayError):
+class MaxWaitExceededError(HeadwayError):
     """A local limiter refused to wait: the wait would exceed ``max_wait``.
 
     ``retry_after`` is the wait that was refused, in seconds.
@@ -329,25 +332,52 @@ class ResourceNotFoundError(APIClientError):
 
 
 class RateLimitError(APIClientError):
-    """429: the provider's rate limit was hit; ``retry_after`` is its requested delay."""
+    """429 for rate: the provider's rate limit was hit; ``retry_after`` is its requested delay.
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+    Attributes:
+        retry_after: the delay the server asked for (seconds), or ``None``.
+        bucket_empty: whether the server said its bucket is empty (remaining 0, or a
+            429 without rate-limit headers, the default). A :class:`~headway.Policy`
+            then pauses everyone sharing the limiter; otherwise it backs off just the
+            request that got the 429.
+
+    A quota or billing 429 is a :class:`QuotaExceededError`, which is *not* a
+    ``RateLimitError``: ``except RateLimitError`` is about rate only.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        bucket_empty: bool = True,
+        **kwargs: Any,
+    ) -> None:
         self.retry_after = None if retry_after is None else max(0.0, float(retry_after))
+        self.bucket_empty = bucket_empty
         super().__init__(message, **kwargs)
 
     def _default_retryable(self) -> bool:
         return True
 
 
-class QuotaExceededError(RateLimitError):
-    """429 with an exhausted quota or billing limit: waiting won't help; never retried."""
+class QuotaExceededError(APIClientError):
+    """429 with an exhausted quota or billing limit: waiting won't help; never retried.
+
+    Not a :class:`RateLimitError` (that one is about rate only). Never retried, even
+    with ``x-should-retry: true`` (the one exception to the header's rule).
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        self.retry_after = None if retry_after is None else max(0.0, float(retry_after))
+        super().__init__(message, **kwargs)
 
     def _default_retryable(self) -> bool:
         return False
 
     @property
     def retryable(self) -> bool:
-        return False
+        return False  # quota is not rate: waiting won't help, whatever the headers say
 
 
 class ServerError(APIClientError):
@@ -382,6 +412,80 @@ _CANCELLED_OR_EXIT_OR_GEN = (*_CANCELLED_OR_EXIT, GeneratorExit)
 _TRANSIENT_BUILTIN = (TimeoutError, ConnectionError)
 
 
+def error_class(status: int, *, quota: bool = False) -> type[APIClientError]:
+    """The error class for an HTTP ``status`` >= 400: headway's one status table.
+
+    ``quota``: the 429's body says a quota or billing limit is exhausted.
+
+    >>> error_class(429).__name__, error_class(429, quota=True).__name__
+    ('RateLimitError', 'QuotaExceededError')
+    >>> error_class(503).__name__, error_class(418).__name__
+    ('ServerError', 'APIClientError')
+    """
+    if status == 429:
+        return QuotaExceededError if quota else RateLimitError
+    if status in (401, 403):
+        return AuthenticationError
+    if status == 404:
+        return ResourceNotFoundError
+    if status in (400, 422):
+        return BadRequestError
+    if status >= 500:
+        return ServerError
+    return APIClientError
+
+
+# The short codes failed results carry, most specific first.
+_CODES: tuple[tuple[type[BaseException], str], ...] = (
+    (QuotaExceededError, "insufficient_quota"),
+    (RateLimitError, "rate_limit_exceeded"),
+    (AuthenticationError, "authentication_error"),
+    (ResourceNotFoundError, "not_found"),
+    (BadRequestError, "bad_request"),
+    (APITimeoutError, "timeout"),
+    (APIConnectionError, "connection_error"),
+    (InvalidResponseError, "invalid_response"),
+    (StreamError, "stream_error"),
+    (ServerError, "server_error"),
+    (CircuitBreakerOpenError, "circuit_open"),
+    (RequestTooLargeError, "request_too_large"),
+    (MaxWaitExceededError, "local_rate_limit"),
+    (TimeoutError, "timeout"),
+    (ConnectionError, "connection_error"),
+)
+
+
+def error_code(exc: BaseException) -> str:
+    """The short code a failed result carries for ``exc`` (``rate_limit_exceeded``, ...).
+
+    >>> error_code(ServerError("boom", status_code=503))
+    'server_error'
+    >>> error_code(APIClientError("teapot", status_code=418))
+    'http_418'
+    """
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
+    if isinstance(exc, APIClientError) and exc.status_code is not None:
+        return f"http_{exc.status_code}"
+    if isinstance(exc, APIClientError):
+        return "api_error"
+    return "internal_error"
+
+
+def status_error_code(status: int) -> str:
+    """The error code of an HTTP ``status`` >= 400 (by :func:`error_class`).
+
+    >>> status_error_code(429), status_error_code(502), status_error_code(418)
+    ('rate_limit_exceeded', 'server_error', 'http_418')
+    """
+    cls = error_class(status)
+    for known, code in _CODES:
+        if cls is known:
+            return code
+    return f"http_{status}"
+
+
 def is_retryable(exc: BaseException) -> bool:
     """Whether ``exc`` is transient by headway's rules (the table above).
 
@@ -407,11 +511,17 @@ def never_retry(exc: BaseException) -> bool:
 
     True for cancellation, authentication, not-found, bad-request, quota and
     configuration errors, and for an API error whose server said ``x-should-retry: false``.
+    An API error whose server said ``x-should-retry: true`` is never in this set, whatever
+    its status (quota errors excepted): the header wins (so :func:`is_retryable` and
+    :meth:`RetryPolicy.should_retry <headway.resilience.retry.RetryPolicy.should_retry>`
+    agree).
     """
     if isinstance(exc, _CANCELLED_OR_EXIT_OR_GEN):
         return True
     if not isinstance(exc, HeadwayError):
         return False  # every error below is a HeadwayError
-    if isinstance(exc, _NEVER_RETRY):
-        return True
-    return isinstance(exc, APIClientError) and exc.should_retry is False
+    if isinstance(exc, QuotaExceededError):
+        return True  # quota is not rate: never retried, whatever the headers say
+    if isinstance(exc, APIClientError) and exc.should_retry is not None:
+        return not exc.should_retry  # the server's verdict wins over the table
+    return isinstance(exc, _NEVER_RETRY)

@@ -26,6 +26,7 @@ from typing import Any
 from headway._clock import LOOP_CLOCK
 
 __all__ = [
+    "BREAKER_CALL_RECORDED",
     "BREAKER_REJECTED",
     "BREAKER_STATE_CHANGED",
     "CONCURRENCY_LIMIT_CHANGED",
@@ -37,12 +38,20 @@ __all__ = [
     "RETRY_GAVE_UP",
     "RETRY_SCHEDULED",
     "TIMEOUT",
+    "BreakerCallRecorded",
+    "BreakerOpened",
+    "BreakerStateChanged",
     "Event",
     "EventListener",
+    "GLOBAL_LISTENERS",
+    "RateLimited",
+    "RetryGaveUp",
+    "RetryScheduled",
     "add_listener",
     "emit",
     "enabled",
     "logger",
+    "publish",
     "remove_listener",
 ]
 
@@ -56,6 +65,7 @@ RETRY_GAVE_UP = "retry.gave_up"  # attempts, reason
 RETRY_BUDGET_EXHAUSTED = "retry.budget_exhausted"  # attempt, reason
 BREAKER_STATE_CHANGED = "breaker.state_changed"  # old, new, reason
 BREAKER_REJECTED = "breaker.rejected"  # retry_after
+BREAKER_CALL_RECORDED = "breaker.call_recorded"  # exception, failure (per call, DEBUG)
 LIMITER_WAIT = "limiter.wait"  # tokens, wait
 LIMITER_REJECTED = "limiter.rejected"  # tokens, wait, max_wait
 LIMITER_PAUSED = "limiter.paused"  # until, seconds
@@ -88,9 +98,64 @@ class Event:
         return f"{who}{self.kind} {fields}".rstrip()
 
 
+@dataclass(slots=True, frozen=True)
+class RetryScheduled(Event):
+    """A retry was scheduled: ``attempt`` failed with ``exception``; the next one goes
+    after ``delay`` seconds. ``rate_limited``: a rate 429 waited out, not counted."""
+
+    attempt: int = 0
+    delay: float = 0.0
+    exception: BaseException | None = None
+    rate_limited: bool = False
+
+
+@dataclass(slots=True, frozen=True)
+class RateLimited(RetryScheduled):
+    """A rate 429 (:class:`~headway.RateLimitError`) is waited out before going again."""
+
+
+@dataclass(slots=True, frozen=True)
+class RetryGaveUp(Event):
+    """The call gives up after ``attempts`` attempts; ``exception`` is raised."""
+
+    attempts: int = 0
+    exception: BaseException | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class BreakerStateChanged(Event):
+    """A circuit breaker moved from ``old`` to ``new`` (state names) for ``reason``."""
+
+    old: str = ""
+    new: str = ""
+    reason: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class BreakerOpened(BreakerStateChanged):
+    """A circuit breaker opened: calls are rejected until it lets a trial through."""
+
+
+@dataclass(slots=True, frozen=True)
+class BreakerCallRecorded(Event):
+    """A call through a circuit breaker ended: ``exception`` is ``None`` on success.
+
+    ``failure`` says whether the breaker counted it as a failure (an excluded error or
+    one its predicate accepts is not). Built only when a listener is registered (the
+    breaker's or a global one), to keep the per-call path free otherwise; it then also
+    reaches the logger at DEBUG."""
+
+    exception: BaseException | None = None
+    failure: bool = False
+
+
 EventListener = Callable[[Event], None]
 
 _listeners: list[EventListener] = []
+
+#: The global listeners (read it, don't change it: use :func:`add_listener`). Hot paths
+#: test it to build per-call events only when someone registered a listener.
+GLOBAL_LISTENERS = _listeners
 
 
 def add_listener(listener: EventListener) -> None:
@@ -107,6 +172,20 @@ def remove_listener(listener: EventListener) -> None:
 def enabled(level: int = logging.DEBUG, extra: tuple[EventListener, ...] = ()) -> bool:
     """Whether an event at ``level`` would reach anyone (cheap; check before building)."""
     return bool(_listeners or extra) or logger.isEnabledFor(level)
+
+
+def publish(event: Event, listeners: tuple[EventListener, ...] = ()) -> None:
+    """Deliver a built (typed) event to the listeners and the ``headway`` logger.
+
+    Check :func:`enabled` first to build nothing when nobody listens.
+    """
+    for listener in (*listeners, *_listeners):
+        try:
+            listener(event)
+        except Exception:  # pragma: no cover - defensive; reported, never raised
+            logger.exception("headway event listener %r failed", listener)
+    if logger.isEnabledFor(event.level):
+        logger.log(event.level, "%s", event, extra={"headway_event": event})
 
 
 def emit(

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from headway import ConfigurationError, Limit, Shard, shard_of
-from headway.backends import RedisBackend, RedisBackendConfig, llm_limits
+from headway import ConfigurationError
+from headway.backends import Limit, RedisBackend, RedisBackendConfig, Shard, llm_limits, shard_of
 
 
 def test_limits_and_llm_shorthands() -> None:

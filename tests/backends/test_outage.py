@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from headway import BackendUnavailableError
 from headway.backends import BACKEND_RECOVERED, BACKEND_UNAVAILABLE, RedisBackend
+from headway.errors import BackendUnavailableError
 from headway.events import Event, add_listener, remove_listener
 
 if TYPE_CHECKING:

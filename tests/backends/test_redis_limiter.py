@@ -18,11 +18,11 @@ import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from headway import RateLimitExceededError, RequestTooLargeError
+from headway import MaxWaitExceededError
 from headway.backends import Limit, RedisBackend, RedisLimiter, limits_of
 from headway.backends._model import Bucket, reserve_batch
 from headway.backends._scripts import RESERVE
-from headway.errors import ConfigurationError
+from headway.errors import ConfigurationError, RequestTooLargeError
 from headway.limits import Limiter, MultiLimiter, Reservation, TokenBucketRateLimiter
 
 pytestmark = pytest.mark.integration
@@ -67,7 +67,7 @@ async def test_all_limits_or_none(backend: RedisBackend) -> None:
     )
     first = await lim.reserve(1, 100)
     assert first.delay == 0.0
-    with pytest.raises(RateLimitExceededError) as info:
+    with pytest.raises(MaxWaitExceededError) as info:
         await lim.reserve(1, 50, max_wait=0.0)
     assert info.value.retry_after == pytest.approx(0.5, abs=0.03)
     # the refused call took no request: 9 are still there
@@ -82,7 +82,7 @@ async def test_all_limits_or_none(backend: RedisBackend) -> None:
 async def test_max_wait_default_of_the_limiter(backend: RedisBackend) -> None:
     lim = backend.limiter("mw", rps=10, burst=1, max_wait=0.001)
     await lim.reserve()
-    with pytest.raises(RateLimitExceededError):
+    with pytest.raises(MaxWaitExceededError):
         await lim.reserve()
     assert (await lim.reserve(max_wait=1.0)).delay == pytest.approx(0.1, abs=0.03)
 

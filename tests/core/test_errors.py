@@ -17,9 +17,9 @@ from headway.errors import (
     ConfigurationError,
     ExecutorShutdownError,
     InvalidResponseError,
+    MaxWaitExceededError,
     QuotaExceededError,
     RateLimitError,
-    RateLimitExceededError,
     RequestTooLargeError,
     ResourceNotFoundError,
     ServerError,
@@ -46,7 +46,7 @@ def test_every_api_error_is_a_headway_error() -> None:
         assert issubclass(cls, headway.HeadwayError)
     assert issubclass(APIConnectionError, ConnectionError)
     assert issubclass(APITimeoutError, TimeoutError)
-    assert issubclass(QuotaExceededError, RateLimitError)
+    assert not issubclass(QuotaExceededError, RateLimitError)  # quota is not rate
 
 
 def test_connection_error_message_prefix() -> None:
@@ -101,7 +101,7 @@ def test_body_is_bounded() -> None:
         (APITimeoutError(), True),
         (InvalidResponseError("garbage", status_code=200), True),
         (StreamError("mid-stream error"), True),
-        (RateLimitExceededError("local", retry_after=3), True),
+        (MaxWaitExceededError("local", retry_after=3), True),
         (CircuitBreakerOpenError(retry_after=1), False),
         (RequestTooLargeError("too big", requested=5, capacity=1), False),
         (ConfigurationError("bad"), False),
@@ -146,7 +146,7 @@ def test_circuit_breaker_open_message() -> None:
 def test_rate_limit_errors_carry_delays() -> None:
     assert RateLimitError("r").retry_after is None
     assert RateLimitError("r", retry_after=-1).retry_after == 0
-    assert RateLimitExceededError("l", retry_after=-1).retry_after == 0
+    assert MaxWaitExceededError("l", retry_after=-1).retry_after == 0
     big = RequestTooLargeError("big", requested=10, capacity=5)
     assert (big.requested, big.capacity) == (10, 5)
     assert isinstance(big, ValueError)

@@ -10,13 +10,8 @@ from unittest.mock import AsyncMock
 
 import pytest
 
-from headway import (
-    ConfigurationError,
-    ManualClock,
-    RateLimitExceededError,
-    RequestTooLargeError,
-    events,
-)
+from headway import ConfigurationError, ManualClock, MaxWaitExceededError, events
+from headway.errors import RequestTooLargeError
 from headway.events import Event
 from headway.limits import Limiter, TokenBucketRateLimiter
 from headway.testing import VirtualClock
@@ -129,14 +124,14 @@ def test_max_wait_rejects_and_reserves_nothing(clock: ManualClock, seen: list[Ev
     assert limiter.try_reserve() == pytest.approx(1.0)
     assert limiter.try_reserve() == pytest.approx(2.0)
     before = limiter.tokens
-    with pytest.raises(RateLimitExceededError) as info:
+    with pytest.raises(MaxWaitExceededError) as info:
         limiter.try_reserve()
     assert info.value.retry_after == pytest.approx(3.0)
     assert info.value.retryable
     assert "max_wait" in str(info.value)
     assert limiter.tokens == before
     # a per-call max_wait overrides the limiter's
-    with pytest.raises(RateLimitExceededError):
+    with pytest.raises(MaxWaitExceededError):
         limiter.try_reserve(max_wait=0.5)
     assert limiter.try_reserve(max_wait=10) == pytest.approx(3.0)
     rejected = [e for e in seen if e.kind == events.LIMITER_REJECTED]
@@ -148,7 +143,7 @@ def test_max_wait_rejects_and_reserves_nothing(clock: ManualClock, seen: list[Ev
 async def test_wait_honours_max_wait(clock: ManualClock) -> None:
     limiter = TokenBucketRateLimiter(1, max_tokens=1, clock=clock)
     await limiter.wait()
-    with pytest.raises(RateLimitExceededError):
+    with pytest.raises(MaxWaitExceededError):
         await limiter.wait(max_wait=0.1)
     await limiter.wait(max_wait=1.0)
     assert clock.now() == pytest.approx(1001.0)

@@ -6,13 +6,8 @@ import asyncio
 
 import pytest
 
-from headway import (
-    ConfigurationError,
-    ManualClock,
-    RateLimitExceededError,
-    RequestTooLargeError,
-    events,
-)
+from headway import ConfigurationError, ManualClock, MaxWaitExceededError, events
+from headway.errors import RequestTooLargeError
 from headway.events import Event
 from headway.limits import Limiter, MultiLimiter, Reservation, TokenBucketRateLimiter
 
@@ -103,7 +98,7 @@ def test_max_wait_rejects_all_or_nothing(clock: ManualClock) -> None:
         multi = MultiLimiter.for_llm(rpm=60, tpm=600, clock=clock, max_wait=5.0, name="llm")
         multi.reserve_nowait(1, 600)
         before = levels(multi)
-        with pytest.raises(RateLimitExceededError) as info:
+        with pytest.raises(MaxWaitExceededError) as info:
             multi.reserve_nowait(1, 100)  # tokens would wait 10 s
         assert info.value.retry_after == pytest.approx(10.0)
         assert levels(multi) == before

@@ -13,11 +13,18 @@ from headway.errors import (
     CircuitBreakerOpenError,
     ConfigurationError,
     ExecutorShutdownError,
+    MaxWaitExceededError,
     RateLimitError,
-    RateLimitExceededError,
     ServerError,
 )
-from headway.events import BREAKER_REJECTED, BREAKER_STATE_CHANGED, Event
+from headway.events import (
+    BREAKER_CALL_RECORDED,
+    BREAKER_REJECTED,
+    BREAKER_STATE_CHANGED,
+    BreakerCallRecorded,
+    BreakerOpened,
+    Event,
+)
 from headway.events import add_listener as add_global_listener
 from headway.events import remove_listener as remove_global_listener
 from headway.resilience.breaker import (
@@ -287,7 +294,7 @@ async def test_client_errors_count_as_successes(clock: ManualClock) -> None:
 async def test_local_headway_errors_are_neutral(clock: ManualClock) -> None:
     b = make(clock, failure_threshold=1)
     for exc in (
-        RateLimitExceededError("would wait"),
+        MaxWaitExceededError("would wait"),
         ExecutorShutdownError("closed"),
         CircuitBreakerOpenError(),
         asyncio.CancelledError(),
@@ -453,7 +460,12 @@ async def test_listeners_see_every_transition(clock: ManualClock) -> None:
     changes = [(e.data["old"], e.data["new"]) for e in events if e.kind == BREAKER_STATE_CHANGED]
     assert changes == [(CLOSED, OPEN), (OPEN, HALF_OPEN), (HALF_OPEN, CLOSED)]
     assert all(e.source == "svc" for e in events)
-    assert "3 consecutive failures" in events[0].data["reason"]
+    changed = [e for e in events if e.kind == BREAKER_STATE_CHANGED]
+    assert "3 consecutive failures" in changed[0].data["reason"]
+    assert isinstance(changed[0], BreakerOpened)
+    assert (changed[0].old, changed[0].new) == ("closed", "open")
+    calls = [e for e in events if isinstance(e, BreakerCallRecorded)]
+    assert [c.failure for c in calls] == [True, True, True, False]  # per call, as they end
 
 
 async def test_add_and_remove_listener(clock: ManualClock) -> None:
@@ -464,6 +476,7 @@ async def test_add_and_remove_listener(clock: ManualClock) -> None:
     await fail_times(b, 1)
     with pytest.raises(CircuitBreakerOpenError):
         b.acquire()
+    events[:] = [e for e in events if e.kind != BREAKER_CALL_RECORDED]
     assert [e.kind for e in events] == [BREAKER_STATE_CHANGED, BREAKER_REJECTED]
     assert events[1].data["retry_after"] == pytest.approx(10)
     b.remove_listener(events.append)
@@ -479,7 +492,7 @@ async def test_global_listeners_see_transitions(clock: ManualClock) -> None:
         await fail_times(b, 1)
     finally:
         remove_global_listener(events.append)
-    assert [e.kind for e in events] == [BREAKER_STATE_CHANGED]
+    assert [e.kind for e in events] == [BREAKER_STATE_CHANGED, BREAKER_CALL_RECORDED]
 
 
 async def test_a_failing_listener_does_not_break_calls(clock: ManualClock) -> None:
@@ -516,7 +529,8 @@ async def test_ratio_mode_trips_at_the_threshold(clock: ManualClock) -> None:
     assert b.state is CLOSED
     await fail_times(b, 1)  # 6 of 12 = 50%
     assert b.state is OPEN
-    assert events[0].data["reason"] == "failure rate 6/12 in 60s"
+    changed = [e for e in events if e.kind == BREAKER_STATE_CHANGED]
+    assert changed[0].data["reason"] == "failure rate 6/12 in 60s"
 
 
 async def test_ratio_mode_forgets_calls_older_than_the_window(clock: ManualClock) -> None:
@@ -647,3 +661,11 @@ async def test_ratio_mode_ignores_excluded_and_cancelled_calls(clock: ManualCloc
     assert b.state is CLOSED  # still 1 call in the window: below minimum_calls
     await fail_times(b, 1)
     assert b.state is OPEN
+
+
+def test_a_shared_breaker_needs_a_name() -> None:
+    from headway.backends import MemoryBackend
+
+    with pytest.raises(ConfigurationError, match="name"):
+        CircuitBreaker(backend=MemoryBackend())
+    assert CircuitBreaker(name="svc", backend=MemoryBackend()).state is CircuitState.CLOSED

@@ -10,15 +10,15 @@ import pytest
 from headway import (
     APIConnectionError,
     APITimeoutError,
-    AuthenticationError,
     CircuitBreakerOpenError,
     ConfigurationError,
     Event,
+    MaxWaitExceededError,
     RateLimitError,
-    RateLimitExceededError,
     ServerError,
 )
 from headway.concurrency import AdaptiveConcurrency, ConcurrencyLimit
+from headway.errors import AuthenticationError
 from headway.events import RETRY_BUDGET_EXHAUSTED, RETRY_GAVE_UP, RETRY_SCHEDULED, TIMEOUT
 from headway.limits import MultiLimiter, TokenBucketRateLimiter
 from headway.resilience import AttemptContext, CircuitBreaker, CircuitState, Policy
@@ -304,7 +304,7 @@ async def test_local_limiter_refusal_is_retried_after_its_delay(
     # then retried after the refused wait
     assert await policy.execute(Script()) == "ok"
     assert virtual_clock.elapsed == pytest.approx(1.0)
-    with pytest.raises(RateLimitExceededError):
+    with pytest.raises(MaxWaitExceededError):
         await Policy(limiter=limiter, retry=None).execute(Script())
 
 
@@ -454,34 +454,61 @@ async def test_retry_without_budget(virtual_clock: VirtualClock) -> None:
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
-async def test_attempt_can_keep_its_concurrency_slot(adaptive: bool) -> None:
-    """``ctx.keep_slot`` hands a successful attempt's slot to the caller; a failed
-    attempt's slot is released as usual; ``release_slot`` is idempotent."""
+async def test_open_keeps_the_successful_attempts_slot_in_a_lease(adaptive: bool) -> None:
+    """``policy.open`` hands a successful attempt's slot to the caller in a lease; a
+    failed attempt's slot is released as usual; ``lease.aclose`` is idempotent."""
     pool: ConcurrencyLimit = (
         AdaptiveConcurrency(2, min_limit=1) if adaptive else ConcurrencyLimit(2)
     )
     policy = Policy(
         retry=RetryPolicy(max_retries=2, base_delay=0.0, jitter=False), concurrency=pool
     )
-    contexts: list[AttemptContext] = []
 
     async def attempt(ctx: AttemptContext) -> int:
-        ctx.keep_slot = True
-        contexts.append(ctx)
         if ctx.attempt == 1:
             raise ConnectionError("first attempt fails")
         assert pool.in_use == 1  # the failed attempt gave its slot back
         return ctx.attempt
 
-    assert await policy.run(attempt) == 2
+    lease = await policy.open(attempt)
+    assert lease.value == 2
+    assert lease.attempt == 2
     assert pool.in_use == 1  # kept for the caller
-    ctx = contexts[-1]
-    await ctx.release_slot(ValueError("how the use of the slot ended"))
-    await ctx.release_slot()
+    assert not lease.closed
+    await lease.aclose(ValueError("how the use of the slot ended"))
+    await lease.aclose()
     assert pool.in_use == 0
+    assert lease.closed
 
     async def plain(ctx: AttemptContext) -> None:
         return None
 
-    await policy.run(plain)  # nobody asked to keep the slot
+    await policy.run(plain)  # run() keeps nothing
     assert pool.in_use == 0
+    async with await policy.open(plain) as held:
+        assert pool.in_use == 1
+        assert held.value is None
+    assert pool.in_use == 0
+
+
+async def test_a_lease_carries_the_breaker_verdict_until_it_closes() -> None:
+    breaker = CircuitBreaker(failure_threshold=1)
+    policy = Policy(retry=None, breaker=breaker, concurrency=1)
+
+    async def stream(ctx: AttemptContext) -> str:
+        return "open stream"
+
+    lease = await policy.open(stream)
+    assert breaker.failure_count == 0  # no verdict while the stream is open
+    await lease.aclose(ConnectionError("broken mid-stream"))
+    assert state(breaker) is CircuitState.OPEN  # judged at close, as a failure
+    breaker.reset()
+
+    for how in (None, asyncio.CancelledError(), GeneratorExit()):
+        lease = await policy.open(stream)
+        await lease.aclose(how)  # success, or given back unjudged
+        assert state(breaker) is CircuitState.CLOSED
+        assert policy.concurrency is not None
+        assert policy.concurrency.in_use == 0
+    assert "closed" in repr(lease)
+    lease.settle(10)  # no limiter: nothing to settle

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Any, Literal
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -68,6 +68,7 @@ calls = st.lists(
     adaptive=st.booleans(),
     attempt_timeout=st.one_of(st.none(), st.floats(0.2, 2.0)),
     total_timeout=st.one_of(st.none(), st.floats(0.5, 5.0)),
+    rate_limits=st.sampled_from(["wait", "retry"]),
 )
 def test_cancellation_at_random_points_restores_everything(
     plan: list[tuple[float, float | None, list[tuple[float, BaseException | None]]]],
@@ -75,6 +76,7 @@ def test_cancellation_at_random_points_restores_everything(
     adaptive: bool,
     attempt_timeout: float | None,
     total_timeout: float | None,
+    rate_limits: Literal["wait", "retry"],
 ) -> None:
     async def main() -> None:
         with VirtualClock():
@@ -90,6 +92,7 @@ def test_cancellation_at_random_points_restores_everything(
                 retry=RetryPolicy(max_retries=3, base_delay=0.1, max_delay=0.5),
                 attempt_timeout=attempt_timeout,
                 total_timeout=total_timeout,
+                rate_limits=rate_limits,
             )
             started: list[Reservation] = []
 
@@ -103,7 +106,13 @@ def test_cancellation_at_random_points_restores_everything(
                 async def attempt(ctx: AttemptContext) -> None:
                     assert ctx.reservation is not None
                     started.append(ctx.reservation)
-                    duration, error = script[min(ctx.attempt, len(script)) - 1]
+                    if ctx.attempt <= len(script):
+                        duration, error = script[ctx.attempt - 1]
+                    elif rate_limits == "wait":
+                        # rate 429s are waited out without end: the server recovers
+                        duration, error = 0.0, None
+                    else:
+                        duration, error = script[-1]
                     await asyncio.sleep(duration)
                     if error is not None:
                         raise error

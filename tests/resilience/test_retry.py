@@ -12,17 +12,15 @@ import pytest
 
 from headway import (
     APIConnectionError,
-    AuthenticationError,
-    BadRequestError,
     CircuitBreakerOpenError,
     ConfigurationError,
     Event,
     ManualClock,
     QuotaExceededError,
     RateLimitError,
-    ResourceNotFoundError,
     ServerError,
 )
+from headway.errors import AuthenticationError, BadRequestError, ResourceNotFoundError
 from headway.events import RETRY_BUDGET_EXHAUSTED, RETRY_GAVE_UP, RETRY_SCHEDULED
 from headway.resilience.retry import RetryBudget, RetryPolicy, retry, retry_with_backoff
 from headway.testing import VirtualClock

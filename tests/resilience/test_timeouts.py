@@ -8,7 +8,7 @@ import pytest
 
 from headway import APITimeoutError, Event, add_listener, remove_listener
 from headway.events import TIMEOUT
-from headway.resilience.timeouts import Timeouts, deadline, with_timeout
+from headway.resilience.timeouts import deadline, with_timeout
 from headway.testing import VirtualClock
 
 
@@ -127,13 +127,3 @@ async def test_timeout_event_goes_to_global_listeners(virtual_clock: VirtualCloc
     finally:
         remove_listener(seen.append)
     assert [e.data["scope"] for e in seen if e.kind == TIMEOUT] == ["attempt"]
-
-
-def test_timeouts_config() -> None:
-    assert Timeouts().attempt is None
-    t = Timeouts(attempt=5, total=30)
-    assert (t.attempt, t.total) == (5.0, 30.0)
-    with pytest.raises(ValueError):
-        Timeouts(attempt=0)
-    with pytest.raises(ValueError):
-        Timeouts(total=-1)

@@ -11,6 +11,7 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from headway.errors import ConfigurationError
+from headway.resilience.breaker import BreakerStore
 
 if TYPE_CHECKING:
     from headway._clock import Clock
@@ -173,32 +174,8 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
-class BreakerStateStore(Protocol):
-    """Shared circuit state, as a circuit breaker consults it (see :class:`RedisBreakerState`).
-
-    Reads are from a local view kept fresh in the background; writes apply locally at
-    once and reach the other workers within one round trip.
-    """
-
-    def open_for(self) -> float | None:
-        """Seconds the circuit stays open cluster-wide (``<= 0``: trial time); None: closed."""
-        ...
-
-    def publish_open(self, recovery_time: float) -> None:
-        """This worker opened the circuit: open it for everyone for ``recovery_time`` s."""
-        ...
-
-    def publish_closed(self) -> None:
-        """A trial call succeeded: close the circuit for everyone."""
-        ...
-
-    def try_trial(self) -> bool:
-        """Take a cluster-wide half-open trial permit (False: all are taken)."""
-        ...
-
-    def release_trial(self) -> None:
-        """Give back a trial permit taken by :meth:`try_trial` (cancelled or excluded)."""
-        ...
+#: The store protocol, defined with the breaker (:class:`headway.resilience.breaker.BreakerStore`).
+BreakerStateStore = BreakerStore
 
 
 class Backend(Protocol):

@@ -224,7 +224,7 @@ class RedisBreakerState:
 
 async def run_refresher(backend: RedisBackend, wake: asyncio.Event) -> None:
     """The backend's one background task: keep every shared circuit state fresh."""
-    from headway.backends.redis import _Unavailable
+    from headway.backends.redis.backend import _Unavailable
 
     clock = backend.clock
     interval = backend.config.breaker_refresh

@@ -33,60 +33,9 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
-from headway.errors import (
-    APIClientError,
-    APIConnectionError,
-    APITimeoutError,
-    AuthenticationError,
-    BadRequestError,
-    CircuitBreakerOpenError,
-    InvalidResponseError,
-    QuotaExceededError,
-    RateLimitError,
-    RateLimitExceededError,
-    RequestTooLargeError,
-    ResourceNotFoundError,
-    ServerError,
-    StreamError,
-)
+from headway.errors import APIClientError, error_code
 
 __all__ = ["Ledger", "Result", "error_code", "result_from_error", "tokens_used"]
-
-_CODES: tuple[tuple[type[BaseException], str], ...] = (
-    (QuotaExceededError, "insufficient_quota"),
-    (RateLimitError, "rate_limit_exceeded"),
-    (AuthenticationError, "authentication_error"),
-    (ResourceNotFoundError, "not_found"),
-    (BadRequestError, "bad_request"),
-    (APITimeoutError, "timeout"),
-    (APIConnectionError, "connection_error"),
-    (InvalidResponseError, "invalid_response"),
-    (StreamError, "stream_error"),
-    (ServerError, "server_error"),
-    (CircuitBreakerOpenError, "circuit_open"),
-    (RequestTooLargeError, "request_too_large"),
-    (RateLimitExceededError, "local_rate_limit"),
-    (TimeoutError, "timeout"),
-    (ConnectionError, "connection_error"),
-)
-
-
-def error_code(exc: BaseException) -> str:
-    """The short code a failed result carries for ``exc`` (``rate_limit_exceeded``, ...).
-
-    >>> error_code(ServerError("boom", status_code=503))
-    'server_error'
-    >>> error_code(APIClientError("teapot", status_code=418))
-    'http_418'
-    """
-    for cls, code in _CODES:
-        if isinstance(exc, cls):
-            return code
-    if isinstance(exc, APIClientError) and exc.status_code is not None:
-        return f"http_{exc.status_code}"
-    if isinstance(exc, APIClientError):
-        return "api_error"
-    return "internal_error"
 
 
 def tokens_used(body: Any) -> int:

@@ -42,7 +42,7 @@ from headway.batch.jobs import DEFAULT_URL, BatchRequest, InvalidLine, count_lin
 from headway.batch.ledger import Ledger, Result, result_from_error
 from headway.batch.progress import NullProgress, ProgressReporter
 from headway.batch.summary import BatchStats
-from headway.errors import RateLimitError
+from headway.errors import RateLimitError, status_error_code
 
 __all__ = [
     "BatchRunner",
@@ -71,25 +71,6 @@ class Sender(Protocol):
     """Sends one request; returns its :class:`Response` or raises a headway error."""
 
     async def __call__(self, request: BatchRequest, /) -> Response: ...
-
-
-def status_error_code(status: int) -> str:
-    """The error code of a non-2xx status a sender returned instead of raising.
-
-    >>> status_error_code(429), status_error_code(502), status_error_code(418)
-    ('rate_limit_exceeded', 'server_error', 'http_418')
-    """
-    if status in (400, 422):
-        return "bad_request"
-    if status in (401, 403):
-        return "authentication_error"
-    if status == 404:
-        return "not_found"
-    if status == 429:
-        return "rate_limit_exceeded"
-    if status >= 500:
-        return "server_error"
-    return f"http_{status}"
 
 
 @dataclass(slots=True)

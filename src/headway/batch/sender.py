@@ -29,8 +29,8 @@ from headway._clock import Clock, resolve_clock
 from headway._secrets import redact_url
 from headway.batch.jobs import DEFAULT_URL, BatchRequest
 from headway.batch.runner import Response, Sender, note_retry
-from headway.errors import CircuitBreakerOpenError, ConfigurationError
-from headway.events import RETRY_SCHEDULED, Event
+from headway.errors import CircuitBreakerOpenError, ConfigurationError, RateLimitError
+from headway.events import Event, RetryScheduled
 from headway.http.providers import PROVIDERS as _HTTP_PROVIDERS
 
 __all__ = [
@@ -199,9 +199,8 @@ class SenderSettings:
 
 
 def _on_event(event: Event) -> None:
-    if event.kind == RETRY_SCHEDULED:
-        reason = str(event.data.get("reason", ""))
-        note_retry(rate_limited=reason.startswith(("RateLimitError", "429")) or " 429 " in reason)
+    if isinstance(event, RetryScheduled):
+        note_retry(rate_limited=isinstance(event.exception, RateLimitError))
 
 
 def build_policy(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from types import TracebackType
+from typing import ClassVar
 
 from headway._clock import Clock, resolve_clock
 from headway.concurrency.limit import ConcurrencyLimit, _check_limit, is_overload
@@ -63,18 +64,7 @@ class AdaptiveConcurrency(ConcurrencyLimit):
     5
     """
 
-    __slots__ = (
-        "_clock",
-        "_epoch",
-        "_estimate",
-        "decrease",
-        "increase",
-        "listeners",
-        "max_limit",
-        "min_limit",
-        "name",
-        "slow_call_duration",
-    )
+    measures_calls: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -207,6 +197,10 @@ class _AdaptiveSlot:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self.release(exc)
+
+    def release(self, exc: BaseException | None = None) -> None:
+        """Give the slot back and report how the call ended (``None``: success)."""
         limit = self._limit
         try:
             if exc is None:

@@ -71,6 +71,7 @@ class AsyncExecutor:
     """
 
     __slots__ = (
+        "__dict__",  # instances stay mockable: patch.object(obj, "method", ...)
         "__weakref__",
         "_calls",
         "_clock",
@@ -297,7 +298,7 @@ class RateLimitedExecutor:
     [1, 2, 3]
     """
 
-    __slots__ = ("executor", "limiter")
+    __slots__ = ("__dict__", "executor", "limiter")  # "__dict__": mockable instances
 
     def __init__(
         self,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections import deque
 from types import TracebackType
+from typing import ClassVar
 
 from headway.errors import ConfigurationError, QuotaExceededError, RateLimitError, ServerError
 
@@ -45,7 +46,10 @@ class ConcurrencyLimit:
     (1, 0)
     """
 
-    __slots__ = ("_in_use", "_limit", "_slot", "_waiters")
+    #: Whether :meth:`slot` measures each call and learns from its outcome (an adaptive
+    #: limit): a pipeline then takes slots through :meth:`slot`, else through
+    #: :meth:`try_acquire`/:meth:`acquire` and :meth:`release`.
+    measures_calls: ClassVar[bool] = False
 
     def __init__(self, limit: int) -> None:
         self._limit = _check_limit(limit)
@@ -163,6 +167,10 @@ class _Slot:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._pool.release()
+
+    def release(self, exc: BaseException | None = None) -> None:
+        """Give the slot back (``exc``, how the call ended, is not needed here)."""
         self._pool.release()
 
 

@@ -98,15 +98,14 @@ def _refund_tokens(reservation: Any) -> None:
 
 
 class _StreamAttempt:
-    __slots__ = ("call", "ctx")
+    """Opening a stream, once per attempt (``Policy.open`` keeps the slot in a lease)."""
+
+    __slots__ = ("call",)
 
     def __init__(self, call: _Attempt) -> None:
         self.call = call
-        self.ctx: Any = None
 
     async def __call__(self, ctx: Any) -> StreamResponse:
-        self.ctx = ctx
-        ctx.keep_slot = True  # the stream holds its concurrency slot until it is closed
         return await _open_checked(self.call, ctx.limiter, ctx.reservation)
 
 

@@ -37,6 +37,8 @@ from headway.http.transport import (
 if TYPE_CHECKING:
     import aiohttp
 
+    from headway.resilience.policy import Lease
+
 __all__ = ["AsyncAPIClient", "EventStream", "PolicyLike", "StreamMode"]
 
 T = TypeVar("T")
@@ -54,6 +56,17 @@ class PolicyLike(Protocol):
         tokens: float = 0.0,
     ) -> T:
         """Run ``attempt_fn(ctx)`` under retry, breaker, concurrency and limits."""
+        ...
+
+    async def open(
+        self,
+        attempt_fn: Callable[[Any], Awaitable[T]],
+        /,
+        *,
+        requests: float = 1.0,
+        tokens: float = 0.0,
+    ) -> Lease[T]:
+        """Like :meth:`run`; the successful attempt's slot stays in the returned lease."""
         ...
 
 
@@ -423,16 +436,15 @@ class AsyncAPIClient:
         transport: Transport,
         attempt: _Attempt,
         tokens: float | None,
-    ) -> tuple[StreamResponse, Any]:
-        """Open the stream; return it and the policy's attempt context (or ``None``)."""
+    ) -> tuple[StreamResponse, Lease[StreamResponse] | None]:
+        """Open the stream; return it and the policy's lease on it (or ``None``)."""
         policy = self.policy
         if policy is None:
             return await _open_checked(attempt, None, None), None
         if tokens is None:
             tokens = self._estimate(attempt.json)
-        stream_attempt = _StreamAttempt(attempt)
-        resp = await policy.run(stream_attempt, requests=1.0, tokens=tokens)
-        return resp, stream_attempt.ctx
+        lease = await policy.open(_StreamAttempt(attempt), requests=1.0, tokens=tokens)
+        return lease.value, lease
 
     async def _stream(
         self,
@@ -456,8 +468,8 @@ class AsyncAPIClient:
             transport = temp = self._make_transport()
         try:
             attempt = _Attempt(transport, method, url, hdrs, params, json, data, timeout, False)
-            resp, ctx = await self._open_stream(transport, attempt, tokens)
-            reservation = None if ctx is None else ctx.reservation
+            resp, lease = await self._open_stream(transport, attempt, tokens)
+            reservation = None if lease is None else lease.reservation
             failure: BaseException | None = None
             try:
                 used: int | None = None
@@ -478,8 +490,8 @@ class AsyncAPIClient:
                 try:
                     await resp.aclose()
                 finally:
-                    if ctx is not None:
-                        await ctx.release_slot(failure)
+                    if lease is not None:
+                        await lease.aclose(failure)
         finally:
             if temp is not None:
                 await temp.aclose()

@@ -27,15 +27,7 @@ from http import HTTPStatus
 from typing import Any
 
 from headway import _json
-from headway.errors import (
-    APIClientError,
-    AuthenticationError,
-    BadRequestError,
-    QuotaExceededError,
-    RateLimitError,
-    ResourceNotFoundError,
-    ServerError,
-)
+from headway.errors import APIClientError, error_class
 from headway.http.ratelimit_headers import parse_retry_after
 
 __all__ = ["error_for_status", "error_message", "parse_body"]
@@ -118,15 +110,7 @@ def error_for_status(
         "method": method,
         "url": url,
     }
-    if status == 429:
-        cls = QuotaExceededError if _is_quota(body) else RateLimitError
-        return cls(message, retry_after=parse_retry_after(headers), **kw)
-    if status in (401, 403):
-        return AuthenticationError(message, **kw)
-    if status == 404:
-        return ResourceNotFoundError(message, **kw)
-    if status in (400, 422):
-        return BadRequestError(message, **kw)
-    if status >= 500:
-        return ServerError(message, retry_after=parse_retry_after(headers), **kw)
-    return APIClientError(message, **kw)
+    cls = error_class(status, quota=status == 429 and _is_quota(body))
+    if status == 429 or status >= 500:
+        kw["retry_after"] = parse_retry_after(headers)
+    return cls(message, **kw)

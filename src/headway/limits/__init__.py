@@ -22,21 +22,37 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from headway.limits._reservation import Reservation
+from headway.limits._reservation import RATE_LIMITED_PAUSE, Reservation
 from headway.limits.bucket import TokenBucketRateLimiter
 from headway.limits.keyed import KeyedLimiter
 from headway.limits.multi import MultiLimiter
 
-__all__ = ["KeyedLimiter", "Limiter", "MultiLimiter", "Reservation", "TokenBucketRateLimiter"]
+__all__ = [
+    "RATE_LIMITED_PAUSE",
+    "KeyedLimiter",
+    "Limiter",
+    "MultiLimiter",
+    "Reservation",
+    "TokenBucketRateLimiter",
+]
 
 
 @runtime_checkable
 class Limiter(Protocol):
     """What a :class:`~headway.Policy` needs from a limiter.
 
-    :class:`TokenBucketRateLimiter` and :class:`MultiLimiter` satisfy it, as will the
-    Redis-backed limiters.
+    :class:`TokenBucketRateLimiter`, :class:`MultiLimiter` and the Redis limiter
+    satisfy it. A Policy calls, per attempt, :meth:`reserve_nowait` (and
+    :meth:`reserve` only when that returns ``None``), then after the attempt
+    :meth:`on_success` or, for a rate 429, :meth:`on_rate_limited`.
     """
+
+    def reserve_nowait(self, requests: float = 1.0, tokens: float = 0.0) -> Reservation | None:
+        """Take the units for one call without awaiting; ``None``: await :meth:`reserve`.
+
+        A limiter that needs a round trip (a shared one) returns ``None``.
+        """
+        ...
 
     async def reserve(
         self, requests: float = 1.0, tokens: float = 0.0, *, max_wait: float | None = None
@@ -60,4 +76,17 @@ class Limiter(Protocol):
         limit: float | None = None,
     ) -> None:
         """Lower the ``unit`` limit to the server's ``remaining`` figure (never raise it)."""
+        ...
+
+    def on_rate_limited(self, delay: float | None, *, empty: bool) -> None:
+        """A rate 429 came back; ``delay`` is the server's, capped by the policy.
+
+        Pause everyone sharing the limiter when the server's bucket is ``empty`` (for
+        ``delay``, or :data:`RATE_LIMITED_PAUSE` without one); otherwise only the
+        request that got it backs off (the Policy does that).
+        """
+        ...
+
+    def on_success(self) -> None:
+        """An attempt succeeded (called once per success; must be cheap)."""
         ...

@@ -19,6 +19,11 @@ if TYPE_CHECKING:
 __all__ = ["Reservation"]
 
 
+#: How long a limiter pauses after a rate 429 that says its bucket is empty but gives no
+#: delay (``on_rate_limited(None, empty=True)``), in seconds.
+RATE_LIMITED_PAUSE = 0.5
+
+
 async def wait_reserved(
     clock: Clock,
     limiters: Sequence[TokenBucketRateLimiter],
@@ -176,3 +181,50 @@ class Reservation:
             f"<Reservation delay={self.delay:.6g} requests={self.requests:g} "
             f"tokens={self.tokens:g}{state}>"
         )
+
+
+class Granted(Reservation):
+    """A reservation one :class:`~headway.limits.TokenBucketRateLimiter` admitted at once.
+
+    What :meth:`TokenBucketRateLimiter.reserve_nowait
+    <headway.limits.TokenBucketRateLimiter.reserve_nowait>` hands out when the call may
+    go now: the same interface as :class:`Reservation` (``delay`` is ``0.0``), built
+    with fewer fields, since it has no wait to book.
+    """
+
+    __slots__ = ("_amount", "_bucket")
+
+    def __init__(
+        self, bucket: TokenBucketRateLimiter, requests: float, tokens: float, amount: float
+    ) -> None:
+        self.delay = 0.0
+        self.requests = requests
+        self.tokens = tokens
+        self._bucket = bucket
+        self._amount = amount
+        self._done = False
+
+    def settle(self, tokens: float) -> None:
+        if not tokens >= 0.0 or tokens == math.inf:
+            raise ValueError(f"settled tokens must be a finite number >= 0, got {tokens!r}")
+        if self._done:
+            return
+        diff = tokens - self.tokens
+        bucket = self._bucket
+        if diff and bucket.unit == "tokens":
+            if diff > 0.0:
+                bucket.charge(diff)
+            else:
+                bucket.refund(-diff)
+            self._amount += diff
+        self.tokens = float(tokens)
+
+    def cancel(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        if self._amount > 0.0:
+            self._bucket.refund(self._amount)
+
+    async def wait(self) -> None:
+        return None

@@ -46,8 +46,13 @@ from typing import Any, Final, NoReturn, ParamSpec, TypeVar, overload
 
 from headway import events
 from headway._clock import LOOP_CLOCK, Clock, resolve_clock
-from headway.errors import ConfigurationError, RateLimitExceededError, RequestTooLargeError
-from headway.limits._reservation import Reservation, wait_reserved
+from headway.errors import ConfigurationError, MaxWaitExceededError, RequestTooLargeError
+from headway.limits._reservation import (
+    RATE_LIMITED_PAUSE,
+    Granted,
+    Reservation,
+    wait_reserved,
+)
 
 __all__ = ["UNITS", "TokenBucketRateLimiter"]
 
@@ -110,7 +115,7 @@ class TokenBucketRateLimiter:
             defaults to ``rate``.
         initial_tokens: level at creation; defaults to ``max_tokens`` (start full).
         clock: where time is read and slept (default: the running loop's clock).
-        max_wait: refuse (:class:`~headway.errors.RateLimitExceededError`) rather than
+        max_wait: refuse (:class:`~headway.errors.MaxWaitExceededError`) rather than
             wait longer than this many seconds; ``None`` waits as long as needed.
         name: shown in events and errors.
         unit: ``"requests"`` or ``"tokens"``: what :meth:`reserve` charges.
@@ -133,6 +138,7 @@ class TokenBucketRateLimiter:
     """
 
     __slots__ = (
+        "__dict__",  # instances stay mockable: patch.object(obj, "method", ...)
         "_charge",
         "_clock",
         "_holes",
@@ -243,8 +249,7 @@ class TokenBucketRateLimiter:
         Settable: ``limiter.tokens = 0`` empties the bucket (a value above
         ``max_tokens`` is clamped to it).
         """
-        level = self._level + (self._now() - self._last) * self._rps
-        return level if level < self.max_tokens else self.max_tokens
+        return self._refill(self._now())
 
     @tokens.setter
     def tokens(self, value: float) -> None:
@@ -268,7 +273,7 @@ class TokenBucketRateLimiter:
 
         The synchronous core of every other method: no await, no lock. Raises
         :class:`~headway.errors.RequestTooLargeError` when ``tokens`` exceeds
-        ``max_tokens`` and :class:`~headway.errors.RateLimitExceededError` when the wait
+        ``max_tokens`` and :class:`~headway.errors.MaxWaitExceededError` when the wait
         would exceed ``max_wait`` (this call's, else the limiter's); both reserve nothing.
         """
         if not 0.0 <= tokens <= self.max_tokens:
@@ -380,7 +385,7 @@ class TokenBucketRateLimiter:
                 max_wait=limit,
             )
         who = f" {self.name!r}" if self.name else ""
-        raise RateLimitExceededError(
+        raise MaxWaitExceededError(
             f"rate limiter{who} would make {tokens:g} {self.unit} wait {wait:.3f}s, "
             f"more than max_wait={limit:g}s; retry later or raise max_wait",
             retry_after=wait,
@@ -448,7 +453,20 @@ class TokenBucketRateLimiter:
         if not (requests >= 0.0 and tokens >= 0.0):
             raise ValueError(f"requests and tokens must be >= 0, got {requests!r}, {tokens!r}")
         amount = requests if self._is_requests else tokens
+        if amount <= self.max_tokens:
+            # try_reserve()'s go-now path, inlined: the policy's hot path.
+            now = self._now()
+            level = self._level + (now - self._last) * self._rps
+            if level > self.max_tokens:
+                level = self.max_tokens
+            level -= amount
+            if level >= 0.0 and now >= self._tail:
+                self._level = level
+                self._last = now
+                return Granted(self, requests, tokens, amount)
         delay = self.try_reserve(amount, max_wait=max_wait)
+        if delay == 0.0:
+            return Granted(self, requests, tokens, amount)
         if delay > 0.0:
             booking: tuple[tuple[int, float, float], ...] | None = (
                 (self._seq, self._prev_tail, self._shift),
@@ -539,6 +557,20 @@ class TokenBucketRateLimiter:
         """Admit nobody for ``seconds`` from now: ``pause_until(now + seconds)``."""
         seconds = _non_negative("seconds", seconds)
         self.pause_until(self._now() + seconds)
+
+    def on_rate_limited(self, delay: float | None, *, empty: bool) -> None:
+        """A rate 429 came back (the :class:`~headway.limits.Limiter` hook a Policy calls).
+
+        ``delay`` is the server's delay, already capped by the policy's
+        ``max_server_delay``. Only when the server said its bucket is ``empty`` is
+        everyone sharing this limiter paused: for ``delay``, or
+        :data:`~headway.limits.RATE_LIMITED_PAUSE` seconds without one.
+        """
+        if empty:
+            self.pause(delay if delay is not None and delay > 0.0 else RATE_LIMITED_PAUSE)
+
+    def on_success(self) -> None:
+        """An attempt succeeded: nothing to learn for a fixed limit (a no-op)."""
 
     @overload
     def sync(

@@ -42,7 +42,7 @@ class KeyedLimiter(Generic[L]):
             so keep ``max_keys`` above the number of keys active within one period.
     """
 
-    __slots__ = ("_factory", "_items", "max_keys")
+    __slots__ = ("__dict__", "_factory", "_items", "max_keys")  # "__dict__": mockable
 
     def __init__(self, factory: Callable[[str], L], *, max_keys: int = 10_000) -> None:
         if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
@@ -77,10 +77,25 @@ class KeyedLimiter(Generic[L]):
         """``get(key).reserve(requests, tokens, max_wait=max_wait)``."""
         return await self.get(key).reserve(requests, tokens, max_wait=max_wait)
 
+    def reserve_nowait(
+        self, key: str, requests: float = 1.0, tokens: float = 0.0
+    ) -> Reservation | None:
+        """``get(key).reserve_nowait(requests, tokens)`` (``None``: await :meth:`reserve`)."""
+        return self.get(key).reserve_nowait(requests, tokens)
+
     def pause_until(self, when: float) -> None:
         """Pause every limiter held now (a key-wide 429 is ``get(key).pause_until``)."""
         for limiter in self._items.values():
             limiter.pause_until(when)
+
+    def on_rate_limited(self, delay: float | None, *, empty: bool) -> None:
+        """A rate 429 for every key: each limiter held now decides (a key's own 429 is
+        ``get(key).on_rate_limited``)."""
+        for limiter in self._items.values():
+            limiter.on_rate_limited(delay, empty=empty)
+
+    def on_success(self) -> None:
+        """An attempt succeeded: a no-op (the limiters held are fixed limits)."""
 
     def __len__(self) -> int:
         return len(self._items)

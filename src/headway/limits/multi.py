@@ -29,8 +29,8 @@ from typing import NoReturn
 
 from headway import events
 from headway._clock import Clock
-from headway.errors import ConfigurationError, RateLimitExceededError
-from headway.limits._reservation import Reservation
+from headway.errors import ConfigurationError, MaxWaitExceededError
+from headway.limits._reservation import RATE_LIMITED_PAUSE, Reservation
 from headway.limits.bucket import TokenBucketRateLimiter, _non_negative
 
 __all__ = ["MultiLimiter", "Reservation"]
@@ -59,7 +59,8 @@ class MultiLimiter:
         limiters: the limits, in the order given.
     """
 
-    __slots__ = ("_clock", "_specs", "_units", "limiters", "max_wait", "name")
+    # "__dict__": instances stay mockable (patch.object(limiter, "reserve", ...)).
+    __slots__ = ("__dict__", "_clock", "_specs", "_units", "limiters", "max_wait", "name")
 
     def __init__(
         self,
@@ -153,7 +154,7 @@ class MultiLimiter:
         """Reserve on every limiter now; the synchronous core of :meth:`reserve`.
 
         Raises :class:`~headway.errors.RequestTooLargeError` if one limiter can never
-        hold the call, :class:`~headway.errors.RateLimitExceededError` if the wait would
+        hold the call, :class:`~headway.errors.MaxWaitExceededError` if the wait would
         exceed ``max_wait``; either way nothing is reserved.
         """
         if not (requests >= 0.0 and tokens >= 0.0):
@@ -243,7 +244,7 @@ class MultiLimiter:
                 max_wait=limit,
             )
         who = f" {self.name!r}" if self.name else ""
-        raise RateLimitExceededError(
+        raise MaxWaitExceededError(
             f"rate limits{who} would make a call of {requests:g} requests and {tokens:g} "
             f"tokens wait {delay:.3f}s, more than max_wait={limit:g}s; retry later or "
             "raise max_wait",
@@ -260,6 +261,15 @@ class MultiLimiter:
         """Admit nobody for ``seconds`` from now."""
         seconds = _non_negative("seconds", seconds)
         self.pause_until(self._clock.now() + seconds)
+
+    def on_rate_limited(self, delay: float | None, *, empty: bool) -> None:
+        """A rate 429: pause every limit if the server's bucket is ``empty`` (see
+        :meth:`TokenBucketRateLimiter.on_rate_limited`)."""
+        if empty:
+            self.pause(delay if delay is not None and delay > 0.0 else RATE_LIMITED_PAUSE)
+
+    def on_success(self) -> None:
+        """An attempt succeeded: a no-op for fixed limits."""
 
     def sync(
         self,

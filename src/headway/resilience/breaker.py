@@ -58,9 +58,9 @@ from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
-from headway._clock import Clock, resolve_clock
+from headway._clock import LOOP_CLOCK, Clock, resolve_clock
 from headway.errors import (
     APIClientError,
     APIConnectionError,
@@ -70,15 +70,25 @@ from headway.errors import (
     HeadwayError,
 )
 from headway.events import (
+    BREAKER_CALL_RECORDED,
     BREAKER_REJECTED,
     BREAKER_STATE_CHANGED,
+    GLOBAL_LISTENERS,
+    BreakerCallRecorded,
+    BreakerOpened,
+    BreakerStateChanged,
     EventListener,
     emit,
     enabled,
+    publish,
 )
 
 __all__ = [
+    "BreakerBackend",
     "BreakerPermit",
+    "BreakerState",
+    "BreakerStore",
+    "BreakerTicket",
     "CircuitBreaker",
     "CircuitState",
     "default_failure_predicate",
@@ -184,6 +194,58 @@ class _Window:
         self.calls = self.failures = self.slow = 0
 
 
+class BreakerStore(Protocol):
+    """Circuit state kept outside this process (shared by workers), as a store offers it.
+
+    The operations a shared breaker needs: how long the circuit stays open
+    (``open_for``), open it until a time (``publish_open``), close it
+    (``publish_closed``), try a half-open trial (``try_trial``) and give one back
+    (``release_trial``). :class:`headway.backends.RedisBreakerState` implements it; the
+    in-memory state below is the default when a breaker has no ``backend``.
+    """
+
+    def open_for(self) -> float | None:
+        """Seconds the circuit stays open cluster-wide (``<= 0``: trial time); None: closed."""
+        ...
+
+    def publish_open(self, recovery_time: float) -> None:
+        """This worker opened the circuit: open it for everyone for ``recovery_time`` s."""
+        ...
+
+    def publish_closed(self) -> None:
+        """A trial call succeeded: close the circuit for everyone."""
+        ...
+
+    def try_trial(self) -> bool:
+        """Take a cluster-wide half-open trial permit (False: all are taken)."""
+        ...
+
+    def release_trial(self) -> None:
+        """Give back a trial permit taken by :meth:`try_trial` (cancelled or excluded)."""
+        ...
+
+
+class BreakerState(Protocol):
+    """What a :class:`CircuitBreaker` reads and writes about its circuit, per call."""
+
+    state: CircuitState
+    generation: int
+    open_until: float
+    forced: bool
+    consecutive_failures: int
+    trials_in_flight: int
+    trial_successes: int
+    window: _Window | None
+
+
+class BreakerBackend(Protocol):
+    """A backend that can hold breaker state (``CircuitBreaker(backend=...)``)."""
+
+    def breaker_state(self, name: str, *, half_open_max_calls: int = 1) -> BreakerState:
+        """The state of the breaker ``name``, shared with every breaker of that name."""
+        ...
+
+
 @dataclass(slots=True)
 class _BreakerState:
     """Everything about a breaker that changes: the seam for shared backends.
@@ -277,6 +339,10 @@ class BreakerPermit:
         return f"BreakerPermit({kind}, done={self._done})"
 
 
+#: What :meth:`CircuitBreaker.try_enter` hands out: a permit, or a closed breaker's
+#: generation number (no object per call).
+BreakerTicket = BreakerPermit | int
+
 # The permits of ``async with breaker:`` blocks, innermost first, per task context.
 _GUARDS: ContextVar[tuple[BreakerPermit, Any] | None] = ContextVar(
     "headway_breaker_guards", default=None
@@ -340,7 +406,9 @@ class CircuitBreaker:
     """
 
     __slots__ = (
+        "__dict__",  # instances stay mockable: patch.object(obj, "method", ...)
         "_clock",
+        "_lean",
         "_listeners",
         "_s",
         "excluded_exceptions",
@@ -374,7 +442,7 @@ class CircuitBreaker:
         slow_call_duration: float | None = None,
         slow_call_rate_threshold: float = 1.0,
         listeners: Iterable[EventListener] = (),
-        backend: Any = None,
+        backend: BreakerBackend | None = None,
     ) -> None:
         _positive_int("failure_threshold", failure_threshold)
         _positive_int("half_open_max_calls", half_open_max_calls)
@@ -405,6 +473,7 @@ class CircuitBreaker:
         self.slow_call_rate_threshold = float(slow_call_rate_threshold)
         self._listeners: tuple[EventListener, ...] = tuple(listeners)
         self._clock = resolve_clock(clock)
+        state: BreakerState
         if backend is None:
             state = _BreakerState()
         else:
@@ -414,12 +483,22 @@ class CircuitBreaker:
                     f"{backend!r} cannot hold breaker state (it has no breaker_state()); "
                     "pass backend=None to keep the state in this process"
                 )
+            if not name:
+                raise ConfigurationError(
+                    "a breaker with a backend shares its state by name: pass name=..."
+                )
             state = factory(name, half_open_max_calls=half_open_max_calls)
         if state.window is None and (
             failure_rate_threshold is not None or slow_call_duration is not None
         ):
             state.window = _Window(self.window, self.window / WINDOW_BUCKETS)
         self._s = state
+        # Closed and counting consecutive failures only: try_enter() needs no permit.
+        self._lean = (
+            state.window is None
+            and slow_call_duration is None
+            and type(self).acquire is CircuitBreaker.acquire
+        )
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -482,6 +561,66 @@ class CircuitBreaker:
         s.trials_in_flight += 1
         return BreakerPermit(self, s.generation, True, now)
 
+    def try_enter(self) -> BreakerTicket:
+        """Ask leave for one call without waiting: a ticket for :meth:`record`/:meth:`release`.
+
+        The pipeline's form of :meth:`acquire`: while closed, a breaker that counts
+        consecutive failures only hands out its generation number instead of a
+        :class:`BreakerPermit` (no object per call). Raises
+        :class:`~headway.errors.CircuitBreakerOpenError` when open.
+        """
+        if self._lean:
+            s = self._s
+            if s.state is _CLOSED:
+                return s.generation
+        return self.acquire()
+
+    def record(
+        self,
+        ticket: BreakerTicket,
+        outcome: BaseException | None = None,
+        duration: float | None = None,
+    ) -> None:
+        """Report how the call of ``ticket`` went: ``None`` for success, else its error.
+
+        Cancellation and other non-``Exception`` outcomes give the ticket back without a
+        verdict. ``duration``: the call's seconds (for slow-call judgement).
+        """
+        if type(ticket) is not int:
+            assert isinstance(ticket, BreakerPermit)
+            if outcome is None:
+                ticket.record_success(duration)
+            else:
+                ticket.record_failure(outcome, duration)
+        elif outcome is None:
+            s = self._s
+            if s.consecutive_failures and s.generation == ticket:
+                s.consecutive_failures = 0
+        elif isinstance(outcome, Exception):
+            self._closed_failure(ticket, outcome)
+        if self._listeners or GLOBAL_LISTENERS:  # per-call events go to listeners only
+            self._call_event(outcome)
+
+    def _call_event(self, outcome: BaseException | None) -> None:
+        failure = outcome is not None and self._classify(outcome) == _FAILURE
+        data = {"exception": outcome, "failure": failure}
+        event = BreakerCallRecorded(
+            BREAKER_CALL_RECORDED,
+            self.name,
+            data,
+            LOOP_CLOCK.now(),
+            logging.DEBUG,
+            exception=outcome,
+            failure=failure,
+        )
+        publish(event, self._listeners)
+
+    def release(self, ticket: BreakerTicket) -> None:
+        """Give ``ticket`` back without a verdict (the call was never made)."""
+        if type(ticket) is not int:
+            assert isinstance(ticket, BreakerPermit)
+            ticket.release()
+
     async def execute(
         self, func: Callable[P, Awaitable[T]], /, *args: P.args, **kwargs: P.kwargs
     ) -> T:
@@ -490,13 +629,13 @@ class CircuitBreaker:
         Raises:
             CircuitBreakerOpenError: the breaker is open; ``func`` was not called.
         """
-        permit = self.acquire()
+        ticket = self.try_enter()
         try:
             result = await func(*args, **kwargs)
         except BaseException as exc:
-            permit.record_failure(exc)
+            self.record(ticket, exc)
             raise
-        permit.record_success()
+        self.record(ticket)
         return result
 
     async def __aenter__(self) -> BreakerPermit:
@@ -655,15 +794,20 @@ class CircuitBreaker:
         if old is new:
             return
         level = logging.WARNING if new is _OPEN else logging.INFO
-        emit(
-            BREAKER_STATE_CHANGED,
-            source=self.name,
-            level=level,
-            listeners=self._listeners,
-            old=old,
-            new=new,
-            reason=reason,
-        )
+        if enabled(level, self._listeners):
+            cls = BreakerOpened if new is _OPEN else BreakerStateChanged
+            data = {"old": old, "new": new, "reason": reason}
+            event = cls(
+                BREAKER_STATE_CHANGED,
+                self.name,
+                data,
+                LOOP_CLOCK.now(),
+                level,
+                old=old.value,
+                new=new.value,
+                reason=reason,
+            )
+            publish(event, self._listeners)
 
     def _rejection(self, now: float) -> CircuitBreakerOpenError:
         s = self._s

@@ -26,14 +26,25 @@ Why this order:
   or released, the reservation has been used (the call was sent) or refunded (the wait
   was cancelled).
 
-Every attempt passes the limiter and the breaker again. A :class:`~headway.RateLimitError`
-with ``retry_after`` pauses the whole shared limiter (``limiter.pause(retry_after)``),
-so every caller sharing it backs off, not just the one that got the 429. Outcomes feed an
+Every attempt passes the limiter and the breaker again. Outcomes feed an
 :class:`~headway.concurrency.AdaptiveConcurrency` (success with latency, overload on
-429 / timeout / 503) through its slot. Cancellation from outside is never retried and
-gives back what it held.
+429 / timeout / 503) through its slot, and the limiter (``limiter.on_success()``,
+``limiter.on_rate_limited(delay, empty=...)``). Cancellation from outside is never
+retried and gives back what it held.
 
-Two ways to call:
+Rate 429s (:class:`~headway.RateLimitError`; a quota 429 is a
+:class:`~headway.QuotaExceededError`, never retried) are not failures while the server
+keeps answering (``rate_limits="wait"``, the default): the request waits, holding
+nothing, for the server's delay (capped by the retry policy's ``max_server_delay``) or
+its backoff, and goes again; these waits draw nothing from the retry budget and do not
+count towards ``max_retries``. Only ``total_timeout`` ends them. When the server says its
+bucket is empty (``RateLimitError.bucket_empty``, true for a 429 without rate-limit
+headers) the limiter is told (``on_rate_limited``) and pauses everyone sharing it, for
+at most ``max_server_delay``; otherwise only this request backs off.
+``rate_limits="retry"`` counts rate 429s as ordinary retries instead, and
+``RetryPolicy(max_retries=0)`` (or ``retry=None``) makes one attempt, 429 or not.
+
+Three ways to call:
 
 * ``await policy.execute(func, *args, requests=1, tokens=0, **kwargs)`` for any
   coroutine function;
@@ -42,6 +53,11 @@ Two ways to call:
   limiter :class:`~headway.limits.Reservation` (``ctx.settle(actual_tokens)``) and the
   limiter itself (to ``sync`` it from rate-limit headers). This is what the HTTP layer
   uses.
+* ``lease = await policy.open(attempt_fn, requests=1, tokens=estimate)`` for a call
+  whose result is used after the attempt returns (a stream): the successful attempt's
+  concurrency slot, reservation and breaker verdict stay in the :class:`Lease` until
+  ``await lease.aclose(exc)`` (or the end of ``async with lease:``), however the use
+  ends.
 
 >>> import asyncio
 >>> from headway import APIConnectionError
@@ -68,23 +84,44 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from headway._clock import LOOP_CLOCK, Clock, resolve_clock
 from headway.errors import ConfigurationError, RateLimitError
 from headway.events import EventListener
-from headway.resilience.breaker import _CLOSED, CircuitBreaker
-from headway.resilience.retry import RetryBudget, RetryPolicy
+from headway.resilience.breaker import BreakerTicket, CircuitBreaker
+from headway.resilience.retry import RetryPolicy
+from headway.resilience.retry.schedule import DEFAULT_MAX_SERVER_DELAY
 from headway.resilience.timeouts import Deadline
 
 if TYPE_CHECKING:
     from headway.concurrency import AdaptiveConcurrency, ConcurrencyLimit
-    from headway.limits import Limiter, Reservation, TokenBucketRateLimiter
+    from headway.limits import Limiter, Reservation
+    from headway.resilience.retry.engine import RetryEngine
 
-__all__ = ["AttemptContext", "Policy"]
+    # retry engine, breaker, plain pool, measured pool, limiter, timed?, attempt timeout, clock
+    _Plan = tuple[
+        RetryEngine | None,
+        CircuitBreaker | None,
+        ConcurrencyLimit | None,
+        ConcurrencyLimit | None,
+        Limiter | None,
+        bool,
+        float | None,
+        Clock,
+    ]
+
+__all__ = ["AttemptContext", "Lease", "Policy"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+_NO_KWARGS: dict[str, Any] = {}  # never mutated: ``fn(*args, **{})`` copies it
+
+#: How a :class:`Policy` treats rate 429s: ``"wait"`` (not failures; only the total
+#: deadline ends them) or ``"retry"`` (ordinary retries, counted and budgeted).
+RateLimits = Literal["wait", "retry"]
 
 
 class _Default:
@@ -103,49 +140,118 @@ class AttemptContext:
     """What one attempt of :meth:`Policy.run` gets to know and to steer.
 
     Attributes:
-        attempt: 1 for the first attempt, 2 for the first retry, ...
+        attempt: 1 for the first attempt, 2 for the next one, ...
         reservation: the limiter reservation of this attempt (``None`` without a limiter).
         limiter: the policy's limiter, to ``sync`` from rate-limit headers or pause.
         policy: the policy running the call.
 
-        keep_slot: set it to ``True`` inside the attempt to keep the attempt's concurrency
-            slot when it succeeds (for a stream, whose body is read after the attempt
-            returns); the caller must then ``await ctx.release_slot()`` when done.
-
     One context object is reused by the attempts of a call.
     """
 
-    __slots__ = ("_kept", "attempt", "keep_slot", "limiter", "policy", "reservation")
+    __slots__ = ("attempt", "limiter", "policy", "reservation")
 
     def __init__(self, policy: Policy, limiter: Limiter | None) -> None:
         self.attempt = 0
         self.reservation: Reservation | None = None
         self.limiter = limiter
         self.policy = policy
-        self.keep_slot = False
-        self._kept: Any = None
 
     def settle(self, tokens: float) -> None:
         """Record the actual token use of this attempt (no-op without a limiter)."""
         if self.reservation is not None:
             self.reservation.settle(tokens)
 
-    async def release_slot(self, exc: BaseException | None = None) -> None:
-        """Give back the slot kept by ``keep_slot`` (idempotent; no-op if none was kept).
-
-        ``exc``: how the use of the slot ended, for an adaptive limit's bookkeeping.
-        """
-        kept, self._kept = self._kept, None
-        if kept is None:
-            return
-        # A ConcurrencyLimit, or an AdaptiveConcurrency slot: both release on __aexit__.
-        if exc is None:
-            await kept.__aexit__(None, None, None)
-        else:
-            await kept.__aexit__(type(exc), exc, exc.__traceback__)
-
     def __repr__(self) -> str:
         return f"<AttemptContext attempt={self.attempt} reservation={self.reservation!r}>"
+
+
+class Lease(Generic[T]):
+    """A successful attempt's result with what it still holds, until :meth:`aclose`.
+
+    Returned by :meth:`Policy.open`: the concurrency slot, the limiter reservation (to
+    :meth:`settle` when the real token use is known) and the breaker's verdict, which
+    :meth:`aclose` records (success for ``exc=None``, else ``exc`` judged as the
+    breaker judges errors; cancellation and ``GeneratorExit`` give it back unjudged).
+    Whoever opens a lease closes it; ``async with lease:`` does so.
+
+    Attributes:
+        value: what the attempt returned (for a stream: the open response).
+        attempt: the number of the attempt that succeeded.
+        reservation: its limiter reservation, or ``None``.
+    """
+
+    def __init__(
+        self,
+        value: T,
+        attempt: int,
+        reservation: Reservation | None,
+        pool: ConcurrencyLimit | None,
+        slot: Any,
+        breaker: CircuitBreaker | None,
+        ticket: BreakerTicket | None,
+    ) -> None:
+        self.value = value
+        self.attempt = attempt
+        self.reservation = reservation
+        self._pool = pool
+        self._slot = slot
+        self._breaker = breaker
+        self._ticket = ticket
+        self._open = True
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` ran."""
+        return not self._open
+
+    def settle(self, tokens: float) -> None:
+        """Record the actual token use (no-op without a reservation)."""
+        if self.reservation is not None:
+            self.reservation.settle(tokens)
+
+    async def aclose(self, exc: BaseException | None = None) -> None:
+        """Give everything back; ``exc`` says how the use ended (idempotent)."""
+        if not self._open:
+            return
+        self._open = False
+        _finish(self._pool, self._slot, self._breaker, self._ticket, exc, True, None)
+
+    async def __aenter__(self) -> Lease[T]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose(exc)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<Lease {state} attempt={self.attempt} value={type(self.value).__name__}>"
+
+
+def _finish(
+    pool: ConcurrencyLimit | None,
+    slot: Any,
+    breaker: CircuitBreaker | None,
+    ticket: BreakerTicket | None,
+    outcome: BaseException | None,
+    judged: bool,
+    duration: float | None,
+) -> None:
+    """Give back what an attempt held: its slot (a measured slot learns the outcome) and
+    its breaker ticket (judged by ``outcome`` if the call was made, else given back)."""
+    if slot is not None:
+        slot.release(outcome if outcome is None or isinstance(outcome, Exception) else None)
+    elif pool is not None:
+        pool.release()
+    if ticket is not None and breaker is not None:
+        if judged and (outcome is None or isinstance(outcome, Exception)):
+            breaker.record(ticket, outcome, duration)
+        else:
+            breaker.release(ticket)
 
 
 class Policy:
@@ -153,7 +259,7 @@ class Policy:
 
     See :mod:`headway.resilience.policy` for the order and why. Every argument is
     optional; a bare ``Policy()`` retries transient errors (:func:`headway.is_retryable`)
-    three times with full-jitter backoff under a retry budget.
+    three times with full-jitter backoff under a retry budget, and waits out rate 429s.
 
     Args:
         retry: a :class:`RetryPolicy`; by default ``RetryPolicy()``; ``None`` never retries.
@@ -170,23 +276,12 @@ class Policy:
             Deadlines always run on the event loop's clock.
         name: the ``source`` of this policy's events.
         listeners: extra event listeners for this policy's retry and timeout events.
+        rate_limits: ``"wait"`` (default): rate 429s are waited out, uncounted, until
+            ``total_timeout``; ``"retry"``: they are ordinary, counted retries.
 
     Raises:
         ConfigurationError: for a timeout <= 0 or a concurrency that is not one of the above.
     """
-
-    __slots__ = (
-        "_attempt_timeout",
-        "_breaker",
-        "_cfg",
-        "_clock",
-        "_concurrency",
-        "_limiter",
-        "_listeners",
-        "_name",
-        "_retry",
-        "_total_timeout",
-    )
 
     def __init__(
         self,
@@ -200,6 +295,7 @@ class Policy:
         clock: Clock | None = None,
         name: str | None = None,
         listeners: tuple[EventListener, ...] = (),
+        rate_limits: RateLimits = "wait",
     ) -> None:
         if retry is DEFAULT:
             retry = RetryPolicy(clock=clock, name=name)
@@ -208,6 +304,8 @@ class Policy:
         for what, value in (("attempt_timeout", attempt_timeout), ("total_timeout", total_timeout)):
             if value is not None and not value > 0:
                 raise ConfigurationError(f"{what} must be > 0 seconds or None, got {value!r}")
+        if rate_limits not in ("wait", "retry"):
+            raise ConfigurationError(f"rate_limits must be 'wait' or 'retry', got {rate_limits!r}")
         if clock is None and retry is not None and retry.clock is not None:
             clock = retry.clock
         self._retry = retry
@@ -219,26 +317,24 @@ class Policy:
         self._clock = resolve_clock(clock)
         self._name = name
         self._listeners = tuple(listeners)
-        # Everything the hot path needs, in one tuple (one attribute load per call).
-        # A plain pool is driven directly (sync fast path); an adaptive limit through its
-        # slot(), which measures and reports each call's outcome. MultiLimiter has a
-        # synchronous reserve (no coroutine per call); a plain TokenBucketRateLimiter is
-        # charged directly when nobody sees the reservation (execute, wrap). A plain
-        # closed breaker without a window is asked without a permit object. Durations
-        # are measured only for a breaker that judges slow calls.
-        pool = conc if conc is not None and _plain_pool(conc) else None
-        self._cfg = (
-            None if retry is None else retry._engine(),
+        self._rate_limits = rate_limits
+        measured = conc is not None and conc.measures_calls
+        full: Limiter | None = _as_limiter(limiter)
+        # What the loop needs, in one tuple (one attribute load per call).
+        self._plan: _Plan = (
+            None if retry is None else retry.engine(),
             breaker,
-            _breaker_state(breaker),
-            pool,
-            conc if conc is not None and pool is None else None,
-            limiter,
-            getattr(limiter, "reserve_nowait", None),
-            _plain_bucket(limiter),
-            attempt_timeout,
+            None if measured else conc,
+            conc if measured else None,
+            full,
             breaker is not None and breaker.slow_call_duration is not None,
+            attempt_timeout,
             self._clock,
+        )
+        self._on_rate_limited = None if full is None else full.on_rate_limited
+        self._rate_wait = rate_limits == "wait" and retry is not None and retry.max_retries > 0
+        self._max_server_delay = (
+            DEFAULT_MAX_SERVER_DELAY if retry is None else retry.max_server_delay
         )
 
     @property
@@ -286,6 +382,11 @@ class Policy:
         """The clock backoff sleeps go through."""
         return self._clock
 
+    @property
+    def rate_limits(self) -> RateLimits:
+        """How rate 429s are treated: ``"wait"`` or ``"retry"``."""
+        return self._rate_limits
+
     # -- entry points ----------------------------------------------------------------------
     def execute(
         self,
@@ -303,8 +404,8 @@ class Policy:
         coroutine, one frame cheaper than an ``async def``; await it, or make a task.)
         """
         if self._total_timeout is None:
-            return self._call(func, args, kwargs, requests, tokens, None)
-        return self._call_total(func, args, kwargs, requests, tokens)
+            return self._call(func, args, kwargs, requests, tokens, None, None, False)
+        return self._call_total(func, args, kwargs, requests, tokens, None, False)
 
     def run(
         self,
@@ -324,22 +425,61 @@ class Policy:
         >>> asyncio.run(Policy(retry=None).run(attempt))
         1
         """
+        ctx = AttemptContext(self, self._limiter)
         if self._total_timeout is None:
-            return self._call(attempt_fn, None, None, requests, tokens, None)
-        return self._call_total(attempt_fn, None, None, requests, tokens)
+            return self._call(attempt_fn, (ctx,), _NO_KWARGS, requests, tokens, None, ctx, False)
+        return self._call_total(attempt_fn, (ctx,), _NO_KWARGS, requests, tokens, ctx, False)
+
+    async def open(
+        self,
+        attempt_fn: Callable[[AttemptContext], Awaitable[T]],
+        /,
+        *,
+        requests: float = 1.0,
+        tokens: float = 0.0,
+    ) -> Lease[T]:
+        """Like :meth:`run`, but the successful attempt keeps what it holds in a :class:`Lease`.
+
+        For a result used after the attempt returns, such as a stream: its concurrency
+        slot stays taken and its breaker verdict waits until ``await lease.aclose(exc)``.
+
+        >>> import asyncio
+        >>> policy = Policy(concurrency=1)
+        >>> async def attempt(ctx: AttemptContext) -> str:
+        ...     return "stream"
+        >>> async def main() -> tuple[str, int, int]:
+        ...     async with await policy.open(attempt) as lease:
+        ...         inside = policy.concurrency.in_use
+        ...     return lease.value, inside, policy.concurrency.in_use
+        >>> asyncio.run(main())
+        ('stream', 1, 0)
+        """
+        ctx = AttemptContext(self, self._limiter)
+        args = (ctx,)
+        if self._total_timeout is None:
+            lease: Lease[T] = await self._call(
+                attempt_fn, args, _NO_KWARGS, requests, tokens, None, ctx, True
+            )
+        else:
+            lease = await self._call_total(
+                attempt_fn, args, _NO_KWARGS, requests, tokens, ctx, True
+            )
+        return lease
 
     async def _call_total(
         self,
-        fn: Callable[..., Awaitable[T]],
-        args: tuple[Any, ...] | None,
-        kwargs: dict[str, Any] | None,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
         requests: float,
         tokens: float,
-    ) -> T:
+        ctx: AttemptContext | None,
+        keep: bool,
+    ) -> Any:
         async with Deadline(
             self._total_timeout, scope="total", source=self._name, listeners=self._listeners
         ) as dl:
-            return await self._call(fn, args, kwargs, requests, tokens, dl)
+            return await self._call(fn, args, kwargs, requests, tokens, dl, ctx, keep)
 
     def wrap(self, func: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorate ``func`` so that every call goes through the policy (signature kept).
@@ -358,88 +498,50 @@ class Policy:
         @functools.wraps(func)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
             if self._total_timeout is None:
-                return await call(func, args, kwargs, 1.0, 0.0, None)
-            return await call_total(func, args, kwargs, 1.0, 0.0)
+                result: T = await call(func, args, kwargs, 1.0, 0.0, None, None, False)
+            else:
+                result = await call_total(func, args, kwargs, 1.0, 0.0, None, False)
+            return result
 
         return wrapper
 
-    # -- the loop ----------------------------------------------------------------------------
+    # -- the pipeline ----------------------------------------------------------------------
     async def _call(
         self,
-        fn: Callable[..., Awaitable[T]],
-        args: tuple[Any, ...] | None,
-        kwargs: dict[str, Any] | None,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
         requests: float,
         tokens: float,
         total: Deadline | None,
-    ) -> T:
-        (
-            rt,
-            breaker,
-            bstate,
-            pool,
-            adaptive,
-            limiter,
-            reserve_now,
-            bucket,
-            attempt_timeout,
-            timed,
-            clock,
-        ) = self._cfg
-        ctx: AttemptContext | None = None
-        amount = None  # units charged on a plain bucket directly (no Reservation)
-        if args is None:
-            ctx = AttemptContext(self, limiter)
-        elif bucket is not None and requests >= 0.0 and tokens >= 0.0:
-            amount = requests if bucket._is_requests else tokens
-        previous = 0.0
-        if rt is not None:
-            budget = rt.budget
-            if budget is not None:
-                if (
-                    type(budget) is not RetryBudget
-                    or budget._epoch is None
-                    or budget._pending >= budget.BATCH - 1
-                ):
-                    budget.record_request()
-                else:
-                    budget._pending += 1  # record_request(), inlined: no clock reading
-            previous = rt.base_delay
-        attempt = 0
+        ctx: AttemptContext | None,
+        keep: bool,
+    ) -> Any:
+        rt, breaker, pool, slots, limiter, timed, timeout, clock = self._plan
+        if rt is not None and rt.budget is not None:
+            rt.budget.record_request()
+        attempt = failures = waits = 0
+        previous = 0.0 if rt is None else rt.base_delay
         while True:
             attempt += 1
-            permit = None
-            generation = None  # a closed plain breaker's generation: a permit without object
-            held = False
-            slot = None
-            called = False
+            ticket = slot = reservation = None
+            held = called = False
             started = 0.0
             try:
-                if bstate is not None and bstate.state is _CLOSED:
-                    generation = bstate.generation
-                elif breaker is not None:
-                    permit = breaker.acquire()
+                if breaker is not None:
+                    ticket = breaker.try_enter()
                 if pool is not None:
-                    if pool._in_use < pool._limit and not pool._waiters:
-                        pool._in_use += 1  # try_acquire() inlined
-                    else:
+                    if not pool.try_acquire():
                         await pool.acquire()
                     held = True
-                elif adaptive is not None:
-                    cm = adaptive.slot()
-                    await cm.__aenter__()
-                    slot = cm
-                reservation = None
-                if amount is not None:
-                    delay = bucket.try_reserve(amount)  # type: ignore[union-attr]
-                    if delay > 0.0:  # the wait gives the units back if cancelled
-                        await bucket._sleep_reserved(delay)  # type: ignore[union-attr]
-                elif reserve_now is not None:
-                    reservation = reserve_now(requests, tokens)
-                    if reservation.delay > 0.0:
-                        await reservation.wait()
-                elif limiter is not None:
-                    reservation = await limiter.reserve(requests, tokens)
+                elif slots is not None:
+                    taking = slots.slot()
+                    await taking.__aenter__()
+                    slot = taking  # held only once taken
+                if limiter is not None:
+                    reservation = limiter.reserve_nowait(requests, tokens)
+                    if reservation is None:
+                        reservation = await limiter.reserve(requests, tokens)
                     if reservation.delay > 0.0:
                         await reservation.wait()
                 if ctx is not None:
@@ -448,86 +550,75 @@ class Policy:
                 if timed:
                     started = clock.now()
                 called = True
-                if attempt_timeout is None:
-                    if ctx is None:
-                        result = await fn(*args, **kwargs)  # type: ignore[misc,arg-type]
-                    else:
-                        result = await fn(ctx)
+                if timeout is None:
+                    result = await fn(*args, **kwargs)
                 else:
-                    async with Deadline(
-                        attempt_timeout,
-                        scope="attempt",
-                        source=self._name,
-                        listeners=self._listeners,
-                    ):
-                        if ctx is None:
-                            result = await fn(*args, **kwargs)  # type: ignore[misc,arg-type]
-                        else:
-                            result = await fn(ctx)
+                    async with self._attempt_deadline(timeout):
+                        result = await fn(*args, **kwargs)
             except BaseException as exc:
-                if held:
-                    pool._in_use -= 1  # type: ignore[union-attr]  # release(), inlined
-                    if pool._waiters:  # type: ignore[union-attr]
-                        pool._wake()  # type: ignore[union-attr]
-                elif slot is not None:
-                    await slot.__aexit__(type(exc), exc, exc.__traceback__)
-                if generation is not None:
-                    # Stopped before the call, or cancelled: nothing to record (releasing
-                    # a closed breaker's permit changes nothing).
-                    if called and isinstance(exc, Exception):
-                        breaker._closed_failure(generation, exc)  # type: ignore[union-attr]
-                elif permit is not None:
-                    if called and isinstance(exc, Exception):
-                        permit.record_failure(exc, clock.now() - started if timed else None)
-                    else:
-                        # Cancelled, or stopped before the call (no slot, limiter refusal).
-                        permit.release()
-                if not isinstance(exc, Exception):
-                    raise
-                if limiter is not None and isinstance(exc, RateLimitError):
-                    self._pause(limiter, exc)
-                if rt is None:
-                    raise
-                remaining = None
-                if total is not None:
-                    when = total.when()
-                    if when is not None:
-                        remaining = when - LOOP_CLOCK.now()
-                delay = rt.next_delay(
-                    exc, attempt, previous, remaining, self._name, self._listeners
+                spent = clock.now() - started if timed else None
+                _finish(pool if held else None, slot, breaker, ticket, exc, called, spent)
+                delay, failures, waits, previous = self._after_failure(
+                    exc, failures, waits, previous, total
                 )
                 if delay is None:
                     raise
-                previous = delay if delay > 0.0 else rt.base_delay
             else:
-                if ctx is not None and ctx.keep_slot and (held or slot is not None):
-                    ctx._kept = pool if held else slot  # the caller releases it
-                elif held:
-                    pool._in_use -= 1  # type: ignore[union-attr]  # release(), inlined
-                    if pool._waiters:  # type: ignore[union-attr]
-                        pool._wake()  # type: ignore[union-attr]
+                if limiter is not None:
+                    limiter.on_success()
+                if keep:
+                    return Lease(result, attempt, reservation, pool, slot, breaker, ticket)
+                if held and pool is not None:
+                    pool.release()
                 elif slot is not None:
-                    await slot.__aexit__(None, None, None)
-                if generation is not None:
-                    # permit.record_success() of a closed breaker without a window.
-                    if bstate.generation == generation:
-                        bstate.consecutive_failures = 0
-                elif permit is not None:
-                    permit.record_success(clock.now() - started if timed else None)
+                    slot.release(None)
+                if ticket is not None and breaker is not None:
+                    breaker.record(ticket, None, clock.now() - started if timed else None)
                 return result
             if delay > 0.0:
                 await clock.sleep(delay)
 
-    @staticmethod
-    def _pause(limiter: Limiter, exc: RateLimitError) -> None:
-        seconds = exc.retry_after
-        if seconds is None or seconds <= 0.0:
-            return
-        pause = getattr(limiter, "pause", None)
-        if pause is not None:
-            pause(seconds)
-        else:
-            limiter.pause_until(resolve_clock(None).now() + seconds)
+    def _attempt_deadline(self, seconds: float) -> Deadline:
+        return Deadline(seconds, scope="attempt", source=self._name, listeners=self._listeners)
+
+    def _after_failure(
+        self,
+        exc: BaseException,
+        failures: int,
+        waits: int,
+        previous: float,
+        total: Deadline | None,
+    ) -> tuple[float | None, int, int, float]:
+        """After a failed attempt: the delay before the next one (``None``: give up) and
+        the updated counts of failures and rate waits, and the last backoff delay.
+
+        A rate 429 with ``rate_limits="wait"`` is a wait, not a failure: it draws no
+        budget and does not count towards ``max_retries``.
+        """
+        if not isinstance(exc, Exception):
+            return None, failures, waits, previous  # cancellation: never retried
+        rt = self._plan[0]
+        if isinstance(exc, RateLimitError) and self._on_rate_limited is not None:
+            delay = exc.retry_after
+            if delay is not None and delay > self._max_server_delay:
+                delay = self._max_server_delay
+            self._on_rate_limited(delay, empty=exc.bucket_empty)
+        if rt is None:
+            return None, failures, waits, previous
+        remaining = None
+        if total is not None:
+            when = total.when()
+            if when is not None:
+                remaining = when - LOOP_CLOCK.now()
+        if self._rate_wait and isinstance(exc, RateLimitError):
+            waits += 1
+            wait = rt.rate_delay(exc, waits, remaining, self._name, self._listeners)
+            return wait, failures, waits, previous
+        failures += 1
+        after = rt.next_delay(exc, failures, previous, remaining, self._name, self._listeners)
+        if after is not None:
+            previous = after if after > 0.0 else rt.base_delay
+        return after, failures, waits, previous
 
     def __repr__(self) -> str:
         parts = []
@@ -542,56 +633,44 @@ class Policy:
         return f"Policy({', '.join(parts)})"
 
 
-def _plain_pool(conc: Any) -> bool:
-    """Whether ``conc`` is a plain ConcurrencyLimit the loop may drive directly."""
-    from headway.concurrency import ConcurrencyLimit
+class _LimiterAdapter:
+    """A duck-typed limiter (``reserve`` and ``pause_until`` or ``pause``) seen as a full
+    :class:`~headway.limits.Limiter`."""
 
-    cls = type(conc)
-    return (
-        cls.slot is ConcurrencyLimit.slot
-        and cls.acquire is ConcurrencyLimit.acquire
-        and cls.release is ConcurrencyLimit.release
-        and cls._wake is ConcurrencyLimit._wake
-    )
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.reserve = inner.reserve
+        self.sync = getattr(inner, "sync", None)
 
-
-def _plain_bucket(limiter: Any) -> TokenBucketRateLimiter | None:
-    """``limiter`` if it is a plain TokenBucketRateLimiter (charged without a Reservation)."""
-    from headway.limits.bucket import TokenBucketRateLimiter
-
-    if limiter is None:
+    def reserve_nowait(self, requests: float = 1.0, tokens: float = 0.0) -> None:
         return None
-    cls = type(limiter)
-    if (
-        isinstance(limiter, TokenBucketRateLimiter)
-        and cls.reserve_nowait is TokenBucketRateLimiter.reserve_nowait
-        and cls.try_reserve is TokenBucketRateLimiter.try_reserve
-        and cls._sleep_reserved is TokenBucketRateLimiter._sleep_reserved
+
+    def pause_until(self, when: float) -> None:
+        self.inner.pause_until(when)
+
+    def pause(self, seconds: float) -> None:
+        pause = getattr(self.inner, "pause", None)
+        if pause is not None:
+            pause(seconds)
+        else:
+            self.inner.pause_until(resolve_clock(None).now() + seconds)
+
+    def on_rate_limited(self, delay: float | None, *, empty: bool) -> None:
+        if empty and delay is not None and delay > 0.0:
+            self.pause(delay)
+
+    def on_success(self) -> None:
+        return None
+
+
+def _as_limiter(limiter: Any) -> Any:
+    """``limiter`` itself if it has the whole protocol, else an adapter around it."""
+    if limiter is None or all(
+        callable(getattr(limiter, name, None))
+        for name in ("reserve_nowait", "on_rate_limited", "on_success")
     ):
         return limiter
-    return None
-
-
-def _breaker_state(breaker: CircuitBreaker | None) -> Any:
-    """The state of a plain breaker that counts consecutive failures only, else ``None``.
-
-    For such a breaker, a call in the closed state needs no :class:`BreakerPermit`: its
-    success only resets the failure count (if no transition happened meanwhile), and
-    only a failure needs the permit's judgement.
-    """
-    if breaker is None:
-        return None
-    cls = type(breaker)
-    if (
-        cls.acquire is CircuitBreaker.acquire
-        and cls._finish is CircuitBreaker._finish
-        and cls._closed_failure is CircuitBreaker._closed_failure
-        and cls._classify is CircuitBreaker._classify
-        and breaker.slow_call_duration is None
-        and breaker._s.window is None
-    ):
-        return breaker._s
-    return None
+    return _LimiterAdapter(limiter)
 
 
 def _concurrency(value: Any) -> ConcurrencyLimit | None:

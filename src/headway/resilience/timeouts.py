@@ -29,31 +29,16 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 from types import TracebackType
-from typing import Annotated, Literal, TypeVar
-
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Literal, TypeVar
 
 from headway.errors import APITimeoutError
 from headway.events import TIMEOUT, EventListener, emit, enabled
 
-__all__ = ["Deadline", "Timeouts", "deadline", "with_timeout"]
+__all__ = ["Deadline", "deadline", "with_timeout"]
 
 T = TypeVar("T")
 
 Scope = Literal["attempt", "total"]
-
-
-class Timeouts(BaseModel):
-    """The two deadlines of a call: one per attempt, one for the whole call with retries.
-
-    >>> Timeouts(attempt=10, total=60)
-    Timeouts(attempt=10.0, total=60.0)
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    attempt: Annotated[float | None, Field(gt=0)] = None
-    total: Annotated[float | None, Field(gt=0)] = None
 
 
 class Deadline:

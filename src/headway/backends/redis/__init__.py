@@ -34,9 +34,6 @@ from headway.backends.redis.backend import (
     RedisBackend,
     RedisBackendConfig,
 )
-from headway.backends.redis.backend import (
-    _Unavailable as _Unavailable,  # imported from here by headway.backends._breaker
-)
 from headway.backends.redis.limiter import RedisLimiter
 from headway.backends.redis.reservation import RedisReservation
 

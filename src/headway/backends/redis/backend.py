@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+import headway.backends._scripts as _scripts
 from headway._clock import Clock, resolve_clock
 from headway._secrets import redact_url
-from headway.backends import _scripts
 from headway.backends._base import Limit, limits_of, llm_limits
 from headway.errors import BackendUnavailableError, ConfigurationError
 from headway.events import emit

@@ -16,7 +16,7 @@ from headway.backends._base import Limit
 from headway.backends._model import LocalBuckets
 from headway.backends.redis.backend import _Unavailable
 from headway.backends.redis.reservation import _ALLOW, _LOCAL, _SHARED, RedisReservation, _Slot
-from headway.errors import ConfigurationError, RateLimitExceededError, RequestTooLargeError
+from headway.errors import ConfigurationError, MaxWaitExceededError, RequestTooLargeError
 from headway.events import (
     LIMITER_PAUSED,
     LIMITER_REJECTED,
@@ -25,6 +25,7 @@ from headway.events import (
     emit,
     enabled,
 )
+from headway.limits import RATE_LIMITED_PAUSE
 
 if TYPE_CHECKING:
     from headway.backends.redis.backend import RedisBackend
@@ -118,7 +119,7 @@ class RedisLimiter:
         """Reserve ``requests`` and ``tokens`` from every limit now; wait ``delay`` after.
 
         Raises :class:`~headway.errors.RequestTooLargeError` if a limit can never hold
-        the amount, :class:`~headway.errors.RateLimitExceededError` if the wait would
+        the amount, :class:`~headway.errors.MaxWaitExceededError` if the wait would
         exceed ``max_wait`` (nothing is reserved then), and, during a Redis outage with
         ``on_backend_error="fail"``, :class:`~headway.errors.BackendUnavailableError`.
 
@@ -331,10 +332,10 @@ class RedisLimiter:
 
     def _rejection(
         self, amounts: list[float], wait: float, max_wait: float | None
-    ) -> RateLimitExceededError:
+    ) -> MaxWaitExceededError:
         if enabled():
             emit(LIMITER_REJECTED, source=self.name, tokens=amounts, wait=wait, max_wait=max_wait)
-        return RateLimitExceededError(
+        return MaxWaitExceededError(
             f"limiter {self.name!r}: admission in {wait:.3f}s would exceed "
             f"max_wait={max_wait or 0.0:g}s; nothing was reserved",
             retry_after=wait,
@@ -409,6 +410,19 @@ class RedisLimiter:
     def pause(self, seconds: float) -> None:
         """:meth:`pause_until` ``now + seconds``."""
         self.pause_until(self.clock.now() + seconds)
+
+    def reserve_nowait(self, requests: float = 1.0, tokens: float = 0.0) -> RedisReservation | None:
+        """Always ``None``: a shared reservation needs a round trip; await :meth:`reserve`."""
+        return None
+
+    def on_rate_limited(self, delay: float | None, *, empty: bool) -> None:
+        """A rate 429: pause every worker if the server's bucket is ``empty`` (for
+        ``delay``, already capped by the policy, or ``RATE_LIMITED_PAUSE`` seconds)."""
+        if empty:
+            self.pause(delay if delay is not None and delay > 0.0 else RATE_LIMITED_PAUSE)
+
+    def on_success(self) -> None:
+        """An attempt succeeded: a no-op for fixed limits."""
 
     def sync(
         self,

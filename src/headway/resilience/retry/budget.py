@@ -36,6 +36,7 @@ class RetryBudget:
     """
 
     __slots__ = (
+        "__dict__",  # instances stay mockable: patch.object(obj, "method", ...)
         "_clock",
         "_epoch",
         "_floor",
@@ -118,15 +119,22 @@ class RetryBudget:
         return epoch % self._n
 
     def record_request(self) -> None:
-        """Count one call (its first attempt) towards the budget."""
+        """Count one call (its first attempt) towards the budget (cheap: no clock read
+        except for the first deposit and every :attr:`BATCH`-th)."""
         if self._epoch is None:
             self._slot()  # the first deposit reads the clock
-        self._pending += 1
-        if self._pending >= self.BATCH:
+        pending = self._pending + 1
+        self._pending = pending
+        if pending >= self.BATCH:
             self._slot()
 
-    def try_spend(self) -> bool:
+    def try_withdraw(self) -> bool:
         """Withdraw one retry if the budget allows it; return whether it did."""
+        return self.try_spend()
+
+    def try_spend(self) -> bool:
+        """Withdraw one retry if the budget allows it; return whether it did
+        (the older name of :meth:`try_withdraw`)."""
         epoch = int(self._now() // self._width)
         last = self._epoch
         pending = self._pending

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from typing import Annotated, Any, ParamSpec, TypeVar
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from typing import Annotated, Any, ParamSpec, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from headway._clock import Clock
-from headway.errors import is_retryable
+from headway.errors import ConfigurationError, is_retryable
 from headway.events import EventListener
 from headway.resilience.retry.budget import RetryBudget
-from headway.resilience.retry.engine import _Engine
+from headway.resilience.retry.engine import RetryEngine
 from headway.resilience.retry.schedule import (
     DEFAULT_MAX_SERVER_DELAY,
     ExceptionTypes,
@@ -39,7 +40,11 @@ class RetryPolicy(BaseModel):
         jitter: ``True`` (= ``"full"``), ``False`` (= ``"none"``), ``"equal"`` or
             ``"decorrelated"``; see the table in :mod:`headway.resilience.retry`.
         retry_on: exception types to retry, or a predicate ``(exc) -> bool``. Default:
-            :func:`headway.is_retryable` (transient errors by headway's table).
+            :func:`headway.is_retryable` (transient errors by headway's table). An
+            ``async def`` predicate is refused here (a predicate must answer at once).
+        retry_on_result: a predicate ``(result) -> bool``; a result it accepts is retried
+            like an error (same schedule and budget); when retries run out, the last
+            result is returned. Not awaited: ``async def`` predicates are refused.
         exclude: exception types never retried.
         max_server_delay: longest ``retry_after`` honoured; above it the call gives up.
         budget: a :class:`RetryBudget` shared by every call; ``None`` turns it off.
@@ -62,6 +67,7 @@ class RetryPolicy(BaseModel):
     backoff_factor: Annotated[float, Field(ge=1.0)] = 2.0
     jitter: bool | JitterMode = True
     retry_on: type[BaseException] | ExceptionTypes | RetryPredicate = is_retryable
+    retry_on_result: Callable[[Any], bool] | None = None
     exclude: type[BaseException] | ExceptionTypes = ()
     max_server_delay: Annotated[float, Field(ge=0)] = DEFAULT_MAX_SERVER_DELAY
     budget: RetryBudget | None = Field(default_factory=RetryBudget)
@@ -78,6 +84,18 @@ class RetryPolicy(BaseModel):
             raise ValueError(
                 f"retry_on must be exception types or a predicate (exc) -> bool; got {value!r}"
             )
+        _refuse_async(value, "retry_on")
+        return value
+
+    @field_validator("retry_on_result", mode="before")
+    @classmethod
+    def _check_retry_on_result(cls, value: Any) -> Any:
+        if value is not None:
+            if not callable(value):
+                raise ValueError(
+                    f"retry_on_result must be a predicate (result) -> bool; got {value!r}"
+                )
+            _refuse_async(value, "retry_on_result")
         return value
 
     @field_validator("exclude", mode="before")
@@ -97,22 +115,22 @@ class RetryPolicy(BaseModel):
             raise ValueError(
                 f"max_delay ({self.max_delay}) must be >= base_delay ({self.base_delay})"
             )
-        self._engine()
+        self.engine()
         return self
 
-    def _engine(self) -> _Engine:
+    def engine(self) -> RetryEngine:
         # The compiled policy lives in the instance dict (not a pydantic private
         # attribute, whose lookup is slow); a copy gets its own on first use.
-        engine: _Engine | None = self.__dict__.get("_rt")
+        engine: RetryEngine | None = self.__dict__.get("_rt")
         if engine is None or engine.owner is not self:
-            engine = self.__dict__["_rt"] = _Engine(self)
+            engine = self.__dict__["_rt"] = RetryEngine(self)
         return engine
 
     # -- the schedule ---------------------------------------------------------------------
     @property
     def jitter_mode(self) -> JitterMode:
         """The jitter strategy in words: ``"none"``, ``"full"``, ``"equal"``, ``"decorrelated"``."""
-        return self._engine().mode
+        return self.engine().mode
 
     def delay(self, retry: int, previous: float | None = None) -> float:
         """Delay before retry number ``retry`` (1-based), jittered by the policy's strategy.
@@ -122,7 +140,7 @@ class RetryPolicy(BaseModel):
         """
         if retry < 1:
             raise ValueError("retry numbers start at 1")
-        return self._engine().delay(retry, self.base_delay if previous is None else previous)
+        return self.engine().delay(retry, self.base_delay if previous is None else previous)
 
     def delays(self) -> Iterator[float]:
         """The delays before each of the ``max_retries`` retries (one random draw)."""
@@ -133,7 +151,7 @@ class RetryPolicy(BaseModel):
 
     def should_retry(self, exc: BaseException) -> bool:
         """Whether ``exc`` is of a kind this policy retries (ignoring counts and budget)."""
-        return self._engine().should_retry(exc)
+        return self.engine().should_retry(exc)
 
     # -- running ---------------------------------------------------------------------------
     async def call(self, func: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
@@ -141,15 +159,70 @@ class RetryPolicy(BaseModel):
 
         A zero delay retries at once, without a sleep.
         """
-        return await self._engine().call(func, args, kwargs)
+        return await self.engine().call(func, args, kwargs)
 
-    def wrap(self, func: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]:
-        """Decorate ``func`` so that every call retries by this policy (signature kept)."""
-        call = self._engine().call
+    @overload
+    def wrap(self, func: Callable[P, AsyncIterator[T]], /) -> Callable[P, AsyncIterator[T]]: ...
+
+    @overload
+    def wrap(self, func: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]: ...
+
+    def wrap(self, func: Callable[..., Any], /) -> Callable[..., Any]:
+        """Decorate ``func`` so that every call retries by this policy.
+
+        The wrapper keeps ``__wrapped__``, ``__defaults__``, ``__kwdefaults__`` and so
+        :func:`inspect.signature`. An async *generator* function stays one: an error
+        before its first item is retried (the generator is started again); once an
+        item was yielded, errors go to the caller. A plain (not async) function is
+        refused at decoration time with a :class:`~headway.errors.ConfigurationError`.
+        """
+        engine = self.engine()
+        if inspect.isasyncgenfunction(func):
+            iterate = engine.iterate
+
+            @functools.wraps(func)
+            async def agen_wrapper(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+                async for item in iterate(func, args, kwargs):
+                    yield item
+
+            return _finish_wrapper(agen_wrapper, func, self)
+        if not _is_async_callable(func):
+            raise ConfigurationError(
+                f"retry needs an async function (async def), got {func!r}: a plain "
+                "function cannot be awaited; make it async or call it in a thread"
+            )
+        call = engine.call
 
         @functools.wraps(func)
-        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
             return await call(func, args, kwargs)
 
-        wrapper.retry_policy = self  # type: ignore[attr-defined]
-        return wrapper
+        return _finish_wrapper(wrapper, func, self)
+
+
+W = TypeVar("W", bound=Callable[..., Any])
+
+
+def _finish_wrapper(wrapper: W, func: Any, policy: RetryPolicy) -> W:
+    """Copy what functools.wraps leaves out (defaults) and mark the policy."""
+    wrapper.__defaults__ = getattr(func, "__defaults__", None)
+    wrapper.__kwdefaults__ = getattr(func, "__kwdefaults__", None)
+    wrapper.retry_policy = policy  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _is_async_callable(func: Any) -> bool:
+    """Whether calling ``func`` gives an awaitable by its definition (async def, an
+    object with an async ``__call__``, a partial of one, an AsyncMock)."""
+    if inspect.iscoroutinefunction(func):
+        return True
+    call = getattr(func, "__call__", None)  # noqa: B004 - the method itself is wanted
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def _refuse_async(predicate: Any, what: str) -> None:
+    if _is_async_callable(predicate) or inspect.isasyncgenfunction(predicate):
+        raise ValueError(
+            f"{what} must be a plain predicate answering at once; {predicate!r} is async "
+            "(decide from the exception or result alone, without awaiting)"
+        )

@@ -2,28 +2,22 @@
 
 from __future__ import annotations
 
-import logging
-import random
+import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Literal, ParamSpec, Protocol, TypeVar, overload
 
-from headway._clock import LOOP_CLOCK, Clock
-from headway.errors import ConfigurationError, is_retryable, never_retry
-from headway.events import RETRY_SCHEDULED, EventListener, emit, enabled
+from pydantic import ValidationError
+
+from headway._clock import Clock
+from headway.errors import ConfigurationError, is_retryable
+from headway.events import EventListener
 from headway.resilience.retry.budget import RetryBudget
 from headway.resilience.retry.config import RetryPolicy
-from headway.resilience.retry.engine import _emit_gave_up
 from headway.resilience.retry.schedule import (
-    _ANY_EXCEPTION,
     DEFAULT_MAX_SERVER_DELAY,
     ExceptionTypes,
     JitterMode,
     RetryPredicate,
-    _exception_types,
-    _jitter_mode,
-    _reason,
-    _schedule_delay,
-    _server_delay,
 )
 
 __all__ = ["RetryDecorator", "retry", "retry_with_backoff"]
@@ -54,6 +48,7 @@ def retry(
     backoff_factor: float = 2.0,
     jitter: bool | JitterMode = True,
     retry_on: type[BaseException] | ExceptionTypes | RetryPredicate = is_retryable,
+    retry_on_result: Callable[[Any], bool] | None = None,
     exclude: type[BaseException] | ExceptionTypes = (),
     max_server_delay: float = DEFAULT_MAX_SERVER_DELAY,
     budget: RetryBudget | Literal["default"] | None = "default",
@@ -74,6 +69,7 @@ def retry(
     backoff_factor: float = 2.0,
     jitter: bool | JitterMode = True,
     retry_on: type[BaseException] | ExceptionTypes | RetryPredicate = is_retryable,
+    retry_on_result: Callable[[Any], bool] | None = None,
     exclude: type[BaseException] | ExceptionTypes = (),
     max_server_delay: float = DEFAULT_MAX_SERVER_DELAY,
     budget: RetryBudget | Literal["default"] | None = "default",
@@ -99,6 +95,7 @@ def retry(
     (3, 3)
     """
     if policy is None:
+        extra: dict[str, Any] = {} if budget == "default" else {"budget": budget}
         policy = RetryPolicy(
             max_retries=max_retries,
             base_delay=base_delay,
@@ -106,12 +103,13 @@ def retry(
             backoff_factor=backoff_factor,
             jitter=jitter,
             retry_on=retry_on,
+            retry_on_result=retry_on_result,
             exclude=exclude,
             max_server_delay=max_server_delay,
             clock=clock,
             name=name,
             listeners=listeners,
-            **({} if budget == "default" else {"budget": budget}),
+            **extra,
         )
     if func is not None:
         return policy.wrap(func)
@@ -126,22 +124,25 @@ async def retry_with_backoff(
     max_delay: float = 60.0,
     backoff_factor: float = 2.0,
     jitter: bool | JitterMode = True,
-    retry_exceptions: type[BaseException] | ExceptionTypes = _ANY_EXCEPTION,
+    retry_exceptions: type[BaseException] | ExceptionTypes | RetryPredicate = is_retryable,
     exclude_exceptions: type[BaseException] | ExceptionTypes = (),
+    retry_on_result: Callable[[Any], bool] | None = None,
     **kwargs: Any,
 ) -> T:
     """Call ``await func(*args, **kwargs)``, retrying failures with exponential backoff.
 
     The n-th retry waits ``min(base_delay * backoff_factor ** (n - 1), max_delay)``,
     jittered (``jitter=True`` is full jitter; ``False`` sleeps exactly that). At most
-    ``max_retries`` retries, then the last error is raised. Errors in ``retry_exceptions``
-    are retried unless they are in ``exclude_exceptions`` or
-    :func:`headway.errors.never_retry` says never (cancellation, authentication,
-    not-found, bad-request, quota). A ``retry_after`` on the error (a 429's server delay)
-    is waited instead of the schedule, up to 120 s; above that it gives up at once.
-    A zero delay retries at once. Keyword arguments not listed here go to ``func``.
-    No retry budget: use a
-    :class:`RetryPolicy` to share one between calls.
+    ``max_retries`` retries, then the last error is raised. ``retry_exceptions`` (types or
+    a predicate; ``retry_on`` elsewhere) chooses what is retried, by default
+    :func:`headway.is_retryable`, as for :func:`retry` and :class:`RetryPolicy`; errors in
+    ``exclude_exceptions`` or that :func:`headway.errors.never_retry` names
+    (cancellation, authentication, not-found, bad-request, quota) never are. A
+    ``retry_after`` on the error (a 429's server delay) is waited instead of the
+    schedule, up to 120 s; above that it gives up at once. ``retry_on_result`` retries a
+    result it accepts. A zero delay retries at once. Keyword arguments not listed here go
+    to ``func``. No retry budget: use a :class:`RetryPolicy` to share one between calls.
+    A thin front door to :meth:`RetryPolicy.call`: the same engine.
 
     >>> import asyncio
     >>> from unittest import mock
@@ -157,48 +158,48 @@ async def retry_with_backoff(
     'u'
     [call(1.0)]
     """
-    if max_retries < 0 or base_delay < 0 or max_delay < 0 or backoff_factor < 1:
-        raise ConfigurationError(
-            "retry_with_backoff needs max_retries >= 0, base_delay >= 0, max_delay >= 0 "
-            "and backoff_factor >= 1"
-        )
-    types = (
-        retry_exceptions
-        if retry_exceptions is _ANY_EXCEPTION
-        else _exception_types(retry_exceptions, "retry_exceptions")
+    options: tuple[Any, ...] = (
+        max_retries,
+        base_delay,
+        max_delay,
+        backoff_factor,
+        jitter,
+        tuple(retry_exceptions) if isinstance(retry_exceptions, list) else retry_exceptions,
+        tuple(exclude_exceptions) if isinstance(exclude_exceptions, list) else exclude_exceptions,
+        retry_on_result,
     )
-    excluded = exclude_exceptions and _exception_types(exclude_exceptions, "exclude_exceptions")
-    mode = _jitter_mode(jitter)
-    retry_n = 0
-    previous = base_delay
-    while True:
-        try:
-            return await func(*args, **kwargs)
-        except Exception as exc:
-            if never_retry(exc) or not isinstance(exc, types):
-                raise
-            if excluded and isinstance(exc, excluded):
-                raise
-            retry_n += 1
-            if retry_n > max_retries:
-                _emit_gave_up(exc, retry_n, "retries exhausted")
-                raise
-            delay = _server_delay(exc)
-            if delay is None:
-                delay = _schedule_delay(
-                    mode, retry_n, previous, base_delay, backoff_factor, max_delay, random.random
-                )
-                previous = delay if delay > 0 else base_delay
-            elif delay > DEFAULT_MAX_SERVER_DELAY:
-                _emit_gave_up(exc, retry_n, f"server delay {delay:g}s exceeds the cap")
-                raise
-            if enabled(logging.INFO):
-                emit(
-                    RETRY_SCHEDULED,
-                    level=logging.INFO,
-                    attempt=retry_n,
-                    delay=delay,
-                    reason=_reason(exc),
-                )
-        if delay > 0.0:
-            await LOOP_CLOCK.sleep(delay)
+    try:
+        policy = _backoff_policy(*options)
+    except TypeError:  # an unhashable option: build it uncached
+        policy = _backoff_policy.__wrapped__(*options)
+    result: T = await policy.engine().call(func, args, kwargs)
+    return result
+
+
+@functools.lru_cache(maxsize=128)
+def _backoff_policy(
+    max_retries: int,
+    base_delay: float,
+    max_delay: float,
+    backoff_factor: float,
+    jitter: bool | JitterMode,
+    retry_exceptions: Any,
+    exclude_exceptions: Any,
+    retry_on_result: Callable[[Any], bool] | None,
+) -> RetryPolicy:
+    """The RetryPolicy behind :func:`retry_with_backoff` (built once per argument set)."""
+    try:
+        return RetryPolicy(
+            max_retries=max_retries,
+            base_delay=base_delay,
+            max_delay=max_delay,
+            backoff_factor=backoff_factor,
+            jitter=jitter,
+            retry_on=retry_exceptions,
+            retry_on_result=retry_on_result,
+            exclude=exclude_exceptions,
+            budget=None,
+        )
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]) for e in exc.errors())
+        raise ConfigurationError(f"retry_with_backoff: {problems}") from None

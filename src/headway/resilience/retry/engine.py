@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from headway import events as _events
-from headway._clock import resolve_clock
-from headway.errors import HeadwayError, _transient, is_retryable, never_retry
+from headway._clock import LOOP_CLOCK, resolve_clock
+from headway.errors import (
+    APIClientError,
+    HeadwayError,
+    RateLimitError,
+    _transient,
+    is_retryable,
+    never_retry,
+)
 from headway.events import (
     RETRY_BUDGET_EXHAUSTED,
     RETRY_GAVE_UP,
     RETRY_SCHEDULED,
     EventListener,
+    RateLimited,
+    RetryGaveUp,
+    RetryScheduled,
     emit,
     enabled,
+    publish,
 )
 from headway.resilience.retry.schedule import (
     ExceptionTypes,
@@ -30,12 +40,12 @@ from headway.resilience.retry.schedule import (
 if TYPE_CHECKING:
     from headway.resilience.retry.config import RetryPolicy
 
-__all__: list[str] = []  # internal: RetryPolicy, @retry and Policy use it
+__all__ = ["RetryEngine"]
 
 T = TypeVar("T")
 
 
-class _Engine:
+class RetryEngine:
     """The compiled form of a :class:`RetryPolicy`: plain slots, cheap on the hot path."""
 
     __slots__ = (
@@ -53,6 +63,7 @@ class _Engine:
         "owner",
         "predicate",
         "rand",
+        "result_predicate",
         "transient",
         "types",
     )
@@ -84,6 +95,7 @@ class _Engine:
         self.name = policy.name
         self.listeners = policy.listeners
         self.rand: Callable[[], float] = random.random
+        self.result_predicate = policy.retry_on_result
 
     def delay(self, retry: int, previous: float) -> float:
         return _schedule_delay(
@@ -97,8 +109,17 @@ class _Engine:
         )
 
     def should_retry(self, exc: BaseException) -> bool:
+        """The one retry predicate: the rules below, then the policy's ``retry_on``.
+
+        Never cancellation and the like (:func:`~headway.errors.never_retry`); always an
+        API error whose server said ``x-should-retry: true``; never an ``exclude`` type.
+        """
+        if self.transient:
+            return _transient(exc)
         if never_retry(exc):
             return False
+        if isinstance(exc, APIClientError) and exc.should_retry:
+            return True  # the server's verdict wins
         if self.exclude and isinstance(exc, self.exclude):
             return False
         types = self.types
@@ -122,15 +143,7 @@ class _Engine:
         ``remaining`` the seconds left before a deadline (no retry may start after it).
         Emits the events.
         """
-        if self.transient:
-            retryable = _transient(exc)
-        elif never_retry(exc) or (self.exclude and isinstance(exc, self.exclude)):
-            retryable = False
-        elif self.types is not None:
-            retryable = isinstance(exc, self.types)
-        else:
-            assert self.predicate is not None
-            retryable = bool(self.predicate(exc))
+        retryable = _transient(exc) if self.transient else self.should_retry(exc)
         if not retryable:
             if retry > 1:
                 _emit_gave_up(
@@ -180,7 +193,7 @@ class _Engine:
             )
             return None
         budget = self.budget
-        if budget is not None and not budget.try_spend():
+        if budget is not None and not budget.try_withdraw():
             listeners = listeners or self.listeners
             if enabled(logging.WARNING, listeners):
                 emit(
@@ -193,16 +206,41 @@ class _Engine:
                 )
             return None
         listeners = listeners or self.listeners
-        if listeners or _events._listeners or _events.logger.isEnabledFor(logging.INFO):
-            emit(
-                RETRY_SCHEDULED,
-                source=source or self.name,
-                level=logging.INFO,
-                listeners=listeners,
-                attempt=retry,
-                delay=delay,
-                reason=_reason(exc),
-            )
+        if enabled(logging.INFO, listeners):
+            _scheduled(RetryScheduled, exc, retry, delay, source or self.name, listeners)
+        return delay
+
+    def server_delay(self, exc: RateLimitError) -> float | None:
+        """The server's delay for a rate 429, capped by ``max_server_delay`` (or ``None``)."""
+        delay = exc.retry_after
+        if delay is None or not delay > 0.0:
+            return None
+        return delay if delay < self.max_server_delay else self.max_server_delay
+
+    def rate_delay(
+        self,
+        exc: RateLimitError,
+        waits: int,
+        remaining: float | None = None,
+        source: str | None = None,
+        listeners: tuple[EventListener, ...] = (),
+    ) -> float | None:
+        """The wait before going again after a rate 429 that is not counted as a retry.
+
+        ``waits`` numbers the rate waits of this call (1, 2, ...). The server's delay,
+        capped by ``max_server_delay``, else the backoff schedule; ``None`` when the
+        deadline would pass first. Draws nothing from the budget.
+        """
+        delay = self.server_delay(exc)
+        if delay is None:
+            delay = self.delay(waits, self.base_delay)
+        if remaining is not None and delay >= remaining:
+            why = "deadline would pass before the rate limit allows another attempt"
+            _emit_gave_up(exc, waits, why, source or self.name, listeners or self.listeners)
+            return None
+        listeners = listeners or self.listeners
+        if enabled(logging.INFO, listeners):
+            _scheduled(RateLimited, exc, waits, delay, source or self.name, listeners)
         return delay
 
     async def call(
@@ -213,17 +251,78 @@ class _Engine:
             budget.record_request()
         retry = 0
         previous = self.base_delay
+        check = self.result_predicate
         while True:
             try:
-                return await func(*args, **kwargs)
+                result = await func(*args, **kwargs)
             except Exception as exc:
                 retry += 1
                 delay = self.next_delay(exc, retry, previous)
                 if delay is None:
                     raise
-                previous = delay if delay > 0.0 else self.base_delay
+            else:
+                if check is None or not check(result):
+                    return result
+                retry += 1
+                delay = self.result_delay(retry, previous)
+                if delay is None:
+                    return result
+            previous = delay if delay > 0.0 else self.base_delay
             if delay > 0.0:
                 await self.clock.sleep(delay)
+
+    def result_delay(self, retry: int, previous: float) -> float | None:
+        """The delay before retry ``retry`` after a result ``retry_on_result`` rejected;
+        ``None`` when retries or the budget ran out (the caller keeps the result)."""
+        if retry > self.max_retries:
+            return None
+        budget = self.budget
+        if budget is not None and not budget.try_withdraw():
+            return None
+        return self.delay(retry, previous)
+
+    async def iterate(
+        self,
+        func: Callable[..., AsyncIterator[Any]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> AsyncIterator[Any]:
+        """Iterate ``func(*args, **kwargs)`` (an async generator function), starting it
+        again after an error raised before its first item, as :meth:`call` would."""
+        budget = self.budget
+        if budget is not None:
+            budget.record_request()
+        retry = 0
+        previous = self.base_delay
+        while True:
+            gen = func(*args, **kwargs)
+            try:
+                first = await gen.__anext__()
+            except StopAsyncIteration:
+                return
+            except Exception as exc:
+                await _aclose(gen)
+                retry += 1
+                delay = self.next_delay(exc, retry, previous)
+                if delay is None:
+                    raise
+                previous = delay if delay > 0.0 else self.base_delay
+                if delay > 0.0:
+                    await self.clock.sleep(delay)
+                continue
+            break
+        try:
+            yield first
+            async for item in gen:
+                yield item
+        finally:
+            await _aclose(gen)
+
+
+async def _aclose(gen: AsyncIterator[Any]) -> None:
+    aclose = getattr(gen, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 def _emit_gave_up(
@@ -235,11 +334,40 @@ def _emit_gave_up(
 ) -> None:
     # INFO, not WARNING: the caller gets the error itself; this is context for the logs.
     if enabled(logging.INFO, listeners):
-        emit(
+        reason = f"{why}; last error {_reason(exc)}"
+        event = RetryGaveUp(
             RETRY_GAVE_UP,
-            source=source,
-            level=logging.INFO,
-            listeners=listeners,
+            source,
+            {"attempts": retry, "reason": reason},
+            LOOP_CLOCK.now(),
+            logging.INFO,
             attempts=retry,
-            reason=f"{why}; last error {_reason(exc)}",
+            exception=exc,
         )
+        publish(event, listeners)
+
+
+def _scheduled(
+    cls: type[RetryScheduled],
+    exc: BaseException,
+    attempt: int,
+    delay: float,
+    source: str | None,
+    listeners: tuple[EventListener, ...],
+) -> None:
+    rate = cls is RateLimited
+    data: dict[str, Any] = {"attempt": attempt, "delay": delay, "reason": _reason(exc)}
+    if rate:
+        data["rate_limited"] = True
+    event = cls(
+        RETRY_SCHEDULED,
+        source,
+        data,
+        LOOP_CLOCK.now(),
+        logging.INFO,
+        attempt=attempt,
+        delay=delay,
+        exception=exc,
+        rate_limited=rate,
+    )
+    publish(event, listeners)
