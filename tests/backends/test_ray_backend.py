@@ -21,7 +21,7 @@ from headway._clock import resolve_clock
 from headway.backends.ray import RayBackend, RayReservation, SharedState
 from headway.errors import (
     ConfigurationError,
-    RateLimitExceededError,
+    MaxWaitExceededError,
     RequestTooLargeError,
     ServerError,
 )
@@ -133,7 +133,7 @@ async def test_settle_cancel_sync_and_pause_are_shared() -> None:
         await la.reserve(tokens=7000)
     with pytest.raises(ValueError, match="negative"):
         await la.reserve(requests=-1)
-    with pytest.raises(RateLimitExceededError):
+    with pytest.raises(MaxWaitExceededError):
         await la.reserve(tokens=6000, max_wait=0.1)
     with pytest.raises(ValueError, match="finite"):
         res.settle(-1)
@@ -356,7 +356,7 @@ async def test_local_reservations_settle_cancel_and_reject() -> None:
     again = await lim.reserve(tokens=500)
     assert again.delay == pytest.approx(1.0)  # the request limit, not the tokens
     again.cancel()
-    with pytest.raises(RateLimitExceededError):
+    with pytest.raises(MaxWaitExceededError):
         await lim.reserve(tokens=600, max_wait=0.5)
     lim.pause(3.0)
     paused = await lim.reserve(tokens=0)

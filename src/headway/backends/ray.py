@@ -48,9 +48,9 @@ from headway._clock import Clock, resolve_clock
 from headway.backends._base import Limit, llm_limits
 from headway.backends._breaker import SharedCircuitState
 from headway.backends._model import Bucket, LocalBuckets, reserve_batch
-from headway.errors import ConfigurationError, RateLimitExceededError, RequestTooLargeError
+from headway.errors import ConfigurationError, MaxWaitExceededError, RequestTooLargeError
 from headway.events import LIMITER_PAUSED, LIMITER_WAIT, emit, enabled
-from headway.limits import Reservation
+from headway.limits import RATE_LIMITED_PAUSE, Reservation
 
 __all__ = ["RayBackend", "RayBreakerState", "RayLimiter", "RayReservation", "SharedState"]
 
@@ -536,7 +536,7 @@ class RayLimiter:
         """Reserve ``requests`` and ``tokens`` from every limit now; wait ``delay`` after.
 
         Raises :class:`~headway.errors.RequestTooLargeError` if a limit can never hold
-        the amount and :class:`~headway.errors.RateLimitExceededError` if the wait would
+        the amount and :class:`~headway.errors.MaxWaitExceededError` if the wait would
         exceed ``max_wait`` (nothing is reserved then).
         """
         amounts = [tokens if t else requests for t in self._tokens]
@@ -716,8 +716,8 @@ class RayLimiter:
             emit(LIMITER_WAIT, source=self.name, requests=requests, tokens=tokens, wait=wait)
         return RayReservation(self, source, state, wait, requests, tokens, at)
 
-    def _rejection(self, wait: float, max_wait: float | None) -> RateLimitExceededError:
-        return RateLimitExceededError(
+    def _rejection(self, wait: float, max_wait: float | None) -> MaxWaitExceededError:
+        return MaxWaitExceededError(
             f"limiter {self.name!r}: admission in {wait:.3f}s would exceed "
             f"max_wait={max_wait or 0.0:g}s; nothing was reserved",
             retry_after=wait,
@@ -774,6 +774,19 @@ class RayLimiter:
     def pause(self, seconds: float) -> None:
         """:meth:`pause_until` ``now + seconds``."""
         self.pause_until(self.clock.now() + seconds)
+
+    def reserve_nowait(self, requests: float = 1.0, tokens: float = 0.0) -> RayReservation | None:
+        """Always ``None``: a shared reservation needs a round trip; await :meth:`reserve`."""
+        return None
+
+    def on_rate_limited(self, delay: float | None, *, empty: bool) -> None:
+        """A rate 429: pause every worker if the server's bucket is ``empty`` (for
+        ``delay``, already capped by the policy, or ``RATE_LIMITED_PAUSE`` seconds)."""
+        if empty:
+            self.pause(delay if delay is not None and delay > 0.0 else RATE_LIMITED_PAUSE)
+
+    def on_success(self) -> None:
+        """An attempt succeeded: a no-op for fixed limits."""
 
     def sync(
         self,

@@ -12,9 +12,13 @@ import orjson
 
 from headway._clock import resolve_clock
 from headway.batch.ledger import Result, result_from_error, tokens_used
-from headway.batch.runner import status_error_code
-from headway.errors import CircuitBreakerOpenError, ConfigurationError
-from headway.events import RETRY_SCHEDULED, Event
+from headway.errors import (
+    CircuitBreakerOpenError,
+    ConfigurationError,
+    RateLimitError,
+    status_error_code,
+)
+from headway.events import Event, RetryScheduled
 from headway.http.config import EndpointConfig
 from headway.http.endpoint import Endpoint
 
@@ -36,12 +40,11 @@ _RETRIES: ContextVar[list[int] | None] = ContextVar("headway_ray_retries", defau
 
 
 def _on_event(event: Event) -> None:
-    if event.kind == RETRY_SCHEDULED:
+    if isinstance(event, RetryScheduled):
         counter = _RETRIES.get()
         if counter is not None:
             counter[0] += 1
-            reason = str(event.data.get("reason", ""))
-            if reason.startswith(("RateLimitError", "429")) or " 429 " in reason:
+            if isinstance(event.exception, RateLimitError):
                 counter[1] += 1
 
 
