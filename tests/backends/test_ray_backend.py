@@ -372,3 +372,16 @@ async def test_local_reservations_settle_cancel_and_reject() -> None:
     assert (await leader).shared
     backend.kill()  # not a Ray actor: nothing to do
     await backend.aclose()
+
+
+@pytest.mark.virtual_time
+async def test_the_policy_hooks_of_the_limiter_protocol() -> None:
+    lim = RayBackend(actor=StubActor()).limiter("api", rps=10, burst=10)
+    assert lim.reserve_nowait() is None  # shared: always a round trip
+    lim.on_success()
+    lim.on_rate_limited(2.0, empty=False)  # only that request backs off
+    assert (await lim.reserve()).delay == 0.0
+    lim.on_rate_limited(2.0, empty=True)  # the server's bucket is empty: everyone waits
+    assert (await lim.reserve()).delay >= 2.0
+    lim.on_rate_limited(None, empty=True)
+    assert (await lim.reserve()).delay > 0.0
