@@ -2,6 +2,8 @@
 
     python benchmarks/http_throughput.py            # full run (about a minute)
     python benchmarks/http_throughput.py --quick    # a smoke run
+    python benchmarks/http_throughput.py --levels 64 --clients aiohttp,headway
+                                                    # raw aiohttp and headway's only
 
 Clients, each sending OpenAI-style chat completions and parsing the JSON answer:
 
@@ -258,13 +260,18 @@ Samples = dict[str, dict[int, list[float]]]
 
 
 async def measure(
-    base: str, levels: list[int], runs: int, seconds: float, warmup: float
+    base: str,
+    levels: list[int],
+    runs: int,
+    seconds: float,
+    warmup: float,
+    clients: dict[str, Callable[[AsyncExitStack, str, int], Awaitable[Call]]],
 ) -> tuple[Samples, Samples]:
-    results: Samples = {name: {} for name in CLIENTS}
-    cpu_us: Samples = {name: {} for name in CLIENTS}
+    results: Samples = {name: {} for name in clients}
+    cpu_us: Samples = {name: {} for name in clients}
     for conc in levels:
         async with AsyncExitStack() as stack:
-            calls = {name: await make(stack, base, conc) for name, make in CLIENTS.items()}
+            calls = {name: await make(stack, base, conc) for name, make in clients.items()}
             for call in calls.values():  # warm up: connections, caches, imports
                 await _window(call, conc, warmup)
             for _ in range(runs):
@@ -299,7 +306,7 @@ def render(
     command: str,
 ) -> str:
     base = summary["raw aiohttp"]
-    httpx_ = summary["raw httpx"]
+    httpx_ = summary.get("raw httpx")
     lines = [
         "# HTTP throughput",
         "",
@@ -317,9 +324,8 @@ def render(
     for name, row in summary.items():
         cells = " | ".join(f"{row[c]:,.0f}" for c in levels)
         ref = 64 if 64 in levels else levels[-1]
-        lines.append(
-            f"| {name} | {cells} | {row[ref] / base[ref]:.2f}x | {row[ref] / httpx_[ref]:.1f}x |"
-        )
+        vs_httpx = "n/a" if httpx_ is None else f"{row[ref] / httpx_[ref]:.1f}x"
+        lines.append(f"| {name} | {cells} | {row[ref] / base[ref]:.2f}x | {vs_httpx} |")
     lines += [
         "",
         "Client CPU per request (microseconds, median; lower is better):",
@@ -339,7 +345,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--levels", default="1,64,256")
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--clients",
+        default="",
+        help="comma-separated parts of client names to run (raw aiohttp always runs)",
+    )
     args = parser.parse_args()
+    wanted = [part.strip() for part in args.clients.split(",") if part.strip()]
+    clients = {
+        name: make
+        for name, make in CLIENTS.items()
+        if not wanted or name == "raw aiohttp" or any(part in name for part in wanted)
+    }
     runs, seconds, warmup = (1, 0.3, 0.2) if args.quick else (args.runs, args.seconds, 0.5)
     levels = [int(x) for x in args.levels.split(",")]
 
@@ -351,7 +368,7 @@ def main() -> None:
     try:
         port = queue.get(timeout=30)
         raw, raw_cpu = asyncio.run(
-            measure(f"http://127.0.0.1:{port}", levels, runs, seconds, warmup)
+            measure(f"http://127.0.0.1:{port}", levels, runs, seconds, warmup, clients)
         )
     finally:
         server.terminate()

@@ -2,16 +2,29 @@
 
 >>> redact_url("https://user:pw@api.example.com/v1/x?api_key=abc&q=1")
 'https://***@api.example.com/v1/x?api_key=***&q=1'
->>> mask_headers({"Authorization": "Bearer sk-123456789", "Accept": "json"})
-{'Authorization': 'Bearer ***', 'Accept': 'json'}
+>>> mask_headers({"Authorization": "Bearer sk-123456789", "X-Api-Token": "t0k", "Accept": "json"})
+{'Authorization': 'Bearer ***', 'X-Api-Token': '***', 'Accept': 'json'}
+>>> scrub_text("GET https://u:pw@h/x failed with key sk-123456789", ["sk-123456789"])
+'GET https://***@h/x failed with key ***'
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Collection, Iterable, Mapping
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-__all__ = ["MASK", "SECRET_HEADERS", "SECRET_PARAMS", "mask_headers", "mask_value", "redact_url"]
+__all__ = [
+    "MASK",
+    "SECRET_HEADERS",
+    "SECRET_PARAMS",
+    "is_secret_header",
+    "mask_headers",
+    "mask_value",
+    "redact_url",
+    "scrub_text",
+    "secret_values",
+]
 
 MASK = "***"
 
@@ -35,6 +48,28 @@ SECRET_PARAMS: frozenset[str] = frozenset(
 )
 
 
+#: Parts of a header name that mark its value as a credential (``X-Api-Token``, ...).
+SECRET_NAME_PARTS = ("key", "token", "secret", "auth", "cookie", "password", "signature")
+
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+
+
+def is_secret_header(name: str, extra: Collection[str] = ()) -> bool:
+    """Whether a header named ``name`` carries a credential.
+
+    The well-known names (:data:`SECRET_HEADERS`), any name containing one of
+    :data:`SECRET_NAME_PARTS` (but not rate-limit headers such as
+    ``x-ratelimit-remaining-tokens``, which are counts), and the lower-case names in
+    ``extra`` (the headers an endpoint's own authentication sets).
+    """
+    low = name.lower()
+    if low in SECRET_HEADERS or low in extra:
+        return True
+    if "ratelimit" in low or "rate-limit" in low:  # x-ratelimit-remaining-tokens: a count
+        return False
+    return any(part in low for part in SECRET_NAME_PARTS)
+
+
 def mask_value(value: str) -> str:
     """Mask a credential, keeping an auth scheme such as ``Bearer`` readable."""
     scheme, sep, _ = value.partition(" ")
@@ -45,12 +80,41 @@ def mask_value(value: str) -> str:
 
 def mask_headers(
     headers: Mapping[str, str] | Iterable[tuple[str, str]] | None,
+    extra: Collection[str] = (),
 ) -> dict[str, str]:
-    """Return a copy of ``headers`` with credential values masked."""
+    """Return a copy of ``headers`` with credential values masked (:func:`is_secret_header`)."""
     if headers is None:
         return {}
     items = headers.items() if isinstance(headers, Mapping) else headers
-    return {k: (mask_value(v) if k.lower() in SECRET_HEADERS else v) for k, v in items}
+    return {k: (mask_value(v) if is_secret_header(k, extra) else v) for k, v in items}
+
+
+def secret_values(headers: Mapping[str, str] | None, extra: Collection[str] = ()) -> list[str]:
+    """The credential values in ``headers`` (whole values and, for ``Bearer x``, ``x``)."""
+    values: list[str] = []
+    if not headers:
+        return values
+    for name, value in headers.items():
+        if value and is_secret_header(name, extra):
+            values.append(value)
+            _, sep, rest = value.partition(" ")
+            if sep and rest:
+                values.append(rest)
+    return values
+
+
+def scrub_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every value of ``secrets`` masked and URL user info redacted.
+
+    For messages that quote another library's exception (which may quote the request).
+    Values shorter than 4 characters are left alone (they would mask ordinary words).
+    """
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 4 and secret in text:
+            text = text.replace(secret, MASK)
+    if "@" in text:
+        text = _USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", text)
+    return text
 
 
 def redact_url(url: object) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -34,3 +35,37 @@ async def serve() -> AsyncIterator[ServerFactory]:
 def hits() -> dict[str, int]:
     """A counter the test apps fill: path -> number of requests."""
     return {}
+
+
+RawServerFactory = Callable[[bytes], Awaitable[str]]
+
+
+@pytest_asyncio.fixture
+async def serve_raw() -> AsyncIterator[RawServerFactory]:
+    """A loopback server that answers each request with exactly ``answer`` (status line,
+    headers and body as given), then closes the connection: for close-delimited bodies
+    and answers aiohttp.web would not send."""
+    servers: list[asyncio.Server] = []
+
+    async def start(answer: bytes) -> str:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        await reader.readexactly(int(value))  # read it all: no RST on close
+                writer.write(answer)
+                await writer.drain()
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(server)
+        port = server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()

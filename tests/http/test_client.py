@@ -25,7 +25,7 @@ from headway.errors import (
     ServerError,
     StreamError,
 )
-from headway.http import AsyncAPIClient, HttpxTransport, ServerSentEvent
+from headway.http import AsyncAPIClient, HttpxTransport, Request, ServerSentEvent
 
 ServerFactory = Callable[[web.Application], Awaitable[str]]
 
@@ -494,7 +494,7 @@ async def test_httpx_transport(serve: ServerFactory) -> None:
     await transport.aclose()
     await transport.aclose()
     with pytest.raises(RuntimeError):
-        await transport.send("GET", url)
+        await transport.send(Request("GET", url, {}))
 
 
 async def test_unknown_transport_name() -> None:
@@ -550,3 +550,71 @@ async def test_stream_holds_its_concurrency_slot_until_closed(
             async for _ in client.stream("POST", "/status/503"):
                 pass
         assert pool.in_use == 0
+
+
+@pytest.mark.virtual_time
+async def test_stream_timeouts(serve: ServerFactory) -> None:
+    never = asyncio.Event()
+
+    async def stall_body(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        await resp.write(b"data: 1\n\n")
+        await never.wait()
+        return resp
+
+    async def stall_head(_: web.Request) -> web.Response:
+        await never.wait()
+        return web.Response()
+
+    async def release(_: web.Application) -> None:
+        never.set()
+
+    app = web.Application()
+    app.on_shutdown.append(release)
+    app.router.add_get("/body", stall_body)
+    app.router.add_get("/head", stall_head)
+    url = await serve(app)
+    for kind in ("aiohttp", "httpx"):
+        async with AsyncAPIClient(url, timeout=30.0, transport=kind) as client:  # type: ignore[arg-type]
+            with pytest.raises(APITimeoutError):
+                async for _ in client.stream("GET", "/body", mode="bytes"):
+                    pass
+            with pytest.raises(APITimeoutError):
+                async for _ in client.stream("GET", "/head"):
+                    pass
+
+
+async def test_public_http_classes_can_be_patched_on_instances() -> None:
+    """As users (and the seed test plans) mock them: patch.object on an instance."""
+    from unittest.mock import AsyncMock, patch
+
+    from headway.http import AiohttpTransport, Endpoint, EndpointConfig, OpenAISDKTransport
+    from headway.http import Response as HttpResponse
+
+    transport = AiohttpTransport()
+    answer = HttpResponse(200, {"Content-Type": "application/json"}, b'{"ok": 1}', "GET", "u")
+    with patch.object(transport, "send", AsyncMock(return_value=answer)) as send:
+        async with AsyncAPIClient("http://h", transport=transport) as client:
+            assert await client.get("/x") == {"ok": 1}
+            [request] = send.await_args.args
+            assert (request.method, request.url) == ("GET", "http://h/x")
+            with patch.object(client, "request", AsyncMock(return_value="mocked")):
+                assert await client.request("GET", "/y") == "mocked"
+    transport.aclose = AsyncMock()  # type: ignore[method-assign]
+    await transport.aclose()
+    transport.aclose.assert_awaited_once()
+    httpx_transport = HttpxTransport()
+    with patch.object(httpx_transport, "send", AsyncMock(return_value=answer)):
+        assert (await httpx_transport.send(Request("GET", "u", {}))) is answer
+    await httpx_transport.aclose()
+    sdk = OpenAISDKTransport(api_key="k", base_url="http://h/v1")
+    with patch.object(sdk, "open_stream", AsyncMock()):
+        await sdk.open_stream(Request("GET", "u", {}))
+    await sdk.aclose()
+    ep = Endpoint(EndpointConfig(base_url="http://h/v1", auth_type="none"))
+    with patch.object(ep, "call", AsyncMock(return_value={"id": "x"})):
+        assert await ep.call({"q": 1}) == {"id": "x"}
+    events = AsyncAPIClient("http://h").stream("GET", "/")
+    events.aclose = AsyncMock()  # type: ignore[method-assign]
+    await events.aclose()

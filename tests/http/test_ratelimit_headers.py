@@ -19,6 +19,7 @@ from headway.http import (
     parse_retry_after,
     sync_limiter,
 )
+from headway.http.ratelimit_headers import SYNC_BELOW, sync_from_headers
 
 
 @pytest.mark.parametrize(
@@ -197,3 +198,54 @@ def test_sync_limiter_multi_and_single_bucket() -> None:
     sync_limiter(bucket, info)
     assert bucket.calls == [(10, 2.0, 100)]
     sync_limiter(object(), info)  # no sync method: ignored
+
+
+def test_sync_from_headers_only_when_low() -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    class Spy:
+        def sync(self, *args: Any) -> None:
+            calls.append(args)
+
+    plenty = CIMultiDict(
+        {
+            "x-ratelimit-limit-requests": "100",
+            "x-ratelimit-remaining-requests": "99",
+            "x-ratelimit-limit-tokens": "1000",
+            "x-ratelimit-remaining-tokens": "900",
+        }
+    )
+    sync_from_headers(Spy(), plenty)
+    assert calls == []
+    low = plenty.copy()
+    low["x-ratelimit-remaining-tokens"] = str(int(1000 * SYNC_BELOW) - 1)
+    sync_from_headers(Spy(), low)
+    assert calls == [("tokens", 499.0, None, 1000.0)]
+    calls.clear()
+    sync_from_headers(Spy(), CIMultiDict({"x-ratelimit-remaining-requests": "5"}))  # no limit
+    assert calls == [("requests", 5.0, None, None)]
+    calls.clear()
+    sync_from_headers(
+        Spy(),
+        CIMultiDict({"x-ratelimit-remaining-requests": "x", "x-ratelimit-limit-requests": "9"}),
+    )
+    sync_from_headers(Spy(), CIMultiDict({"content-type": "json"}))
+    assert calls == []
+    anthropic = CIMultiDict(
+        {
+            "anthropic-ratelimit-requests-limit": "50",
+            "anthropic-ratelimit-requests-remaining": "40",
+            "anthropic-ratelimit-tokens-limit": "1000",
+            "anthropic-ratelimit-tokens-remaining": "900",
+        }
+    )
+    sync_from_headers(Spy(), anthropic)
+    assert calls == []
+    anthropic["anthropic-ratelimit-requests-remaining"] = "3"
+    sync_from_headers(Spy(), anthropic)
+    assert calls == [("requests", 3.0, None, 50.0)]
+    calls.clear()
+    info = parse_rate_limit_headers({"ratelimit": "limit=10, remaining=1, reset=2"})
+    assert info is not None
+    sync_limiter(Spy(), info, below=0.5)
+    assert calls == [("requests", 1.0, 2.0, 10.0)]

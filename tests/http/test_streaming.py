@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from headway.http import LineDecoder, NDJSONDecoder, ServerSentEvent, SSEDecoder
+from headway.errors import InvalidResponseError, StreamError
+from headway.http import (
+    AsyncAPIClient,
+    Endpoint,
+    EndpointConfig,
+    LineDecoder,
+    NDJSONDecoder,
+    ServerSentEvent,
+    SSEDecoder,
+)
+
+RawServerFactory = Callable[[bytes], Awaitable[str]]
 
 
 def feed_all(decoder: SSEDecoder, chunks: list[bytes]) -> list[ServerSentEvent]:
@@ -49,11 +62,17 @@ def test_sse_comments_fields_and_defaults() -> None:
     ]
 
 
-def test_sse_event_json_and_flush_of_unterminated_event() -> None:
+def test_sse_event_json_and_unterminated_event_is_discarded() -> None:
     dec = SSEDecoder()
-    assert dec.feed(b'data: {"a": 1}') == []
-    [event] = dec.flush()
+    [event] = dec.feed(b'data: {"a": 1}\n\n')
     assert event.json() == {"a": 1}
+    assert dec.feed(b'data: {"a": 2}') == []
+    assert dec.flush() == []  # WHATWG: an event the stream did not terminate is dropped
+    assert dec.incomplete
+    whole = SSEDecoder()
+    whole.feed(b"data: x\n\n: trailing comment")
+    assert whole.flush() == []
+    assert not whole.incomplete
 
 
 def test_sse_one_mebibyte_event_in_small_chunks() -> None:
@@ -128,3 +147,115 @@ def test_ndjson_decoder() -> None:
     assert dec2.flush() == [[1, 2]]
     with pytest.raises(json.JSONDecodeError):
         NDJSONDecoder().feed(b"nope\n")
+
+
+async def _collect(items: AsyncIterator[Any], into: list[Any]) -> None:
+    async for item in items:
+        into.append(item)
+
+
+def _sse_answer(body: bytes, ctype: bytes = b"text/event-stream") -> bytes:
+    """A close-delimited answer: no Content-Length, no chunking; the close ends it."""
+    return b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\nConnection: close\r\n\r\n" + body
+
+
+@pytest.mark.parametrize("kind", ["aiohttp", "httpx"])
+async def test_sse_cut_mid_event_raises_and_never_yields_the_half(
+    serve_raw: RawServerFactory, kind: str
+) -> None:
+    url = await serve_raw(_sse_answer(b'data: {"n": 0}\n\ndata: {"n": 1, "text": "hal'))
+    got: list[Any] = []
+    async with AsyncAPIClient(url, transport=kind) as client:  # type: ignore[arg-type]
+        items = client.stream("POST", "/chat", mode="json", json={"q": 1})
+        with pytest.raises(StreamError, match="middle of an event"):
+            await _collect(items, got)
+    assert got == [{"n": 0}]
+
+
+async def test_stream_without_its_end_marker(serve_raw: RawServerFactory) -> None:
+    url = await serve_raw(_sse_answer(b'data: {"n": 0}\n\ndata: {"n": 1}\n\n'))
+    async with AsyncAPIClient(url) as client:
+        # A plain SSE server may end by closing: accepted unless the end is required.
+        assert [d async for d in client.stream("GET", "/", mode="json")] == [{"n": 0}, {"n": 1}]
+        got: list[Any] = []
+        items = client.stream("GET", "/", mode="json", require_end=True)
+        with pytest.raises(StreamError, match=r"without its end marker"):
+            await _collect(items, got)
+        assert got == [{"n": 0}, {"n": 1}]  # what arrived was delivered first
+
+
+async def test_endpoint_stream_requires_done_or_message_stop(serve_raw: RawServerFactory) -> None:
+    openai_cut = await serve_raw(_sse_answer(b'data: {"choices": []}\n\n'))
+    openai_ok = await serve_raw(_sse_answer(b'data: {"choices": []}\n\ndata: [DONE]\n\n'))
+    anthropic_ok = await serve_raw(
+        _sse_answer(
+            b'event: message_start\ndata: {"type": "message_start"}\n\n'
+            b'event: message_stop\ndata: {"type": "message_stop"}\n\n'
+        )
+    )
+    anthropic_cut = await serve_raw(
+        _sse_answer(b'event: message_start\ndata: {"type": "message_start"}\n\n')
+    )
+
+    def endpoint(url: str, **kw: Any) -> Endpoint:
+        return Endpoint(
+            EndpointConfig(base_url=url, endpoint="v1/x", auth_type="none", max_retries=0, **kw)
+        )
+
+    assert [c async for c in endpoint(openai_ok).stream({})] == [{"choices": []}]
+    types = [c["type"] async for c in endpoint(anthropic_ok).stream({})]
+    assert types == ["message_start", "message_stop"]
+    for url in (openai_cut, anthropic_cut):
+        with pytest.raises(StreamError, match="end marker"):
+            async for _ in endpoint(url).stream({}):
+                pass
+    lenient = endpoint(openai_cut, stream_requires_end=False)
+    assert [c async for c in lenient.stream({})] == [{"choices": []}]
+
+
+async def test_json_answer_to_a_stream_request_is_delivered(serve_raw: RawServerFactory) -> None:
+    body = b'{"id": "x", "choices": [{"message": {"content": "hi"}}]}'
+    url = await serve_raw(_sse_answer(body, b"application/json"))
+    error = await serve_raw(
+        _sse_answer(b'{"error": {"message": "streaming unsupported"}}', b"application/json")
+    )
+    garbled = await serve_raw(_sse_answer(b'{"id": ', b"application/json"))
+    ep = Endpoint(EndpointConfig(base_url=url, endpoint="v1/x", auth_type="none"))
+    assert [c async for c in ep.stream({})] == [json.loads(body)]  # the end marker is moot
+    async with AsyncAPIClient(url) as client:
+        [event] = [e async for e in client.stream("GET", "/")]
+        assert event.json() == json.loads(body)
+    async with AsyncAPIClient(error) as client:
+        with pytest.raises(StreamError, match="streaming unsupported"):
+            async for _ in client.stream("GET", "/", mode="json"):
+                pass
+    async with AsyncAPIClient(garbled) as client:
+        with pytest.raises(InvalidResponseError, match="not valid JSON"):
+            async for _ in client.stream("GET", "/", mode="ndjson"):
+                pass
+
+
+async def test_ndjson_cut_mid_line_raises(serve_raw: RawServerFactory) -> None:
+    url = await serve_raw(_sse_answer(b'{"n": 0}\n{"n": 1, "te', b"application/x-ndjson"))
+    got: list[Any] = []
+    async with AsyncAPIClient(url) as client:
+        with pytest.raises(StreamError, match="middle of a line"):
+            await _collect(client.stream("GET", "/", mode="ndjson"), got)
+    assert got == [{"n": 0}]
+
+
+async def test_a_cut_or_unfinished_stream_gives_its_lease_back(serve_raw: RawServerFactory) -> None:
+    from headway import Policy
+    from headway.concurrency import ConcurrencyLimit
+
+    cut = await serve_raw(_sse_answer(b'data: {"n": 0}\n\ndata: {"n"'))
+    unfinished = await serve_raw(_sse_answer(b'data: {"n": 0}\n\n'))
+    pool = ConcurrencyLimit(1)
+    for url in (cut, unfinished):
+        async with AsyncAPIClient(url, policy=Policy(retry=None, concurrency=pool)) as client:
+            got: list[Any] = []
+            items = client.stream("GET", "/", mode="json", require_end=True)
+            with pytest.raises(StreamError):
+                await _collect(items, got)
+            assert got == [{"n": 0}]
+            assert pool.in_use == 0

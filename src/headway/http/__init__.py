@@ -1,5 +1,8 @@
 """headway.http: call HTTP APIs fast, within their limits, with typed errors.
 
+* :class:`Request`: one request, built once per call and handed to a transport's
+  ``send(request)`` / ``open_stream(request)``; transports live side by side in
+  :mod:`headway.http.transports` (aiohttp by default, httpx, the openai SDK).
 * :class:`AsyncAPIClient`: a pooled client (aiohttp by default) whose errors are the exact
   :mod:`headway.errors` classes; with a :class:`headway.Policy` it retries, limits and
   breaks by itself.
@@ -11,11 +14,10 @@
   estimation (:func:`estimate_tokens`).
 """
 
-from headway.http.client import AsyncAPIClient, EventStream, StreamMode
+from headway.http.client import AsyncAPIClient
 from headway.http.config import EndpointConfig
 from headway.http.endpoint import Endpoint, default_policy
 from headway.http.headers import AuthType, HeaderFactory
-from headway.http.mapping import error_for_status
 from headway.http.providers import PROVIDERS, ProviderSpec, match_endpoint, provider_config
 from headway.http.ratelimit_headers import (
     LimitState,
@@ -25,11 +27,22 @@ from headway.http.ratelimit_headers import (
     parse_retry_after,
     sync_limiter,
 )
-from headway.http.streaming import LineDecoder, NDJSONDecoder, ServerSentEvent, SSEDecoder
+from headway.http.status import error_for_status
+from headway.http.streaming import (
+    EventStream,
+    LineDecoder,
+    NDJSONDecoder,
+    ServerSentEvent,
+    SSEDecoder,
+    StreamMode,
+)
 from headway.http.tokens import completion_budget, estimate_tokens, load_tiktoken, usage_tokens
-from headway.http.transport import (
+from headway.http.transports import (
     AiohttpTransport,
+    ClientClosedError,
     HttpxTransport,
+    OpenAISDKTransport,
+    Request,
     Response,
     StreamResponse,
     Transport,
@@ -40,6 +53,7 @@ __all__ = [
     "AiohttpTransport",
     "AsyncAPIClient",
     "AuthType",
+    "ClientClosedError",
     "Endpoint",
     "EndpointConfig",
     "EventStream",
@@ -48,8 +62,10 @@ __all__ = [
     "LimitState",
     "LineDecoder",
     "NDJSONDecoder",
+    "OpenAISDKTransport",
     "ProviderSpec",
     "RateLimitInfo",
+    "Request",
     "Response",
     "SSEDecoder",
     "ServerSentEvent",

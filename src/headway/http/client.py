@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, TypeVar
 
@@ -21,18 +21,14 @@ from pydantic import SecretStr
 from headway._resources import track as _track
 from headway._resources import untrack as _untrack
 from headway._secrets import mask_headers, redact_url
-from headway.http._attempt import _Attempt, _open_checked, _StreamAttempt
-from headway.http._stream_items import EventStream, StreamMode, _iterate
-from headway.http.headers import AuthType, HeaderFactory
-from headway.http.mapping import error_for_status
+from headway.errors import ConfigurationError
+from headway.http._attempt import _Attempt, _StreamAttempt, open_checked
+from headway.http.headers import AuthType, HeaderFactory, merge_headers
+from headway.http.status import error_for_status
+from headway.http.streaming import EventStream, StreamMode, iterate
 from headway.http.tokens import TokenMethod, estimate_tokens, usage_tokens
-from headway.http.transport import (
-    AiohttpTransport,
-    HttpxTransport,
-    Response,
-    StreamResponse,
-    Transport,
-)
+from headway.http.transports.aiohttp import AiohttpTransport
+from headway.http.transports.base import Request, Response, StreamResponse, Transport
 
 if TYPE_CHECKING:
     import aiohttp
@@ -104,6 +100,10 @@ class AsyncAPIClient:
             ``auth_type`` says; never shown in ``repr``, logs or errors.
         auth_type: ``"bearer"`` (``Authorization: Bearer ...``), ``"x-api-key"`` or
             ``"none"``.
+        auth_header: send the key as is in this header instead (``"X-Api-Token"``).
+        secret_headers: names of further headers that carry credentials: masked in
+            reprs and scrubbed from errors, like ``Authorization`` and any header whose
+            name contains key, token, secret or auth.
         transport: a :class:`~headway.http.Transport`, or ``"aiohttp"`` (default) /
             ``"httpx"``. A transport passed in is never closed by the client.
         policy: a :class:`headway.Policy`; with it every call is retried, limited and
@@ -136,6 +136,8 @@ class AsyncAPIClient:
         *,
         auth: str | SecretStr | None = None,
         auth_type: AuthType = "bearer",
+        auth_header: str | None = None,
+        secret_headers: Collection[str] = (),
         transport: Transport | Literal["aiohttp", "httpx"] | None = None,
         policy: PolicyLike | None = None,
         session: aiohttp.ClientSession | None = None,
@@ -153,9 +155,23 @@ class AsyncAPIClient:
             max_connections = _policy_concurrency(policy)
         self.max_connections = max_connections
         self._send_headers = dict(self.headers)
+        names = {header.lower() for header in secret_headers}
         if auth is not None or auth_type == "none":
-            self._send_headers.update(
-                HeaderFactory.get_header(auth_type=auth_type, content_type=None, api_key=auth)
+            self._send_headers = merge_headers(
+                self._send_headers,
+                HeaderFactory.get_header(
+                    auth_type=auth_type, content_type=None, api_key=auth, auth_header=auth_header
+                ),
+            )
+            names |= HeaderFactory.auth_header_names(auth_type, auth_header)
+        self._secret_names = frozenset(names)
+        if "@" in self.base_url.partition("://")[2].partition("/")[0] and any(
+            k.lower() == "authorization" for k in self._send_headers
+        ):
+            raise ConfigurationError(
+                f"base_url {redact_url(self.base_url)!r} carries user info (user:password@), "
+                "which is sent as an Authorization header, and an Authorization header is set "
+                "too: remove one of them"
             )
         self._kind: str = "aiohttp"
         self._session = session
@@ -181,6 +197,8 @@ class AsyncAPIClient:
 
     def _make_transport(self) -> Transport:
         if self._kind == "httpx":
+            from headway.http.transports.httpx import HttpxTransport
+
             return HttpxTransport(max_connections=self.max_connections, timeout=self.timeout)
         return AiohttpTransport(
             session=self._session, max_connections=self.max_connections, timeout=self.timeout
@@ -226,88 +244,98 @@ class AsyncAPIClient:
             return self.base_url + path
         return f"{self.base_url}/{path}"
 
-    async def _send(
-        self,
-        transport: Transport,
-        method: str,
-        url: str,
-        headers: Mapping[str, str],
-        params: Mapping[str, Any] | None,
-        json: Any,
-        data: Any,
-        timeout: float | None,
-        tokens: float | None,
-        parse: bool,
-    ) -> Response:
-        policy = self.policy
-        if policy is None:
-            resp = await transport.send(
-                method, url, headers=headers, params=params, json=json, data=data, timeout=timeout
-            )
-            if resp.status >= 400:
-                raise error_for_status(resp.status, resp.headers, resp.content, method, url)
-            return resp
-        if tokens is None:
-            tokens = self._estimate(json)
-        attempt = _Attempt(transport, method, url, headers, params, json, data, timeout, parse)
-        return await policy.run(attempt, requests=1.0, tokens=tokens)
-
     def _estimate(self, json: Any) -> float:
         estimator = self.token_estimator
         if estimator is not None and (type(json) is dict or isinstance(json, Mapping)):
             return estimate_tokens(json, method=estimator)
         return 0.0
 
-    async def _request(
+    def build_request(
         self,
         method: str,
         path: str,
-        params: Mapping[str, Any] | None,
-        json: Any,
-        data: Any,
-        headers: Mapping[str, str] | None,
-        timeout: float | None,
-        tokens: float | None,
-        parse: bool,
-        body: bool = False,
-    ) -> Any:
-        # The hot path of every call: a Response, or with ``body`` its parsed body.
-        # Every coroutine layer between the caller and aiohttp sits on each of the
-        # request's suspensions, so the public methods are plain functions returning
-        # this coroutine, and the pooled case inlines _send.
-        url = self._url(path)
-        hdrs = self._send_headers if headers is None else {**self._send_headers, **headers}
+        params: Mapping[str, Any] | None = None,
+        json: Any = None,
+        data: Any = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        tokens: float | None = None,
+        parse: bool = False,
+        stream: bool = False,
+    ) -> Request:
+        """The :class:`~headway.http.Request` a call with these arguments sends.
+
+        ``path`` is joined to ``base_url``; ``headers`` are merged over the client's
+        (case-insensitively: a per-call ``AUTHORIZATION`` replaces the default
+        ``authorization``); ``tokens`` is estimated from ``json`` when the client has
+        a policy and none is given. Send it with :meth:`send`.
+
+        >>> client = AsyncAPIClient("https://api.example.com/v1", auth="sk-secret")
+        >>> client.build_request("POST", "/chat", json={"model": "m"})
+        Request('POST', 'https://api.example.com/v1/chat', \
+headers={'Authorization': 'Bearer ***'})
+        """
+        hdrs = self._send_headers if headers is None else merge_headers(self._send_headers, headers)
+        if tokens is None:
+            tokens = 0.0 if self.policy is None else self._estimate(json)
+        return Request(
+            method,
+            self._url(path),
+            hdrs,
+            params,
+            json,
+            data,
+            timeout,
+            stream,
+            tokens,
+            parse,
+            self._secret_names,
+        )
+
+    async def send(self, request: Request, *, parsed: bool = False) -> Any:
+        """Send a :class:`~headway.http.Request` (from :meth:`build_request`).
+
+        Returns the :class:`~headway.http.Response`, or with ``parsed`` its parsed body
+        (as :meth:`request`). With a policy the request is retried, limited and guarded;
+        a status >= 400 raises the matching :mod:`headway.errors` class.
+        """
+        # The hot path of every call. Every coroutine layer between the caller and
+        # aiohttp sits on each of the request's suspensions, so the public methods are
+        # plain functions returning this coroutine, and the pooled case is inlined here.
         transport = self._transport
-        if transport is not None:
-            policy = self.policy
-            if policy is None:
-                resp = await transport.send(
-                    method,
-                    url,
-                    headers=hdrs,
-                    params=params,
-                    json=json,
-                    data=data,
-                    timeout=timeout,
+        if transport is None:
+            return await self._send_once(request, parsed)
+        policy = self.policy
+        if policy is None:
+            resp = await transport.send(request)
+            if resp.status >= 400:
+                raise error_for_status(
+                    resp.status, resp.headers, resp.content, request.method, request.url
                 )
-                if resp.status >= 400:
-                    raise error_for_status(resp.status, resp.headers, resp.content, method, url)
-            else:
-                if tokens is None:
-                    tokens = self._estimate(json)
-                attempt = _Attempt(transport, method, url, hdrs, params, json, data, timeout, parse)
-                resp = await policy.run(attempt, requests=1.0, tokens=tokens)
-            return resp.parsed() if body else resp
+        else:
+            attempt = _Attempt(transport, request)
+            resp = await policy.run(attempt, requests=1.0, tokens=request.tokens)
+        return resp.parsed() if parsed else resp
+
+    async def _send_once(self, request: Request, parsed: bool) -> Any:
+        # Outside ``async with``: a transport for this call only.
         if self._closed:
             raise RuntimeError(_CLOSED_MSG.format(name=type(self).__name__))
         transport = self._make_transport()
         try:
-            resp = await self._send(
-                transport, method, url, hdrs, params, json, data, timeout, tokens, parse
-            )
+            policy = self.policy
+            if policy is None:
+                resp = await transport.send(request)
+                if resp.status >= 400:
+                    raise error_for_status(
+                        resp.status, resp.headers, resp.content, request.method, request.url
+                    )
+            else:
+                attempt = _Attempt(transport, request)
+                resp = await policy.run(attempt, requests=1.0, tokens=request.tokens)
         finally:
             await transport.aclose()
-        return resp.parsed() if body else resp
+        return resp.parsed() if parsed else resp
 
     @_returns_coroutine
     def request_raw(
@@ -326,7 +354,7 @@ class AsyncAPIClient:
         """Send a request; return the whole :class:`~headway.http.Response`.
 
         A status >= 400 raises the matching :mod:`headway.errors` class (see
-        :mod:`headway.http.mapping`).
+        :mod:`headway.http.status`).
 
         Args:
             method: ``"GET"``, ``"POST"``, ...
@@ -334,7 +362,7 @@ class AsyncAPIClient:
             params: query parameters.
             json: a JSON body.
             data: a raw body (bytes/str) or form fields.
-            headers: extra headers for this call.
+            headers: extra headers for this call (replacing defaults case-insensitively).
             timeout: this call's connect/read timeout, instead of the client's.
             tokens: tokens to reserve on the policy's limiter; by default estimated
                 from ``json``.
@@ -342,7 +370,10 @@ class AsyncAPIClient:
                 2xx body (:class:`~headway.errors.InvalidResponseError`) is retried; the
                 parsed JSON is cached for ``response.parsed()`` / ``response.json()``.
         """
-        return self._request(method, path, params, json, data, headers, timeout, tokens, parse)
+        request = self.build_request(
+            method, path, params, json, data, headers, timeout, tokens, parse
+        )
+        return self.send(request)
 
     @_returns_coroutine
     def request(
@@ -363,12 +394,15 @@ class AsyncAPIClient:
         ``None`` for 204 No Content or an empty body. Arguments as :meth:`request_raw`.
 
         Raises:
-            APIClientError: and subclasses, as :mod:`headway.http.mapping` maps statuses.
+            APIClientError: and subclasses, as :mod:`headway.http.status` maps statuses.
             InvalidResponseError: the content type says JSON but the body is not.
             APIConnectionError: the server could not be reached.
             APITimeoutError: connecting or reading took longer than the timeout.
         """
-        return self._request(method, path, params, json, data, headers, timeout, tokens, True, True)
+        request = self.build_request(
+            method, path, params, json, data, headers, timeout, tokens, True
+        )
+        return self.send(request, parsed=True)
 
     @_returns_coroutine
     def get(self, path: str, **kwargs: Any) -> Coroutine[Any, Any, Any]:
@@ -408,6 +442,7 @@ class AsyncAPIClient:
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
         tokens: float | None = None,
+        require_end: bool = False,
     ) -> EventStream[Any]:
         """Stream a response.
 
@@ -421,45 +456,45 @@ class AsyncAPIClient:
           payload with an ``error`` member also raises);
         * ``"ndjson"``: one parsed JSON document per line (Ollama's native streaming).
 
+        A body cut in the middle of an event or line raises
+        :class:`~headway.errors.StreamError`; with ``require_end`` so does an SSE body
+        that ends without ``data: [DONE]`` or a ``message_stop`` event. A
+        ``200 application/json`` answer is delivered as one item (see
+        :mod:`headway.http.streaming`).
+
         With a policy, opening the stream (up to the response headers) is retried,
         limited and guarded; once items flow, a broken stream raises
         :class:`~headway.errors.StreamError` and is not retried (it may have had effects).
         The stream holds one of the policy's concurrency slots from opening until it is
         closed (exhausted, broken, or left through ``async with`` / ``aclose()``).
         """
-        return EventStream(
-            self._stream(method, path, mode, params, json, data, headers, timeout, tokens)
+        request = self.build_request(
+            method,
+            path,
+            params=params,
+            json=json,
+            data=data,
+            headers=headers,
+            timeout=timeout,
+            tokens=tokens,
+            stream=True,
         )
+        return EventStream(self._stream(request, mode, require_end))
 
     async def _open_stream(
-        self,
-        transport: Transport,
-        attempt: _Attempt,
-        tokens: float | None,
+        self, transport: Transport, request: Request
     ) -> tuple[StreamResponse, Lease[StreamResponse] | None]:
         """Open the stream; return it and the policy's lease on it (or ``None``)."""
         policy = self.policy
         if policy is None:
-            return await _open_checked(attempt, None, None), None
-        if tokens is None:
-            tokens = self._estimate(attempt.json)
-        lease = await policy.open(_StreamAttempt(attempt), requests=1.0, tokens=tokens)
+            return await open_checked(transport, request, None, None), None
+        attempt = _StreamAttempt(transport, request)
+        lease = await policy.open(attempt, requests=1.0, tokens=request.tokens)
         return lease.value, lease
 
     async def _stream(
-        self,
-        method: str,
-        path: str,
-        mode: StreamMode,
-        params: Mapping[str, Any] | None,
-        json: Any,
-        data: Any,
-        headers: Mapping[str, str] | None,
-        timeout: float | None,
-        tokens: float | None,
+        self, request: Request, mode: StreamMode, require_end: bool
     ) -> AsyncIterator[Any]:
-        url = self._url(path)
-        hdrs = self._send_headers if headers is None else {**self._send_headers, **headers}
         transport = self._transport
         temp: Transport | None = None
         if transport is None:
@@ -467,13 +502,12 @@ class AsyncAPIClient:
                 raise RuntimeError(_CLOSED_MSG.format(name=type(self).__name__))
             transport = temp = self._make_transport()
         try:
-            attempt = _Attempt(transport, method, url, hdrs, params, json, data, timeout, False)
-            resp, lease = await self._open_stream(transport, attempt, tokens)
+            resp, lease = await self._open_stream(transport, request)
             reservation = None if lease is None else lease.reservation
             failure: BaseException | None = None
             try:
                 used: int | None = None
-                async for item in _iterate(resp, mode):
+                async for item in iterate(resp, mode, require_end=require_end):
                     if reservation is not None and mode in ("json", "ndjson"):
                         n = usage_tokens(item)
                         if n is not None:
@@ -499,7 +533,8 @@ class AsyncAPIClient:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(base_url={redact_url(self.base_url)!r}, "
-            f"timeout={self.timeout!r}, headers={mask_headers(self.headers)!r}, "
+            f"timeout={self.timeout!r}, "
+            f"headers={mask_headers(self.headers, self._secret_names)!r}, "
             f"policy={self.policy!r})"
         )
 

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from headway._secrets import mask_headers
+from headway._secrets import mask_headers, redact_url
 from headway.errors import ConfigurationError
 from headway.http.headers import AuthType, HeaderFactory
 from headway.http.tokens import TokenMethod
@@ -52,19 +52,33 @@ class EndpointConfig(BaseModel):
         api_key_env: the name of an environment variable holding the key; read when the
             endpoint opens. A missing variable is a :class:`~headway.ConfigurationError`.
         auth_type: ``"bearer"``, ``"x-api-key"`` or ``"none"``.
+        auth_header: send the key as is in this header (``"X-Api-Token"``) instead of
+            the one ``auth_type`` names; masked wherever shown.
         content_type: the request body's content type.
         default_headers: sent with every request (masked wherever shown).
         timeout: seconds allowed to connect and between reads.
+        attempt_timeout: seconds allowed for one whole attempt of a call (headers and
+            body; not local queueing) by the default policy: a server trickling its body
+            cannot hold a call longer. ``None`` for no bound. A stream's body is bounded
+            by ``timeout`` per read only (it may rightly last long).
         max_retries: retries after the first attempt (``0`` disables retrying).
         rpm / tpm: requests and tokens per minute to stay within (``None``: no limit).
         concurrency: the most requests in flight (``None``: no limit).
         defaults: default payload values; a request's own values win.
         stream_format: how streamed responses are framed (``"sse"`` or ``"ndjson"``).
+        stream_requires_end: an SSE stream must end with ``data: [DONE]`` or a
+            ``message_stop`` event; one that just stops raises
+            :class:`~headway.errors.StreamError`. ``False`` for servers that end streams
+            by closing them.
         token_estimator: how request tokens are estimated for ``tpm``.
         transport: the HTTP library for ``transport_type="http"``.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    # hide_input_in_errors: a rejected value may hold a key (a base URL with user info,
+    # a key where a name belongs); validation errors say what is wrong without it.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, hide_input_in_errors=True
+    )
 
     name: str = "endpoint"
     provider: str = "openai_compatible"
@@ -76,15 +90,18 @@ class EndpointConfig(BaseModel):
     api_key: SecretStr | None = None
     api_key_env: str | None = None
     auth_type: AuthType = "bearer"
+    auth_header: str | None = None
     content_type: str | None = "application/json"
     default_headers: dict[str, str] = Field(default_factory=dict)
     timeout: float | None = Field(default=600.0, gt=0)
+    attempt_timeout: float | None = Field(default=900.0, gt=0)
     max_retries: int = Field(default=3, ge=0)
     rpm: float | None = Field(default=None, gt=0)
     tpm: float | None = Field(default=None, gt=0)
     concurrency: int | None = Field(default=None, gt=0)
     defaults: dict[str, Any] = Field(default_factory=dict)
     stream_format: Literal["sse", "ndjson"] = "sse"
+    stream_requires_end: bool = True
     token_estimator: TokenMethod = "auto"
     transport: Literal["aiohttp", "httpx"] = "aiohttp"
 
@@ -97,7 +114,9 @@ class EndpointConfig(BaseModel):
     @classmethod
     def _check_base_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https:// (got {value!r})")
+            raise ValueError(
+                f"base_url must start with http:// or https:// (got {redact_url(value)!r})"
+            )
         return value.rstrip("/")
 
     @field_validator("endpoint")
@@ -118,7 +137,14 @@ class EndpointConfig(BaseModel):
     @field_serializer("default_headers")
     def _mask_headers(self, value: dict[str, str], info: FieldSerializationInfo) -> dict[str, str]:
         # Credentials in headers never reach JSON (files, logs); Python dumps keep them.
-        return mask_headers(value) if info.mode_is_json() else value
+        if not info.mode_is_json():
+            return value
+        return mask_headers(value, self.secret_header_names())
+
+    @field_serializer("base_url")
+    def _redact_base_url(self, value: str, info: FieldSerializationInfo) -> str:
+        # User info (https://user:secret@host) never reaches JSON; Python dumps keep it.
+        return redact_url(value) if info.mode_is_json() else value
 
     @model_validator(mode="after")
     def _check_auth(self) -> EndpointConfig:
@@ -155,7 +181,12 @@ class EndpointConfig(BaseModel):
             content_type=self.content_type,
             api_key=self.resolve_api_key(),
             default_headers=self.default_headers,
+            auth_header=self.auth_header,
         )
+
+    def secret_header_names(self) -> frozenset[str]:
+        """Lower-case names of the headers that carry this endpoint's key (masked)."""
+        return HeaderFactory.auth_header_names(self.auth_type, self.auth_header)
 
     def path(self, params: dict[str, str] | None = None) -> str:
         """The endpoint path with its ``{param}`` placeholders filled.
@@ -186,6 +217,8 @@ class EndpointConfig(BaseModel):
     def __repr_args__(self) -> Any:
         for key, value in super().__repr_args__():
             if key == "default_headers":
-                yield key, mask_headers(value)
+                yield key, mask_headers(value, self.secret_header_names())
+            elif key == "base_url":
+                yield key, redact_url(value)
             else:
                 yield key, value

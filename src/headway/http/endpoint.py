@@ -24,15 +24,11 @@ from pydantic import BaseModel
 from headway._clock import Clock
 from headway._resources import track as _track
 from headway._resources import untrack as _untrack
-from headway.http.client import (
-    AsyncAPIClient,
-    EventStream,
-    PolicyLike,
-    StreamMode,
-    _returns_coroutine,
-)
+from headway._secrets import redact_url
+from headway.http.client import AsyncAPIClient, PolicyLike, _returns_coroutine
 from headway.http.config import EndpointConfig
-from headway.http.transport import Response, Transport
+from headway.http.streaming import EventStream, StreamMode
+from headway.http.transports.base import Response, Transport
 
 if TYPE_CHECKING:
     from headway.resilience.policy import Policy
@@ -47,7 +43,9 @@ def default_policy(config: EndpointConfig, *, clock: Clock | None = None) -> Pol
 
     Retries ``config.max_retries`` times (SDK-style: 408/409/429/5xx, connection errors and
     timeouts; a 429's Retry-After pauses every caller), limits requests and tokens per
-    minute (``rpm``, ``tpm``) and caps concurrency (``concurrency``).
+    minute (``rpm``, ``tpm``), caps concurrency (``concurrency``) and bounds each attempt
+    by ``config.attempt_timeout`` (by default 900 s), so a server that trickles its body
+    a byte at a time cannot hold a call forever (``timeout`` alone is per read).
     """
     from headway.limits import MultiLimiter
     from headway.resilience.policy import Policy
@@ -60,6 +58,7 @@ def default_policy(config: EndpointConfig, *, clock: Clock | None = None) -> Pol
         retry=RetryPolicy(max_retries=config.max_retries, clock=clock),
         limiter=limiter,
         concurrency=config.concurrency,
+        attempt_timeout=config.attempt_timeout,
         clock=clock,
         name=config.name,
     )
@@ -118,7 +117,7 @@ class Endpoint:
         transport: Transport | str = self._transport or cfg.transport
         headers = cfg.headers()
         if self._transport is None and cfg.transport_type == "sdk":
-            from headway.http.sdk import OpenAISDKTransport
+            from headway.http.transports.openai_sdk import OpenAISDKTransport
 
             owned = OpenAISDKTransport(
                 api_key=cfg.resolve_api_key(),
@@ -133,6 +132,7 @@ class Endpoint:
             timeout=cfg.timeout,
             headers=headers,
             auth_type="none",
+            secret_headers=cfg.secret_header_names(),
             transport=transport,  # type: ignore[arg-type]
             policy=self.policy,
             max_connections=cfg.concurrency,
@@ -233,9 +233,10 @@ class Endpoint:
             json = None
         client = self.client
         if client is not None:  # the pooled client's coroutine itself: no layer between
-            return client._request(
-                cfg.method, path, params, json, None, headers, timeout, tokens, True, body_only
+            req = client.build_request(
+                cfg.method, path, params, json, None, headers, timeout, tokens, True
             )
+            return client.send(req, parsed=body_only)
         return self._call_once(path, params, json, headers, timeout, tokens, body_only)
 
     async def _call_once(
@@ -252,18 +253,17 @@ class Endpoint:
         client, owned = self._new_client()
         try:
             async with client:
-                return await client._request(
+                request = client.build_request(
                     self.config.method,
                     path,
-                    params,
-                    json,
-                    None,
-                    headers,
-                    timeout,
-                    tokens,
-                    True,
-                    body_only,
+                    params=params,
+                    json=json,
+                    headers=headers,
+                    timeout=timeout,
+                    tokens=tokens,
+                    parse=True,
                 )
+                return await client.send(request, parsed=body_only)
         finally:
             if owned is not None:
                 await owned.aclose()
@@ -280,10 +280,15 @@ class Endpoint:
     ) -> EventStream[Any]:
         """Stream ``request``; yield each parsed chunk (SSE data or NDJSON lines).
 
-        Sets ``"stream": true`` in the payload unless it is set. The stream ends at
-        ``[DONE]`` or when the server closes it; an error event raises
-        :class:`~headway.errors.StreamError`. Use ``async with ep.stream(req) as chunks``
-        when you may stop early, so the connection is released at once.
+        Sets ``"stream": true`` in the payload unless it is set. An SSE stream ends at
+        ``[DONE]`` (OpenAI) or after the ``message_stop`` event (Anthropic); a stream the
+        server closes before either, or cuts in the middle of an event, raises
+        :class:`~headway.errors.StreamError` (``config.stream_requires_end=False`` accepts
+        a server that just closes). An error event raises
+        :class:`~headway.errors.StreamError`. A ``200 application/json`` answer (a gateway
+        that does not stream) is yielded as the one item. Use
+        ``async with ep.stream(req) as chunks`` when you may stop early, so the connection
+        is released at once.
         """
         return EventStream(self._stream(request, endpoint_params, params, headers, tokens, timeout))
 
@@ -317,6 +322,7 @@ class Endpoint:
                 headers=headers,
                 timeout=timeout,
                 tokens=tokens,
+                require_end=cfg.stream_format == "sse" and cfg.stream_requires_end,
             ) as items:
                 async for item in items:
                     yield item
@@ -328,5 +334,5 @@ class Endpoint:
 
     def __repr__(self) -> str:
         state = "open" if self.client is not None else "closed"
-        url = f"{self.config.base_url}/{self.config.endpoint}"
+        url = redact_url(f"{self.config.base_url}/{self.config.endpoint}")
         return f"Endpoint(name={self.config.name!r}, url={url!r}, {state})"

@@ -6,6 +6,11 @@
 ('Bearer sk-test', 'application/json')
 >>> HeaderFactory.get_header(auth_type="x-api-key", api_key="k", content_type=None)
 {'x-api-key': 'k'}
+>>> HeaderFactory.get_header(auth_type="bearer", api_key="k", auth_header="X-Api-Token",
+...                          content_type=None)
+{'X-Api-Token': 'k'}
+>>> merge_headers({"authorization": "Bearer a", "Accept": "json"}, {"AUTHORIZATION": "b"})
+{'Accept': 'json', 'AUTHORIZATION': 'b'}
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pydantic import SecretStr
 
 from headway.errors import ConfigurationError
 
-__all__ = ["AuthType", "HeaderFactory"]
+__all__ = ["AuthType", "HeaderFactory", "merge_headers"]
 
 AuthType = Literal["bearer", "x-api-key", "none"]
 
@@ -41,14 +46,31 @@ class HeaderFactory:
         return {"x-api-key": api_key}
 
     @staticmethod
+    def auth_header_names(auth_type: AuthType, auth_header: str | None = None) -> frozenset[str]:
+        """The (lower-case) names of the headers :meth:`get_header` puts the key in.
+
+        >>> sorted(HeaderFactory.auth_header_names("bearer", "X-Custom-Key"))
+        ['x-custom-key']
+        """
+        if auth_type == "none":
+            return frozenset()
+        if auth_header:
+            return frozenset({auth_header.lower()})
+        return frozenset({"authorization" if auth_type == "bearer" else "x-api-key"})
+
+    @staticmethod
     def get_header(
         *,
         auth_type: AuthType,
         content_type: str | None = "application/json",
         api_key: str | SecretStr | None = None,
         default_headers: Mapping[str, str] | None = None,
+        auth_header: str | None = None,
     ) -> dict[str, str]:
         """Headers for a request: content type, then auth, then ``default_headers``.
+
+        ``auth_header`` names a custom header that carries the key as is (instead of
+        ``Authorization: Bearer`` or ``x-api-key``); it is masked wherever shown.
 
         Raises:
             ConfigurationError: ``auth_type`` needs a key and none (or an empty one) was
@@ -64,7 +86,9 @@ class HeaderFactory:
                     f"auth_type={auth_type!r} needs an API key and none was given: pass "
                     "api_key=... or api_key_env='NAME_OF_ENV_VAR', or use auth_type='none'"
                 )
-            if auth_type == "bearer":
+            if auth_header:
+                headers[auth_header] = key
+            elif auth_type == "bearer":
                 headers["Authorization"] = f"Bearer {key}"
             elif auth_type == "x-api-key":
                 headers["x-api-key"] = key
@@ -73,5 +97,19 @@ class HeaderFactory:
                     f"unknown auth_type {auth_type!r}: use 'bearer', 'x-api-key' or 'none'"
                 )
         if default_headers:
-            headers.update(default_headers)
+            headers = merge_headers(headers, default_headers)
         return headers
+
+
+def merge_headers(base: Mapping[str, str], extra: Mapping[str, str] | None) -> dict[str, str]:
+    """``base`` updated with ``extra``, header names compared case-insensitively.
+
+    A name in ``extra`` replaces every spelling of it in ``base`` (``AUTHORIZATION``
+    replaces ``authorization``): one value is sent, never both.
+    """
+    if not extra:
+        return dict(base)
+    lowered = {name.lower() for name in extra}
+    merged = {k: v for k, v in base.items() if k.lower() not in lowered}
+    merged.update(extra)
+    return merged

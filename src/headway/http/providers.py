@@ -25,7 +25,7 @@ from headway.errors import ConfigurationError
 from headway.http.config import EndpointConfig
 from headway.http.endpoint import Endpoint
 from headway.http.headers import AuthType
-from headway.http.transport import Transport
+from headway.http.transports.base import Transport
 
 __all__ = ["PROVIDERS", "ProviderSpec", "match_endpoint", "provider_config"]
 

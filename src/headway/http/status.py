@@ -1,4 +1,4 @@
-"""Map an HTTP answer to the exact :mod:`headway.errors` class.
+"""Map an HTTP status (and body) to the exact :mod:`headway.errors` class.
 
 ======================  ==========================================================
 status                  error
