@@ -50,13 +50,13 @@ async def test_a_429_pauses_every_worker(make_backend: MakeBackend) -> None:
     policy = Policy(retry=RetryPolicy(max_retries=0), limiter=a)
 
     async def limited() -> None:
-        raise RateLimitError("slow down", status_code=429, retry_after=0.05)
+        raise RateLimitError("slow down", status_code=429, retry_after=5.0)
 
     with pytest.raises(RateLimitError):
         await policy.execute(limited)
     await a.flush()
     res = await b.reserve()
-    assert res.delay >= 0.03  # b, another worker, is held back too
+    assert res.delay >= 3.0  # b, another worker, is held back too (slack for a loaded machine)
 
 
 async def test_a_breaker_opened_by_one_policy_rejects_in_another_worker(
