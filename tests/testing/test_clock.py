@@ -1,9 +1,18 @@
 import asyncio
+import socket
+import threading
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import pytest
+from aiolimiter import AsyncLimiter
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from headway.testing import VirtualClock
+
+T = TypeVar("T")
 
 
 @pytest.mark.virtual_time
@@ -50,3 +59,98 @@ async def test_uninstall_restores_real_time_and_keeps_timers() -> None:
     assert handle.when() - loop.time() < 1
     handle.cancel()
     assert "not installed" in repr(clock)
+
+
+def run_with_watchdog(main: Callable[[], Coroutine[Any, Any, T]], limit: float = 10.0) -> T:
+    """Run ``main()`` in a fresh loop; cancel it if it is still running after ``limit`` s.
+
+    A livelocked loop still iterates, so a cancel sent from a timer thread ends it.
+    """
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(main())
+    watchdog = threading.Timer(limit, loop.call_soon_threadsafe, (task.cancel,))
+    watchdog.start()
+    try:
+        return loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        pytest.fail(f"the loop was still running after {limit} s of real time: livelock")
+    finally:
+        watchdog.cancel()
+        loop.close()
+
+
+async def paced_acquirers(start: float, count: int, pause: float) -> tuple[float, int]:
+    with VirtualClock(start=start) as clock:
+        limiter = AsyncLimiter(1, 10)
+
+        async def one() -> None:
+            await asyncio.sleep(pause)
+            async with limiter:
+                pass
+
+        await asyncio.gather(*(one() for _ in range(count)))
+        return clock.elapsed, clock.jumps
+
+
+def test_limiter_waker_at_now_plus_epsilon_does_not_livelock() -> None:
+    # aiolimiter schedules its waker at "now + 2e-14", which rounds to now: the loop must
+    # still move time forward (this hung forever before).
+    elapsed, jumps = run_with_watchdog(lambda: paced_acquirers(3.3, 361, 0.0123))
+    assert elapsed == pytest.approx(0.0123 + 360 * 10, abs=1e-6)
+    assert jumps < 2 * 361
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    start=st.floats(0, 1e7, allow_nan=False),
+    count=st.integers(2, 40),
+    pause=st.floats(0, 1, allow_nan=False),
+)
+def test_paced_acquirers_always_finish(start: float, count: int, pause: float) -> None:
+    elapsed, _ = run_with_watchdog(lambda: paced_acquirers(start, count, pause))
+    assert elapsed == pytest.approx(pause + (count - 1) * 10, rel=1e-6, abs=1e-3)
+
+
+async def test_a_timer_due_now_does_not_move_time_once(virtual_clock: VirtualClock) -> None:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    done = loop.create_future()
+    loop.call_at(t0, done.set_result, None)
+    await done
+    assert loop.time() == t0  # one timer due now runs now; time steps only on a stall
+
+
+def test_the_default_jump_only_polls_open_sockets() -> None:
+    async def main() -> tuple[float, int]:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        try:
+            with VirtualClock() as clock:
+                for _ in range(1000):
+                    await asyncio.sleep(15)
+                return clock.elapsed, clock.jumps
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    elapsed, jumps = run_with_watchdog(main)
+    assert elapsed == pytest.approx(15_000)
+    assert jumps == 1000
+
+
+async def test_io_grace_waits_for_a_reply_from_another_thread() -> None:
+    # A server in another thread answers in real time: with an io_grace the loop waits
+    # for the reply before it jumps to the pending timeout.
+    left, right = socket.socketpair()
+    answer = threading.Timer(0.01, right.send, (b"pong",))
+    try:
+        with VirtualClock(io_grace=0.5) as clock:
+            reader, writer = await asyncio.open_connection(sock=left)
+            answer.start()
+            async with asyncio.timeout(30):
+                assert await reader.read(4) == b"pong"
+            assert clock.elapsed < 30
+            writer.close()
+            await writer.wait_closed()
+    finally:
+        answer.join()
+        right.close()

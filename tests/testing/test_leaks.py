@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 from typing import Any
 
 import aiohttp
@@ -198,3 +199,40 @@ def test_sync_guard_finds_unawaited_coroutines_and_resources() -> None:
     leaks = guard.stop_sync()
     assert sorted(leak.kind for leak in leaks) == ["coroutine", "resource"]
     _resources.untrack(res)
+
+
+async def test_unclosed_httpx_client_with_a_keep_alive_connection(fake_api: Any) -> None:
+    import httpx
+
+    guard = LeakGuard()
+    guard.start()
+    client = httpx.AsyncClient()
+    response = await client.get(f"{fake_api.url}/v1/models")  # the connection stays pooled
+    assert response.status_code == 200
+    leaks = await guard.stop()
+    assert [leak.kind for leak in leaks] == ["client"]
+    text = str(leaks[0])
+    assert "httpx.AsyncClient created at" in text
+    assert "test_leaks.py" in text
+    assert "holding 1 keep-alive connection(s)" in text
+    assert client.is_closed  # the guard closed it
+
+
+async def test_closed_httpx_client_is_not_a_leak(fake_api: Any) -> None:
+    import httpx
+
+    guard = LeakGuard()
+    guard.start()
+    async with httpx.AsyncClient() as client:
+        await client.get(f"{fake_api.url}/v1/models")
+    assert await guard.stop() == []
+
+
+async def test_never_awaited_coroutine_carries_file_and_line() -> None:
+    guard = LeakGuard()
+    guard.start()
+    boom()  # type: ignore[unused-coroutine]
+    line = sys._getframe().f_lineno - 1
+    leaks = await guard.stop()
+    assert [leak.kind for leak in leaks] == ["coroutine"]
+    assert f"test_leaks.py:{line}" in str(leaks[0])

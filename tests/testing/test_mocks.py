@@ -21,6 +21,7 @@ from headway.testing.mocks import (
     mock_response,
     raise_exception,
 )
+from headway.testing.plugin import pitfall_hint
 
 pytestmark = pytest.mark.unit
 
@@ -120,7 +121,7 @@ async def test_mock_session_default_and_callable_responses() -> None:
     async with session.request("PUT", "https://x.test/", json=[1]) as resp:
         assert await resp.json() == {"echo": [1]}
         assert resp.method == "PUT"
-    always = mock_aiohttp_session({"ok": True})
+    always = mock_aiohttp_session(mock_response(json={"ok": True}))
     assert await (await always.get("https://x.test/a")).json() == {"ok": True}
 
 
@@ -206,3 +207,77 @@ async def test_mock_api_responses_fixture(mock_api_responses: MockAPIResponses) 
     first = await session.post("https://api.test/v1/chat/completions")
     second = await session.post("https://api.test/v1/chat/completions")
     assert (first.status, second.status) == (429, 200)
+
+
+async def test_a_list_is_served_in_order_and_json_arrays_are_wrapped() -> None:
+    session = mock_aiohttp_session([{"n": 1}, {"n": 2}])
+    got = [await (await session.get("https://x.test/")).json() for _ in range(3)]
+    assert got == [{"n": 1}, {"n": 2}, {"n": 2}]
+    array = mock_aiohttp_session(mock_response(json=[1, 2]))
+    assert await (await array.get("https://x.test/")).json() == [1, 2]
+    with pytest.raises(ValueError, match=r"mock_response\(json=\[\]\)"):
+        mock_aiohttp_session([])
+
+
+def test_a_dict_with_a_key_that_is_not_a_route_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"'ok' is neither.*mock_response\(json="):
+        mock_aiohttp_session({"ok": True})
+    with pytest.raises(ValueError, match="'users' is neither"):
+        mock_aiohttp_session({"GET https://x.test/a": {}, "users": []})
+
+
+async def test_a_reused_response_is_served_whole_every_time() -> None:
+    sse = mock_response(
+        body=b"data: one\n\ndata: two\n\n", headers={"Content-Type": "text/event-stream"}
+    )
+    session = mock_aiohttp_session(sse)
+    for _ in range(2):
+        async with session.get("https://x.test/stream") as resp:
+            lines = [line async for line in resp.content if line.strip()]
+        assert lines == [b"data: one\n", b"data: two\n"]
+
+
+async def test_json_checks_the_content_type_like_aiohttp() -> None:
+    html = mock_response(500, text="<html>oops</html>")
+    with pytest.raises(aiohttp.ContentTypeError, match="unexpected mimetype: text/plain"):
+        await html.json()
+    assert await mock_response(body=b'{"a": 1}').json(content_type=None) == {"a": 1}
+    vendor = mock_response(body=b"{}", headers={"Content-Type": "application/problem+json"})
+    assert await vendor.json() == {}
+    assert await mock_response(body=b"").json() is None
+
+
+async def test_misspelt_keywords_are_refused_and_the_session_looks_real() -> None:
+    session = mock_aiohttp_session(mock_response(json={}), headers={"Authorization": "Bearer x"})
+    with pytest.raises(TypeError, match="'jsno'"):
+        session.post("https://x.test/", jsno={"a": 1})
+    await session.post("https://x.test/", json={"a": 1}, timeout=aiohttp.ClientTimeout(5))
+    assert session.headers["authorization"] == "Bearer x"
+    assert isinstance(session.timeout, aiohttp.ClientTimeout)
+    assert session.connector.limit == 100
+    await session.close()
+    assert session.connector.closed
+
+
+@pytest.mark.parametrize(
+    ("error", "needle"),
+    [
+        (TypeError("'coroutine' object has no attribute '__aenter__'"), "mock_aiohttp_session"),
+        (
+            TypeError(
+                "'coroutine' object does not support the asynchronous context manager protocol"
+            ),
+            "async_cm_mock",
+        ),
+        (TypeError("object MagicMock can't be used in 'await' expression"), "AsyncMock"),
+        (AttributeError("'coroutine' object has no attribute 'status'"), "without `await`"),
+        (ValueError("something else"), None),
+    ],
+)
+def test_pitfall_hints_name_the_fix(error: BaseException, needle: str | None) -> None:
+    hint = pitfall_hint(error)
+    if needle is None:
+        assert hint is None
+    else:
+        assert hint is not None
+        assert needle in hint

@@ -6,6 +6,7 @@ Each run collects several tests at once; outcomes are read from the JUnit XML re
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -25,7 +26,11 @@ class Outcome:
 
 
 def run_pytest(
-    tmp_path: Path, files: dict[str, str], *args: str, ini: str = ""
+    tmp_path: Path,
+    files: dict[str, str],
+    *args: str,
+    ini: str = "",
+    env: dict[str, str] | None = None,
 ) -> tuple[dict[str, Outcome], str]:
     for name, text in files.items():
         (tmp_path / name).write_text(textwrap.dedent(text))
@@ -46,6 +51,8 @@ def run_pytest(
             "no:cov",
             "-p",
             "no:hypothesispytest",
+            "-p",
+            "no:looptime_plugin",
             f"--junitxml={report}",
             "-q",
             *args,
@@ -54,8 +61,11 @@ def run_pytest(
         capture_output=True,
         text=True,
         timeout=120,
+        env={**os.environ, **(env or {})},
     )
     outcomes: dict[str, Outcome] = {}
+    if not report.exists():
+        return outcomes, proc.stdout + proc.stderr
     for case in ET.parse(report).getroot().iter("testcase"):
         name = case.get("name", "")
         status, message = "passed", ""
@@ -127,9 +137,15 @@ async def test_clean():
 async def test_unmarked_leak_is_not_checked():
     asyncio.create_task(forever())
 
-@pytest.mark.unit
-@pytest.mark.integration
-@pytest.mark.slow
+@pytest.mark.no_leaks
+async def test_async_mock_session_pitfall():
+    from unittest.mock import AsyncMock
+
+    session = AsyncMock()
+    async with session.get("https://x.test/") as resp:
+        pass
+
+@pytest.mark.no_leaks
 @pytest.mark.allow_leaks
 def test_all_markers_are_registered():
     pass
@@ -154,6 +170,9 @@ def test_marked_tests_fail_naming_each_leak(tmp_path: Path) -> None:
         assert "headway leak guard" in outcome.message, (name, outcome.message)
         for needle in needles:
             assert needle in outcome.message, (name, needle, outcome.message)
+    assert outcomes["test_async_mock_session_pitfall"].status in ("failed", "error"), output
+    assert "headway: how to fix this" in output
+    assert "mock_aiohttp_session(...) for an" in output
     assert outcomes["test_clean"].status == "passed", output
     assert outcomes["test_unmarked_leak_is_not_checked"].status == "passed", output
     assert outcomes["test_all_markers_are_registered"].status == "passed", output
@@ -296,3 +315,147 @@ def test_nothing_changes_without_a_marker_or_option(tmp_path: Path) -> None:
     spilled = "test_next_test_in_the_same_loop_is_unaffected"
     assert outcomes[spilled].status == "failed", output
     assert all(o.status == "passed" for n, o in outcomes.items() if n != spilled), output
+
+
+def test_only_headways_own_markers_are_registered(tmp_path: Path) -> None:
+    files = {
+        "test_markers.py": """
+        import pytest
+
+        @pytest.mark.slow
+        def test_generic_label():
+            pass
+        """
+    }
+    _outcomes, output = run_pytest(tmp_path, files, "--strict-markers", "--markers")
+    assert "virtual_time:" in output
+    assert "no_leaks:" in output
+    assert "allow_leaks:" in output
+    for generic in ("@pytest.mark.unit:", "@pytest.mark.integration:", "@pytest.mark.slow:"):
+        assert generic not in output, output
+
+
+ANYIO = """
+import asyncio
+import aiohttp
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+async def forever():
+    await asyncio.sleep(3600)
+
+async def test_fake_api_and_virtual_clock(fake_api, virtual_clock):
+    async with aiohttp.ClientSession() as session:
+        async with session.get(fake_api.url + "/v1/models") as resp:
+            assert resp.status == 200
+    await asyncio.sleep(3600)
+    assert virtual_clock.elapsed == pytest.approx(3600)
+    assert asyncio.get_running_loop().time() == virtual_clock.now()
+
+@pytest.mark.virtual_time
+async def test_virtual_time_marker():
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    await asyncio.sleep(86400)
+    assert loop.time() - t0 == pytest.approx(86400)
+
+@pytest.mark.no_leaks
+async def test_pending_task_is_caught():
+    asyncio.create_task(forever(), name="anyio-orphan")
+
+@pytest.mark.no_leaks
+async def test_clean_under_anyio():
+    await asyncio.sleep(0)
+"""
+
+ANYIO_TRIO = """
+import pytest
+
+pytestmark = pytest.mark.anyio
+
+@pytest.fixture
+def anyio_backend():
+    return "trio"
+
+async def test_fake_api_on_trio(fake_api):
+    pass
+"""
+
+NO_RUNNER = """
+def test_sync_test_asks_for_fake_api(fake_api):
+    pass
+
+async def test_async_test_without_a_runner(virtual_clock):
+    pass
+"""
+
+
+def test_anyio_runner_gets_every_fixture_and_marker(tmp_path: Path) -> None:
+    outcomes, output = run_pytest(
+        tmp_path, {"test_anyio.py": ANYIO}, "-p", "no:asyncio", ini="headway_leak_check = true\n"
+    )
+    assert outcomes["test_fake_api_and_virtual_clock"].status == "passed", output
+    assert outcomes["test_virtual_time_marker"].status == "passed", output
+    assert outcomes["test_clean_under_anyio"].status == "passed", output
+    leak = outcomes["test_pending_task_is_caught"]
+    assert leak.status in ("failed", "error"), output
+    assert "'anyio-orphan'" in leak.message
+    assert "forever()" in leak.message
+
+
+def test_fixtures_without_a_runner_say_what_to_do(tmp_path: Path) -> None:
+    outcomes, output = run_pytest(
+        tmp_path, {"test_none.py": NO_RUNNER, "test_trio.py": ANYIO_TRIO}, "-p", "no:asyncio"
+    )
+    sync = outcomes["test_sync_test_asks_for_fake_api"]
+    assert sync.status == "error", output
+    assert "needs an async test" in sync.message
+    assert outcomes["test_async_test_without_a_runner"].status == "error", output
+    assert "pytest-asyncio" in sync.message
+    assert "fixture 'virtual_clock' not found" not in output
+    trio = outcomes["test_fake_api_on_trio"]
+    assert trio.status == "error", output
+    assert "anyio_backend = 'asyncio'" in trio.message
+
+
+BROKEN_AIOHTTP_WEB = """
+raise ImportError("aiohttp.web is broken in this environment")
+"""
+
+
+def test_a_feature_that_cannot_load_fails_only_its_tests(tmp_path: Path) -> None:
+    # aiohttp.web is shadowed by a module that cannot be imported: the plugin still loads,
+    # a plain project's tests pass, and only the test using FakeAPI fails, saying why.
+    shim = tmp_path / "shim" / "aiohttp"
+    shim.mkdir(parents=True)
+    real = Path(__import__("aiohttp").__file__).parent
+    (shim / "__init__.py").write_text(
+        f"__path__ = [{str(shim)!r}, {str(real)!r}]\n"
+        f"exec(open({str(real / '__init__.py')!r}).read())\n"
+    )
+    (shim / "web.py").write_text(BROKEN_AIOHTTP_WEB)
+    files = {
+        "conftest.py": "",
+        "test_plain.py": """
+        import pytest
+
+        def test_plain():
+            assert 1 + 1 == 2
+
+        @pytest.mark.asyncio
+        async def test_uses_fake_api(fake_api):
+            pass
+        """,
+    }
+    outcomes, output = run_pytest(
+        tmp_path, files, env={"PYTHONPATH": str(tmp_path / "shim")}, ini="asyncio_mode = strict\n"
+    )
+    assert outcomes["test_plain"].status == "passed", output
+    broken = outcomes["test_uses_fake_api"]
+    assert broken.status == "error", output
+    assert "headway.testing.fake_api could not be imported" in broken.message

@@ -343,6 +343,12 @@ def plan_messages(body: dict[str, Any]) -> Reply:
     return _reply(model, prompt, last_user, max_tokens)
 
 
+def count_message_tokens(body: dict[str, Any]) -> dict[str, Any]:
+    """Anthropic's ``/v1/messages/count_tokens`` answer: the prompt's ``input_tokens``."""
+    reply = plan_messages({**body, "max_tokens": 1})  # the endpoint takes no max_tokens
+    return {"input_tokens": reply.prompt_tokens}
+
+
 def messages(reply: Reply, request_id: str) -> dict[str, Any]:
     """An Anthropic ``message`` object."""
     return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json as jsonlib
 import random
 import re
 from collections import deque
@@ -154,7 +155,8 @@ class _JournalMixin:
             what = " ".join(p for p in (method, path) if p) or "any request"
             expected = f"exactly {times}" if times is not None else "at least one"
             journal = "\n".join(
-                f"  #{r.index} {r.method} {r.path} -> {r.status}" for r in self.requests
+                f"  #{r.index} {r.method} {r.path} -> {r.status}" + _body_of(r)
+                for r in self.requests
             )
             raise AssertionError(
                 f"expected {expected} call(s) to {what}"
@@ -201,3 +203,14 @@ class _JournalMixin:
                 script.consumed += 1
                 return script.steps.popleft()
         return chaos.pick(self._rng) if chaos is not None else None
+
+
+def _body_of(entry: RecordedRequest, limit: int = 200) -> str:
+    """`` body: ...`` (the JSON sent, or the raw bytes), cut to ``limit`` characters."""
+    if entry.json is not None:
+        text = jsonlib.dumps(entry.json, sort_keys=True, ensure_ascii=False)
+    elif entry.body:
+        text = entry.body[:limit].decode("utf-8", "replace")
+    else:
+        return ""
+    return " body: " + (text if len(text) <= limit else text[: limit - 3] + "...")

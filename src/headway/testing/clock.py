@@ -7,18 +7,25 @@ sleeping until its next timer it moves virtual time forward to that timer at onc
 breaker recovery, and FakeAPI's latencies all complete in microseconds of real time,
 and give the same result every run.
 
-Real I/O still works: when a socket is ready it is served before time moves, a wait
-with no timer at all is a real wait, and while work runs in a thread
+Real I/O still works: the sockets are polled before every jump and what is ready is
+served before time moves (a loopback server on the same loop, like
+:class:`~headway.testing.FakeAPI`, has its bytes delivered by the time the client's send
+returns), a wait with no timer at all is a real wait, and while work runs in a thread
 (``run_in_executor``, ``asyncio.to_thread``, DNS look-ups) the loop waits for it in real
-time instead of skipping past it.
+time instead of skipping past it. A jump costs one non-blocking poll, so an open socket
+does not slow virtual time down.
+
+Time always moves when only timers remain: a timer that keeps falling due at the same
+instant (a limiter whose waker lands "now plus 1e-14", which rounds to now) makes the
+clock step by the loop's clock resolution, as a real clock would, instead of spinning.
 
 Pitfalls:
 
 * Code that reads :func:`time.monotonic` or :func:`time.time` directly does not see
   virtual time. headway never does (see :mod:`headway._clock`).
-* A server in *another process* answers in real time while virtual time races ahead:
-  an ``asyncio.timeout`` around such a call may fire early. Give such a test a larger
-  ``io_grace`` (real seconds to wait for I/O before jumping), or no virtual time.
+* A server in *another thread or process* answers in real time while virtual time races
+  ahead: an ``asyncio.timeout`` around such a call may fire early. Give such a test an
+  ``io_grace`` (real seconds to wait for I/O before each jump), or no virtual time.
 * Only loops built on :mod:`selectors` (the default loop on every platform but the
   Windows proactor) can be driven; uvloop cannot.
 
@@ -34,6 +41,7 @@ Pitfalls:
 from __future__ import annotations
 
 import asyncio
+import math
 import selectors
 from collections.abc import Callable
 from types import TracebackType
@@ -41,8 +49,8 @@ from typing import Any, Self
 
 __all__ = ["VirtualClock"]
 
-#: Real seconds the loop polls for I/O before a jump while sockets are open.
-DEFAULT_IO_GRACE = 0.0002
+#: Real seconds the loop waits for I/O before a jump while sockets are open (0: it polls).
+DEFAULT_IO_GRACE = 0.0
 
 
 class VirtualClock:
@@ -55,8 +63,11 @@ class VirtualClock:
     Args:
         start: virtual time at install; by default the loop's current time, so timers
             scheduled before install keep their order.
-        io_grace: real seconds to poll for I/O before each jump while sockets other
-            than the loop's own are registered.
+        io_grace: real seconds to wait for I/O before each jump while sockets other
+            than the loop's own are registered; by default the loop only polls them,
+            which is enough for servers on the same loop (loopback bytes are delivered
+            by the time the sender's write returns). Give a server in another thread or
+            process a few milliseconds.
     """
 
     def __init__(self, start: float | None = None, *, io_grace: float = DEFAULT_IO_GRACE) -> None:
@@ -70,6 +81,7 @@ class VirtualClock:
         self._real_time: Callable[[], float] | None = None
         self._real_run_in_executor: Callable[..., asyncio.Future[Any]] | None = None
         self._threads = 0
+        self._due_at = math.nan
         self.jumps = 0
 
     # -- Clock protocol -------------------------------------------------------------------
@@ -156,25 +168,55 @@ class VirtualClock:
     def _select(self, timeout: float | None = None) -> list[Any]:
         real_select = self._real_select
         assert real_select is not None
-        assert self._selector is not None
-        if timeout is None or timeout <= 0:
-            # Nothing scheduled (a real wait for I/O or another thread), or work ready.
-            return real_select(timeout)
+        if timeout is None:
+            # Nothing scheduled at all: only I/O or another thread can wake the loop.
+            return real_select(None)
         events = real_select(0)
         if events:
+            return events
+        if timeout <= 0:
+            self._step_if_stalled()
             return events
         if self._threads:
             # A thread is working: its time is real, wait for it (or for the timer).
             events = real_select(timeout)
             if events:
                 return events
-        elif self.io_grace > 0 and len(self._selector.get_map()) > 1:
-            events = real_select(min(timeout, self.io_grace))
+        elif self._has_sockets():
+            events = self._grace(real_select, timeout)
             if events:
                 return events
         self._now += timeout
         self.jumps += 1
         return []
+
+    def _has_sockets(self) -> bool:
+        # The loop's own self-pipe is always registered; anything more is a socket.
+        assert self._selector is not None
+        return len(self._selector.get_map()) > 1
+
+    def _grace(self, real_select: Callable[[float | None], list[Any]], timeout: float) -> list[Any]:
+        if self.io_grace > 0:
+            return real_select(min(timeout, self.io_grace))
+        return []  # polled once already: what has arrived is served, nothing more to wait
+
+    def _step_if_stalled(self) -> None:
+        """A timer is due and nothing else is ready: make sure time does not stand still.
+
+        The first such pass at an instant is normal (a timer due now runs now). A second
+        one at the same instant means timers keep falling due "now" (``now + 1e-14``
+        rounds to ``now``): step by the loop's clock resolution, as real time would.
+        """
+        loop = self._loop
+        if getattr(loop, "_ready", None) or getattr(loop, "_stopping", False):
+            return  # callbacks are ready: the loop is working, not waiting on a timer
+        now = self._now
+        if now != self._due_at:
+            self._due_at = now
+            return
+        step = max(getattr(loop, "_clock_resolution", 1e-9), math.ulp(now))
+        self._now = now + step
+        self.jumps += 1
 
     def _run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> Any:
         assert self._real_run_in_executor is not None

@@ -77,8 +77,10 @@ __all__ = ["FakeAPI", "RecordedRequest", "Route", "Script"]
 # Names imported "as" themselves are re-exported: they were defined or imported here
 # before the split (the doctests use Fault).
 
-_ENTRY_KEY = web.RequestKey("headway_entry", object)
-_PARAMS_KEY = web.RequestKey("headway_params", dict)
+# web.RequestKey exists from aiohttp 3.14 (which warns on str keys); older versions take str.
+_RequestKey: Any = getattr(web, "RequestKey", None)
+_ENTRY_KEY: Any = _RequestKey("headway_entry", object) if _RequestKey else "headway_entry"
+_PARAMS_KEY: Any = _RequestKey("headway_params", dict) if _RequestKey else "headway_params"
 
 
 class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
@@ -154,6 +156,7 @@ class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
             ("POST", "/v1/embeddings"): self._embeddings,
             ("POST", "/v1/responses"): self._responses,
             ("POST", "/v1/messages"): self._messages,
+            ("POST", "/v1/messages/count_tokens"): self._count_tokens,
         }
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -252,6 +255,12 @@ class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
         A route replaces an earlier one with the same method and path, and wins over
         the built-in routes. ``method="*"`` matches any method.
         """
+        if handler is not None and not callable(handler):
+            raise TypeError(
+                f"FakeAPI.route({method!r}, {path!r}, ...): the third argument is a handler "
+                f"function, not a {type(handler).__name__}; for a canned answer pass "
+                "json=... (or text=..., status=...)"
+            )
         method = method.upper()
         new = Route(
             method,
@@ -322,6 +331,7 @@ class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
         if isinstance(entry, RecordedRequest) and entry.fault not in ("reset", "hang"):
             entry.status = response.status
             response.headers.setdefault("x-request-id", f"req_{self._rid(entry)}")
+            response.headers.setdefault("request-id", f"req_{self._rid(entry)}")  # Anthropic's
         anthropic = request.path.rstrip("/") == "/v1/messages"
         for key, value in self._limit_headers(anthropic).items():
             response.headers.setdefault(key, value)
@@ -371,7 +381,7 @@ class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
             entry.route = route.path
         elif builtin is not None or is_models:
             entry.route = path.rstrip("/")
-        anthropic = route is None and path.rstrip("/") == "/v1/messages"
+        anthropic = route is None and path.rstrip("/").startswith("/v1/messages")
 
         chaos = self._chaos_for(method, path, route)
         if chaos is not None:

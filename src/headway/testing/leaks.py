@@ -7,8 +7,10 @@ garbage and reports, as :class:`Leak` records:
   and where it is suspended;
 * headway clients, endpoints, executors and servers still open (the registry in
   :mod:`headway._resources`);
-* ``aiohttp.ClientSession`` objects and connectors that were not closed;
-* coroutines that were never awaited;
+* ``aiohttp.ClientSession`` objects and connectors, and ``httpx.AsyncClient`` objects
+  (with the connections they keep alive), that were not closed, with where each was
+  created;
+* coroutines that were never awaited, with the file and line Python reports;
 * task exceptions nobody retrieved, and tasks destroyed while pending.
 
 Then it cancels and closes what it found, so what comes next is unaffected. The pytest
@@ -48,12 +50,17 @@ from headway import _resources
 
 __all__ = ["Leak", "LeakError", "LeakGuard", "LeakKind", "format_leaks", "leak_guard"]
 
-LeakKind: TypeAlias = Literal["task", "resource", "session", "connector", "coroutine", "exception"]
+LeakKind: TypeAlias = Literal[
+    "task", "resource", "session", "connector", "client", "coroutine", "exception"
+]
 
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
 _THIS_FILE = __file__.removesuffix("c")
 _NEVER_AWAITED = r"coroutine .* was never awaited"
 _TASK_MESSAGES = ("Task exception was never retrieved", "Task was destroyed but it is pending")
+# Tasks a test runner creates around each fixture and test (anyio's pytest plugin): the
+# runner's, not the test's.
+_RUNNER_TASKS = frozenset({"TestRunner._call_in_runner_task"})
 
 
 @dataclass(slots=True, frozen=True)
@@ -61,8 +68,9 @@ class Leak:
     """One thing left behind.
 
     Attributes:
-        kind: ``task``, ``resource`` (a headway object), ``session``, ``connector``,
-            ``coroutine`` (never awaited) or ``exception`` (never retrieved).
+        kind: ``task``, ``resource`` (a headway object), ``session``, ``connector``
+            (aiohttp), ``client`` (``httpx.AsyncClient``), ``coroutine`` (never awaited)
+            or ``exception`` (never retrieved).
         description: what it is, where it came from, and what to do about it.
     """
 
@@ -140,9 +148,13 @@ class LeakGuard:
             they count as leaked.
         close: cancel and close what leaked (default ``True``).
         gc_generation: the oldest generation :func:`gc.collect` collects when the guard
-            stops: 2 (full, the default) finds every garbage cycle but takes a tenth of a
-            second in a large process; 1 is a thousand times cheaper and finds what
-            was freed by reference counting or is young, which is nearly every leak.
+            stops (2, the default: every generation).
+
+    The collection is cheap however large the process: the guard freezes the objects
+    that exist when it starts (:func:`gc.freeze`) and unfreezes them when it stops, so
+    the collection looks only at what was allocated while it watched, which is where
+    a leak is. (If something else froze objects first, the guard leaves them alone
+    and collects the usual way.)
     """
 
     def __init__(self, *, grace: float = 0.1, close: bool = True, gc_generation: int = 2) -> None:
@@ -156,9 +168,11 @@ class LeakGuard:
         self._sessions: list[tuple[Any, str]] = []
         self._connectors: list[tuple[Any, str]] = []
         self._servers: list[tuple[Any, str]] = []
+        self._clients: list[tuple[Any, str]] = []
         self._coroutines: list[str] = []
         self._loop_errors: list[dict[str, Any]] = []
         self._restore: list[Callable[[], None]] = []
+        self._froze = False
 
     # -- start ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -175,6 +189,9 @@ class LeakGuard:
             self._hook_loop(self._loop)
         self._hook_warnings()
         self._hook_aiohttp()
+        if gc.get_freeze_count() == 0:
+            gc.freeze()  # the collection at stop then sees only what the test allocated
+            self._froze = True
 
     def _hook_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         previous_factory = loop.get_task_factory()
@@ -233,6 +250,10 @@ class LeakGuard:
         ) -> None:
             text = str(message)
             if issubclass(category, RuntimeWarning) and "was never awaited" in text:
+                if filename.removesuffix("c") == _THIS_FILE:
+                    text += " (found by the guard's garbage collection)"
+                else:
+                    text += f" (at {_short(filename)}:{lineno})"
                 coroutines.append(text)
                 return
             previous(message, category, filename, lineno, file, line)
@@ -254,8 +275,13 @@ class LeakGuard:
 
     def _hook_aiohttp(self) -> None:
         aiohttp = sys.modules.get("aiohttp")
-        if aiohttp is None:
-            return
+        if aiohttp is not None:
+            self._hook_aiohttp_classes(aiohttp)
+        httpx = sys.modules.get("httpx")
+        if httpx is not None:
+            self._wrap_init(httpx.AsyncClient, self._clients)
+
+    def _hook_aiohttp_classes(self, aiohttp: Any) -> None:
         self._wrap_init(aiohttp.ClientSession, self._sessions)
         self._wrap_init(aiohttp.BaseConnector, self._connectors)
         web = sys.modules.get("aiohttp.web")
@@ -303,11 +329,15 @@ class LeakGuard:
             self._unhook()
 
     def _unhook(self) -> None:
+        if self._froze:  # stopped without collecting
+            self._froze = False
+            gc.unfreeze()
         while self._restore:
             self._restore.pop()()
         self._sessions.clear()
         self._connectors.clear()
         self._servers.clear()
+        self._clients.clear()
 
     def _pending_tasks(self) -> list[asyncio.Task[Any]]:
         if self._loop is None:
@@ -320,11 +350,15 @@ class LeakGuard:
             if t is not current
             and t not in self._before
             and not t.done()
+            and _coro_name(t) not in _RUNNER_TASKS
             and not _serves_an_older_server(t, servers)
         ]
 
     def _collect(self, pending: list[asyncio.Task[Any]]) -> list[Leak]:
         gc.collect(self.gc_generation)
+        if self._froze:
+            self._froze = False
+            gc.unfreeze()
         leaks: list[Leak] = []
         for task in pending:
             site = self._sites.get(task, "<before the guard started>")
@@ -364,6 +398,16 @@ class LeakGuard:
                         "close it or give it to a session that owns it",
                     )
                 )
+        for client, site in self._clients:
+            if not client.is_closed:
+                leaks.append(
+                    Leak(
+                        "client",
+                        f"httpx.AsyncClient created at {site} was not closed"
+                        f"{_keep_alive(client)}; use `async with httpx.AsyncClient() as client:`"
+                        " or `await client.aclose()`",
+                    )
+                )
         for text in self._coroutines:
             leaks.append(Leak("coroutine", f"{text}; did you forget `await`?"))
         self._coroutines.clear()
@@ -390,8 +434,19 @@ class LeakGuard:
         for connector, _ in self._connectors:
             if not connector.closed:
                 await _close(connector)
+        for client, _ in self._clients:
+            if not client.is_closed:
+                await _close(client)
         # Exceptions of tasks that ended while being cancelled are not new leaks.
         self._loop_errors.clear()
+
+
+def _keep_alive(client: Any) -> str:
+    """`` (holding N connection(s))`` for an httpx client whose pool keeps some."""
+    pool = getattr(getattr(client, "_transport", None), "_pool", None)
+    connections = getattr(pool, "connections", None)
+    count = len(connections) if isinstance(connections, list) else 0
+    return f" (holding {count} keep-alive connection(s))" if count else ""
 
 
 def _serves_an_older_server(task: asyncio.Task[Any], new_servers: set[int]) -> bool:

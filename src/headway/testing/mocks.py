@@ -215,19 +215,48 @@ class MockResponse:
     async def _text(self, encoding: str | None = None, errors: str = "strict") -> str:
         return self._body.decode(encoding or self.encoding, errors)
 
-    async def _json(self, *, loads: Callable[[str], Any] = jsonlib.loads, **_: Any) -> Any:
-        return loads(self._body.decode(self.encoding))
+    async def _json(
+        self,
+        *,
+        encoding: str | None = None,
+        loads: Callable[[str], Any] = jsonlib.loads,
+        content_type: str | None = "application/json",
+    ) -> Any:
+        # As aiohttp: an empty body is None; another Content-Type raises ContentTypeError
+        # unless content_type=None says not to check.
+        if not self._body.strip():
+            return None
+        if content_type is not None and not _json_type(self.content_type, content_type):
+            import aiohttp
+
+            raise aiohttp.ContentTypeError(
+                self._request_info(),
+                (),
+                status=self.status,
+                message=f"Attempt to decode JSON with unexpected mimetype: {self.content_type}",
+                headers=self.headers,
+            )
+        return loads(self._body.decode(encoding or self.encoding))
+
+    def _request_info(self) -> Any:
+        import aiohttp
+        from yarl import URL
+
+        return aiohttp.RequestInfo(URL(self.url), self.method, CIMultiDictProxy(CIMultiDict()))
+
+    def _rewind(self) -> None:
+        """Serve again: a fresh ``content`` stream, open (a reused response is whole)."""
+        self.content = _Content(self._body)
+        self.closed = False
 
     def raise_for_status(self) -> None:
         """Raise ``aiohttp.ClientResponseError`` for a 4xx/5xx status, like aiohttp."""
         if self.ok:
             return
         import aiohttp
-        from yarl import URL
 
-        info = aiohttp.RequestInfo(URL(self.url), self.method, CIMultiDictProxy(CIMultiDict()))
         raise aiohttp.ClientResponseError(
-            info, (), status=self.status, message=self.reason, headers=self.headers
+            self._request_info(), (), status=self.status, message=self.reason, headers=self.headers
         )
 
     def close(self) -> None:
@@ -241,6 +270,15 @@ class MockResponse:
 
     def __repr__(self) -> str:
         return f"<MockResponse {self.status} {self.reason}>"
+
+
+def _json_type(actual: str, expected: str) -> bool:
+    """aiohttp's test: ``application/json`` also accepts ``application/<x>+json``."""
+    if expected == "application/json":
+        return actual == "application/json" or (
+            actual.startswith("application/") and actual.endswith("+json")
+        )
+    return expected in actual
 
 
 _REASONS = {
@@ -302,8 +340,36 @@ def _as_response(spec: Any, method: str, url: str, kwargs: dict[str, Any]) -> Mo
     spec = _resolve(spec, spec)
     if isinstance(spec, MockResponse):
         spec.method, spec.url = method, url
+        spec._rewind()
         return spec
     return mock_response(200, json=spec, url=url)
+
+
+def _is_route_key(key: object) -> bool:
+    if not isinstance(key, str):
+        return False
+    if key.startswith(("http://", "https://", "/")):
+        return True
+    verb, _, rest = key.partition(" ")
+    return verb.isalpha() and verb.isupper() and rest.startswith(("http://", "https://", "/"))
+
+
+_REQUEST_KWARGS: frozenset[str] | None = None
+
+
+def _request_kwargs() -> frozenset[str]:
+    """The keyword arguments aiohttp's ``ClientSession._request`` accepts."""
+    global _REQUEST_KWARGS
+    if _REQUEST_KWARGS is None:
+        import inspect
+
+        import aiohttp
+
+        params = inspect.signature(aiohttp.ClientSession._request).parameters
+        _REQUEST_KWARGS = frozenset(
+            name for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY
+        ) | {"data", "json"}
+    return _REQUEST_KWARGS
 
 
 class MockSession:
@@ -314,19 +380,38 @@ class MockSession:
     works; ``session.calls`` lists ``(method, url, kwargs)`` in order.
     """
 
-    def __init__(self, responses: Any) -> None:
+    def __init__(
+        self,
+        responses: Any,
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout: Any = None,
+    ) -> None:
         self._by_key: dict[str, Iterator[Any]] = {}
         self._default: Iterator[Any] | None = None
-        if isinstance(responses, Mapping) and all(
-            isinstance(k, str) and (" " in k or k.startswith(("http://", "https://", "/")))
-            for k in responses
-        ):
+        if isinstance(responses, Mapping):
+            wrong = [k for k in responses if not _is_route_key(k)]
+            if wrong:
+                raise ValueError(
+                    f'mock_aiohttp_session: a dict is read as answers keyed by "METHOD url" '
+                    f"or url, and {wrong[0]!r} is neither; to answer every request with "
+                    "this JSON, pass mock_response(json={...})"
+                )
             for key, value in responses.items():
                 self._by_key[key] = _sequence(value)
         else:
             self._default = _sequence(responses)
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
         self.closed = False
+        # What code under test reads off a real session.
+        self.headers: CIMultiDict[str] = CIMultiDict(headers or {})
+        if timeout is None:
+            import aiohttp
+
+            timeout = aiohttp.ClientTimeout(total=300, sock_connect=30)
+        self.timeout = timeout
+        self.connector = mock.MagicMock(name="connector", limit=100, limit_per_host=0)
+        self.connector.closed = False
         self.request = mock.MagicMock(name="request", side_effect=self._request)
         self.get = self._verb("GET")
         self.post = self._verb("POST")
@@ -345,6 +430,7 @@ class MockSession:
 
     async def _close(self) -> None:
         self.closed = True
+        self.connector.closed = True
 
     def _pick(self, method: str, url: str) -> Any:
         for key in (f"{method} {url}", url):
@@ -358,6 +444,12 @@ class MockSession:
     def _request(self, method: str, url: Any, **kwargs: Any) -> AwaitableContext[MockResponse]:
         if self.closed:
             raise RuntimeError("Session is closed")
+        unknown = sorted(set(kwargs) - _request_kwargs())
+        if unknown:
+            raise TypeError(
+                f"{method.lower()}() got an unexpected keyword argument {unknown[0]!r} "
+                "(aiohttp would refuse it too)"
+            )
         method, url = method.upper(), str(url)
         self.calls.append((method, url, kwargs))
         try:
@@ -374,12 +466,16 @@ class MockSession:
 
 
 def _sequence(value: Any) -> Iterator[Any]:
-    """A list is served in order (the last one repeats); anything else every time."""
-    if (
-        isinstance(value, list | tuple)
-        and value
-        and all(isinstance(v, MockResponse | BaseException) or callable(v) for v in value)
-    ):
+    """A list is served in order (the last one repeats); anything else every time.
+
+    To answer with a JSON array, wrap it: ``mock_response(json=[...])``.
+    """
+    if isinstance(value, list | tuple):
+        if not value:
+            raise ValueError(
+                "mock_aiohttp_session: an empty list has nothing to serve; "
+                "to answer with an empty JSON array, pass mock_response(json=[])"
+            )
         items = list(value)
 
         def gen() -> Iterator[Any]:
@@ -396,7 +492,12 @@ def _sequence(value: Any) -> Iterator[Any]:
     return forever()
 
 
-def mock_aiohttp_session(responses: Any = None) -> MockSession:
+def mock_aiohttp_session(
+    responses: Any = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    timeout: Any = None,
+) -> MockSession:
     """An aiohttp-like session whose requests are both awaitable and context managers.
 
     ``responses`` is one of:
@@ -404,10 +505,24 @@ def mock_aiohttp_session(responses: Any = None) -> MockSession:
     * a response (:func:`mock_response`), JSON data (served as a 200), an exception
       (raised when the request is awaited or entered), or a callable
       ``(method, url, **kwargs) -> response``: served for every request;
-    * a list of those: served in order, the last one repeating;
-    * a dict keyed by ``"METHOD url"`` or ``url`` whose values are any of the above.
+    * a list of those: served in order, the last one repeating (to answer with a JSON
+      array, wrap it: ``mock_response(json=[...])``);
+    * a dict keyed by ``"METHOD url"`` or ``url`` whose values are any of the above
+      (any other key is refused: wrap JSON data in ``mock_response(json=...)``).
+
+    A response served twice is served whole both times (its ``content`` stream
+    rewinds). Keyword arguments aiohttp does not know (``jsno=``) raise ``TypeError``.
+    The session has ``headers``, ``timeout`` (an ``aiohttp.ClientTimeout``) and a
+    ``connector``, like a real one.
+
+    >>> import asyncio
+    >>> session = mock_aiohttp_session([{"n": 1}, {"n": 2}])
+    >>> async def two() -> list[dict[str, int]]:
+    ...     return [await (await session.get("https://x.test/")).json() for _ in range(2)]
+    >>> asyncio.run(two())
+    [{'n': 1}, {'n': 2}]
     """
-    return MockSession({} if responses is None else responses)
+    return MockSession({} if responses is None else responses, headers=headers, timeout=timeout)
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -109,5 +110,7 @@ def test_transport_stops_socket_reads_from_faulting_pages() -> None:
 
     imports = "import headway.http.transports.aiohttp\n"
     faults(imports)  # compiles what is stale: compiling alone can raise the threshold
-    assert faults(imports) >= 200  # one page fault or more per read
+    # one page fault or more per read (aiohttp < 3.14 raises the threshold on import)
+    old_aiohttp = tuple(map(int, aiohttp.__version__.split(".")[:2])) < (3, 14)
+    assert old_aiohttp or faults(imports) >= 200
     assert faults(imports + "headway.http.transports.aiohttp.AiohttpTransport()\n") < 20
