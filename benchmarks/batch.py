@@ -3,7 +3,8 @@
     python benchmarks/batch.py all                 # everything, writes benchmarks/results/batch.md
     python benchmarks/batch.py throughput          # 1. 20,000 requests at 60,000 RPM
     python benchmarks/batch.py rss [--lines N]     # 2. peak RSS, 1,000,000-line input, no limit
-    python benchmarks/batch.py chaos [--requests N]  # 3. the demo's chaos profile, exactly once
+    python benchmarks/batch.py chaos [--requests N]  # 3. the demo's chaos profile, exactly once,
+                                                   #    + poison answers/lines, a dead server, kills
 
 Every run goes through the real console script (``python -m headway.cli``) in its own
 process, against a server in another process, as a user would run it.
@@ -12,6 +13,7 @@ process, against a server in another process, as a user would run it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -286,6 +288,178 @@ def bench_chaos(n: int = 20_000, rpm: float = 30_000) -> dict[str, Any]:
     }
 
 
+# -- 3b. poison answers and lines, a dead server, SIGKILLs -----------------------------------------
+
+POISON_LINES = 5  # deeply nested input lines among the requests
+
+
+def poison_server_main(port: int, seed: int) -> None:
+    """A server answering chat requests with poison mixed in (seeded, per request)."""
+    import asyncio
+    import random
+
+    from aiohttp import web
+
+    rng = random.Random(seed)
+    deep = b'{"id":"deep","nested":' + b"[" * 1000 + b"1" + b"]" * 1000 + b"}"
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        content = body["messages"][0]["content"]
+        roll = rng.random()
+        if roll < 0.03:
+            return web.Response(body=deep, content_type="application/json")
+        if roll < 0.06:
+            error = {"error": {"message": "upstream failed", "type": "server_error", "code": 502}}
+            return web.json_response(error)
+        if roll < 0.09:
+            return web.Response(body=b'{"id": "cut', content_type="application/json")
+        if roll < 0.12:
+            return web.json_response({"error": {"message": "busy"}}, status=503)
+        if roll < 0.14 and request.transport is not None:
+            request.transport.abort()
+            return web.Response(status=500)
+        await asyncio.sleep(rng.uniform(0.001, 0.02))
+        return web.json_response(
+            {
+                "id": "chatcmpl-x",
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": content}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
+            }
+        )
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        print(f"serving on http://127.0.0.1:{port}", flush=True)
+        await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+
+
+def count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with open(path, "rb") as f:
+        return sum(1 for _ in f)
+
+
+def write_poison_input(path: Path, n: int) -> None:
+    write_input(path, n)
+    with open(path, "a") as f:
+        for i in range(POISON_LINES):
+            nested = "[" * 100_000 + "]" * 100_000
+            f.write(f'{{"custom_id": "deep-{i}", "body": {nested}}}\n')
+
+
+def check_answers(input_path: Path, output_path: Path) -> dict[str, int]:
+    """Lost, duplicated and mismatched results: each success must echo its own request."""
+    asked: dict[str, str] = {}
+    with open(input_path) as f:
+        for number, line in enumerate(f, 1):
+            if line.startswith('{"custom_id": "deep-'):
+                asked[str(number)] = ""  # unparseable: its result is filed by line number
+                continue
+            rec = json.loads(line)
+            asked[rec["custom_id"]] = rec["body"]["messages"][0]["content"]
+    counts: Counter[str] = Counter()
+    mismatched = 0
+    codes: Counter[str] = Counter()
+    with open(output_path) as f:
+        for line in f:
+            rec = json.loads(line)
+            cid = rec["custom_id"]
+            counts[cid] += 1
+            if rec["error"] is None:
+                answer = rec["response"]["body"]["choices"][0]["message"]["content"]
+                mismatched += answer != asked.get(cid)
+            else:
+                codes[rec["error"]["code"]] += 1
+    return {
+        "expected": len(asked),
+        "written": sum(counts.values()),
+        "lost": sum(1 for cid in asked if cid not in counts),
+        "duplicated": sum(1 for n in counts.values() if n > 1),
+        "mismatched": mismatched,
+        "unknown": sum(1 for cid in counts if cid not in asked),
+        **{f"code_{k}": v for k, v in sorted(codes.items())},
+    }
+
+
+def bench_poison(n: int = 5_000, kills: int = 3, max_outage: float = 20.0) -> dict[str, Any]:
+    """Poison answers and lines, a dead-server phase, SIGKILLs; then exactly-once checks."""
+    with tempfile.TemporaryDirectory() as d:
+        inp, out = Path(d) / "in.jsonl", Path(d) / "out.jsonl"
+        write_poison_input(inp, n)
+        common = ["--max-attempts", "3", "--progress", "none", "--concurrency", "32"]
+        dead = [*HEADWAY, "run", str(inp), "-o", str(out), "--base-url", "http://127.0.0.1:1"]
+        dead += [*common, "--max-outage", str(max_outage)]
+        runs: list[dict[str, Any]] = []
+        # 1. the server is down: the run must stop within --max-outage (+ a minute), write
+        #    nothing but the invalid lines, and exit 3
+        t0 = time.perf_counter()
+        proc = subprocess.run(dead, capture_output=True, text=True)
+        runs.append(
+            {
+                "phase": "dead server",
+                "exit_code": proc.returncode,
+                "wall_s": round(time.perf_counter() - t0, 1),
+                "bound_s": max_outage + 60,
+                "lines_written": count_lines(out),
+                "said": proc.stderr.strip().splitlines()[0] if proc.stderr.strip() else "",
+            }
+        )
+        port = free_port()
+        server = Server([sys.executable, __file__, "_poison_server", str(port), "7"])
+        try:
+            live = [*HEADWAY, "run", str(inp), "-o", str(out), "--base-url", server.url, *common]
+            # 2. SIGKILL the run `kills` times mid-way, resuming each time
+            for k in range(kills):
+                t0 = time.perf_counter()
+                p = subprocess.Popen(live, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                time.sleep(2.5 + 0.5 * k)
+                p.kill()
+                p.wait()
+                written = count_lines(out)
+                runs.append(
+                    {
+                        "phase": f"kill {k + 1}",
+                        "wall_s": round(time.perf_counter() - t0, 1),
+                        "lines_after": written,
+                    }
+                )
+            # 3. run to the end, then once more with --retry-failed
+            for phase, extra in (("finish", []), ("retry failed", ["--retry-failed"])):
+                t0 = time.perf_counter()
+                proc = subprocess.run([*live, *extra], capture_output=True, text=True)
+                runs.append(
+                    {
+                        "phase": phase,
+                        "exit_code": proc.returncode,
+                        "wall_s": round(time.perf_counter() - t0, 1),
+                    }
+                )
+        finally:
+            server.stop()
+        check = check_answers(inp, out)
+    dead_run = runs[0]
+    ok = (
+        check["lost"] == 0
+        and check["duplicated"] == 0
+        and check["mismatched"] == 0
+        and check["unknown"] == 0
+        and dead_run["exit_code"] == 3
+        and dead_run["wall_s"] <= dead_run["bound_s"]
+        and dead_run["lines_written"] <= POISON_LINES
+    )
+    return {"requests": n, "poison_lines": POISON_LINES, "runs": runs, **check, "pass": ok}
+
+
 # -- report ---------------------------------------------------------------------------------------
 
 
@@ -352,6 +526,45 @@ def report(results: dict[str, dict[str, Any]]) -> str:
             f"| {c['exactly_once']} | {'yes' if c['pass'] else 'NO'} |",
             "",
         ]
+    p = results.get("poison")
+    if p:
+        dead = p["runs"][0]
+        lines += [
+            "## 3b. Poison answers and lines, a dead server, three SIGKILLs",
+            "",
+            f"{p['requests']:,} requests plus {p['poison_lines']} input lines nested 100,000 "
+            "deep, against a server (another process) answering 3% with JSON nested 1,000 "
+            "deep, 3% with a 200 carrying an error object, 3% with a 200 of invalid JSON, 3% "
+            "503 and 2% connection resets. First the server is down "
+            f"(`--base-url http://127.0.0.1:1 --max-outage {dead['bound_s'] - 60:g}`); then "
+            "the run is killed with SIGKILL three times and resumed; then it finishes, and "
+            "runs once more with `--retry-failed`. Every success must echo its own request.",
+            "",
+            "| phase | exit code | wall | note |",
+            "|---|---|---|---|",
+            *(
+                f"| {r['phase']} | {r.get('exit_code', 'killed')} | {r['wall_s']} s | "
+                + (
+                    f"bound {r['bound_s']:g} s; {r['lines_written']} lines written; "
+                    f"said: {r['said']}"
+                    if r["phase"] == "dead server"
+                    else f"{r['lines_after']:,} lines in the output after the kill"
+                    if "lines_after" in r
+                    else ""
+                )
+                + " |"
+                for r in p["runs"]
+            ),
+            "",
+            "| expected ids | lines written | lost | duplicated | mismatched | failures by code "
+            "| pass |",
+            "|---|---|---|---|---|---|---|",
+            f"| {p['expected']:,} | {p['written']:,} | {p['lost']} | {p['duplicated']} "
+            f"| {p['mismatched']} | "
+            + ", ".join(f"{k[5:]} {v}" for k, v in p.items() if k.startswith("code_"))
+            + f" | {'yes' if p['pass'] else 'NO'} |",
+            "",
+        ]
     lines += NOTES
     return "\n".join(lines)
 
@@ -382,10 +595,14 @@ def main() -> None:
     if len(sys.argv) >= 2 and sys.argv[1] == "_fast_server":
         fast_server_main(int(sys.argv[2]))
         return
+    if len(sys.argv) >= 2 and sys.argv[1] == "_poison_server":
+        poison_server_main(int(sys.argv[2]), int(sys.argv[3]))
+        return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("which", choices=["all", "throughput", "rss", "chaos"])
+    parser.add_argument("which", choices=["all", "throughput", "rss", "chaos", "poison"])
+    parser.add_argument("--max-outage", type=float, default=20.0)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -401,6 +618,9 @@ def main() -> None:
     if args.which in ("all", "chaos"):
         results["chaos"] = bench_chaos(args.requests)
         print(json.dumps(results["chaos"], indent=2), flush=True)
+    if args.which in ("all", "chaos", "poison"):
+        results["poison"] = bench_poison(max_outage=args.max_outage)
+        print(json.dumps(results["poison"], indent=2), flush=True)
     if args.which in ("all", "rss"):
         results["rss"] = bench_rss(args.lines)
         print(json.dumps(results["rss"], indent=2), flush=True)

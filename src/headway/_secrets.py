@@ -19,6 +19,7 @@ __all__ = [
     "SECRET_HEADERS",
     "SECRET_PARAMS",
     "is_secret_header",
+    "looks_like_key",
     "mask_headers",
     "mask_value",
     "redact_url",
@@ -135,3 +136,45 @@ def redact_url(url: object) -> str:
                 [(k, MASK if k.lower() in SECRET_PARAMS else v) for k, v in pairs], safe="*"
             )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_KEY_PREFIXES = (
+    "sk-",
+    "sk_",
+    "rk-",
+    "pk-",
+    "xai-",
+    "gsk_",
+    "aiza",
+    "hf_",
+    "ghp_",
+    "github_pat_",
+    "glpat-",
+    "r8_",
+    "pplx-",
+    "nvapi-",
+    "fw_",
+    "key-",
+    "bearer ",
+)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def looks_like_key(value: str) -> bool:
+    """True when ``value``, given where a variable *name* is expected, looks like a key.
+
+    Callers then say so without echoing the value.
+
+    >>> looks_like_key("sk-proj-abc123"), looks_like_key("OPENAI_API_KEY")
+    (True, False)
+    >>> looks_like_key("3f9a1c0e7b2d4a6f8e0c1b3d5f7a9c2e"), looks_like_key("MY-KEY")
+    (True, False)
+    """
+    v = value.strip()
+    if v.lower().startswith(_KEY_PREFIXES):
+        return True
+    if not _ENV_NAME.fullmatch(v):
+        return len(v) >= 16
+    has_digit = any(c.isdigit() for c in v)
+    mixed = any(c.islower() for c in v) and any(c.isupper() for c in v)
+    return len(v) >= 20 and has_digit and (mixed or "_" not in v)

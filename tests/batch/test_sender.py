@@ -8,10 +8,16 @@ import pytest
 from pydantic import SecretStr
 
 from headway.batch import BatchRequest, BatchRunner
-from headway.batch.sender import PROVIDERS, SenderSettings, open_sender, resolve_target
+from headway.batch.sender import (
+    PROVIDERS,
+    SenderSettings,
+    error_in_body,
+    open_sender,
+    resolve_target,
+)
 from headway.errors import CircuitBreakerOpenError, ConfigurationError, ServerError
 from headway.testing import VirtualClock
-from headway.testing.fake_api import FakeAPI
+from headway.testing.fake_api import FakeAPI, Fault
 
 CHAT = "/v1/chat/completions"
 
@@ -184,3 +190,96 @@ async def test_breaker_wait_is_bounded() -> None:
                     await send(chat(f"f{i}"))
             with pytest.raises(CircuitBreakerOpenError):
                 await send(chat("after"))
+
+
+# -- issue 11: garbled and error-object 200s, key-shaped variable names ------------------------
+
+
+@pytest.mark.virtual_time
+async def test_a_200_with_invalid_json_is_retried() -> None:
+    async with FakeAPI() as api:
+        api.script("POST", CHAT, ["malformed", "malformed"])
+        target = resolve_target(provider=None, base_url=api.url, endpoint=None, api_key_env=None)
+        async with open_sender(SenderSettings(target=target, max_attempts=3)) as send:
+            resp = await send(chat("a"))
+        assert len(api.requests) == 3
+    assert resp.status_code == 200
+    assert resp.body["object"] == "chat.completion"
+
+
+@pytest.mark.virtual_time
+async def test_invalid_json_within_the_attempt_limit_fails_as_invalid_response(
+    tmp_path: Path,
+) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"custom_id": "a", "url": CHAT, "body": chat("a").body}) + "\n")
+    async with FakeAPI() as api:
+        api.script("POST", CHAT, ["malformed"] * 2)
+        target = resolve_target(provider=None, base_url=api.url, endpoint=None, api_key_env=None)
+        async with open_sender(SenderSettings(target=target, max_attempts=2)) as send:
+            stats = await BatchRunner(send, inp, tmp_path / "out.jsonl").run()
+    assert stats.errors_by_code == {"invalid_response": 1}
+
+
+@pytest.mark.virtual_time
+async def test_a_200_carrying_an_error_object_is_that_error(tmp_path: Path) -> None:
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"custom_id": "a", "url": CHAT, "body": chat("a").body}) + "\n")
+    out = tmp_path / "out.jsonl"
+    async with FakeAPI() as api:
+        api.script("POST", CHAT, [Fault.error_200("upstream exploded")] * 2)
+        target = resolve_target(provider=None, base_url=api.url, endpoint=None, api_key_env=None)
+        async with open_sender(SenderSettings(target=target, max_attempts=1)) as send:
+            with pytest.raises(ServerError, match="upstream exploded"):
+                await send(chat("x"))
+            stats = await BatchRunner(send, inp, out).run()
+            assert stats.errors_by_code == {"server_error": 1}
+            # --retry-failed picks it up
+            stats = await BatchRunner(send, inp, out, retry_failed=True).run()
+    assert stats.succeeded == 1
+    assert [json.loads(line)["error"] for line in out.read_text().splitlines()] == [None]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"error": {"code": "429", "message": "slow down"}}, 429),
+        ({"error": {"type": "authentication_error"}}, 401),
+        ({"error": "boom"}, 502),
+        ({"error": {}}, None),
+        ({"error": None, "id": "resp_1"}, None),
+        ([{"error": {"code": 500}}], None),
+    ],
+)
+def test_error_in_body(body: object, status: int | None) -> None:
+    assert error_in_body(body) == status
+
+
+@pytest.mark.parametrize(
+    "value", ["sk-canary-0123456789abcdef", "sk-ant-api03-xyz", "3f9a1c0e7b2d4a6f8e0c1b3d5f7a9c2e"]
+)
+def test_a_key_given_as_the_variable_name_is_not_echoed(value: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        resolve_target(
+            provider=None, base_url="http://x", endpoint=None, api_key_env=value, environ={}
+        )
+    assert "looks like a key, not a variable name" in str(info.value)
+    assert value not in str(info.value)
+
+
+def test_a_key_given_to_endpoint_config_is_not_echoed() -> None:
+    from pydantic import ValidationError
+
+    from headway.http.config import EndpointConfig
+
+    key = "sk-canary-0123456789abcdef"
+    with pytest.raises(ValidationError) as info:
+        EndpointConfig(base_url="http://x", api_key_env=key)
+    assert "looks like a key, not a variable name" in str(info.value)
+    assert key not in str(info.value)
+    assert key not in repr(info.value)
+    assert key not in repr(info.value.errors())
+    config = EndpointConfig(base_url="http://x", api_key_env="GOOD_NAME")
+    with pytest.raises(ValidationError) as info:
+        config.api_key_env = key
+    assert key not in str(info.value)

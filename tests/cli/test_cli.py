@@ -182,17 +182,18 @@ def test_run_permanent_failures_exit_1_then_retry_failed(
     monkeypatch.setenv("FAKE_KEY", "sk-wrong")
     args = ["run", str(inp), "-o", str(out), "--errors", str(errs), "--base-url", server.url]
     result = invoke([*args, "--api-key-env", "FAKE_KEY", "-q"])
-    assert result.exit_code == 1, result.output
-    assert "authentication_error" in result.stdout
+    # the server rejects the key: the run stops (exit 4), the lines are left unsent
+    assert result.exit_code == 4, result.output
+    assert "the server rejects the key in FAKE_KEY: 401 invalid_api_key" in result.stderr
     assert "invalid_request" in result.stdout
     assert "sk-wrong" not in result.output
     assert "sk-wrong" not in errs.read_text()
     assert result_ids(out) == []
-    assert len(result_ids(errs)) == 6
+    assert result_ids(errs) == ["6"]
 
     again = invoke([*args, "--api-key-env", "FAKE_KEY", "-q"])
-    assert again.exit_code == 1
-    assert "add --retry-failed" in again.stderr
+    assert again.exit_code == 4
+    assert "already done (skipped)" in again.stdout  # the broken line is not sent again
 
     monkeypatch.setenv("FAKE_KEY", "sk-right")
     fixed = invoke([*args, "--api-key-env", "FAKE_KEY", "-q", "--retry-failed"])

@@ -110,13 +110,17 @@ def _finish(
     summary_json: Path | None,
     failed_before: int,
     title: str,
+    extra: dict[str, Any] | None = None,
+    mask: Callable[[bytes], bytes] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     summary = runner.summary()
     summary["failed_before"] = failed_before
+    summary.update(extra or {})
     render_summary(summary, console, title=title)
     if summary_json is not None:
         summary_json.parent.mkdir(parents=True, exist_ok=True)
-        summary_json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        data = (json.dumps(summary, indent=2) + "\n").encode()
+        summary_json.write_bytes(data if mask is None else mask(data))
     stats = runner.stats
     if stats.interrupted:
         return EXIT_INTERRUPTED, summary

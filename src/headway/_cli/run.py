@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from headway._cli.common import (
     _warn_notes,
 )
 from headway.batch.jobs import DEFAULT_URL
+from headway.batch.ledger import is_disk_full
+from headway.batch.outage import EXIT_DISK_FULL, RunJudge
 from headway.batch.runner import BatchRunner
 from headway.batch.sender import PROVIDERS, SenderSettings, resolve_target
 
@@ -106,6 +109,20 @@ __all__ = ["run"]
     show_default=True,
     help="Ray actors sending requests (--engine ray).",
 )
+@click.option(
+    "--max-outage",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    show_default=True,
+    envvar="HEADWAY_MAX_OUTAGE",
+    help="Seconds the provider may stay unreachable before the run stops (exit 3); "
+    "the unsent requests are left for the resume.",
+)
+@click.option(
+    "--ignore-mismatch",
+    is_flag=True,
+    help="Resume even when OUTPUT holds results answered for other requests or another server.",
+)
 @_progress_options
 def run(
     input_path: Path,
@@ -129,6 +146,8 @@ def run(
     engine: str,
     ray_address: str | None,
     ray_actors: int,
+    max_outage: float,
+    ignore_mismatch: bool,
     progress: str,
     quiet: bool,
 ) -> int:
@@ -176,7 +195,17 @@ def run(
         max_attempts=max_attempts,
         timeout=timeout,
         redis_url=redis_url,
+        # the run judgement handles outages: a request waits on an open breaker for
+        # about one recovery period (its half-open trial), not for minutes
+        max_breaker_wait=5.0,
     )
+    key_env = api_key_env or (PROVIDERS[provider].key_env if provider else None)
+    judge = RunJudge(
+        max_outage=max_outage,
+        key_env=key_env if target.api_key is not None else None,
+        notify=lambda message: click.echo(f"headway: {message}", err=True),
+    )
+    secrets = () if target.api_key is None else (target.api_key.get_secret_value(),)
     runner = BatchRunner(
         _no_sender,
         input_path,
@@ -189,26 +218,55 @@ def run(
         grace=grace,
         fsync=fsync,
         owns=owns,
+        judge=judge,
+        target=target.base_url,
+        check_resume=not ignore_mismatch,
+        secrets=secrets,
     )
-    if engine == "ray":
-        from headway.ray._engine import run_batch_on_ray
+    try:
+        if engine == "ray":
+            from headway.ray._engine import run_batch_on_ray
 
-        asyncio.run(run_batch_on_ray(runner, settings, address=ray_address, actors=ray_actors))
-    else:
-        asyncio.run(_run_batch(runner, settings))
+            asyncio.run(run_batch_on_ray(runner, settings, address=ray_address, actors=ray_actors))
+        else:
+            asyncio.run(_run_batch(runner, settings))
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        return _report_disk_full(runner, input_path, summary_json, exc)
     return _report_run(runner, input_path, summary_json)
+
+
+def _report_disk_full(
+    runner: BatchRunner, input_path: Path, summary_json: Path | None, exc: OSError
+) -> int:
+    """The disk filled up: say so, show what was written, exit with its own code."""
+    with contextlib.suppress(OSError):  # the summary file may not fit either
+        _report_run(runner, input_path, summary_json)
+    click.echo(
+        f"headway: error: the disk is full ({exc.strerror}): {runner.ledger.written} result(s) "
+        f"were written to {runner.ledger.output} this run, none half-written; free some "
+        "space and run the same command again to resume",
+        err=True,
+    )
+    return EXIT_DISK_FULL
 
 
 def _report_run(runner: BatchRunner, input_path: Path, summary_json: Path | None) -> int:
     """Notes, summary and exit code of ``headway run``."""
     _warn_notes(runner)
+    verdict = runner.verdict
     code, _ = _finish(
         runner,
         Console(),
         summary_json=summary_json,
         failed_before=runner.ledger.failed_before,
         title=f"headway run: {input_path}",
+        extra={"stopped": verdict.message} if verdict is not None else None,
+        mask=runner.ledger.mask,
     )
+    if verdict is not None:  # its message was printed when it came
+        return verdict.exit_code
     if runner.ledger.failed_before:
         click.echo(
             f"headway: {runner.ledger.failed_before} request(s) failed in an earlier run; "

@@ -103,6 +103,8 @@ def parse_line(
     """
     try:
         obj = json.loads(text)
+    except RecursionError:
+        return _invalid(None, line, "not usable JSON (it nests too deeply)")
     except (ValueError, UnicodeDecodeError) as exc:
         why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
         col = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""

@@ -19,7 +19,7 @@ custom_id in the output exactly once.
 >>> import tempfile, pathlib
 >>> out = pathlib.Path(tempfile.mkdtemp()) / "out.jsonl"
 >>> with Ledger(out) as ledger:
-...     ledger.write(Result.success("a", 200, {"ok": True}))
+...     _ = ledger.write(Result.success("a", 200, {"ok": True}))
 >>> with Ledger(out) as ledger:
 ...     ledger.skip
 {'a'}
@@ -27,15 +27,29 @@ custom_id in the output exactly once.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
+import orjson
+
 from headway.errors import APIClientError, error_code
 
-__all__ = ["Ledger", "Result", "error_code", "result_from_error", "tokens_used"]
+__all__ = [
+    "Ledger",
+    "Result",
+    "error_code",
+    "is_disk_full",
+    "request_digest",
+    "result_from_error",
+    "tokens_used",
+]
 
 
 def tokens_used(body: Any) -> int:
@@ -66,12 +80,47 @@ def _new_id() -> str:
     return "batch_req_" + os.urandom(12).hex()
 
 
+def request_digest(method: str, url: str, body: Any, target: str = "") -> str | None:
+    """A short digest of what a request asks (``target``: the server it goes to).
+
+    A result line records it, so that a resume can tell whether the input line with the
+    same custom_id still asks the same thing of the same server. ``None`` when the body
+    cannot be encoded.
+
+    >>> request_digest("POST", "/v1/x", {"b": 1, "a": 2}) == request_digest(
+    ...     "POST", "/v1/x", {"a": 2, "b": 1})
+    True
+    >>> request_digest("POST", "/v1/x", {}, "http://a") == request_digest("POST", "/v1/x", {})
+    False
+    """
+    h = hashlib.blake2b(f"{target}\n{method} {url}\n".encode(), digest_size=12)
+    try:
+        h.update(orjson.dumps(body, option=orjson.OPT_SORT_KEYS))
+    except (orjson.JSONEncodeError, TypeError):  # beyond orjson: big ints, deep nesting
+        try:
+            text = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+            h.update(text.encode("utf-8", "surrogatepass"))
+        except (RecursionError, ValueError, TypeError):
+            return None
+    return h.hexdigest()
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for an ``OSError`` that means no space is left (ENOSPC, EDQUOT, EFBIG).
+
+    >>> is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    True
+    """
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
 @dataclass(slots=True)
 class Result:
     """The outcome of one request: what goes into the ledger, plus numbers for the summary.
 
     Only ``custom_id``, ``status_code``, ``request_id``, ``body`` and ``error`` are written;
-    ``latency``, ``attempts`` and ``tokens`` feed the summary.
+    ``latency``, ``attempts`` and ``tokens`` feed the summary. ``digest`` (see
+    :func:`request_digest`) is written as ``request_digest`` when set; a resume checks it.
     """
 
     custom_id: str
@@ -83,6 +132,7 @@ class Result:
     attempts: int = 1
     tokens: int = 0
     id: str = field(default_factory=_new_id)
+    digest: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -148,17 +198,63 @@ class Result:
             if self.status_code is None
             else {"status_code": self.status_code, "request_id": self.request_id, "body": self.body}
         )
-        return {
+        record = {
             "id": self.id,
             "custom_id": self.custom_id,
             "response": response,
             "error": self.error,
         }
+        if self.digest is not None:
+            record["request_digest"] = self.digest
+        return record
 
     def to_line(self) -> bytes:
-        """The ledger line, newline included."""
+        """The ledger line, newline included.
+
+        Raises:
+            RecursionError: the body nests too deeply to encode.
+            ValueError: the body holds what JSON cannot encode (a lone surrogate...).
+        """
         text = json.dumps(self.to_record(), ensure_ascii=False, separators=(",", ":"))
         return text.encode("utf-8") + b"\n"
+
+    def safe_line(self) -> bytes:
+        """:meth:`to_line`, or when the answer cannot be encoded, the :meth:`unwritable` one.
+
+        >>> deep: Any = []
+        >>> for _ in range(100_000):
+        ...     deep = [deep]
+        >>> b"invalid_response" in Result.success("a", 200, deep).safe_line()
+        True
+        """
+        return self.encoded()[1]
+
+    def encoded(self) -> tuple[Result, bytes]:
+        """The result as written and its line: itself, or its :meth:`unwritable` form."""
+        try:
+            return self, self.to_line()
+        except (RecursionError, ValueError, TypeError) as exc:
+            written = self.unwritable(exc)
+            return written, written.to_line()
+
+    def unwritable(self, exc: BaseException) -> Result:
+        """The failed result recorded for an answer that cannot be written as JSON.
+
+        A 200 whose body nests a thousand levels parses but cannot be written back: its
+        request gets an ``invalid_response`` result instead of ending the run.
+        """
+        why = "nests too deeply" if isinstance(exc, RecursionError) else f"is not JSON ({exc})"
+        return Result(
+            self.custom_id,
+            self.status_code,
+            self.request_id,
+            None,
+            {"code": "invalid_response", "message": f"the answer cannot be recorded: it {why}"},
+            self.latency,
+            self.attempts,
+            id=self.id,
+            digest=self.digest,
+        )
 
 
 def result_from_error(
@@ -191,6 +287,8 @@ class _Scan:
     succeeded: set[str] = field(default_factory=set)
     failed: set[str] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
+    digests: dict[str, str] = field(default_factory=dict)
+    bad: int = 0
 
 
 def _scan(path: str, scan: _Scan) -> None:
@@ -216,9 +314,12 @@ def _scan(path: str, scan: _Scan) -> None:
                 cid = record["custom_id"]
                 if not isinstance(cid, str):
                     raise TypeError
-            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 bad_lines.append(n)
                 continue
+            digest = record.get("request_digest")
+            if isinstance(digest, str):
+                scan.digests[cid] = digest
             if _is_success(record):
                 scan.succeeded.add(cid)
                 scan.failed.discard(cid)
@@ -237,6 +338,7 @@ def _scan(path: str, scan: _Scan) -> None:
                 f.seek(0, os.SEEK_END)
                 f.write(b"\n")
                 scan.notes.append(f"{path}: added the missing newline after line {n}")
+        scan.bad += len(bad_lines)
         if bad_lines:
             shown = ", ".join(map(str, bad_lines[:5]))
             more = f" and {len(bad_lines) - 5} more" if len(bad_lines) > 5 else ""
@@ -244,25 +346,32 @@ def _scan(path: str, scan: _Scan) -> None:
 
 
 def _rewrite_without_failures(path: str) -> int:
-    """Atomically rewrite ``path`` keeping only success lines; return lines removed."""
+    """Atomically rewrite ``path`` keeping only success lines; return lines removed.
+
+    The temporary file is removed whatever happens (a full disk included).
+    """
     if not os.path.exists(path):
         return 0
     tmp = f"{path}.headway-tmp"
     removed = 0
-    with open(path, "rb") as src, open(tmp, "wb") as dst:
-        for raw in src:
-            try:
-                record = json.loads(raw)
-            except ValueError:
-                removed += 1
-                continue
-            if _is_success(record):
-                dst.write(raw)
-            else:
-                removed += 1
-        dst.flush()
-        os.fsync(dst.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(path, "rb") as src, open(tmp, "wb") as dst:
+            for raw in src:
+                try:
+                    record = json.loads(raw)
+                except (ValueError, RecursionError):
+                    removed += 1
+                    continue
+                if _is_success(record):
+                    dst.write(raw)
+                else:
+                    removed += 1
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return removed
 
 
@@ -272,9 +381,32 @@ def _open_append(path: str) -> int:
 
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+    written = 0
+    try:
+        while view:
+            n = os.write(fd, view)
+            written += n
+            view = view[n:]
+    except OSError:
+        if written:  # a partial line (disk full): take it back so the file stays whole
+            with contextlib.suppress(OSError):  # else the next open cuts the torn line
+                os.ftruncate(fd, os.fstat(fd).st_size - written)
+        raise
+
+
+class _Masker:
+    """Replaces known secret values in bytes with ``***`` (values of 8+ characters)."""
+
+    __slots__ = ("secrets",)
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.secrets = [s.encode() for s in dict.fromkeys(secrets) if s and len(s) >= 8]
+
+    def __call__(self, data: bytes) -> bytes:
+        for secret in self.secrets:
+            if secret in data:
+                data = data.replace(secret, b"***")
+        return data
 
 
 class Ledger:
@@ -285,6 +417,8 @@ class Ledger:
         errors: an optional separate file for failed results.
         retry_failed: send again the requests whose earlier result is a failure.
         fsync: also ``fsync`` after each write (survives power loss, not only a crash).
+        secrets: values (API keys) masked as ``***`` wherever they appear in a line
+            written, e.g. a server that echoes the key in its 401 body.
 
     After :meth:`open` (or entering the context), :attr:`skip` holds the custom_ids that
     must not be sent again, :attr:`succeeded_before` / :attr:`failed_before` count them,
@@ -298,6 +432,7 @@ class Ledger:
         *,
         retry_failed: bool = False,
         fsync: bool = False,
+        secrets: Iterable[str] = (),
     ) -> None:
         self.output = os.fspath(output)
         self.errors = None if errors is None else os.fspath(errors)
@@ -309,6 +444,9 @@ class Ledger:
         self.succeeded_before = 0
         self.failed_before = 0
         self.notes: list[str] = []
+        self.digests: dict[str, str] = {}
+        self.written = 0
+        self.mask = _Masker(secrets)
         self._out_fd: int | None = None
         self._err_fd: int | None = None
 
@@ -319,9 +457,12 @@ class Ledger:
         for path in paths:
             _scan(path, scan)
         self.notes = scan.notes
+        self.digests = scan.digests
         self.succeeded_before = len(scan.succeeded)
         if self.retry_failed:
-            removed = sum(_rewrite_without_failures(p) for p in paths)
+            removed = 0
+            if scan.failed or scan.bad:  # nothing to remove: no rewrite
+                removed = sum(_rewrite_without_failures(p) for p in paths)
             if removed:
                 self.notes.append(f"removed {removed} failed result(s) to retry them")
             self.failed_before = 0
@@ -337,14 +478,24 @@ class Ledger:
             self._err_fd = _open_append(self.errors)
         return self
 
-    def write(self, result: Result) -> None:
-        """Append ``result`` as one line with one write (and fsync if asked)."""
+    def write(self, result: Result) -> Result:
+        """Append ``result`` as one line with one write (and fsync if asked).
+
+        An answer that cannot be encoded is written as an ``invalid_response`` failure
+        (see :meth:`Result.safe_line`); known secrets are masked. An ``OSError`` (a full
+        disk) leaves no partial line behind and propagates. Returns the result as written.
+        """
+        result, line = result.encoded()
         fd = self._out_fd if result.ok or self._err_fd is None else self._err_fd
         if fd is None:
             raise RuntimeError("the ledger is not open")
-        _write_all(fd, result.to_line())
+        if self.mask.secrets:
+            line = self.mask(line)
+        _write_all(fd, line)
+        self.written += 1
         if self.fsync:
             os.fsync(fd)
+        return result
 
     def close(self) -> None:
         """Close the files (idempotent)."""

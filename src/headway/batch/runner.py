@@ -39,19 +39,25 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from headway._clock import Clock, resolve_clock
 from headway.batch.jobs import DEFAULT_URL, BatchRequest, InvalidLine, count_lines, read_requests
-from headway.batch.ledger import Ledger, Result, result_from_error
+from headway.batch.ledger import Ledger, Result, request_digest, result_from_error
+from headway.batch.outage import RunJudge, Verdict
 from headway.batch.progress import NullProgress, ProgressReporter
 from headway.batch.summary import BatchStats
-from headway.errors import RateLimitError, status_error_code
+from headway.errors import ConfigurationError, RateLimitError, status_error_code
 
 __all__ = [
     "BatchRunner",
     "Response",
+    "ResumeMismatchError",
     "Sender",
     "note_retry",
     "signal_handlers",
     "status_error_code",
 ]
+
+
+class ResumeMismatchError(ConfigurationError):
+    """The output holds results for other requests than the input's (see ``check_resume``)."""
 
 
 @dataclass(slots=True)
@@ -77,21 +83,35 @@ class Sender(Protocol):
 class _Job:
     stats: BatchStats
     retries: int = 0
+    reason: str | None = None
+    judge: RunJudge | None = None
 
 
 _CURRENT: ContextVar[_Job | None] = ContextVar("headway_batch_job", default=None)
 
 
-def note_retry(exc: BaseException | None = None, *, rate_limited: bool | None = None) -> None:
+def note_retry(
+    exc: BaseException | None = None,
+    *,
+    rate_limited: bool | None = None,
+    reason: str | None = None,
+) -> None:
     """Tell the runner that the request being sent in this task is being retried.
 
     Senders call it before each retry (the HTTP sender does it for you); ``exc`` is the
-    error that caused it, so 429s are counted (or say so with ``rate_limited``). Outside
-    a runner it does nothing.
+    error that caused it, so 429s are counted (or say so with ``rate_limited``);
+    ``reason`` (default: ``exc``'s text) is what an outage message names as its cause
+    when the request ends on an open breaker. Outside a runner it does nothing.
     """
     job = _CURRENT.get()
     if job is None:
         return
+    if reason is None and exc is not None:
+        reason = f"{type(exc).__name__}: {exc}"
+    if reason:
+        job.reason = reason
+        if job.judge is not None:
+            job.judge.retrying(reason)
     stats = job.stats
     if job.retries == 0:
         stats.retrying += 1
@@ -130,6 +150,15 @@ class BatchRunner:
         owns: a filter on custom_ids: lines it rejects belong to another worker and are
             ignored (``headway run --shard K/N`` passes ``Shard(K, N).owns``).
         clock: the clock for elapsed time, ticks and the grace period.
+        judge: the run-level judgement (outages, rejected keys; see
+            :mod:`headway.batch.outage`); when it gives a :attr:`verdict`, the run stops and
+            the unsent requests are left for the resume. ``None``: every failure is a result.
+        target: where the requests go (e.g. the base URL); recorded with each result's
+            request digest, so a resume against another server is refused.
+        check_resume: refuse to resume when a result already in the output was answered
+            for a different request (another input line, path, model or ``target``):
+            :class:`ResumeMismatchError`, raised before anything is sent.
+        secrets: values (API keys) masked in every line written.
     """
 
     def __init__(
@@ -147,12 +176,21 @@ class BatchRunner:
         fsync: bool = False,
         owns: Callable[[str], bool] | None = None,
         clock: Clock | None = None,
+        judge: RunJudge | None = None,
+        target: str = "",
+        check_resume: bool = True,
+        secrets: tuple[str, ...] = (),
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.sender = sender
         self.input = os.fspath(input)
-        self.ledger = Ledger(output, errors, retry_failed=retry_failed, fsync=fsync)
+        self.ledger = Ledger(
+            output, errors, retry_failed=retry_failed, fsync=fsync, secrets=secrets
+        )
+        self.judge = judge
+        self.target = target
+        self.check_resume = check_resume
         self.concurrency = concurrency
         self.default_url = default_url
         self.owns = owns
@@ -175,6 +213,11 @@ class BatchRunner:
         return self.ledger.notes
 
     @property
+    def verdict(self) -> Verdict | None:
+        """Why the run judgement stopped the run (``None``: it did not)."""
+        return None if self.judge is None else self.judge.verdict
+
+    @property
     def stopping(self) -> bool:
         """True once :meth:`stop` was called."""
         return self._stopping
@@ -186,9 +229,18 @@ class BatchRunner:
             return
         self._stopping = True
         self.stats.interrupted = True
+        if self.judge is not None:
+            self.judge.stop()  # requests waiting out an outage are left for the resume
         if self._reader is not None:
             self._reader.cancel()
             self._grace_task = asyncio.get_running_loop().create_task(self._grace_timer())
+
+    def _halt(self) -> None:
+        """The judgement stopped the run: stop dispatching, abandon what is in flight."""
+        self._stopping = True
+        if self._reader is not None:
+            self._reader.cancel()
+        self._abandon.set()
 
     async def _grace_timer(self) -> None:
         await self.clock.sleep(self.grace)
@@ -205,6 +257,7 @@ class BatchRunner:
         self._started = True
         clock = self.clock
         stats = self.stats
+        self._refuse_same_file()
         stats.total = count_lines(self.input)
         if self.owns is not None:
             stats.total = None  # only this worker's share of the lines; known at the end
@@ -212,22 +265,32 @@ class BatchRunner:
         t0 = clock.now()
         tasks: list[asyncio.Task[None]] = []
         ticker: asyncio.Task[None] | None = None
+        watcher: asyncio.Task[None] | None = None
+        judge = self.judge
         try:
+            if self.check_resume and self.ledger.digests:
+                self._check_resume()
             self.progress.start(stats, t0)
             loop = asyncio.get_running_loop()
             ticker = loop.create_task(self._tick())
+            if judge is not None:
+                judge.on_verdict = self._halt
+                watcher = loop.create_task(judge.watch())
             reader = self._reader = loop.create_task(self._read())
             workers = [loop.create_task(self._worker()) for _ in range(self.concurrency)]
             tasks = [reader, *workers]
             if self._stopping:  # stopped before it started
                 reader.cancel()
             await self._wait(reader, workers)
+            if judge is not None:
+                for result in judge.held():  # streaks that never completed: ordinary results
+                    stats.record(self.ledger.write(result))
             if not self._stopping:
                 stats.total = stats.done
         finally:
             for task in tasks:
                 task.cancel()
-            for extra in (ticker, self._grace_task):
+            for extra in (ticker, self._grace_task, watcher):
                 if extra is not None:
                     extra.cancel()
                     tasks.append(extra)
@@ -236,6 +299,41 @@ class BatchRunner:
             self.ledger.close()
             self.progress.stop(stats, clock.now())
         return stats
+
+    def _refuse_same_file(self) -> None:
+        """Refuse an output (or errors) file that is the input file itself (same inode)."""
+        ledger = self.ledger
+        for flag, path in (("-o/--output", ledger.output), ("--errors", ledger.errors)):
+            if path is None or not os.path.exists(path):
+                continue
+            try:
+                same = os.path.samefile(path, self.input)
+            except OSError:  # pragma: no cover - vanished in between
+                continue
+            if same:
+                raise ConfigurationError(
+                    f"{flag} {path} is the input file itself; results would be appended to "
+                    "the requests: write them to another file"
+                )
+
+    def _check_resume(self) -> None:
+        """Before sending anything: the output's results must answer this input's lines."""
+        digests = self.ledger.digests
+        target = self.target
+        for item in read_requests(self.input, default_url=self.default_url):
+            if isinstance(item, InvalidLine):
+                continue
+            recorded = digests.get(item.custom_id)
+            if recorded is None:
+                continue
+            if request_digest(item.method, item.url, item.body, target) != recorded:
+                raise ResumeMismatchError(
+                    f"{self.ledger.output} already holds a result for custom_id "
+                    f"{item.custom_id!r} that answered a different request: line {item.line} "
+                    f"of {self.input} differs (its body, path or model, or the server "
+                    f"{target or '(unknown)'}). Write to another -o file, or add "
+                    "--ignore-mismatch to resume anyway"
+                )
 
     async def _wait(self, reader: asyncio.Task[None], workers: list[asyncio.Task[None]]) -> None:
         abandon = asyncio.get_running_loop().create_task(self._abandon.wait())
@@ -312,8 +410,7 @@ class BatchRunner:
                 continue
             if isinstance(item, InvalidLine):
                 result = Result.failure(cid, "invalid_request", item.message)
-                ledger.write(result)
-                stats.record(result)
+                stats.record(ledger.write(result))
                 continue
             await queue.put(item)
         if self._stopping:
@@ -326,29 +423,66 @@ class BatchRunner:
     async def _worker(self) -> None:
         queue, stats, ledger, clock = self._queue, self.stats, self.ledger, self.clock
         send = self.sender
+        judge = self.judge
+        target = self.target
+        reading = True
         while True:
-            request = await queue.get()
-            if request is None:
+            if judge is not None and judge.resend:
+                request = judge.resend.pop()
+            elif not reading:
                 return
-            job = _Job(stats)
+            else:
+                item = await queue.get()
+                if item is None:
+                    reading = False
+                    continue
+                request = item
+            probe = False
+            if judge is not None:
+                gate = await judge.gate()
+                if gate == "stop":
+                    return  # the run is over: this request is left for the resume
+                probe = gate == "probe"
+            job = _Job(stats, judge=judge)
             token = _CURRENT.set(job)
             stats.in_flight += 1
             t0 = clock.now()
             try:
                 response = await send(request)
+            except RecursionError:
+                result = Result.failure(
+                    request.custom_id,
+                    "invalid_response",
+                    "the answer (or the request) nests too deeply to handle (RecursionError)",
+                    latency=clock.now() - t0,
+                    attempts=job.retries + 1,
+                )
             except Exception as exc:
                 result = result_from_error(
                     request.custom_id, exc, latency=clock.now() - t0, attempts=job.retries + 1
                 )
             else:
-                result = self._result(request, response, clock.now() - t0, job.retries + 1)
+                try:
+                    result = self._result(request, response, clock.now() - t0, job.retries + 1)
+                except Exception as exc:  # a sender's odd answer costs its line, not the run
+                    result = Result.failure(
+                        request.custom_id,
+                        "invalid_response",
+                        f"the answer cannot be handled: {type(exc).__name__}: {exc}"[:500],
+                    )
             finally:
                 stats.in_flight -= 1
                 if job.retries:
                     stats.retrying -= 1
                 _CURRENT.reset(token)
-            ledger.write(result)
-            stats.record(result)
+                if probe and judge is not None:
+                    judge.probe_done()
+            result.digest = request_digest(request.method, request.url, request.body, target)
+            if judge is None:
+                stats.record(ledger.write(result))
+            else:
+                for decided in judge.judge(request, result, hint=job.reason):
+                    stats.record(ledger.write(decided))
             if self._stopping:
                 return
 

@@ -26,15 +26,17 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 
 from headway._clock import Clock, resolve_clock
-from headway._secrets import redact_url
+from headway._secrets import looks_like_key, redact_url
 from headway.batch.jobs import DEFAULT_URL, BatchRequest
 from headway.batch.runner import Response, Sender, note_retry
 from headway.errors import CircuitBreakerOpenError, ConfigurationError, RateLimitError
 from headway.events import Event, RetryScheduled
 from headway.http.providers import PROVIDERS as _HTTP_PROVIDERS
+from headway.http.status import error_for_status
 
 __all__ = [
     "PROVIDERS",
+    "error_in_body",
     "ProviderInfo",
     "SenderSettings",
     "Target",
@@ -135,6 +137,12 @@ def resolve_target(
     variable that is not set is an error, never an empty key.
     """
     env = os.environ if environ is None else environ
+    if api_key_env is not None and looks_like_key(api_key_env):
+        raise ConfigurationError(
+            "--api-key-env (HEADWAY_API_KEY_ENV) takes the NAME of the environment variable "
+            "holding the key, like OPENAI_API_KEY; the value given looks like a key, not a "
+            "variable name (not shown): export it in a variable and name that"
+        )
     info: ProviderInfo | None = None
     if provider is not None:
         try:
@@ -188,7 +196,7 @@ class SenderSettings:
     max_delay: float = 30.0
     burst: float | None = None
     breaker_recovery: float = 5.0
-    max_breaker_wait: float = 600.0
+    max_breaker_wait: float = 30.0
     redis_url: str | None = None
     limit_name: str | None = None
 
@@ -200,7 +208,8 @@ class SenderSettings:
 
 def _on_event(event: Event) -> None:
     if isinstance(event, RetryScheduled):
-        note_retry(rate_limited=isinstance(event.exception, RateLimitError))
+        # the exception names the cause an outage message shows
+        note_retry(event.exception, rate_limited=isinstance(event.exception, RateLimitError))
 
 
 def build_policy(
@@ -261,6 +270,53 @@ def build_policy(
     )
 
 
+_ERROR_TYPES = {
+    "rate_limit": 429,
+    "overloaded": 529,
+    "authentication": 401,
+    "permission": 403,
+    "not_found": 404,
+    "invalid_request": 400,
+    "server": 500,
+    "api_error": 500,
+    "timeout": 504,
+}
+
+
+def error_in_body(body: Any) -> int | None:
+    """The status a 2xx body's error object stands for, or ``None`` for a real answer.
+
+    Some gateways answer 200 with ``{"error": {...}}``; that is the error it carries:
+    its ``code``/``status`` when it is an HTTP status, else one read from its ``type``
+    (``rate_limit_error`` -> 429...), else 502 (an upstream failure).
+
+    >>> error_in_body({"error": {"code": 503, "message": "upstream down"}})
+    503
+    >>> error_in_body({"type": "error", "error": {"type": "overloaded_error"}})
+    529
+    >>> error_in_body({"error": {"message": "boom"}}), error_in_body({"id": "x", "error": None})
+    (502, None)
+    """
+    if not isinstance(body, dict):
+        return None
+    error = body.get("error")
+    if isinstance(error, str) and error:
+        return 502
+    if not isinstance(error, dict) or not error:
+        return None
+    for key in ("status", "code", "status_code"):
+        value = error.get(key)
+        if isinstance(value, str) and value.isdigit():
+            value = int(value)
+        if isinstance(value, int) and 400 <= value <= 599:
+            return value
+    kind = str(error.get("type") or error.get("code") or "").lower()
+    for fragment, status in _ERROR_TYPES.items():
+        if fragment in kind:
+            return status
+    return 502
+
+
 class _ClientSender:
     __slots__ = ("client", "clock", "max_breaker_wait", "target", "tokens")
 
@@ -285,8 +341,9 @@ class _ClientSender:
         url = request.url if self.target is None else self.target.path(request.url)
         while True:
             try:
+                # parse=True: a garbled 2xx body fails the attempt and is retried
                 resp = await self.client.request_raw(
-                    request.method, url, json=request.body, tokens=self.tokens
+                    request.method, url, json=request.body, tokens=self.tokens, parse=True
                 )
             except CircuitBreakerOpenError as exc:
                 # Nothing was sent: wait for the breaker instead of failing the request.
@@ -296,7 +353,12 @@ class _ClientSender:
                 waited += delay
                 await self.clock.sleep(delay)
                 continue
-            return Response(resp.status, resp.parsed(), resp.headers)
+            body = resp.parsed()
+            if 200 <= resp.status < 300:
+                carried = error_in_body(body)
+                if carried is not None:
+                    raise error_for_status(carried, resp.headers, body, request.method, url)
+            return Response(resp.status, body, resp.headers)
 
 
 @asynccontextmanager

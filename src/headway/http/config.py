@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from headway._secrets import mask_headers, redact_url
+from headway._secrets import looks_like_key, mask_headers, redact_url
 from headway.errors import ConfigurationError
 from headway.http.headers import AuthType, HeaderFactory
 from headway.http.tokens import TokenMethod
@@ -124,13 +124,26 @@ class EndpointConfig(BaseModel):
     def _strip_endpoint(cls, value: str) -> str:
         return value.strip().lstrip("/")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _hide_key_given_as_env_name(cls, data: Any) -> Any:
+        # A key passed as api_key_env must not travel on as the error's input value.
+        if isinstance(data, dict):
+            value = data.get("api_key_env")
+            if isinstance(value, str) and looks_like_key(value):
+                return {**data, "api_key_env": "<a key, not shown>"}
+        return data
+
     @field_validator("api_key_env")
     @classmethod
     def _check_env_name(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        if value is not None and (
+            looks_like_key(value) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value)
+        ):
             raise ValueError(
-                "api_key_env is the NAME of an environment variable (like 'OPENAI_API_KEY'), "
-                "not a key; pass the key itself as api_key"
+                "api_key_env is the NAME of an environment variable (like 'OPENAI_API_KEY'); "
+                "the value given looks like a key, not a variable name (not shown): pass the "
+                "key itself as api_key"
             )
         return value
 

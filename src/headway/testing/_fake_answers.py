@@ -21,6 +21,7 @@ from headway.testing.faults import Fault, format_go_duration, retry_after_header
 __all__: list[str] = []  # internal: FakeAPI uses it
 
 _DRIBBLE_PIECE = 32
+_DEEP = 1000  # nesting of a deep_json answer: orjson parses it, json.dumps recurses too deep
 
 
 @dataclass(slots=True)
@@ -275,6 +276,30 @@ class _AnswersMixin:
         if kind == "malformed":
             broken = answer.body[: len(answer.body) // 2] or b"{"
             return web.Response(status=200, body=broken, content_type="application/json")
+        if kind == "deep_json":
+            deep = b'{"id":"deep","nested":' + b"[" * _DEEP + b"1" + b"]" * _DEEP + b"}"
+            return web.Response(status=200, body=deep, content_type="application/json")
+        if kind == "error_200":
+            assert fault is not None
+            message = fault.message or "upstream provider failed"
+            error = {"error": {"message": message, "type": "server_error", "code": 502}}
+            return web.Response(
+                status=200, body=_json_bytes(error), content_type="application/json"
+            )
+        if kind == "echo_key":
+            sent = (
+                request.headers.get("Authorization")
+                or request.headers.get("x-api-key")
+                or request.headers.get("api-key")
+                or ""
+            )
+            return self._error_response(
+                401,
+                anthropic,
+                f"Incorrect API key provided: {sent}. You can find your API key at ...",
+                "invalid_request_error",
+                "invalid_api_key",
+            )
         if kind not in ("truncate", "dribble"):
             return web.Response(
                 status=answer.status,

@@ -49,6 +49,9 @@ FaultKind = Literal[
     "malformed",
     "dribble",
     "stream_error",
+    "deep_json",
+    "error_200",
+    "echo_key",
 ]
 RetryAfterStyle = Literal["seconds", "http-date", "ms", "none"]
 
@@ -145,6 +148,21 @@ class Fault:
         return cls("malformed")
 
     @classmethod
+    def deep_json(cls) -> Self:
+        """A 200 whose JSON body nests 1,000 levels deep (valid JSON, hard to re-encode)."""
+        return cls("deep_json")
+
+    @classmethod
+    def error_200(cls, message: str | None = None) -> Self:
+        """A 200 whose body is an error object (``{"error": {...}}``), as some gateways send."""
+        return cls("error_200", message=message)
+
+    @classmethod
+    def echo_key(cls) -> Self:
+        """A 401 whose error body repeats the key the request sent (a careless server)."""
+        return cls("echo_key", 401)
+
+    @classmethod
     def dribble(cls, interval: float = 0.05) -> Self:
         """Answer normally but slowly: ``interval`` seconds between stream pieces."""
         return cls("dribble", delay=_non_negative(interval))
@@ -164,7 +182,8 @@ class Fault:
         ``"ok"``, ``"503"``, ``"429:2"`` (Retry-After 2 s), ``"429:2:http-date"``,
         ``"429:1500:ms"``, ``"latency:0.5"``, ``"dribble:0.1"``, ``"stream_error:3"``,
         or a bare kind: ``"reset"``, ``"hang"``, ``"truncate"``, ``"malformed"``,
-        ``"insufficient_quota"``, ``"overloaded"``.
+        ``"insufficient_quota"``, ``"overloaded"``, ``"deep_json"``, ``"error_200"``,
+        ``"echo_key"``.
         """
         head, _, rest = text.strip().partition(":")
         head = head.strip().lower()
@@ -195,8 +214,8 @@ class Fault:
             return Fault(head)  # type: ignore[arg-type]
         raise ValueError(
             f"cannot parse fault {text!r}: use a status (503, 429:2), ok, reset, hang, "
-            "truncate, malformed, insufficient_quota, overloaded, latency:S, dribble:S "
-            "or stream_error:N"
+            "truncate, malformed, insufficient_quota, overloaded, deep_json, error_200, "
+            "echo_key, latency:S, dribble:S or stream_error:N"
         )
 
 

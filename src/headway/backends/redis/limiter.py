@@ -110,6 +110,15 @@ class RedisLimiter:
         self._queue: deque[_Request] = deque()
         self._local: LocalBuckets | None = None
         self._local_outage = -1
+        #: clock time of the last admission Redis granted this worker (the fallback
+        #: refills only after it: those admissions already use the shared rate)
+        self._shared_until = -math.inf
+        self._local_share = 1.0
+        self._capped = -1  # the outage whose recovery capped the shared level
+        self._recovering_until = -math.inf
+        #: the wait of the last admission Redis granted: how far ahead the fleet's queue
+        #: of shared admissions ran then (other workers' run about as far)
+        self._last_wait = 0.0
 
     # -- reserving --------------------------------------------------------------------
 
@@ -147,6 +156,18 @@ class RedisLimiter:
             and (backend._probing or self.clock.now() < backend._retry_at)
         ):  # an outage: no round trip, unless a probe is due
             return _outcome(self._reserve_local(amounts, max_wait, requests, tokens))
+        if self._local is not None and self.clock.now() < self._recovering_until:
+            # Just back from an outage: other workers may still be on their fallbacks, so
+            # this one keeps to its share too. It waits its local turn first and only
+            # then reserves from Redis, so the shared bucket sees the admission when it
+            # happens (reserving both at once would bank shared tokens for a burst).
+            ok, wait = self._local.reserve(amounts, max_wait=max_wait)
+            if not ok:
+                raise self._rejection(amounts, wait, max_wait)
+            if wait > 0:
+                await self.clock.sleep(wait)
+                if max_wait is not None:
+                    max_wait = max(0.0, max_wait - wait)
         req = _Request(amounts, max_wait, requests, tokens)
         if self._busy:
             fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -240,9 +261,14 @@ class RedisLimiter:
             "",
         ]
         pending, caps = self._pending, self._caps
+        local = self._local
+        if local is not None and self._capped == self._local_outage:
+            local = None  # this outage's recovery is done
         for i in range(n):
             rate, cap = self._static[i]
             level_cap = caps[i]
+            if local is not None:
+                level_cap = self._recovery_cap(local, i, level_cap)
             args += [rate, cap, pending[i], "" if level_cap is None else level_cap]
             pending[i] = 0.0
             caps[i] = None
@@ -258,6 +284,15 @@ class RedisLimiter:
             args.append(-1 if r.max_wait is None else r.max_wait * 1000.0)
             args += r.amounts
         result = await backend._eval(backend._reserve, self._keys, args)
+        if local is not None:
+            # Back: the level is capped. Other workers may still be on their fallbacks
+            # until their next probe, and their queued local admissions run on, so until
+            # this worker's own local queue has run out plus one probe interval it keeps
+            # to its share too (see reserve).
+            self._capped = self._local_outage
+            self._recovering_until = (
+                self.clock.now() + backend.config.retry_interval + self._local_horizon(local)
+            )
         backend.workers = int(result[0])
         shift = float(result[1]) / 1000.0
         server_now = float(result[2])
@@ -282,6 +317,27 @@ class RedisLimiter:
                 outcomes.append(self._rejection(r.amounts, wait, r.max_wait))
         return outcomes
 
+    def _local_horizon(self, local: LocalBuckets) -> float:
+        """Seconds until the fallback's queue of admissions has run out (its debt)."""
+        horizon = 0.0
+        for i, bucket in enumerate(local.buckets):
+            level = local.level(i)
+            if level < 0 and bucket.rate > 0:
+                horizon = max(horizon, -level / bucket.rate)
+        return horizon
+
+    def _recovery_cap(self, local: LocalBuckets, i: int, level_cap: float | None) -> float:
+        """Back from an outage: the level to cap limit ``i``'s shared bucket at.
+
+        While Redis was away its bucket refilled (or, restarted, came back full) though
+        the fleet kept admitting at its local shares. This worker's fallback tells what the
+        fleet has left: its level over its share (negative while the queue of admissions
+        runs on). Too little is used for a moment; never too much.
+        """
+        share = self._local_share
+        estimate = local.level(i) / share if share > 0 else 0.0
+        return estimate if level_cap is None else min(estimate, level_cap)
+
     def _reserve_local(
         self, amounts: list[float], max_wait: float | None, requests: float, tokens: float
     ) -> RedisReservation | BaseException:
@@ -291,15 +347,22 @@ class RedisLimiter:
         if mode == "allow":
             return RedisReservation(self, _ALLOW, None, 0.0, requests, tokens)
         local = self._local
+        now = self.clock.now()
         if local is None or self._local_outage != self.backend.outages:
-            share = self.backend.local_share()
+            # This worker's share of each limit, starting EMPTY: the shared bucket may have
+            # just been drained, so the fallback adds no burst, only the share's rate.
+            share = self._local_share = self.backend.local_share()
             local = LocalBuckets(
                 [(x.per_second * share, max(1.0, x.capacity * share)) for x in self.limits],
                 clock=self.clock,
             )
+            # Nothing refills before the fleet's queue of shared admissions has run out:
+            # ours (shared_until) and, about as long, the other workers'.
+            start = max(now + self._last_wait, self._shared_until)
+            for bucket in local.buckets:
+                bucket.level, bucket.start = 0.0, start
             self._local = local
             self._local_outage = self.backend.outages
-        now = self.clock.now()
         caps = self._caps
         level_caps = None
         if any(c is not None for c in caps):
@@ -323,9 +386,14 @@ class RedisLimiter:
         tokens: float,
         at: float,
     ) -> RedisReservation:
-        floor = self._pause_until - self.clock.now()
+        now = self.clock.now()
+        floor = self._pause_until - now
         if floor > wait:
             wait = floor
+        if source == _SHARED:
+            self._last_wait = wait
+            if now + wait > self._shared_until:
+                self._shared_until = now + wait
         if wait > 0 and enabled():
             emit(LIMITER_WAIT, source=self.name, requests=requests, tokens=tokens, wait=wait)
         return RedisReservation(self, source, state, wait, requests, tokens, at)
