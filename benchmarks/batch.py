@@ -5,6 +5,7 @@
     python benchmarks/batch.py rss [--lines N]     # 2. peak RSS, 1,000,000-line input, no limit
     python benchmarks/batch.py chaos [--requests N]  # 3. the demo's chaos profile, exactly once,
                                                    #    + poison answers/lines, a dead server, kills
+    python benchmarks/batch.py batchapi [--lines N]  # 4. 200,000 lines via --via batch
 
 Every run goes through the real console script (``python -m headway.cli``) in its own
 process, against a server in another process, as a user would run it.
@@ -601,12 +602,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("which", choices=["all", "throughput", "rss", "chaos", "poison"])
+    parser.add_argument(
+        "which", choices=["all", "throughput", "rss", "chaos", "poison", "batchapi"]
+    )
     parser.add_argument("--max-outage", type=float, default=20.0)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
+    if args.which == "batchapi":  # the provider Batch API path: see _batchapi.py
+        from _batchapi import main as batchapi_main
+
+        batchapi_main(200_000 if "--lines" not in sys.argv else args.lines, not args.no_write)
+        return
     RESULTS.mkdir(exist_ok=True)
     raw_path = RESULTS / "batch.json"
     results: dict[str, dict[str, Any]] = {}

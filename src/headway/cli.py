@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import click
 
 from headway import __version__
+from headway._cli.batches import batches
 from headway._cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from headway._cli.common import UsageError as UsageError
 from headway._cli.config import _load_config
@@ -100,6 +101,7 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
 cli.add_command(run)
 cli.add_command(demo)
 cli.add_command(serve_fake)
+cli.add_command(batches)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 
+from headway._cli.batches import batch_options, refuse_live_batches, run_via_batch
 from headway._cli.common import (
     _fail,
     _finish,
@@ -124,6 +126,7 @@ __all__ = ["run"]
     help="Resume even when OUTPUT holds results answered for other requests or another server.",
 )
 @_progress_options
+@batch_options
 def run(
     input_path: Path,
     output: Path | None,
@@ -150,6 +153,7 @@ def run(
     ignore_mismatch: bool,
     progress: str,
     quiet: bool,
+    **batch: Any,
 ) -> int:
     """Send every request of INPUT (JSONL, .gz ok) and write one result per request.
 
@@ -199,6 +203,25 @@ def run(
         # about one recovery period (its half-open trial), not for minutes
         max_breaker_wait=5.0,
     )
+    if batch["via"] == "batch":
+        return run_via_batch(
+            input_path=input_path,
+            output=output,
+            errors=errors,
+            provider=provider,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            retry_failed=retry_failed,
+            summary_json=summary_json,
+            fsync=fsync,
+            quiet=quiet,
+            progress=progress,
+            online=settings,
+            opts={**batch, "shard": shard, "redis_url": redis_url},
+        )
+    if batch["then_online"] or batch["detach"]:
+        _fail("--then-online and --detach go with --via batch")
+    refuse_live_batches(output)
     key_env = api_key_env or (PROVIDERS[provider].key_env if provider else None)
     judge = RunJudge(
         max_outage=max_outage,

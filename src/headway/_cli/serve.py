@@ -35,6 +35,13 @@ __all__ = ["serve_fake"]
 @click.option("--latency", type=click.FloatRange(min=0), default=0.0, help="Seconds per answer.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
+    "--batch-seconds",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds a Batch API batch spends in_progress (its lines finish evenly over it).",
+)
+@click.option(
     "--api-key",
     envvar="HEADWAY_FAKE_API_KEY",
     help="Require this key (Authorization: Bearer or x-api-key); 401 otherwise.",
@@ -51,12 +58,14 @@ def serve_fake(
     reset: float,
     latency: float,
     seed: int,
+    batch_seconds: float,
     api_key: str | None,
 ) -> int:
     """Serve the fake OpenAI-compatible API until interrupted (Ctrl-C).
 
     Point your own code at the printed URL: /v1/chat/completions, /v1/embeddings,
-    /v1/responses, /v1/messages, /v1/models.
+    /v1/responses, /v1/messages, /v1/models, and the Batch APIs (/v1/files,
+    /v1/batches, /v1/messages/batches).
     """
     from headway.testing.faults import Chaos
 
@@ -82,12 +91,13 @@ def serve_fake(
             chaos=chaos,
             seed=seed,
             api_key=api_key,
+            batch_seconds=batch_seconds,
         )
     )
     return EXIT_OK
 
 
-async def _serve(**kwargs: Any) -> None:
+async def _serve(*, batch_seconds: float = 10.0, **kwargs: Any) -> None:
     from headway.testing.fake_api import FakeAPI
 
     stop = asyncio.Event()
@@ -96,6 +106,7 @@ async def _serve(**kwargs: Any) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         async with FakeAPI(**kwargs, journal_limit=10_000) as api:
+            api.batches.timing.processing = batch_seconds
             click.echo(f"headway fake API listening on {api.url}  (Ctrl-C to stop)")
             sys.stdout.flush()
             await stop.wait()

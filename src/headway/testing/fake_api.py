@@ -59,6 +59,7 @@ from headway.testing._fake_answers import _DRIBBLE_PIECE as _DRIBBLE_PIECE
 from headway.testing._fake_answers import _Answer, _AnswersMixin, _Stream
 from headway.testing._fake_answers import _json_bytes as _json_bytes
 from headway.testing._fake_answers import _sse as _sse
+from headway.testing._fake_batches import install_batches
 from headway.testing._fake_journal import _PARAM as _PARAM
 from headway.testing._fake_journal import (
     Handler,
@@ -158,6 +159,8 @@ class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
             ("POST", "/v1/messages"): self._messages,
             ("POST", "/v1/messages/count_tokens"): self._count_tokens,
         }
+        # The Batch APIs (OpenAI files + batches, Anthropic message batches).
+        self.batches = install_batches(self)
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> Self:
