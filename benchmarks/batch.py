@@ -5,7 +5,8 @@
     python benchmarks/batch.py rss [--lines N]     # 2. peak RSS, 1,000,000-line input, no limit
     python benchmarks/batch.py chaos [--requests N]  # 3. the demo's chaos profile, exactly once,
                                                    #    + poison answers/lines, a dead server, kills
-    python benchmarks/batch.py batchapi [--lines N]  # 4. 200,000 lines via --via batch
+    python benchmarks/batch.py speed [--requests N] [--runs N]  # 4. headway run vs a plain loop
+    python benchmarks/batch.py batchapi [--lines N]  # 5. 200,000 lines via --via batch
 
 Every run goes through the real console script (``python -m headway.cli``) in its own
 process, against a server in another process, as a user would run it.
@@ -182,14 +183,27 @@ _FAST_BODY = json.dumps(
 
 
 def fast_server_main(port: int) -> None:
-    """A bare aiohttp server answering every POST with one canned chat completion."""
+    """A bare aiohttp server answering every POST with one canned chat completion.
+
+    ``GET /_first`` returns (and forgets) the wall-clock time of the first POST since the
+    last call, which the speed benchmark uses to time a client's start-up.
+    """
     from aiohttp import web
 
+    first: list[float] = []
+
     async def handler(request: web.Request) -> web.Response:
+        if not first:
+            first.append(time.time())
         await request.read()
         return web.Response(body=_FAST_BODY, content_type="application/json")
 
+    async def first_post(request: web.Request) -> web.Response:
+        value = first.pop() if first else None
+        return web.json_response({"first": value})
+
     app = web.Application()
+    app.router.add_get("/_first", first_post)
     app.router.add_post("/{tail:.*}", handler)
     print(f"fast server on http://127.0.0.1:{port}", flush=True)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
@@ -461,6 +475,148 @@ def bench_poison(n: int = 5_000, kills: int = 3, max_outage: float = 20.0) -> di
     return {"requests": n, "poison_lines": POISON_LINES, "runs": runs, **check, "pass": ok}
 
 
+# -- 4. headway run vs a plain aiohttp loop ----------------------------------------------------
+
+#: The peer: what a user writes by hand. Reads the file, 64 workers, one result line each.
+PLAIN_LOOP = """
+import asyncio, json, sys, aiohttp
+
+async def main(inp, out, url):
+    queue = asyncio.Queue(256)
+    with open(out, "w") as f:
+        async def worker(session):
+            while (line := await queue.get()) is not None:
+                async with session.post(url + line["url"], json=line["body"]) as r:
+                    body = await r.json()
+                    response = {"status_code": r.status, "body": body}
+                    f.write(json.dumps({"custom_id": line["custom_id"], "response": response}))
+                    f.write("\\n")
+        async with aiohttp.ClientSession() as session:
+            workers = [asyncio.create_task(worker(session)) for _ in range(64)]
+            with open(inp) as src:
+                for raw in src:
+                    await queue.put(json.loads(raw))
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+
+asyncio.run(main(*sys.argv[1:4]))
+"""
+
+
+def _first_request(url: str) -> float | None:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/_first", timeout=10) as r:
+        value = json.loads(r.read())["first"]
+    return None if value is None else float(value)
+
+
+#: As an installed package runs: with its bytecode cached (``PYTHONDONTWRITEBYTECODE``,
+#: if set, would make every start compile headway's sources again).
+#: The cache lives outside the source tree, so no stale ``__pycache__`` is left behind.
+BYTECODE_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+BYTECODE_ENV["PYTHONPYCACHEPREFIX"] = os.path.join(tempfile.gettempdir(), "headway-bench-pyc")
+
+
+def _timed(cmd: list[str], url: str) -> tuple[float, float]:
+    """(wall seconds, seconds from process start to the server's first request)."""
+    _first_request(url)  # forget any earlier run
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=BYTECODE_ENV)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    first = _first_request(url)
+    return wall, (float("nan") if first is None else first - t0)
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    n = len(ordered)
+    mid = n // 2
+    return ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def bench_speed(n: int = 10_000, runs: int = 5) -> dict[str, Any]:
+    """``headway run`` (no limit) vs a plain aiohttp loop: same file, same server, alternating."""
+    port = free_port()
+    server = Server([sys.executable, __file__, "_fast_server", str(port)])
+    rows: list[dict[str, float]] = []
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            inp = Path(d) / "in.jsonl"
+            write_input(inp, n)
+            plain = Path(d) / "plain.py"
+            plain.write_text(PLAIN_LOOP)
+            nothing = [sys.executable, "-c", "pass"]
+            # One untimed run of each first: bytecode written, files in the page cache.
+            warm = [sys.executable, str(plain), str(inp), str(Path(d) / "w.jsonl"), server.url]
+            _timed(warm, server.url)
+            warm = [*HEADWAY, "run", str(inp), "-o", str(Path(d) / "w2.jsonl")]
+            _timed([*warm, "--base-url", server.url, "-q"], server.url)
+            for i in range(runs):
+                out_h, out_p = Path(d) / f"h{i}.jsonl", Path(d) / f"p{i}.jsonl"
+                head_cmd = [
+                    *HEADWAY,
+                    "run",
+                    str(inp),
+                    "-o",
+                    str(out_h),
+                    "--base-url",
+                    server.url,
+                    "--concurrency",
+                    "64",
+                    "--progress",
+                    "none",
+                ]
+                plain_cmd = [sys.executable, str(plain), str(inp), str(out_p), server.url]
+                t0 = time.time()
+                subprocess.run(nothing, check=True)
+                python_s = time.time() - t0
+                # Alternate which goes first, so drift in the machine's load hits both.
+                order = [("headway", head_cmd), ("plain", plain_cmd)]
+                if i % 2:
+                    order.reverse()
+                row: dict[str, float] = {"python_s": python_s}
+                for name, cmd in order:
+                    wall, first = _timed(cmd, server.url)
+                    row[f"{name}_s"] = wall
+                    row[f"{name}_first_s"] = first
+                for out in (out_h, out_p):
+                    if out.read_bytes().count(b"\n") != n:
+                        raise RuntimeError(f"{out.name}: wrong number of results")
+                    out.unlink()
+                rows.append(row)
+                print(json.dumps({k: round(v, 3) for k, v in row.items()}), flush=True)
+            cmd_text = " ".join(["headway", *head_cmd[3:]]).replace(d, "$TMP")
+    finally:
+        server.stop()
+    head = _median([r["headway_s"] for r in rows])
+    peer = _median([r["plain_s"] for r in rows])
+    start = _median([r["headway_first_s"] for r in rows])
+    ratio = peer / head
+    # Each run's two timings are taken back to back: their ratio cancels most of the
+    # drift in the machine's load, which the ratio of the two medians does not.
+    paired = _median([r["plain_s"] / r["headway_s"] for r in rows])
+    return {
+        "command": cmd_text,
+        "requests": n,
+        "runs": runs,
+        "rows": rows,
+        "headway_s": round(head, 3),
+        "plain_s": round(peer, 3),
+        "headway_req_s": round(n / head, 1),
+        "plain_req_s": round(n / peer, 1),
+        "ratio": round(ratio, 3),
+        "paired_ratio": round(paired, 3),
+        "headway_first_request_s": round(start, 3),
+        "plain_first_request_s": round(_median([r["plain_first_s"] for r in rows]), 3),
+        "python_start_s": round(_median([r["python_s"] for r in rows]), 3),
+        "pass": paired >= 0.95 and start <= 0.3,
+    }
+
+
 # -- report ---------------------------------------------------------------------------------------
 
 
@@ -566,6 +722,37 @@ def report(results: dict[str, dict[str, Any]]) -> str:
             + f" | {'yes' if p['pass'] else 'NO'} |",
             "",
         ]
+    sp = results.get("speed")
+    if sp:
+        lines += [
+            "## 4. `headway run` vs a plain aiohttp loop",
+            "",
+            f"`{sp['command']}` and the plain loop of `PLAIN_LOOP` in this file (reads the "
+            "same file, 64 workers, one result line each), against the same bare aiohttp "
+            f"server in another process, alternating, {sp['runs']} runs each after one "
+            "untimed warm-up, median:",
+            "",
+            "| requests | headway | plain loop | speed ratio, median of runs (of medians) "
+            "| first request: headway | plain loop | bar | pass |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {sp['requests']:,} | {sp['headway_s']:.2f} s ({sp['headway_req_s']:,.0f} req/s) "
+            f"| {sp['plain_s']:.2f} s ({sp['plain_req_s']:,.0f} req/s) "
+            f"| {sp.get('paired_ratio', sp['ratio']):.3f}x ({sp['ratio']:.3f}x) "
+            f"| {sp['headway_first_request_s']:.2f} s | {sp['plain_first_request_s']:.2f} s "
+            f"| >= 0.95x, first request <= 0.3 s | {'yes' if sp['pass'] else 'NO'} |",
+            "",
+            "Per run (seconds; `first` is from process start to the server's first request):",
+            "",
+            "| run | headway | plain | ratio | headway first | plain first | `python -c pass` |",
+            "|---|---|---|---|---|---|---|",
+            *(
+                f"| {i + 1} | {r['headway_s']:.2f} | {r['plain_s']:.2f} "
+                f"| {r['plain_s'] / r['headway_s']:.3f} "
+                f"| {r['headway_first_s']:.2f} | {r['plain_first_s']:.2f} | {r['python_s']:.3f} |"
+                for i, r in enumerate(sp["rows"])
+            ),
+            "",
+        ]
     lines += NOTES
     return "\n".join(lines)
 
@@ -603,11 +790,12 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument(
-        "which", choices=["all", "throughput", "rss", "chaos", "poison", "batchapi"]
+        "which", choices=["all", "throughput", "rss", "chaos", "poison", "speed", "batchapi"]
     )
     parser.add_argument("--max-outage", type=float, default=20.0)
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=5, help="speed: alternating runs")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
     if args.which == "batchapi":  # the provider Batch API path: see _batchapi.py
@@ -632,6 +820,10 @@ def main() -> None:
     if args.which in ("all", "rss"):
         results["rss"] = bench_rss(args.lines)
         print(json.dumps(results["rss"], indent=2), flush=True)
+    if args.which in ("all", "speed"):
+        n = 10_000 if args.which == "all" or args.requests == 20_000 else args.requests
+        results["speed"] = bench_speed(n, args.runs)
+        print(json.dumps({k: v for k, v in results["speed"].items() if k != "rows"}, indent=2))
     if not args.no_write:
         raw_path.write_text(json.dumps(results, indent=2) + "\n")
         (RESULTS / "batch.md").write_text(report(results) + "\n")

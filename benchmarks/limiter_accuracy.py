@@ -15,6 +15,10 @@ Scenarios, each run ``--runs`` times (the table shows the median of the runs):
   closed 0.1 s window (bound: 21). aiolimiter has no separate burst setting; it runs as
   ``AsyncLimiter(200, 1)`` (its way to say 200/s) and as ``AsyncLimiter(1, 0.005)``
   (the nearest it has to ``max_tokens=1``).
+* **arrival**: what the server sees. 50 workers loop ``limiter.wait()`` then send a
+  request to a loopback FakeAPI, with ``max_tokens=1`` at 200/s; admissions are counted
+  from the server's journal (arrival times): the most in any 0.1 s window (bound 21) and
+  in any 1 s window (bound 201), and the achieved rate (``admitted / seconds``).
 * **fairness**: 20 one-unit loopers on a 100/s limiter; after 1 s a caller asks for 50
   units at once. Reported: how long it waited (bound: 1.5 s). aiolimiter serves the
   smallest request first: the 50-unit caller is given up after ``--fair-timeout`` s.
@@ -154,6 +158,39 @@ async def fairness(make: Callable[[], Acquire], timeout: float) -> dict[str, flo
     return {"heavy_wait_s": waited}
 
 
+async def arrival(seconds: float) -> dict[str, float]:
+    """Admissions counted at the server: 200/s, ``max_tokens=1``, 50 workers."""
+    import aiohttp
+
+    from headway.testing import FakeAPI
+
+    limiter = TokenBucketRateLimiter(200, 1.0, max_tokens=1)
+    loop = asyncio.get_running_loop()
+    async with FakeAPI() as api, aiohttp.ClientSession() as session:
+        url = api.url + "/v1/models"
+        end = loop.time() + seconds
+
+        async def worker() -> None:
+            while True:
+                await limiter.wait()
+                if loop.time() >= end:
+                    return
+                async with session.get(url) as resp:
+                    await resp.read()
+
+        async with asyncio.timeout(seconds + 10.0):
+            await asyncio.gather(*(worker() for _ in range(50)))
+        times = sorted(r.time for r in api.requests)
+    span = times[-1] - times[0] if len(times) > 1 else seconds
+    return {
+        "admitted": len(times),
+        "achieved_rate": (len(times) - 1) / span if span > 0 else 0.0,
+        "achieved_pct": (len(times) - 1) / span / 200.0 * 100.0 if span > 0 else 0.0,
+        "max_1s": max_in_window(times, 1.0),
+        "max_100ms": max_in_window(times, 0.1),
+    }
+
+
 # -- the run ------------------------------------------------------------------------------
 CASES: dict[str, Callable[[], Acquire]] = {
     "headway TokenBucketRateLimiter(200, max_tokens=200)": lambda: headway_acquire(
@@ -189,7 +226,10 @@ def median(values: list[float | None]) -> float | None:
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     steady_runs: dict[str, list[dict[str, float]]] = {name: [] for name in CASES}
     fair_runs: dict[str, list[dict[str, float | None]]] = {name: [] for name in FAIR}
+    arrival_runs: list[dict[str, float]] = []
     for run in range(args.runs):
+        print(f"run {run + 1}/{args.runs}: arrival side ...", file=sys.stderr, flush=True)
+        arrival_runs.append(await arrival(args.seconds))
         for name, make in CASES.items():
             print(f"run {run + 1}/{args.runs}: {name} ...", file=sys.stderr, flush=True)
             steady_runs[name].append(await steady(make, args.seconds, BURST[name]))
@@ -205,6 +245,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "load_average_1m": os.getloadavg()[0],
         "steady": {},
         "fairness": {},
+        "arrival": {key: median([r[key] for r in arrival_runs]) for key in arrival_runs[0]}
+        | {"per_run": arrival_runs},
     }
     for name, runs in steady_runs.items():
         result["steady"][name] = {key: median([r[key] for r in runs]) for key in runs[0]} | {
@@ -253,6 +295,16 @@ def markdown(result: dict[str, Any], command: str) -> str:
             f"| {r['rate_error_pct']:.2f}% | {r['max_1s']:.0f} ({bound_1s}) "
             f"| {r['max_100ms']:.0f} ({bound_100ms}) | {sched} | {late} |"
         )
+    a = result["arrival"]
+    lines += [
+        "",
+        "## What the server sees: 200/s, max_tokens=1, 50 workers, counted at the server",
+        "",
+        "| admitted | achieved | max in 0.1 s (bound 21) | max in 1 s (bound 201) |",
+        "|---:|---:|---:|---:|",
+        f"| {a['admitted']:.0f} | {a['achieved_rate']:.1f}/s ({a['achieved_pct']:.1f}%) "
+        f"| {a['max_100ms']:.0f} | {a['max_1s']:.0f} |",
+    ]
     lines += [
         "",
         "## Weighted fairness: acquire(50) at 100/s against 20 one-unit loopers",

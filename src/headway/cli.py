@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import click
 
 from headway import __version__
+from headway._cli import common
 from headway._cli.batches import batches
 from headway._cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from headway._cli.common import UsageError as UsageError
@@ -47,6 +48,7 @@ class _Group(click.Group):
         **extra: Any,
     ) -> NoReturn:
         extra.pop("standalone_mode", None)
+        common.ARGV[:] = list(args) if args is not None else sys.argv[1:]
         try:
             rv = super().main(
                 args=args, prog_name=prog_name or "headway", standalone_mode=False, **extra

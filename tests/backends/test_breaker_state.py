@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from headway import CircuitBreakerOpenError, ManualClock
-from headway.backends import MemoryBackend, MemoryBreakerState, RedisBackend, SharedCircuitState
+from headway.backends import MemoryBackend, MemoryBreakerState, RedisBackend
 from headway.errors import ConfigurationError, ServerError
 from headway.resilience.breaker import CircuitBreaker, CircuitState
 
@@ -59,8 +59,9 @@ def test_breakers_of_one_name_share_the_circuit_in_memory() -> None:
     assert state_of(a) is CircuitState.OPEN
     a.reset()
     assert state_of(b) is CircuitState.CLOSED
-    assert isinstance(backend.breaker_state("svc"), SharedCircuitState)
-    assert "svc" in repr(backend.breaker_state("svc"))
+    assert backend.breaker_store("svc") is backend.breaker_store("svc")
+    assert isinstance(backend.breaker_store("svc"), MemoryBreakerState)
+    assert "svc" in repr(backend.breaker_store("svc"))
 
 
 def test_a_failed_trial_reopens_for_everyone() -> None:
@@ -195,8 +196,8 @@ async def test_a_released_trial_lets_another_worker_try(make_backend: MakeBacken
 async def test_store_round_trips(make_backend: MakeBackend, prefix: str) -> None:
     wa = make_backend(trial_lease=1.0, **FAST)
     wb = make_backend(trial_lease=1.0, **FAST)
-    sa = wa.breaker_state("db", half_open_max_calls=2).store
-    sb = wb.breaker_state("db", half_open_max_calls=2).store
+    sa = wa.breaker_store("db", half_open_max_calls=2)
+    sb = wb.breaker_store("db", half_open_max_calls=2)
     assert await sb.refresh() is None
     assert not await sb.atry_trial()  # closed: no trials
     await sa.aopen(0.03)
@@ -209,7 +210,7 @@ async def test_store_round_trips(make_backend: MakeBackend, prefix: str) -> None
     assert await sa.atry_trial()
     assert await sb.atry_trial()
     wc = make_backend(trial_lease=1.0, **FAST)
-    sc = wc.breaker_state("db", half_open_max_calls=2).store
+    sc = wc.breaker_store("db", half_open_max_calls=2)
     assert not await sc.atry_trial()  # both leases taken
     await sa.arelease_trial()
     assert await sc.atry_trial()
@@ -224,7 +225,7 @@ async def test_store_round_trips(make_backend: MakeBackend, prefix: str) -> None
     with pytest.raises(ValueError):
         sa.publish_open(-1)
     with pytest.raises(ConfigurationError):
-        wa.breaker_state("bad", half_open_max_calls=0)
+        wa.breaker_store("bad", half_open_max_calls=0)
 
 
 async def test_a_circuit_opened_during_an_outage_is_published_when_redis_is_back(

@@ -171,11 +171,11 @@ async def test_a_server_that_never_was_does_not_hang_anyone(free_port: int) -> N
         async with asyncio.timeout(1):
             res = await lim.reserve()
         assert not res.shared
-        state = b.breaker_state("ghost")
-        state.store.publish_open(1.0)  # applies locally; Redis gets it when it is back
-        assert state.store.open_for() is not None
+        store = b.breaker_store("ghost")
+        store.publish_open(1.0)  # applies locally; Redis gets it when it is back
+        assert store.open_for() is not None
         with pytest.raises(Exception, match="unreachable"):
-            await state.store.refresh()
+            await store.refresh()
 
 
 async def test_a_fallback_starts_after_the_shared_queue_and_recovery_caps_the_level(

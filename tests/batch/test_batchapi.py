@@ -93,8 +93,8 @@ async def test_openai_groups_by_model_and_collects_each_line_once(tmp_path: Path
     assert ok["response"]["status_code"] == 200
     assert ok["response"]["body"]["choices"][0]["message"]["content"] == "echo: q1"
     assert ok["id"].startswith("batch_req_")
-    bad = by_id["q4"]
-    assert bad["error"]["code"] == "server_error"
+    bad = by_id["q4"]  # an HTTP error answer: in `response`, `error: null` (OpenAI's rule)
+    assert bad["error"] is None
     assert bad["response"]["status_code"] == 500
     assert outcome.stats.succeeded == 29
     assert outcome.stats.failed == 1
@@ -119,10 +119,13 @@ async def test_anthropic_lines_go_through_message_batches(tmp_path: Path) -> Non
         assert sent.headers.get("anthropic-version") == "2023-06-01"
     recs = assert_exactly_once(out, 13)
     by_id = {r["custom_id"]: r for r in recs}
-    assert by_id["q0"]["response"]["body"]["content"][0]["text"] == "echo: q0"
-    assert by_id["q3"]["error"]["code"] == "api_error"
-    assert by_id["q12"]["error"]["code"] == "invalid_request_error"
-    assert by_id["q12"]["response"]["status_code"] == 400
+    # Anthropic lines get Anthropic-shaped results, as the Message Batches API returns them
+    assert by_id["q0"]["result"]["type"] == "succeeded"
+    assert by_id["q0"]["result"]["message"]["content"][0]["text"] == "echo: q0"
+    assert by_id["q3"]["result"]["type"] == "errored"
+    assert by_id["q3"]["result"]["error"]["error"]["type"] == "api_error"
+    assert by_id["q12"]["result"]["type"] == "errored"
+    assert by_id["q12"]["result"]["error"]["error"]["type"] == "invalid_request_error"
     assert outcome.stats.failed == 2
 
 
@@ -157,12 +160,16 @@ async def test_bad_lines_get_a_reason_before_anything_is_uploaded(tmp_path: Path
     async with FakeAPI() as api:
         outcome = await batchapi.run(inp, out, settings(api))
         assert created(api) == (0, 0)
-    recs = {r["custom_id"]: r["error"] for r in records(out)}
-    assert set(recs) == {"s", "u", "a", "n", "g", "6"}
+    every = {r["custom_id"]: r for r in records(out)}
+    assert set(every) == {"s", "u", "a", "n", "g", "6"}
+    anthropic = every.pop("a")["result"]  # the Anthropic line's result is Anthropic-shaped
+    assert anthropic["type"] == "errored"
+    assert anthropic["error"]["error"]["type"] == "invalid_request_error"
+    assert "--provider anthropic" in anthropic["error"]["error"]["message"]
+    recs = {cid: r["error"] for cid, r in every.items()}
     assert all(e["code"] == "invalid_request" for e in recs.values())
     assert "cannot stream" in recs["s"]["message"]
     assert "does not serve /v1/audio/speech" in recs["u"]["message"]
-    assert "--provider anthropic" in recs["a"]["message"]
     assert '"model"' in recs["n"]["message"]
     assert "only sends POST" in recs["g"]["message"]
     assert any("cannot go in a batch" in n for n in outcome.notes)
@@ -282,8 +289,8 @@ async def test_anthropic_cancel(tmp_path: Path) -> None:
         await batchapi.cancel(out, settings(api, "anthropic"))
         outcome = await batchapi.collect(out, settings(api, "anthropic"))
         assert outcome.stats.succeeded == 3
-    codes = Counter(r["error"]["code"] for r in assert_exactly_once(out, 10) if r["error"])
-    assert codes == {"canceled": 7}
+    kinds = Counter(r["result"]["type"] for r in assert_exactly_once(out, 10))
+    assert kinds == {"succeeded": 3, "canceled": 7}
 
 
 class Crash(BaseException):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 
 from headway.batch import BatchStats, NullProgress, PlainProgress, RichProgress, render_summary
@@ -103,3 +104,140 @@ def test_empty_summary() -> None:
     render_summary(s, Console(file=buf, width=100))
     assert "- / - / -" in buf.getvalue()
     assert percentile([5.0], 99) == 5.0
+
+
+# -- the live display at 80 and 120 columns ----------------------------------------------------
+
+
+def _busy_stats() -> BatchStats:
+    stats = BatchStats(total=1_000_000)
+    stats.succeeded, stats.failed, stats.retrying, stats.rate_limited = 412_345, 1_234, 17, 9_876
+    stats.limit_text, stats.limited_by = "1,180/min", "server"
+    return stats
+
+
+def _render(width: int, stats: BatchStats) -> list[str]:
+    from headway.batch.progress import StatusLine
+
+    buf = io.StringIO()
+    line = StatusLine(stats)
+    line.rps, line.tpm = 1234.5, 4_560_000.0
+    Console(file=buf, width=width, color_system=None).print(line)
+    return buf.getvalue().splitlines()
+
+
+def test_display_fits_80_columns_with_everything_that_matters() -> None:
+    lines = _render(80, _busy_stats())
+    assert len(lines) == 2
+    assert all(len(line) <= 80 for line in lines)
+    first, second = lines
+    assert "413,579/1,000,000" in first
+    assert "41%" in first
+    assert "1,234.5/s" in first
+    assert "ETA 7m55s" in first
+    assert first.startswith("━")  # the bar is there, not cut
+    assert "ok 412,345" in second
+    assert "failed 1,234" in second
+    assert "429s 9,876" in second
+    assert "limited by server: 1,180/min" in second
+
+
+def test_wider_terminals_get_more() -> None:
+    narrow = _render(80, _busy_stats())
+    assert "tok/min" not in "".join(narrow)  # no room at 80 with these numbers
+    lines = _render(120, _busy_stats())
+    assert len(lines) == 2
+    assert all(len(line) <= 120 for line in lines)
+    assert lines[0].count("━") > narrow[0].count("━")  # a longer bar
+    assert "4.56M tok/min" in lines[1]
+    (wide,) = _render(170, _busy_stats())
+    assert len(wide) <= 170
+    for fragment in ("ETA 7m55s", "ok 412,345", "4.56M tok/min", "limited by server"):
+        assert fragment in wide
+    small = BatchStats(total=10)
+    small.succeeded = 4
+    assert len(_render(120, small)) == 1
+
+
+def test_display_with_unknown_total_and_no_limit() -> None:
+    stats = BatchStats(total=None)
+    stats.succeeded = 5
+    (first, second) = _render(80, stats)
+    assert "5/? " in first
+    assert "ETA ?" in first
+    assert "no limit" in second
+
+
+def test_failures_are_shown_as_they_happen() -> None:
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=80, color_system=None)
+    p = RichProgress(console)
+    stats = BatchStats(total=100)
+    p.start(stats, 0.0)
+    stats.record(
+        Result.failure("req-17", "server_error", "HTTP 503: upstream\nis down", status_code=503)
+    )
+    p.update(stats, 0.25)
+    for i in range(8):
+        stats.record(Result.failure(f"bad-{i}", "bad_request", "HTTP 400", status_code=400))
+    p.update(stats, 0.5)
+    p.stop(stats, 1.0)
+    text = buf.getvalue()
+    assert "failed server_error req-17: HTTP 503: upstream is down" in text
+    assert "failed bad_request bad-7: HTTP 400" in text
+    assert "... and 3 more failure(s)" in text
+
+
+def test_plain_progress_prints_failures_and_the_404_hint() -> None:
+    out = io.StringIO()
+    p = PlainProgress(out, every=60.0)
+    stats = BatchStats(total=20)
+    p.start(stats, 0.0)
+    for i in range(10):
+        stats.record(Result.failure(f"n{i}", "not_found", "HTTP 404", status_code=404))
+    p.update(stats, 1.0)
+    text = out.getvalue()
+    assert "[headway] failed not_found n9: HTTP 404" in text
+    assert "[headway] ... and 5 more failure(s)" in text
+    assert "the first answers were all 404 Not Found" in text
+    p.update(stats, 2.0)
+    assert out.getvalue().count("404 Not Found") == 1  # said once
+
+
+def test_token_split_across_usage_shapes() -> None:
+    stats = BatchStats()
+    openai = {
+        "prompt_tokens": 100,
+        "completion_tokens": 10,
+        "total_tokens": 110,
+        "prompt_tokens_details": {"cached_tokens": 64},
+    }
+    anthropic = {
+        "input_tokens": 5,
+        "output_tokens": 7,
+        "cache_read_input_tokens": 50,
+        "cache_creation_input_tokens": 20,
+    }
+    stats.record(Result.success("a", 200, {"usage": openai}), waited=0.0)
+    stats.record(Result.success("b", 200, {"usage": anthropic}))
+    stats.record(Result.success("c", 200, {"prompt_eval_count": 26, "eval_count": 4}))
+    s = stats.summary(elapsed=1.0)
+    assert s["tokens_split"] == {"prompt": 100 + 75 + 26, "completion": 10 + 7 + 4, "cached": 114}
+    assert s["tokens"] == 110 + 82 + 30
+
+
+def test_latency_splits_into_waiting_and_server_time() -> None:
+    stats = BatchStats()
+    stats.record(Result.success("a", 200, {}, latency=3.0), waited=2.9)
+    stats.record(Result.success("b", 200, {}, latency=0.05), waited=0.0)
+    s = stats.summary(elapsed=3.0)
+    assert s["waiting_s"]["p95"] == 2.9
+    assert s["server_s"]["p95"] == pytest.approx(0.1)
+    assert s["server_s"]["p50"] == pytest.approx(0.05)
+    buf = io.StringIO()
+    s["retry_command"] = "headway run in.jsonl -o out.jsonl --retry-failed"
+    render_summary(s, Console(file=buf, width=80), title="t")
+    text = buf.getvalue()
+    assert "waiting for the limit p50 / p95" in text
+    assert "to retry the failures: headway run in.jsonl -o out.jsonl --retry-failed" in text
+    assert all(len(line) <= 80 for line in text.splitlines())

@@ -321,7 +321,7 @@ async def test_progress_is_ticked(tmp_path: Path) -> None:
     await BatchRunner(sender, inp, tmp_path / "out.jsonl", concurrency=2, progress=progress).run()
     lines = buf.getvalue().splitlines()
     assert len(lines) >= 4
-    assert lines[-1].startswith("[headway] 20/20 (100%)")
+    assert lines[-1].startswith("[headway] 20/20 100%")
     assert "req/s" in lines[1]
     assert "tok/min" in lines[1]
     assert "ETA" in lines[1]

@@ -73,7 +73,7 @@ def test_base_url_overrides_provider_and_strips_v1() -> None:
         ({}, "--provider NAME or --base-url URL"),
         ({"base_url": "localhost:80"}, "http(s) URL"),
         ({"provider": "groq"}, "GROQ_API_KEY is not set"),
-        ({"base_url": "http://x", "api_key_env": "K"}, "K is not set"),
+        ({"base_url": "http://x", "api_key_env": "K"}, "K is empty"),  # set, but empty
     ],
 )
 def test_target_errors(kwargs: dict[str, str], message: str) -> None:

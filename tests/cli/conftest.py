@@ -42,6 +42,10 @@ class ThreadedFakeAPI:
         """Requests the server has received so far."""
         return 0 if self._api is None else len(self._api.requests)
 
+    def journal(self) -> list[Any]:
+        """The requests the server has received so far (``RecordedRequest``)."""
+        return [] if self._api is None else list(self._api.requests)
+
     def start(self) -> ThreadedFakeAPI:
         self._thread.start()
         assert self._ready.wait(10), "FakeAPI did not start"

@@ -78,7 +78,7 @@ def test_disk_full_has_its_own_exit_code_and_says_what_was_written(
     result = invoke([*args, "-q", "--summary-json", str(summary)])
     monkeypatch.undo()
     one_line(result, 5, "the disk is full (No space left on device): 3 result(s) were written")
-    assert "succeeded" in result.stdout  # the summary of what was written
+    assert "succeeded" in result.stderr  # the summary of what was written
     assert json.loads(summary.read_text())["succeeded"] == 3
     assert len(result_ids(out)) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl", "summary.json"]

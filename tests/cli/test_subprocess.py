@@ -78,9 +78,9 @@ def test_kill_9_mid_run_then_resume_is_exactly_once(
     assert len(set(partial)) == len(partial)
 
     resume = start_run(inp, out, server.url, "--rpm", "60000")
-    stdout, stderr = resume.communicate(timeout=60)
+    _stdout, stderr = resume.communicate(timeout=60)
     assert resume.returncode == 0, stderr
-    assert "already done (skipped)" in stdout
+    assert "already done (skipped)" in stderr
     assert Counter(result_ids(out)) == Counter({f"q{i}": 1 for i in range(n)})
 
 
@@ -98,11 +98,11 @@ def test_ctrl_c_finishes_in_flight_exits_130_and_resumes(
     )
     wait_for_lines(out, 10, proc)
     proc.send_signal(sig)
-    stdout, stderr = proc.communicate(timeout=20)
+    _stdout, stderr = proc.communicate(timeout=20)
     assert proc.returncode == 130, stderr
     assert "run the same command again to resume" in stderr
     assert "Traceback" not in stderr
-    assert "interrupted" in stdout
+    assert "interrupted" in stderr
     data = json.loads(summary.read_text())
     assert data["interrupted"] is True
     assert data["abandoned"] == 0
@@ -173,3 +173,49 @@ def test_headway_console_script_is_installed() -> None:
     result = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0
     assert os.path.basename(str(exe)) in result.stdout
+
+
+def test_pipes_stdin_to_stdout(tmp_path: Path, fake_server: StartServer) -> None:
+    server = fake_server()
+    inp = write_chat_input(tmp_path / "in.jsonl", 25)
+    proc = subprocess.run(
+        [*HEADWAY, "run", "-", "-o", "-", "--no-resume", "--base-url", server.url],
+        input=inp.read_bytes(),
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.decode().splitlines()
+    records = [json.loads(line) for line in lines]  # stdout holds only result lines
+    assert Counter(r["custom_id"] for r in records) == Counter({f"q{i}": 1 for i in range(25)})
+    stderr = proc.stderr.decode()
+    assert "headway run: standard input" in stderr  # the summary went to stderr
+    assert "succeeded" in stderr
+
+
+def test_gzip_from_stdin_and_refusing_to_resume_a_pipe(
+    tmp_path: Path, fake_server: StartServer
+) -> None:
+    import gzip
+
+    server = fake_server()
+    inp = write_chat_input(tmp_path / "in.jsonl", 3)
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.run(
+        [*HEADWAY, "run", "-", "-o", str(out), "--base-url", server.url, "-q"],
+        input=gzip.compress(inp.read_bytes()),
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(result_ids(out)) == ["q0", "q1", "q2"]
+    refused = subprocess.run(
+        [*HEADWAY, "run", "-", "-o", "-", "--base-url", server.url],
+        input=b"",
+        capture_output=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert refused.stdout == b""
+    assert b"add --no-resume" in refused.stderr
+    assert b"Traceback" not in refused.stderr

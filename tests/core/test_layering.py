@@ -2,8 +2,8 @@
 
 An attribute access ``x._name`` is foreign when ``x`` is not ``self``/``cls`` and the
 module itself defines no ``_name`` (as ``self._name``, a private function or a slot).
-The pipeline (``resilience/``) and the concurrency limits must have none; the whole
-package may not get more than it has today.
+The pipeline (``resilience/``), ``concurrency/``, ``limits/`` and ``backends/`` must
+have none; the whole package may not get more than it has today.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import headway
 
 SRC = Path(headway.__file__).parent
 
-#: Foreign private accesses left in src/headway (limits/multi.py books on its buckets,
-#: the Redis backend's modules share state); lower it as they go, never raise it.
-BUDGET = 64
+#: Foreign private accesses left in src/headway (in http/ and testing/); lower it as
+#: they go, never raise it.
+BUDGET = 9
 
 
 def _own_names(tree: ast.Module) -> set[str]:
@@ -58,11 +58,9 @@ def foreign_accesses(path: Path) -> list[str]:
 def test_the_pipeline_uses_public_interfaces_only() -> None:
     strict = [
         *sorted((SRC / "resilience").rglob("*.py")),
-        SRC / "concurrency" / "limit.py",
-        SRC / "concurrency" / "adaptive.py",
-        SRC / "limits" / "__init__.py",
-        SRC / "limits" / "bucket.py",
-        SRC / "limits" / "keyed.py",
+        *sorted((SRC / "concurrency").rglob("*.py")),
+        *sorted((SRC / "limits").rglob("*.py")),
+        *sorted((SRC / "backends").rglob("*.py")),
         SRC / "http" / "_attempt.py",
         SRC / "events.py",
         SRC / "errors.py",

@@ -57,7 +57,7 @@ def test_retry_after_forms_case_insensitive() -> None:
     assert parse_retry_after(CIMultiDict({"Retry-After-Ms": "1500"})) == 1.5
     assert parse_retry_after({"RETRY-AFTER": "7"}) == 7.0
     assert parse_retry_after({"retry-after-ms": "bad", "retry-after": "2"}) == 2.0
-    assert parse_retry_after({"retry-after": "-5"}) == 0.0
+    assert parse_retry_after({"retry-after": "-5"}) is None  # no instruction: back off
     assert parse_retry_after({"retry-after": "not a date"}) is None
     assert parse_retry_after(None) is None
     assert parse_retry_after({"x": "1"}) is None

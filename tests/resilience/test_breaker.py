@@ -601,24 +601,69 @@ async def test_explicit_durations_are_used(clock: ManualClock) -> None:
 # -- backend seam -----------------------------------------------------------------------
 
 
-def test_backend_supplies_the_state_object() -> None:
+def test_backend_supplies_the_store_and_hears_every_transition(clock: ManualClock) -> None:
     made: list[tuple[str | None, int]] = []
+    calls: list[str] = []
+
+    class Store:
+        """A store that agrees with whatever the breaker last published."""
+
+        def __init__(self) -> None:
+            self.until: float | None = None
+            self.trials = 0
+
+        def open_for(self) -> float | None:
+            return None if self.until is None else self.until - clock.now()
+
+        def publish_open(self, recovery_time: float) -> None:
+            calls.append(f"open {recovery_time:g}")
+            self.until = clock.now() + recovery_time
+
+        def publish_closed(self) -> None:
+            calls.append("closed")
+            self.until = None
+
+        def try_trial(self) -> bool:
+            calls.append("try")
+            self.trials += 1
+            return self.trials == 1
+
+        def release_trial(self) -> None:
+            calls.append("release")
+            self.trials -= 1
 
     class Backend:
-        def breaker_state(self, name: str | None, *, half_open_max_calls: int) -> Any:
+        def breaker_store(self, name: str, *, half_open_max_calls: int = 1) -> Store:
             made.append((name, half_open_max_calls))
-            from headway.resilience.breaker import _BreakerState
+            return Store()
 
-            return _BreakerState()
-
-    a = CircuitBreaker(failure_threshold=1, half_open_max_calls=3, name="shared", backend=Backend())
+    a = CircuitBreaker(
+        failure_threshold=1,
+        recovery_time=10,
+        half_open_max_calls=3,
+        success_threshold=2,
+        name="shared",
+        clock=clock,
+        backend=Backend(),
+    )
     assert made == [("shared", 3)]
     a.acquire().record_failure(Boom())
     assert a.state is OPEN
+    clock.advance(10)
+    first = a.acquire()
+    with pytest.raises(CircuitBreakerOpenError):
+        a.acquire()  # one trial per breaker at a time
+    first.record_success()  # one more success to go: the permit goes back
+    a.acquire().record_success()
+    assert a.state is CLOSED
+    a.force_open()
+    a.force_open(5)
+    a.reset()
+    assert calls == ["open 10", "try", "release", "try", "closed", "open 86400", "open 5", "closed"]
 
 
 def test_backend_without_breaker_state_is_refused() -> None:
-    with pytest.raises(ConfigurationError, match="breaker_state"):
+    with pytest.raises(ConfigurationError, match="breaker_store"):
         CircuitBreaker(backend=object())
 
 

@@ -321,8 +321,8 @@ def test_budget_window_expires_old_counts() -> None:
     clock = ManualClock()
     budget = RetryBudget(ratio=1.0, min_retries_per_second=0.0, window=10.0, clock=clock)
     budget.record_request()
-    assert budget.try_spend()
-    assert not budget.try_spend()
+    assert budget.try_withdraw()
+    assert not budget.try_withdraw()
     clock.advance(5)
     assert budget.requests == 1  # reads the clock: later deposits book at t=5
     budget.record_request()
@@ -346,7 +346,7 @@ def test_budget_books_deposits_no_later_than_they_happened() -> None:
     budget.record_request()  # booked in t=0's slice (no clock read on the success path)
     clock.advance(1.5)
     assert budget.requests == 0
-    assert not budget.try_spend()
+    assert not budget.try_withdraw()
     for _ in range(RetryBudget.BATCH):  # a full batch reads the clock
         budget.record_request()
     clock.advance(9)
@@ -355,7 +355,7 @@ def test_budget_books_deposits_no_later_than_they_happened() -> None:
 
 def test_budget_floor_per_second() -> None:
     budget = RetryBudget(ratio=0.0, min_retries_per_second=0.5, window=4.0, clock=ManualClock())
-    assert [budget.try_spend() for _ in range(3)] == [True, True, False]
+    assert [budget.try_withdraw() for _ in range(3)] == [True, True, False]
 
 
 @pytest.mark.parametrize(

@@ -87,7 +87,7 @@ def test_budget_never_allows_more_than_ratio_plus_floor_in_a_window(
             budget.record_request()
             history.append((clock.now(), "request"))
             continue
-        if not budget.try_spend():
+        if not budget.try_withdraw():
             continue
         history.append((clock.now(), "retry"))
         # When a retry is granted, the retries of the window stay within the allowance.

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
 from headway._cli.common import (
     EXIT_FAILED,
@@ -23,6 +23,9 @@ from headway._cli.common import (
 )
 from headway.batch.runner import BatchRunner
 from headway.batch.sender import SenderSettings, resolve_target
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["check_exactly_once", "demo", "demo_chaos", "write_demo_input"]
 
@@ -135,14 +138,54 @@ def demo(
     requests, runs it with the live progress display, prints the summary and checks that
     every request has exactly one result.
     """
+    temporary = workdir is None
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="headway-demo-"))
+    try:
+        return _demo(
+            workdir,
+            temporary=temporary,
+            n_requests=n_requests,
+            rpm=rpm,
+            tpm=tpm,
+            concurrency=concurrency,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            chaos=chaos,
+            seed=seed,
+            summary_json=summary_json,
+            progress=progress,
+            quiet=quiet,
+        )
+    finally:
+        if temporary:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _demo(
+    workdir: Path,
+    *,
+    temporary: bool,
+    n_requests: int,
+    rpm: float,
+    tpm: float | None,
+    concurrency: int,
+    max_attempts: int,
+    timeout: float,
+    chaos: bool,
+    seed: int,
+    summary_json: Path | None,
+    progress: str,
+    quiet: bool,
+) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     input_path = workdir / "requests.jsonl"
     output_path = workdir / "results.jsonl"
     if output_path.exists():
         output_path.unlink()
     write_demo_input(input_path, n_requests)
+    from rich.console import Console
+
     console = Console()
     console.print(
         f"[bold]headway demo[/]: {n_requests} chat requests to a local fake API at "
@@ -167,7 +210,9 @@ def demo(
             seed=seed,
         )
     )
-    return _report_demo(runner, console, input_path, output_path, n_requests, summary_json)
+    return _report_demo(
+        runner, console, input_path, output_path, n_requests, summary_json, temporary=temporary
+    )
 
 
 def _report_demo(
@@ -177,6 +222,8 @@ def _report_demo(
     output_path: Path,
     n_requests: int,
     summary_json: Path | None,
+    *,
+    temporary: bool = False,
 ) -> int:
     """Summary, file paths, the exactly-once check and the exit code of ``headway demo``."""
     _warn_notes(runner)
@@ -184,8 +231,14 @@ def _report_demo(
         runner, console, summary_json=summary_json, failed_before=0, title="headway demo"
     )
     n, missing, twice = check_exactly_once(input_path, output_path)
-    console.print(f"input:   {input_path}")
-    console.print(f"results: {output_path}")
+    if temporary:
+        console.print(
+            "(the input and results were in a temporary folder, now removed; keep them "
+            "with --dir PATH)"
+        )
+    else:
+        console.print(f"input:   {input_path}")
+        console.print(f"results: {output_path}")
     if runner.stats.interrupted:
         return EXIT_INTERRUPTED
     if missing or twice:

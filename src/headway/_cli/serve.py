@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
 import sys
 from typing import Any
@@ -25,6 +26,12 @@ __all__ = ["serve_fake"]
     "--burst",
     type=click.FloatRange(min=1),
     help="Most requests admitted at once [default: --rpm, a minute's worth].",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(["openai", "azure", "anthropic", "litellm", "silent", "shared"]),
+    help="Enforce --rpm/--tpm as this provider does (windows, headers, 429 shapes) "
+    "[default: continuous per-minute buckets with OpenAI's headers].",
 )
 @click.option(
     "--rate-limit", type=click.FloatRange(0, 1), default=0.0, help="Share of random 429s."
@@ -52,6 +59,7 @@ def serve_fake(
     rpm: float | None,
     tpm: float | None,
     burst: float | None,
+    profile: str | None,
     rate_limit: float,
     retry_after: float,
     server_error: float,
@@ -66,6 +74,10 @@ def serve_fake(
     Point your own code at the printed URL: /v1/chat/completions, /v1/embeddings,
     /v1/responses, /v1/messages, /v1/models, and the Batch APIs (/v1/files,
     /v1/batches, /v1/messages/batches).
+
+    \b
+    Example: a LiteLLM-style proxy at 1,200 requests per minute, with 5% random 503s
+      headway serve-fake --profile litellm --rpm 1200 --server-error 0.05
     """
     from headway.testing.faults import Chaos
 
@@ -88,6 +100,7 @@ def serve_fake(
             rpm=rpm,
             tpm=tpm,
             burst=burst,
+            profile=profile,
             chaos=chaos,
             seed=seed,
             api_key=api_key,
@@ -105,11 +118,22 @@ async def _serve(*, batch_seconds: float = 10.0, **kwargs: Any) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with FakeAPI(**kwargs, journal_limit=10_000) as api:
+        try:
+            api = await FakeAPI(**kwargs, journal_limit=10_000).__aenter__()
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            _fail(
+                f"port {kwargs['port']} on {kwargs['host']} is already in use: pick another "
+                "with --port, or leave --port out for a free one"
+            )
+        try:
             api.batches.timing.processing = batch_seconds
             click.echo(f"headway fake API listening on {api.url}  (Ctrl-C to stop)")
             sys.stdout.flush()
             await stop.wait()
+        finally:
+            await api.__aexit__(None, None, None)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

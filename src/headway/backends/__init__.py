@@ -20,14 +20,12 @@ from __future__ import annotations
 
 from headway.backends._base import (
     Backend,
-    BreakerStateStore,
     Limit,
     Shard,
     limits_of,
     llm_limits,
     shard_of,
 )
-from headway.backends._breaker import SharedCircuitState
 from headway.backends.memory import MemoryBackend, MemoryBreakerState
 from headway.backends.redis import (
     BACKEND_RECOVERED,
@@ -43,7 +41,6 @@ __all__ = [
     "BACKEND_RECOVERED",
     "BACKEND_UNAVAILABLE",
     "Backend",
-    "BreakerStateStore",
     "Limit",
     "MemoryBackend",
     "MemoryBreakerState",
@@ -53,7 +50,6 @@ __all__ = [
     "RedisLimiter",
     "RedisReservation",
     "Shard",
-    "SharedCircuitState",
     "limits_of",
     "llm_limits",
     "shard_of",

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Backend",
-    "BreakerStateStore",
     "Limit",
     "limits_of",
     "Shard",
@@ -174,10 +173,6 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
-#: The store protocol, defined with the breaker (:class:`headway.resilience.breaker.BreakerStore`).
-BreakerStateStore = BreakerStore
-
-
 class Backend(Protocol):
     """Where limiters and breakers keep their state (memory or Redis)."""
 
@@ -198,8 +193,8 @@ class Backend(Protocol):
         """The limiter called ``name``: the same object for the same name (a shared limit)."""
         ...
 
-    def breaker_state(self, name: str, *, half_open_max_calls: int = 1) -> Any:
-        """The state object that ``CircuitBreaker(name=name, backend=...)`` keeps."""
+    def breaker_store(self, name: str, *, half_open_max_calls: int = 1) -> BreakerStore:
+        """The circuit store that ``CircuitBreaker(name=name, backend=...)`` consults."""
         ...
 
     async def aclose(self) -> None:

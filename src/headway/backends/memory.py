@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 from headway._clock import Clock, resolve_clock
 from headway.backends._base import Limit, llm_limits
-from headway.backends._breaker import SharedCircuitState
 from headway.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -33,7 +32,8 @@ __all__ = ["MemoryBackend", "MemoryBreakerState"]
 class MemoryBreakerState:
     """Circuit state shared by the breakers of one name in this process.
 
-    Same methods as :class:`~headway.backends.RedisBreakerState`, answered at once.
+    The :class:`~headway.resilience.breaker.BreakerStore` of a :class:`MemoryBackend`:
+    the same methods as :class:`~headway.backends.RedisBreakerState`, answered at once.
 
     >>> from headway import ManualClock
     >>> clock = ManualClock()
@@ -111,7 +111,7 @@ class MemoryBackend:
     def __init__(self, *, clock: Clock | None = None) -> None:
         self.clock = clock
         self._limiters: dict[str, tuple[tuple[Limit, ...], MultiLimiter]] = {}
-        self._breakers: dict[str, SharedCircuitState[MemoryBreakerState]] = {}
+        self._breakers: dict[str, MemoryBreakerState] = {}
 
     def limiter(
         self,
@@ -162,20 +162,18 @@ class MemoryBackend:
         self._limiters[name] = (specs, multi)
         return multi
 
-    def breaker_state(
-        self, name: str, *, half_open_max_calls: int = 1
-    ) -> SharedCircuitState[MemoryBreakerState]:
-        """The circuit state ``name`` shared by this process's breakers of that name.
+    def breaker_store(self, name: str, *, half_open_max_calls: int = 1) -> MemoryBreakerState:
+        """The circuit store ``name`` shared by this process's breakers of that name.
 
-        ``CircuitBreaker(name=..., backend=backend)`` calls this.
+        ``CircuitBreaker(name=..., backend=backend)`` calls this; the same object for the
+        same name.
         """
-        state = self._breakers.get(name)
-        if state is None:
+        store = self._breakers.get(name)
+        if store is None:
             clock = resolve_clock(self.clock)
             store = MemoryBreakerState(name, half_open_max_calls=half_open_max_calls, clock=clock)
-            state = SharedCircuitState(store, clock, name)
-            self._breakers[name] = state
-        return state
+            self._breakers[name] = store
+        return store
 
     async def aclose(self) -> None:
         """Nothing to release (present for the :class:`~headway.backends.Backend` protocol)."""

@@ -26,15 +26,20 @@ on the fly. Nothing is held in memory but the current line.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 
+from headway._json import loads
+
 __all__ = [
     "ANTHROPIC_URL",
     "DEFAULT_URL",
+    "STDIO",
     "BatchRequest",
     "InvalidLine",
     "count_lines",
@@ -64,6 +69,8 @@ class BatchRequest:
         url: the request path, e.g. ``/v1/chat/completions``.
         body: the JSON body to send.
         kind: which line shape it came from: ``openai``, ``anthropic`` or ``bare``.
+        metadata: the line's own ``metadata`` (OpenAI Batch and Anthropic shapes), copied to
+            its result line and never sent.
     """
 
     custom_id: str
@@ -72,6 +79,7 @@ class BatchRequest:
     url: str
     body: dict[str, Any]
     kind: Kind
+    metadata: Any = None
 
 
 @dataclass(slots=True)
@@ -102,13 +110,11 @@ def parse_line(
         default_url: the path a bare body is sent to.
     """
     try:
-        obj = json.loads(text)
+        obj = loads(text)
     except RecursionError:
         return _invalid(None, line, "not usable JSON (it nests too deeply)")
     except (ValueError, UnicodeDecodeError) as exc:
-        why = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        col = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-        return _invalid(None, line, f"not valid JSON ({why}{col})")
+        return _invalid(None, line, _json_problem(text, exc))
     if not isinstance(obj, dict):
         return _invalid(None, line, f"expected a JSON object, got {type(obj).__name__}")
     if "custom_id" not in obj:
@@ -120,7 +126,9 @@ def parse_line(
         params = obj["params"]
         if not isinstance(params, dict):
             return _invalid(cid, line, "params must be a JSON object")
-        return BatchRequest(cid, line, "POST", ANTHROPIC_URL, params, "anthropic")
+        return BatchRequest(
+            cid, line, "POST", ANTHROPIC_URL, params, "anthropic", obj.get("metadata")
+        )
     if "body" not in obj:
         return _invalid(cid, line, 'has a custom_id but neither "body" nor "params"')
     body = obj["body"]
@@ -132,11 +140,40 @@ def parse_line(
     url = obj.get("url", default_url)
     if not isinstance(url, str) or not url.startswith("/"):
         return _invalid(cid, line, f"url must be a path starting with '/', got {url!r}")
-    return BatchRequest(cid, line, method.upper(), url, body, "openai")
+    return BatchRequest(cid, line, method.upper(), url, body, "openai", obj.get("metadata"))
+
+
+def _json_problem(text: str | bytes, exc: ValueError) -> str:
+    """Why a line is not JSON, in one plain phrase."""
+    raw = text.encode("utf-8", "replace") if isinstance(text, str) else text
+    stripped = raw.strip(b"\x00\r\n\t ")
+    if not stripped and b"\x00" in raw:
+        return "only NUL bytes (a file padded by a crash or a broken copy?)"
+    if isinstance(exc, UnicodeDecodeError):
+        return (
+            f"not valid JSON (not UTF-8: byte 0x{raw[exc.start]:02x} at position {exc.start + 1})"
+        )
+    if isinstance(exc, json.JSONDecodeError):
+        # Some messages already end in " at" ("Invalid control character at").
+        why = exc.msg.removesuffix(" at")
+        return f"not valid JSON ({why} at column {exc.colno})"
+    return f"not valid JSON ({exc})"
+
+
+#: The input or output name that means standard input or output.
+STDIO = "-"
 
 
 def open_input(path: str | os.PathLike[str]) -> BinaryIO:
-    """Open an input file for reading, decompressing gzip (by magic bytes) on the fly."""
+    """Open an input file for reading, decompressing gzip (by magic bytes) on the fly.
+
+    ``"-"`` is standard input (gzip is detected there too).
+    """
+    if os.fspath(path) == STDIO:
+        stream = io.BufferedReader(_Unclosed(sys.stdin.buffer))
+        if stream.peek(2)[:2] == b"\x1f\x8b":
+            return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
+        return stream
     with open(path, "rb") as probe:
         head = probe.read(2)
     if head == b"\x1f\x8b":
@@ -168,11 +205,30 @@ def read_requests(
         f.close()
 
 
-def count_lines(path: str | os.PathLike[str]) -> int:
+class _Unclosed(io.RawIOBase):
+    """Standard input seen through a reader that does not close it."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        read = getattr(self._raw, "read1", self._raw.read)
+        data = read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def count_lines(path: str | os.PathLike[str]) -> int | None:
     """Count the lines of an input file quickly (for progress and ETA).
 
-    Blank lines count too; the runner corrects its total at the end.
+    Blank lines count too; the runner corrects its total at the end. Standard input
+    (``"-"``) cannot be counted ahead: ``None``.
     """
+    if os.fspath(path) == STDIO:
+        return None
     n = 0
     last = b"\n"
     with open_input(path) as f:

@@ -32,20 +32,25 @@ import errno
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
 import orjson
 
+from headway._json import dumps
+from headway.batch.output import is_success, result_record
 from headway.errors import APIClientError, error_code
+from headway.http.tokens import usage_tokens
 
 __all__ = [
     "Ledger",
     "Result",
     "error_code",
     "is_disk_full",
+    "mask_error",
+    "mask_secrets",
     "request_digest",
     "result_from_error",
     "tokens_used",
@@ -60,20 +65,7 @@ def tokens_used(body: Any) -> int:
     >>> tokens_used({"usage": {"input_tokens": 3, "output_tokens": 4}})
     7
     """
-    if not isinstance(body, dict):
-        return 0
-    usage = body.get("usage")
-    if not isinstance(usage, dict):
-        return 0
-    total = usage.get("total_tokens")
-    if isinstance(total, int):
-        return total
-    n = 0
-    for key in ("input_tokens", "output_tokens", "prompt_tokens", "completion_tokens"):
-        v = usage.get(key)
-        if isinstance(v, int):
-            n += v
-    return n
+    return usage_tokens(body) or 0  # the limiter's own counter
 
 
 def _new_id() -> str:
@@ -133,6 +125,8 @@ class Result:
     tokens: int = 0
     id: str = field(default_factory=_new_id)
     digest: str | None = None
+    shape: str = "openai"  # the line's shape: "openai" or "anthropic" (headway.batch.output)
+    metadata: Any = None  # the input line's metadata, copied to the result line
 
     @property
     def ok(self) -> bool:
@@ -192,18 +186,8 @@ class Result:
         )
 
     def to_record(self) -> dict[str, Any]:
-        """The ledger line as a dict (OpenAI Batch output shape)."""
-        response = (
-            None
-            if self.status_code is None
-            else {"status_code": self.status_code, "request_id": self.request_id, "body": self.body}
-        )
-        record = {
-            "id": self.id,
-            "custom_id": self.custom_id,
-            "response": response,
-            "error": self.error,
-        }
+        """The ledger line as a dict (see :mod:`headway.batch.output` for its shapes)."""
+        record = result_record(self)
         if self.digest is not None:
             record["request_digest"] = self.digest
         return record
@@ -215,8 +199,7 @@ class Result:
             RecursionError: the body nests too deeply to encode.
             ValueError: the body holds what JSON cannot encode (a lone surrogate...).
         """
-        text = json.dumps(self.to_record(), ensure_ascii=False, separators=(",", ":"))
-        return text.encode("utf-8") + b"\n"
+        return dumps(self.to_record()) + b"\n"
 
     def safe_line(self) -> bytes:
         """:meth:`to_line`, or when the answer cannot be encoded, the :meth:`unwritable` one.
@@ -279,7 +262,7 @@ def result_from_error(
 
 
 def _is_success(record: Any) -> bool:
-    return isinstance(record, dict) and record.get("error") is None
+    return is_success(record)
 
 
 @dataclass(slots=True)
@@ -394,6 +377,19 @@ def _write_all(fd: int, data: bytes) -> None:
         raise
 
 
+def mask_error(result: Result, mask: Callable[[bytes], bytes]) -> None:
+    """Mask known secrets in ``result``'s error message (what displays and summaries show)."""
+    error = result.error
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        message = mask(error["message"].encode()).decode("utf-8", "replace")
+        result.error = {**error, "message": message}
+
+
+def mask_secrets(secrets: Iterable[str]) -> Callable[[bytes], bytes]:
+    """A function that replaces the known ``secrets`` (8+ characters) in bytes with ``***``."""
+    return _Masker(secrets)
+
+
 class _Masker:
     """Replaces known secret values in bytes with ``***`` (values of 8+ characters)."""
 
@@ -490,7 +486,10 @@ class Ledger:
         if fd is None:
             raise RuntimeError("the ledger is not open")
         if self.mask.secrets:
-            line = self.mask(line)
+            masked = self.mask(line)
+            if masked != line:  # the answer echoed a key: the result shown must not carry it
+                mask_error(result, self.mask)
+            line = masked
         _write_all(fd, line)
         self.written += 1
         if self.fsync:

@@ -41,16 +41,24 @@ from headway._clock import Clock, resolve_clock
 from headway.batch.jobs import DEFAULT_URL, BatchRequest, InvalidLine, count_lines, read_requests
 from headway.batch.ledger import Ledger, Result, request_digest, result_from_error
 from headway.batch.outage import RunJudge, Verdict
+from headway.batch.output import shape_for
 from headway.batch.progress import NullProgress, ProgressReporter
 from headway.batch.summary import BatchStats
-from headway.errors import ConfigurationError, RateLimitError, status_error_code
+from headway.errors import (
+    ConfigurationError,
+    QuotaExceededError,
+    RateLimitError,
+    status_error_code,
+)
 
 __all__ = [
     "BatchRunner",
     "Response",
     "ResumeMismatchError",
     "Sender",
+    "note_rate",
     "note_retry",
+    "note_wait",
     "signal_handlers",
     "status_error_code",
 ]
@@ -85,9 +93,21 @@ class _Job:
     retries: int = 0
     reason: str | None = None
     judge: RunJudge | None = None
+    waited: float = 0.0  # seconds spent waiting for the rate limit (and backoff)
 
 
 _CURRENT: ContextVar[_Job | None] = ContextVar("headway_batch_job", default=None)
+
+
+def note_wait(seconds: float) -> None:
+    """Tell the runner that the request being sent in this task waited ``seconds``.
+
+    The limiter's waits (and retry backoff) are added up per request, so that the summary
+    splits its latency into time waiting and server time. Outside a runner it does nothing.
+    """
+    job = _CURRENT.get()
+    if job is not None and seconds > 0:
+        job.waited += seconds
 
 
 def note_retry(
@@ -101,11 +121,13 @@ def note_retry(
     Senders call it before each retry (the HTTP sender does it for you); ``exc`` is the
     error that caused it, so 429s are counted (or say so with ``rate_limited``);
     ``reason`` (default: ``exc``'s text) is what an outage message names as its cause
-    when the request ends on an open breaker. Outside a runner it does nothing.
+    when the request ends on an open breaker, and the retry's cause in the summary when
+    there is no exception. Outside a runner it does nothing.
     """
     job = _CURRENT.get()
     if job is None:
         return
+    cause = reason
     if reason is None and exc is not None:
         reason = f"{type(exc).__name__}: {exc}"
     if reason:
@@ -121,6 +143,22 @@ def note_retry(
         rate_limited = isinstance(exc, RateLimitError) or getattr(exc, "status_code", None) == 429
     if rate_limited:
         stats.rate_limited += 1
+    stats.note_retry_cause(exc, cause)
+
+
+def note_rate(rate: float, limited_by: str, learned: Mapping[str, float]) -> None:
+    """Tell the runner the request rate in force changed (progress line and summary).
+
+    ``rate`` is per minute; ``limited_by`` says who sets it (``"server"`` or ``"user"``);
+    ``learned`` is what the server advertised or probing found, per minute, by unit.
+    Outside a runner it does nothing.
+    """
+    job = _CURRENT.get()
+    if job is None:
+        return
+    job.stats.limit_text = f"{rate:,.0f}/min"
+    job.stats.limited_by = "you" if limited_by == "user" else limited_by
+    job.stats.learned = dict(learned)
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:
@@ -159,6 +197,9 @@ class BatchRunner:
             for a different request (another input line, path, model or ``target``):
             :class:`ResumeMismatchError`, raised before anything is sent.
         secrets: values (API keys) masked in every line written.
+        output_format: the result lines' shape: ``auto`` (each input line's own),
+            ``openai`` or ``anthropic`` (see :mod:`headway.batch.output`).
+        ledger: write results through this ledger instead of one on ``output``.
     """
 
     def __init__(
@@ -180,17 +221,20 @@ class BatchRunner:
         target: str = "",
         check_resume: bool = True,
         secrets: tuple[str, ...] = (),
+        output_format: str = "auto",
+        ledger: Ledger | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self.sender = sender
         self.input = os.fspath(input)
-        self.ledger = Ledger(
+        self.ledger = ledger or Ledger(
             output, errors, retry_failed=retry_failed, fsync=fsync, secrets=secrets
         )
         self.judge = judge
         self.target = target
         self.check_resume = check_resume
+        self.output_format = output_format
         self.concurrency = concurrency
         self.default_url = default_url
         self.owns = owns
@@ -422,7 +466,7 @@ class BatchRunner:
 
     async def _worker(self) -> None:
         queue, stats, ledger, clock = self._queue, self.stats, self.ledger, self.clock
-        send = self.sender
+        send, output_format = self.sender, self.output_format
         judge = self.judge
         target = self.target
         reading = True
@@ -449,6 +493,14 @@ class BatchRunner:
             t0 = clock.now()
             try:
                 response = await send(request)
+            except QuotaExceededError as exc:
+                # Waiting won't help and every line would fail alike: stop, write nothing
+                # for this line (the next run sends it), say why once.
+                if stats.stopped is None:
+                    stats.stopped = f"quota exhausted: {exc.message}"
+                    self.stop()
+                stats.abandoned += 1
+                return
             except RecursionError:
                 result = Result.failure(
                     request.custom_id,
@@ -478,11 +530,14 @@ class BatchRunner:
                 if probe and judge is not None:
                     judge.probe_done()
             result.digest = request_digest(request.method, request.url, request.body, target)
+            if request.kind == "anthropic" or output_format != "auto":
+                result.shape = shape_for(request.kind, output_format)
+            result.metadata = request.metadata
             if judge is None:
-                stats.record(ledger.write(result))
+                stats.record(ledger.write(result), waited=job.waited)
             else:
                 for decided in judge.judge(request, result, hint=job.reason):
-                    stats.record(ledger.write(decided))
+                    stats.record(ledger.write(decided), waited=job.waited)
             if self._stopping:
                 return
 

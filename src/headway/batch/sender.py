@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from headway._clock import Clock, resolve_clock
 from headway._secrets import looks_like_key, redact_url
 from headway.batch.jobs import DEFAULT_URL, BatchRequest
-from headway.batch.runner import Response, Sender, note_retry
+from headway.batch.runner import Response, Sender, note_rate, note_retry, note_wait
 from headway.errors import CircuitBreakerOpenError, ConfigurationError, RateLimitError
 from headway.events import Event, RetryScheduled
 from headway.http.providers import PROVIDERS as _HTTP_PROVIDERS
@@ -165,8 +165,9 @@ def resolve_target(
     if key_env:
         value = env.get(key_env)
         if not value:
+            state = "is empty" if value is not None else "is not set"
             raise ConfigurationError(
-                f"the API key variable {key_env} is not set; export it "
+                f"the API key variable {key_env} {state}; export it "
                 "(or name another with --api-key-env)"
             )
         key = SecretStr(value)
@@ -210,6 +211,17 @@ def _on_event(event: Event) -> None:
     if isinstance(event, RetryScheduled):
         # the exception names the cause an outage message shows
         note_retry(event.exception, rate_limited=isinstance(event.exception, RateLimitError))
+        note_wait(event.delay)
+
+
+def _on_rate(limiter: Any) -> Any:
+    def listener(event: Event) -> None:
+        if getattr(event, "unit", None) == "requests":
+            new = getattr(event, "new", 0.0)
+            who = getattr(event, "limited_by", "server")
+            note_rate(new, who, limiter.learned_limits())
+
+    return listener
 
 
 def build_policy(
@@ -220,25 +232,37 @@ def build_policy(
     With a shared ``backend`` (a :class:`~headway.backends.RedisBackend`) the limits and
     the breaker's state are shared by every worker using the same name.
     """
-    from headway.limits.multi import MultiLimiter
+    from headway.limits.adaptive import AdaptiveLimiter
     from headway.resilience.breaker import CircuitBreaker
     from headway.resilience.policy import Policy
     from headway.resilience.retry import RetryPolicy
 
-    limiter: Any = None
-    if settings.rpm is not None or settings.tpm is not None:
-        burst = settings.burst
-        if burst is None and settings.rpm is not None:
-            # A second's worth of requests: smooth pacing from the first request on.
-            burst = max(1.0, settings.rpm / 60.0)
-        if backend is not None:
-            limiter = backend.limiter(
-                settings.shared_name, rpm=settings.rpm, tpm=settings.tpm, burst=burst, clock=clock
-            )
-        else:
-            limiter = MultiLimiter.for_llm(
-                rpm=settings.rpm, tpm=settings.tpm, burst=burst, clock=clock, name="batch"
-            )
+    # The server's real limit, learned; --rpm/--tpm are ceilings. The burst: a second's
+    # worth, or --burst requests.
+    burst_seconds = 1.0
+    if settings.burst is not None and settings.rpm is not None:
+        burst_seconds = settings.burst * 60.0 / settings.rpm
+    limiter: Any
+    if backend is not None:
+        from headway.backends.redis.adaptive import SharedAdaptiveLimiter
+
+        limiter = SharedAdaptiveLimiter(
+            backend,
+            settings.shared_name,
+            rpm=settings.rpm,
+            tpm=settings.tpm,
+            burst_seconds=burst_seconds,
+            clock=clock,
+        )
+    else:
+        limiter = AdaptiveLimiter(
+            rpm=settings.rpm,
+            tpm=settings.tpm,
+            burst_seconds=burst_seconds,
+            clock=clock,
+            name="batch",
+        )
+    limiter.listeners = (_on_rate(limiter),)
     retry = RetryPolicy(
         max_retries=settings.max_attempts - 1,
         base_delay=settings.base_delay,

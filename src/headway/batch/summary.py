@@ -14,18 +14,25 @@ and :func:`render_summary` draws it as a table.
 
 from __future__ import annotations
 
+import builtins
 import math
 from array import array
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
-
+from headway import errors
 from headway.batch.ledger import Result
+from headway.errors import _CODES, error_code
+from headway.http.tokens import usage_split
 
-__all__ = ["BatchStats", "percentile", "render_summary"]
+if TYPE_CHECKING:
+    from rich.console import Console
+
+#: Answers looked at for the "every answer is a 404" warning.
+FIRST_ANSWERS = 10
+
+__all__ = ["BatchStats", "percentile", "render_summary", "summary_rows", "summary_text"]
 
 
 def percentile(sorted_values: array[float] | list[float], q: float) -> float | None:
@@ -57,7 +64,18 @@ class BatchStats:
         retries: retries made (attempts beyond the first).
         rate_limited: 429 answers seen, retried or final.
         in_flight: requests being sent now; retrying: of those, how many have retried.
-        tokens: tokens used, from the responses' ``usage``.
+        tokens: tokens used, from the responses' ``usage``; ``prompt_tokens`` (cached
+            included), ``completion_tokens`` and ``cached_tokens`` split it.
+        retries_by_cause: retries by the error code that caused them.
+        failures_seen / recent_failures: failed results so far, and the last few as
+            ``(number, code, custom_id, one-line reason)`` for the live display.
+        limit_text / limited_by: the rate in force (``"3,000/min"``) and who sets it
+            (``"you"`` for the flags, ``"server"`` once the server's enforced limit is lower).
+        learned: what the server advertised or probing found, per minute, by unit.
+        stopped: why the run stopped early (a quota exhausted), if it did.
+        answered / answered_404: of the first answers, how many; how many were 404s.
+        latencies / waits: per sent request, its latency and the part of it spent waiting
+            (rate limit and retry backoff); the rest is server time.
     """
 
     total: int | None = None
@@ -73,9 +91,24 @@ class BatchStats:
     in_flight: int = 0
     retrying: int = 0
     tokens: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
     interrupted: bool = False
     abandoned: int = 0
     latencies: array[float] = field(default_factory=lambda: array("d"))
+    waits: array[float] = field(default_factory=lambda: array("d"))
+    retries_by_cause: Counter[str] = field(default_factory=Counter)
+    failures_seen: int = 0
+    recent_failures: deque[tuple[int, str, str, str]] = field(
+        default_factory=lambda: deque(maxlen=8)
+    )
+    limit_text: str | None = None
+    limited_by: str | None = None
+    learned: dict[str, float] = field(default_factory=dict)
+    stopped: str | None = None
+    answered: int = 0
+    answered_404: int = 0
 
     @property
     def written(self) -> int:
@@ -87,25 +120,58 @@ class BatchStats:
         """Input lines dealt with so far (written, skipped or duplicate)."""
         return self.succeeded + self.failed + self.skipped + self.duplicates
 
-    def record(self, result: Result) -> None:
-        """Count one written result."""
+    @property
+    def all_404(self) -> bool:
+        """True when the first answers (:data:`FIRST_ANSWERS` of them) were all 404s."""
+        return self.answered >= FIRST_ANSWERS and self.answered_404 == self.answered
+
+    def record(self, result: Result, *, waited: float = 0.0) -> None:
+        """Count one written result (``waited``: its seconds waiting for the limit)."""
+        status = result.status_code
+        if status is not None and self.answered < FIRST_ANSWERS:
+            self.answered += 1
+            self.answered_404 += status == 404
         if result.error is None:
             self.succeeded += 1
-        else:
-            self.failed += 1
-            code = result.error.get("code", "unknown")
-            self.errors_by_code[code] += 1
-            if code == "invalid_request":
-                self.invalid += 1
-            if result.status_code == 429:
-                self.rate_limited += 1
-        self.tokens += result.tokens
-        if code_is_sent(result):
+            split = usage_split(result.body)
+            if split is not None:
+                self.tokens += split.total
+                self.prompt_tokens += split.prompt
+                self.completion_tokens += split.completion
+                self.cached_tokens += split.cached
             self.latencies.append(result.latency)
+            self.waits.append(min(waited, result.latency))
+            return
+        self.failed += 1
+        error = result.error
+        code = error.get("code", "unknown")
+        self.errors_by_code[code] += 1
+        self.failures_seen += 1
+        reason = " ".join(str(error.get("message", "")).split())
+        self.recent_failures.append((self.failures_seen, code, result.custom_id, reason))
+        if code == "invalid_request":
+            self.invalid += 1
+            return
+        if status == 429:
+            self.rate_limited += 1
+        self.latencies.append(result.latency)
+        self.waits.append(min(waited, result.latency))
+
+    def note_retry_cause(self, exc: BaseException | None, reason: str | None) -> None:
+        """Count one retry under the error code of its cause."""
+        if exc is not None:
+            code = error_code(exc)
+        elif reason:
+            code = _code_of_reason(reason)
+        else:
+            code = "unknown"
+        self.retries_by_cause[code] += 1
 
     def summary(self, *, elapsed: float) -> dict[str, Any]:
         """The summary as plain JSON-ready data."""
         lat = array("d", sorted(self.latencies))
+        waits = array("d", sorted(self.waits))
+        server = array("d", sorted(a - w for a, w in zip(self.latencies, self.waits, strict=True)))
         sent = self.written - self.invalid
         return {
             "total": self.done if self.total is None else max(self.total, self.done),
@@ -117,6 +183,8 @@ class BatchStats:
             "errors_by_code": dict(sorted(self.errors_by_code.items())),
             "retries": self.retries,
             "rate_limited": self.rate_limited,
+            "learned_limits": dict(self.learned),
+            "stopped": self.stopped,
             "interrupted": self.interrupted,
             "abandoned": self.abandoned,
             "latency_s": {
@@ -125,11 +193,43 @@ class BatchStats:
                 "p99": percentile(lat, 99),
                 "max": lat[-1] if lat else None,
             },
+            "waiting_s": {
+                "p50": percentile(waits, 50),
+                "p95": percentile(waits, 95),
+                "total": round(sum(waits), 3),
+            },
+            "server_s": {
+                "p50": percentile(server, 50),
+                "p95": percentile(server, 95),
+                "p99": percentile(server, 99),
+            },
+            "retries_by_cause": dict(self.retries_by_cause.most_common()),
+            "rate_limit": {"in_force": self.limit_text, "limited_by": self.limited_by},
             "elapsed_s": round(elapsed, 3),
             "requests_per_s": round(sent / elapsed, 2) if elapsed > 0 else None,
             "tokens": self.tokens,
+            "tokens_split": {
+                "prompt": self.prompt_tokens,
+                "completion": self.completion_tokens,
+                "cached": self.cached_tokens,
+            },
             "tokens_per_min": round(self.tokens / elapsed * 60, 1) if elapsed > 0 else None,
         }
+
+
+def _code_of_reason(reason: str) -> str:
+    """The error code of a retry reason such as ``"ServerError: HTTP 503 ..."``.
+
+    >>> _code_of_reason("RateLimitError: 429 Too Many Requests"), _code_of_reason("Oops")
+    ('rate_limit_exceeded', 'oops')
+    """
+    name = reason.split(":", 1)[0].strip()
+    cls = getattr(errors, name, None) or getattr(builtins, name, None)
+    if isinstance(cls, type):
+        for known, code in _CODES:
+            if issubclass(cls, known):
+                return str(code)
+    return name.lower() or "unknown"
 
 
 def code_is_sent(result: Result) -> bool:
@@ -143,34 +243,110 @@ def _fmt_s(v: float | None) -> str:
     return f"{v * 1000:.0f} ms" if v < 1 else f"{v:.2f} s"
 
 
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The summary's rows as ``(label, value, style)``, the order both renderers use."""
+    rows: list[tuple[str, str, str]] = [("requests", f"{summary['total']:,}", "")]
+    rows.append(("succeeded", f"{summary['succeeded']:,}", "green"))
+    failed = summary["failed"]
+    rows.append(("failed", f"{failed:,}", "red" if failed else ""))
+    rows += [(f"  {code}", f"{n:,}", "") for code, n in summary["errors_by_code"].items()]
+    if summary["skipped"]:
+        rows.append(("already done (skipped)", f"{summary['skipped']:,}", ""))
+    if summary["duplicates"]:
+        rows.append(("duplicate custom_id (not sent)", f"{summary['duplicates']:,}", "yellow"))
+    rows.append(("retries", f"{summary['retries']:,}", ""))
+    for cause, n in summary.get("retries_by_cause", {}).items():
+        rows.append((f"  {cause}", f"{n:,}", ""))
+    rows.append(("429s seen", f"{summary['rate_limited']:,}", ""))
+    lat = summary["latency_s"]
+    rows.append(
+        (
+            "latency p50 / p95 / p99",
+            f"{_fmt_s(lat['p50'])} / {_fmt_s(lat['p95'])} / {_fmt_s(lat['p99'])}",
+            "",
+        )
+    )
+    wait, server = summary.get("waiting_s"), summary.get("server_s")
+    if wait is not None and server is not None:
+        rows.append(
+            (
+                "  waiting for the limit p50 / p95",
+                f"{_fmt_s(wait['p50'])} / {_fmt_s(wait['p95'])}",
+                "",
+            )
+        )
+        rows.append(
+            (
+                "  server time p50 / p95 / p99",
+                f"{_fmt_s(server['p50'])} / {_fmt_s(server['p95'])} / {_fmt_s(server['p99'])}",
+                "",
+            )
+        )
+    rate = summary.get("rate_limit") or {}
+    if rate.get("in_force"):
+        who = f" (set by {rate['limited_by']})" if rate.get("limited_by") else ""
+        learned = ", ".join(
+            f"{v:,.0f} {unit}/min" for unit, v in (summary.get("learned_limits") or {}).items()
+        )
+        learned = f"; learned {learned}" if learned else ""
+        rows.append(("rate in force", f"{rate['in_force']}{who}{learned}", ""))
+    if summary.get("stopped"):
+        rows.append(("stopped", str(summary["stopped"]), "red"))
+    rps = summary["requests_per_s"]
+    rows.append(("elapsed", f"{summary['elapsed_s']:.1f} s", ""))
+    rows.append(("throughput", "-" if rps is None else f"{rps:,.1f} req/s", ""))
+    rows.append(("tokens", f"{summary['tokens']:,}", ""))
+    split = summary.get("tokens_split")
+    if split and summary["tokens"]:
+        rows.append(
+            (
+                "  prompt / completion / cached",
+                f"{split['prompt']:,} / {split['completion']:,} / {split['cached']:,}",
+                "",
+            )
+        )
+    if summary["interrupted"]:
+        rows.append(("interrupted", f"yes ({summary['abandoned']} abandoned)", "yellow"))
+    return rows
+
+
+def _commands(summary: dict[str, Any]) -> list[str]:
+    out = []
+    for key, text in (("resume_command", "to resume"), ("retry_command", "to retry the failures")):
+        command = summary.get(key)
+        if command:
+            out.append(f"{text}: {command}")
+    return out
+
+
+def summary_text(summary: dict[str, Any], *, title: str = "headway run") -> str:
+    """The summary as plain aligned text (for logs; no terminal styling, no rich).
+
+    >>> print(summary_text(BatchStats(total=0).summary(elapsed=0.0)).splitlines()[1])
+      requests                                 0
+    """
+    rows = summary_rows(summary)
+    width = max(len(label) for label, _, _ in rows)
+    vwidth = max(len(value) for _, value, _ in rows)
+    lines = [title]
+    lines += [f"  {label:<{width}}  {value:>{vwidth}}" for label, value, _ in rows]
+    return "\n".join([*lines, *_commands(summary)])
+
+
 def render_summary(
     summary: dict[str, Any], console: Console, *, title: str = "headway run"
 ) -> None:
-    """Print a summary (from :meth:`BatchStats.summary`) as a table."""
+    """Print a summary (from :meth:`BatchStats.summary`) as a table that fits 80 columns.
+
+    Keys a caller adds (``resume_command``, ``retry_command``) are printed under it.
+    """
+    from rich.table import Table
+
     table = Table(title=title, show_header=False, title_justify="left", min_width=40)
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
-    table.add_row("requests", str(summary["total"]))
-    table.add_row("succeeded", f"[green]{summary['succeeded']}[/]")
-    failed = summary["failed"]
-    table.add_row("failed", f"[red]{failed}[/]" if failed else "0")
-    for code, n in summary["errors_by_code"].items():
-        table.add_row(f"  {code}", str(n))
-    if summary["skipped"]:
-        table.add_row("already done (skipped)", str(summary["skipped"]))
-    if summary["duplicates"]:
-        table.add_row("duplicate custom_id (not sent)", f"[yellow]{summary['duplicates']}[/]")
-    table.add_row("retries", str(summary["retries"]))
-    table.add_row("429s seen", str(summary["rate_limited"]))
-    lat = summary["latency_s"]
-    table.add_row(
-        "latency p50 / p95 / p99",
-        f"{_fmt_s(lat['p50'])} / {_fmt_s(lat['p95'])} / {_fmt_s(lat['p99'])}",
-    )
-    rps = summary["requests_per_s"]
-    table.add_row("elapsed", f"{summary['elapsed_s']:.1f} s")
-    table.add_row("throughput", "-" if rps is None else f"{rps:.1f} req/s")
-    table.add_row("tokens", f"{summary['tokens']:,}")
-    if summary["interrupted"]:
-        table.add_row("interrupted", f"[yellow]yes[/] ({summary['abandoned']} abandoned)")
+    for label, value, style in summary_rows(summary):
+        table.add_row(label, f"[{style}]{value}[/]" if style else value)
     console.print(table)
+    for line in _commands(summary):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)

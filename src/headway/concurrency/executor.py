@@ -256,10 +256,18 @@ class AsyncExecutor:
             timer.cancel()
             await asyncio.wait((timer,))
 
-    def _track(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.add(task)
+    def launch(self, func: Callable[..., Awaitable[T]], item: Any) -> asyncio.Task[T]:
+        """Start ``func(item)`` as a call of this executor, in a task it waits for on close.
 
-    def _untrack(self, task: asyncio.Task[Any]) -> None:
+        For :meth:`map`'s iterator (a task it owns); pair with :meth:`forget` when the
+        task is done.
+        """
+        task = asyncio.get_running_loop().create_task(self._call(func, (item,), {}))
+        self._tasks.add(task)
+        return task
+
+    def forget(self, task: asyncio.Task[Any]) -> None:
+        """A task of :meth:`launch` is done: stop waiting for it on close."""
         self._tasks.discard(task)
         if self._closed and not self._tasks and not self._calls:
             self._set_idle()

@@ -128,7 +128,7 @@ class MapIterator(Generic[R]):
 
     async def _fill(self) -> None:
         executor = self._executor
-        while self._in_flight < self._window and not executor._closed:
+        while self._in_flight < self._window and not executor.closed:
             try:
                 item = await self._next_source_item()
             except BaseException:
@@ -136,8 +136,7 @@ class MapIterator(Generic[R]):
                 raise
             if item is _EXHAUSTED:
                 return
-            task = asyncio.get_running_loop().create_task(executor._call(self._func, (item,), {}))
-            executor._track(task)
+            task = executor.launch(self._func, item)
             self._launched.add(task)
             if self._ordered:
                 self._queue.append(task)
@@ -146,7 +145,7 @@ class MapIterator(Generic[R]):
 
     async def _finish(self) -> None:
         # Nothing in flight. Either the input is exhausted, or the executor closed.
-        if self._executor._closed:
+        if self._executor.closed:
             item = await self._next_source_item()
             if item is not _EXHAUSTED:
                 await self.aclose()
@@ -156,7 +155,7 @@ class MapIterator(Generic[R]):
         self._closed = True
 
     def _on_done(self, task: asyncio.Task[R]) -> None:
-        self._executor._untrack(task)
+        self._executor.forget(task)
         self._launched.discard(task)
         if not task.cancelled():
             task.exception()  # mark retrieved: the consumer gets it from result()

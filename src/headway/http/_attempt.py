@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from headway._secrets import secret_values
 from headway.errors import InvalidResponseError
 from headway.http.ratelimit_headers import sync_from_headers
 from headway.http.status import error_for_status
@@ -41,7 +42,12 @@ class _Attempt:
         if resp.status >= 400:
             _refund_tokens(ctx.reservation)
             raise error_for_status(
-                resp.status, resp.headers, resp.content, request.method, request.url
+                resp.status,
+                resp.headers,
+                resp.content,
+                request.method,
+                request.url,
+                secrets=secret_values(request.headers, request.secret_headers),
             )
         reservation = ctx.reservation
         if request.parse:
@@ -87,7 +93,14 @@ async def open_checked(
         if resp.status >= 400:
             _refund_tokens(reservation)
             content = await resp.aread()
-            raise error_for_status(resp.status, resp.headers, content, request.method, request.url)
+            raise error_for_status(
+                resp.status,
+                resp.headers,
+                content,
+                request.method,
+                request.url,
+                secrets=secret_values(request.headers, request.secret_headers),
+            )
     except BaseException:
         await resp.aclose()
         raise

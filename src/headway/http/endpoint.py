@@ -42,18 +42,26 @@ def default_policy(config: EndpointConfig, *, clock: Clock | None = None) -> Pol
     """The :class:`headway.Policy` an endpoint gets when none is passed.
 
     Retries ``config.max_retries`` times (SDK-style: 408/409/429/5xx, connection errors and
-    timeouts; a 429's Retry-After pauses every caller), limits requests and tokens per
-    minute (``rpm``, ``tpm``), caps concurrency (``concurrency``) and bounds each attempt
-    by ``config.attempt_timeout`` (by default 900 s), so a server that trickles its body
-    a byte at a time cannot hold a call forever (``timeout`` alone is per read).
+    timeouts; a 429's Retry-After pauses every caller), paces calls at the server's real
+    limit (an :class:`~headway.limits.AdaptiveLimiter`: the limit the server advertises,
+    or probed when it advertises none) with ``rpm`` and ``tpm`` as ceilings, caps
+    concurrency (``concurrency``) and bounds each attempt by ``config.attempt_timeout``
+    (by default 900 s), so a server that trickles its body a byte at a time cannot hold a
+    call forever (``timeout`` alone is per read).
     """
-    from headway.limits import MultiLimiter
+    from headway.http.providers import PROVIDERS
+    from headway.limits import AdaptiveLimiter
     from headway.resilience.policy import Policy
     from headway.resilience.retry import RetryPolicy
 
-    limiter = None
-    if config.rpm is not None or config.tpm is not None:
-        limiter = MultiLimiter.for_llm(rpm=config.rpm, tpm=config.tpm, clock=clock)
+    spec = PROVIDERS.get(config.provider)
+    limiter = AdaptiveLimiter(
+        rpm=config.rpm,
+        tpm=config.tpm,
+        burst_seconds=spec.burst_seconds if spec is not None else 1.0,
+        clock=clock,
+        name=config.name,
+    )
     return Policy(
         retry=RetryPolicy(max_retries=config.max_retries, clock=clock),
         limiter=limiter,

@@ -44,6 +44,9 @@ class ProviderSpec:
         stream_formats: endpoint name -> ``"sse"``/``"ndjson"`` where not SSE.
         base_url_env: an environment variable that overrides ``base_url``.
         sdk: whether ``transport_type="sdk"`` (OpenAI SDK) works with it.
+        burst_seconds: the granularity the provider is known to enforce its per-minute
+            limits at, in seconds: the burst an endpoint allows itself (Anthropic
+            refills per second; OpenAI quantizes to about a second).
     """
 
     name: str
@@ -55,6 +58,7 @@ class ProviderSpec:
     stream_formats: Mapping[str, str] = field(default_factory=dict)
     base_url_env: str | None = None
     sdk: bool = True
+    burst_seconds: float = 1.0
 
 
 _OPENAI_STYLE = {

@@ -12,7 +12,9 @@ Three families of limit headers are understood:
   reset=30`` and the separate ``RateLimit-Limit`` / ``-Remaining`` / ``-Reset`` fields.
 
 Retry delays come from ``retry-after-ms`` (milliseconds), ``Retry-After`` in seconds or
-as an HTTP-date; header names are case-insensitive.
+as an HTTP-date, LiteLLM's ``llm_provider-retry-after``, else the reset time of an
+exhausted limit; header names are case-insensitive. :func:`bucket_empty` says whether a
+429 means the server's bucket is empty (pause everyone) or not (back off one request).
 
 >>> parse_go_duration("6m0s"), parse_go_duration("12ms"), parse_go_duration("1h2m3.5s")
 (360.0, 0.012, 3723.5)
@@ -28,19 +30,27 @@ LimitState(limit=500.0, remaining=499.0, reset_after=0.12)
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
+
+from headway.errors import APIClientError, QuotaExceededError, RateLimitError
+
+E = TypeVar("E", bound=APIClientError)
 
 __all__ = [
     "LimitState",
     "RateLimitInfo",
+    "bucket_empty",
     "parse_go_duration",
     "parse_rate_limit_headers",
     "parse_retry_after",
+    "rate_limit_error",
+    "server_delay",
     "sync_from_headers",
     "sync_limiter",
 ]
@@ -138,42 +148,142 @@ def _get(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
-def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
-    """Seconds the server asks to wait: ``retry-after-ms``, then ``Retry-After``.
+def _delay_value(text: str, headers: Mapping[str, str], scale: float, dates: bool) -> float | None:
+    """A usable delay from one header value: finite and > 0 seconds, else ``None``."""
+    value = text.strip()
+    try:
+        seconds = float(value) * scale
+    except ValueError:
+        if not dates:
+            return None
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - _wall_now(headers)).total_seconds()
+    return seconds if math.isfinite(seconds) and seconds > 0.0 else None
 
-    ``Retry-After`` may be seconds or an HTTP-date (measured against the response's
-    ``Date`` header when present, so clock skew does not matter). Names are
-    case-insensitive; an unreadable value gives ``None``.
+
+#: Headers that carry a retry delay, in the order they are trusted:
+#: (name, seconds per unit, may be an HTTP-date).
+_RETRY_HEADERS = (
+    ("retry-after-ms", 0.001, False),
+    ("retry-after", 1.0, True),
+    ("llm_provider-retry-after", 1.0, True),
+)
+
+
+def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds the server asks to wait, or ``None`` (then back off as usual).
+
+    Reads ``retry-after-ms`` (milliseconds), ``Retry-After`` (seconds or an HTTP-date,
+    measured against the response's ``Date`` header when present, so clock skew does
+    not matter) and LiteLLM's ``llm_provider-retry-after``, in that order. As
+    openai-python does, a value that is zero, negative, in the past, NaN or infinite
+    is no instruction: it is skipped (the next header is tried). Names are
+    case-insensitive.
 
     >>> parse_retry_after({"retry-after": "3"})
     3.0
     >>> parse_retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:05 GMT",
     ...                    "Date": "Wed, 21 Oct 2015 07:28:00 GMT"})
     5.0
-    >>> parse_retry_after({}) is None
-    True
+    >>> parse_retry_after({"retry-after-ms": "0", "llm_provider-retry-after": "2"})
+    2.0
+    >>> [parse_retry_after({"retry-after": v}) for v in ("0", "-1", "nan", "inf", "soon")]
+    [None, None, None, None, None]
     """
     if not headers:
         return None
-    ms = _get(headers, "retry-after-ms")
-    if ms is not None:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = _get(headers, "retry-after")
-    if value is None:
+    for name, scale, dates in _RETRY_HEADERS:
+        text = _get(headers, name)
+        if text is not None:
+            delay = _delay_value(text, headers, scale, dates)
+            if delay is not None:
+                return delay
+    return None
+
+
+#: Remaining-count headers that say whether the server's bucket is empty.
+_REMAINING_HEADERS = (
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+    "anthropic-ratelimit-requests-remaining",
+    "anthropic-ratelimit-tokens-remaining",
+    "anthropic-ratelimit-input-tokens-remaining",
+    "anthropic-ratelimit-output-tokens-remaining",
+    "ratelimit-remaining",
+    "x-ratelimit-remaining",
+)
+
+
+def bucket_empty(headers: Mapping[str, str] | None) -> bool:
+    """Whether a rate 429 says the server's bucket is empty (so pause everyone).
+
+    ``True`` when a remaining count is 0, or when the answer carries no remaining
+    count at all (nothing says there is room); ``False`` when every remaining count
+    the server gives is above 0: the bucket has room, only this request backs off.
+
+    >>> bucket_empty({"x-ratelimit-remaining-requests": "0"}), bucket_empty({})
+    (True, True)
+    >>> bucket_empty({"x-ratelimit-remaining-requests": "12"})
+    False
+    """
+    if not headers:
+        return True
+    seen = False
+    for name in _REMAINING_HEADERS:
+        text = _get(headers, name)
+        if text is None:
+            continue
+        value = _num(text)
+        if value is None:
+            continue
+        if value <= 0.0:
+            return True
+        seen = True
+    return not seen
+
+
+def server_delay(headers: Mapping[str, str] | None) -> float | None:
+    """The wait a rate 429 asks for: :func:`parse_retry_after`, else a reset header.
+
+    Without a retry header, the reset time of a limit whose remaining count is 0
+    (``x-ratelimit-reset-requests: 1.5s``, Anthropic's RFC 3339 reset) is the wait.
+
+    >>> server_delay({"x-ratelimit-remaining-requests": "0",
+    ...               "x-ratelimit-reset-requests": "1.5s"})
+    1.5
+    """
+    delay = parse_retry_after(headers)
+    if delay is not None or not headers:
+        return delay
+    info = parse_rate_limit_headers(headers)
+    if info is None:
         return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return _seconds_until(when, headers)
+    best: float | None = None
+    for state in info.units().values():
+        if state.remaining is not None and state.remaining <= 0.0:
+            reset = state.reset_after
+            if reset is not None and math.isfinite(reset) and reset > 0.0:
+                best = reset if best is None or reset > best else best
+    return best
+
+
+def rate_limit_error(cls: type[E], message: str, **kw: Any) -> E:
+    """``cls(message, retry_after=..., bucket_empty=..., **kw)``: the error for a 429.
+
+    ``kw`` holds the error's fields, ``headers`` among them. ``retry_after`` is
+    :func:`server_delay`; ``bucket_empty`` is :func:`bucket_empty` (a quota error takes
+    no ``bucket_empty``: it is never retried).
+    """
+    headers = kw.get("headers")
+    kw["retry_after"] = server_delay(headers)
+    if issubclass(cls, RateLimitError) and not issubclass(cls, QuotaExceededError):
+        kw["bucket_empty"] = bucket_empty(headers)
+    return cls(message, **kw)
 
 
 @dataclass(slots=True, frozen=True)
@@ -394,7 +504,14 @@ def sync_from_headers(limiter: Any, headers: Mapping[str, str]) -> None:
     Limits the server reports as less than :data:`SYNC_BELOW` full are synced; when
     every reported limit has more left than that, nothing is parsed beyond the
     remaining/limit figures. ``headers`` must be case-insensitive.
+
+    A limiter that learns from headers (``observe_headers``, as
+    :class:`~headway.limits.AdaptiveLimiter` has) is handed every response's headers.
     """
+    observe = getattr(limiter, "observe_headers", None)
+    if observe is not None:
+        observe(headers)
+        return
     get = headers.get
     req = get("x-ratelimit-remaining-requests")
     tok = get("x-ratelimit-remaining-tokens")

@@ -22,13 +22,14 @@ anything else >= 400    :class:`~headway.errors.APIClientError`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from http import HTTPStatus
 from typing import Any
 
 from headway import _json
+from headway._secrets import MASK
 from headway.errors import APIClientError, error_class
-from headway.http.ratelimit_headers import parse_retry_after
+from headway.http.ratelimit_headers import parse_retry_after, rate_limit_error
 
 __all__ = ["error_for_status", "error_message", "parse_body"]
 
@@ -88,12 +89,23 @@ def error_for_status(
     content: bytes | Any,
     method: str | None,
     url: object,
+    *,
+    secrets: Iterable[str] = (),
 ) -> APIClientError:
     """The typed error for a response with ``status`` >= 400.
 
-    ``content`` is the raw body (bytes) or an already parsed body.
+    ``content`` is the raw body (bytes) or an already parsed body. ``secrets`` (the
+    request's credential values) are masked in the body first: some servers echo the key
+    in their 401 answer, and the error's message and body travel into logs and files.
     """
-    body = parse_body(bytes(content)) if isinstance(content, bytes | bytearray) else content
+    if isinstance(content, bytes | bytearray):
+        raw = bytes(content)
+        for secret in secrets:
+            if len(secret) >= 8 and secret.encode() in raw:
+                raw = raw.replace(secret.encode(), MASK.encode())
+        body = parse_body(raw)
+    else:
+        body = content
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
@@ -111,6 +123,8 @@ def error_for_status(
         "url": url,
     }
     cls = error_class(status, quota=status == 429 and _is_quota(body))
-    if status == 429 or status >= 500:
+    if status == 429:
+        return rate_limit_error(cls, message, **kw)
+    if status >= 500:
         kw["retry_after"] = parse_retry_after(headers)
     return cls(message, **kw)

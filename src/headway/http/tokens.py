@@ -20,9 +20,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
-__all__ = ["TokenMethod", "completion_budget", "estimate_tokens", "load_tiktoken", "usage_tokens"]
+__all__ = [
+    "TokenMethod",
+    "TokenUsage",
+    "completion_budget",
+    "estimate_tokens",
+    "load_tiktoken",
+    "usage_split",
+    "usage_tokens",
+]
 
 TokenMethod = Literal["auto", "heuristic", "tiktoken"]
 
@@ -173,36 +181,94 @@ def estimate_tokens(
     return prompt + completion_budget(payload, default_completion)
 
 
-def usage_tokens(body: Any) -> int | None:
-    """Tokens a response says it used (``usage``), or ``None`` when it does not say.
+class TokenUsage(NamedTuple):
+    """What a response says it used, split: prompt (cached included), completion, cached.
 
-    Understands OpenAI (``total_tokens``; ``prompt_tokens`` + ``completion_tokens``),
-    Anthropic and the Responses API (``input_tokens`` + ``output_tokens``) and Ollama's
-    native ``prompt_eval_count`` + ``eval_count``.
+    ``total`` is the server's own total when it gives one, else prompt + completion.
+    """
+
+    prompt: int
+    completion: int
+    cached: int
+    total: int
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def usage_split(body: Any) -> TokenUsage | None:
+    """The tokens a response used, split, or ``None`` when it does not say.
+
+    The one place headway reads ``usage``: the limiter settles from it and the batch
+    summary counts it. Understands OpenAI chat (``prompt_tokens`` with
+    ``prompt_tokens_details.cached_tokens``), the Responses API (``input_tokens`` with
+    ``input_tokens_details.cached_tokens``), Anthropic (``input_tokens`` *plus*
+    ``cache_read_input_tokens`` and ``cache_creation_input_tokens``, which Anthropic counts
+    apart) and Ollama's native ``prompt_eval_count`` / ``eval_count``.
+
+    >>> usage_split({"usage": {"prompt_tokens": 90, "completion_tokens": 10,
+    ...   "total_tokens": 100, "prompt_tokens_details": {"cached_tokens": 64}}})
+    TokenUsage(prompt=90, completion=10, cached=64, total=100)
+    >>> usage_split({"usage": {"input_tokens": 5, "output_tokens": 7,
+    ...   "cache_read_input_tokens": 100, "cache_creation_input_tokens": 20}})
+    TokenUsage(prompt=125, completion=7, cached=100, total=132)
+    >>> usage_split({"prompt_eval_count": 26, "eval_count": 290})
+    TokenUsage(prompt=26, completion=290, cached=0, total=316)
+    >>> usage_split({"id": "x"}) is None
+    True
     """
     if type(body) is not dict and not isinstance(body, Mapping):
         return None
     usage = body.get("usage")
-    if usage is not None and (type(usage) is dict or isinstance(usage, Mapping)):
+    if type(usage) is dict and "cache_read_input_tokens" not in usage:
+        # Fast path: OpenAI's chat shape, plain ints.
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
         total = usage.get("total_tokens")
-        if isinstance(total, int | float):
-            return int(total)
-        count = 0
-        found = False
-        for key in ("prompt_tokens", "completion_tokens", "input_tokens", "output_tokens"):
-            value = usage.get(key)
-            if isinstance(value, int | float):
-                count += int(value)
-                found = True
-        for key in ("cache_creation_input_tokens", "cache_read_input_tokens"):
-            value = usage.get(key)
-            if isinstance(value, int | float):
-                count += int(value)
-        return count if found else None
+        if type(prompt) is int and type(completion) is int and type(total) is int:
+            details = usage.get("prompt_tokens_details")
+            cached = details.get("cached_tokens") if type(details) is dict else None
+            return TokenUsage(prompt, completion, cached if type(cached) is int else 0, total)
+    if usage is not None and (type(usage) is dict or isinstance(usage, Mapping)):
+        get = usage.get
+        if "prompt_tokens" in usage or "completion_tokens" in usage:
+            prompt, completion = _int(get("prompt_tokens")), _int(get("completion_tokens"))
+            details = get("prompt_tokens_details")
+        elif "input_tokens" in usage or "output_tokens" in usage:
+            prompt, completion = _int(get("input_tokens")), _int(get("output_tokens"))
+            details = get("input_tokens_details")
+        elif "total_tokens" in usage:  # embeddings elsewhere: a total alone
+            total = _int(get("total_tokens"))
+            return TokenUsage(total, 0, 0, total)
+        else:
+            return None
+        cached = 0
+        if isinstance(details, Mapping):
+            cached = _int(details.get("cached_tokens"))
+        read = get("cache_read_input_tokens")
+        created = get("cache_creation_input_tokens")
+        if read is not None or created is not None:  # Anthropic: cache apart from input
+            cached = _int(read)
+            prompt += cached + _int(created)
+        given = get("total_tokens")
+        total = _int(given) if given is not None else prompt + completion
+        return TokenUsage(prompt, completion, cached, total)
     if "eval_count" in body or "prompt_eval_count" in body:
-        count = 0
-        for key in ("prompt_eval_count", "eval_count"):
-            with contextlib.suppress(TypeError, ValueError):
-                count += int(body.get(key) or 0)
-        return count
+        prompt = completion = 0
+        with contextlib.suppress(TypeError, ValueError):
+            prompt = int(body.get("prompt_eval_count") or 0)
+        with contextlib.suppress(TypeError, ValueError):
+            completion = int(body.get("eval_count") or 0)
+        return TokenUsage(prompt, completion, 0, prompt + completion)
     return None
+
+
+def usage_tokens(body: Any) -> int | None:
+    """Tokens a response says it used (``usage``), or ``None`` when it does not say.
+
+    The total of :func:`usage_split`: OpenAI's ``total_tokens`` (else prompt +
+    completion), Anthropic's input, output and cache tokens, Ollama's
+    ``prompt_eval_count`` + ``eval_count``.
+    """
+    split = usage_split(body)
+    return None if split is None else split.total

@@ -5,6 +5,8 @@
 * :class:`MultiLimiter`: several limits (requests and tokens per minute and per day)
   reserved all-or-nothing, with :meth:`Reservation.settle` for the real token count.
 * :class:`KeyedLimiter`: one limiter per endpoint, model or key.
+* :class:`AdaptiveLimiter`: follows the server's real limit (advertised or probed),
+  under the user's ceiling.
 * :class:`Limiter`: what :class:`~headway.Policy` needs from a limiter.
 
 >>> import asyncio
@@ -23,12 +25,14 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from headway.limits._reservation import RATE_LIMITED_PAUSE, Reservation
+from headway.limits.adaptive import AdaptiveLimiter
 from headway.limits.bucket import TokenBucketRateLimiter
 from headway.limits.keyed import KeyedLimiter
 from headway.limits.multi import MultiLimiter
 
 __all__ = [
     "RATE_LIMITED_PAUSE",
+    "AdaptiveLimiter",
     "KeyedLimiter",
     "Limiter",
     "MultiLimiter",

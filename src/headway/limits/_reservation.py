@@ -34,20 +34,31 @@ async def wait_reserved(
 
     A pause shifts every reservation that was still waiting by the pause's length (see
     :meth:`TokenBucketRateLimiter.pause_until`); a waiter notices through each limiter's
-    cumulative shift. The caller refunds on cancellation.
+    cumulative shift. A waiter woken late tells each limiter, which keeps the callers
+    behind it from following too closely. The caller refunds on cancellation.
     """
     seen = list(marks)
+    due = clock.now() + delay
     await clock.sleep(delay)
     while True:
         extra = 0.0
         for i, lim in enumerate(limiters):
-            moved = lim._shift - seen[i]
+            moved = lim.shift - seen[i]
             if moved > extra:
                 extra = moved
-            seen[i] = lim._shift
+            seen[i] = lim.shift
         if extra <= 0.0:
-            return
-        await clock.sleep(extra)
+            break
+        due += extra
+        left = due - clock.now()
+        if left > 0.0:  # a caller woken late already waited part of the shift
+            await clock.sleep(left)
+    # Woken late: what the server sees is the arrival, so the callers behind must not
+    # follow closer than the rate allows (each limiter shifts its queue if need be).
+    late = clock.now() - due
+    if late > 0.0:
+        for lim in limiters:
+            lim.arrived_late(late)
 
 
 class Reservation:
@@ -137,7 +148,7 @@ class Reservation:
                     if diff > 0.0:
                         lim.charge(diff)
                     else:
-                        lim._refund_checked(-diff)  # refund(-diff), already validated
+                        lim.refund(-diff)
                     charged[i] += diff
         self.tokens = float(tokens)
 
@@ -156,8 +167,7 @@ class Reservation:
         for i, lim in enumerate(self._limiters):
             amount = self._charged[i]
             if booking is not None:
-                seq, prev_tail, mark = booking[i]
-                lim._release(seq, prev_tail, amount, mark)
+                lim.cancel_booking(booking[i], amount)
             elif amount > 0.0:
                 lim.refund(amount)
 

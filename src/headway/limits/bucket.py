@@ -9,9 +9,12 @@ it). The whole reservation is a few float operations on one event loop, so no lo
 needed and nothing runs in the background.
 
 Guarantee: in any window of length ``t`` the bucket schedules at most
-``max_tokens + rate * t / period`` tokens (the event loop may wake a sleeper late, never
-early). The limiter also remembers when the last queued caller goes (the *tail*), so a
-newcomer never goes before someone already waiting, even after tokens were given back.
+``max_tokens + rate * t / period`` tokens, and callers that wait arrive no closer: the
+event loop may wake a sleeper late (never early), and a caller woken more than half an
+interval late moves everyone behind it back by the excess, so what the server sees in a
+window stays within the bound (rounded down). The limiter also remembers when the last
+queued caller goes (the *tail*), so a newcomer never goes before someone already
+waiting, even after tokens were given back.
 
 Giving back:
 
@@ -54,7 +57,7 @@ from headway.limits._reservation import (
     wait_reserved,
 )
 
-__all__ = ["UNITS", "TokenBucketRateLimiter"]
+__all__ = ["UNITS", "Booking", "TokenBucketRateLimiter", "reserve_together"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -375,21 +378,9 @@ class TokenBucketRateLimiter:
         raise ValueError(f"tokens must be a number >= 0, got {tokens!r}")
 
     def _reject(self, tokens: float, wait: float, limit: float) -> NoReturn:
-        if events.enabled(logging.INFO):
-            events.emit(
-                events.LIMITER_REJECTED,
-                source=self.name,
-                level=logging.INFO,
-                tokens=tokens,
-                wait=wait,
-                max_wait=limit,
-            )
         who = f" {self.name!r}" if self.name else ""
-        raise MaxWaitExceededError(
-            f"rate limiter{who} would make {tokens:g} {self.unit} wait {wait:.3f}s, "
-            f"more than max_wait={limit:g}s; retry later or raise max_wait",
-            retry_after=wait,
-        )
+        what = f"rate limiter{who} would make {tokens:g} {self.unit}"
+        refuse_wait(self.name, what, wait, limit, tokens=tokens)
 
     async def acquire(self, tokens: float = 1.0) -> float:
         """Reserve ``tokens`` at once; return how long to wait before proceeding.
@@ -439,6 +430,49 @@ class TokenBucketRateLimiter:
             else:  # acquire() was replaced (a test double): just sleep
                 await self._clock.sleep(delay)
         return await func(*args, **kwargs)
+
+    @property
+    def shift(self) -> float:
+        """Total seconds waiting reservations were pushed back by pauses (only grows).
+
+        A waiter compares it with the value when it booked to sleep the extra time.
+        """
+        return self._shift
+
+    def cancel_booking(self, booking: Booking, amount: float) -> None:
+        """Give back a waiting reservation's ``amount``, booked as ``booking``.
+
+        Only the queue's tail is given back at once; a waiter cancelled in the middle
+        leaves a hole that goes back with the tail (see the reservation's ``cancel``).
+        """
+        seq, prev_tail, mark = booking
+        self._release(seq, prev_tail, amount, mark)
+
+    def try_take(self, requests: float = 1.0, tokens: float = 0.0) -> bool:
+        """Take one call's ``requests`` or ``tokens`` (by :attr:`unit`) if it may go now.
+
+        The allocation-free form of :meth:`reserve_nowait` for a caller that needs no
+        :class:`Reservation` (nothing to settle later): ``True`` took the units,
+        ``False`` took nothing (the call would wait, or the amount is not valid) and the
+        caller falls back to :meth:`reserve_nowait`.
+
+        >>> bucket = TokenBucketRateLimiter(rate=1, max_tokens=1)
+        >>> bucket.try_take(), bucket.try_take()
+        (True, False)
+        """
+        amount = requests if self._is_requests else tokens
+        if not 0.0 <= amount <= self.max_tokens or not (requests >= 0.0 and tokens >= 0.0):
+            return False
+        now = self._now()
+        level = self._level + (now - self._last) * self._rps
+        if level > self.max_tokens:
+            level = self.max_tokens
+        level -= amount
+        if level >= 0.0 and now >= self._tail:
+            self._level = level
+            self._last = now
+            return True
+        return False
 
     def reserve_nowait(
         self, requests: float = 1.0, tokens: float = 0.0, *, max_wait: float | None = None
@@ -500,18 +534,6 @@ class TokenBucketRateLimiter:
         self._level = self._ceiling(self._refill(now) + tokens, now)
         self._last = now
 
-    def _refund_checked(self, tokens: float) -> None:
-        # refund() of an amount known to be a finite number >= 0 (a settled reservation).
-        now = self._now()
-        # == self._ceiling(self._refill(now) + tokens, now), since tokens >= 0
-        level = self._level + (now - self._last) * self._rps + tokens
-        if level > self.max_tokens:
-            level = self.max_tokens
-        if self._paused_until > now:
-            level = self._ceiling(level, now)
-        self._level = level
-        self._last = now
-
     def charge(self, tokens: float) -> None:
         """Take ``tokens`` more (an under-estimate); the level may go negative."""
         tokens = _non_negative("tokens", tokens)
@@ -552,6 +574,27 @@ class TokenBucketRateLimiter:
                 until=when,
                 seconds=when - now,
             )
+
+    def arrived_late(self, late: float) -> None:
+        """A waiter went ``late`` seconds after its turn: keep the arrivals honest.
+
+        :meth:`Reservation.wait <headway.limits.Reservation.wait>` and :meth:`wait` call
+        it; a custom waiter that sleeps its own delay may too.
+
+        The server counts arrivals, not turns. Lateness up to half a request's interval
+        costs nothing (a window then holds at most ``max_tokens + rate * t`` arrivals,
+        rounded down); beyond it, everyone queued behind and every newcomer moves back
+        by the excess, so nobody follows the late caller closer than the rate allows.
+        """
+        excess = late - 0.5 / self._rps
+        if excess <= 0.0 or not self._is_requests:
+            return  # token limits: a call's tokens span far more than the lateness
+        now = self._now()
+        self._level = self._refill(now) - excess * self._rps
+        self._last = now
+        self._shift += excess
+        if self._tail > now:
+            self._tail += excess
 
     def pause(self, seconds: float) -> None:
         """Admit nobody for ``seconds`` from now: ``pause_until(now + seconds)``."""
@@ -669,6 +712,91 @@ def _plain_form(
     in_flight: float = 0.0,
 ) -> tuple[float, float | None, float | None, float]:
     return remaining, reset_after, limit, in_flight
+
+
+def refuse_wait(name: str | None, what: str, wait: float, limit: float, **data: Any) -> NoReturn:
+    """Refuse a reservation whose ``wait`` exceeds ``limit`` (its ``max_wait``).
+
+    Emits ``LIMITER_REJECTED`` (INFO, with ``data``) and raises
+    :class:`~headway.errors.MaxWaitExceededError`: "``what`` wait ... s, more than
+    max_wait=...".
+    """
+    if events.enabled(logging.INFO):
+        events.emit(
+            events.LIMITER_REJECTED,
+            source=name,
+            level=logging.INFO,
+            wait=wait,
+            max_wait=limit,
+            **data,
+        )
+    raise MaxWaitExceededError(
+        f"{what} wait {wait:.3f}s, more than max_wait={limit:g}s; retry later or raise max_wait",
+        retry_after=wait,
+    )
+
+
+#: How one bucket booked a waiting call: (its sequence number, the queue's tail before
+#: it, the bucket's pause shift then); what cancelling the call needs.
+Booking = tuple[int, float, float]
+
+
+def reserve_together(
+    specs: tuple[tuple[TokenBucketRateLimiter, bool], ...],
+    requests: float,
+    tokens: float,
+    max_wait: float | None,
+) -> tuple[float, list[float] | None, tuple[Booking, ...] | None]:
+    """Reserve one call on every bucket at once, all or nothing: ``MultiLimiter``'s core.
+
+    ``specs``: ``(bucket, charged_requests)`` pairs; a bucket is charged ``requests``
+    when its flag is true, else ``tokens``. Returns ``(delay, charged, booking)``: the
+    seconds to wait (every bucket books the call for then), the amounts each bucket was
+    charged, and the bookings a cancelled wait gives back (``None`` when the call goes
+    at once). When the delay exceeds ``max_wait`` nothing is reserved and ``charged``
+    is ``None``. Raises :class:`~headway.errors.RequestTooLargeError` when a bucket can
+    never hold its amount.
+    """
+    now = specs[0][0]._now()
+    befores = []
+    delay = 0.0
+    for lim, is_requests in specs:
+        amount = requests if is_requests else tokens
+        rps = lim._rps
+        cap = lim.max_tokens
+        if amount > cap:
+            lim._refuse(amount)
+        before = lim._level + (now - lim._last) * rps
+        if before > cap:
+            before = cap
+        befores.append(before)
+        if before < amount:
+            wait = (amount - before) / rps
+            if wait > delay:
+                delay = wait
+        if lim._tail > now:
+            wait = lim._tail - now
+            if wait > delay:
+                delay = wait
+    charged = []
+    if delay <= 0.0:
+        for i, (lim, is_requests) in enumerate(specs):
+            amount = requests if is_requests else tokens
+            lim._level = befores[i] - amount
+            lim._last = now
+            charged.append(amount)
+        return 0.0, charged, None
+    if max_wait is not None and delay > max_wait:
+        return delay, None, None
+    booking = []
+    for i, (lim, is_requests) in enumerate(specs):
+        amount = requests if is_requests else tokens
+        # Every bucket books the call for when it really goes (after the longest wait).
+        level = lim._book_at(befores[i] - amount, amount, delay)
+        charged.append(befores[i] - level)
+        lim._commit(now, level, delay)
+        booking.append((lim._seq, lim._prev_tail, lim._shift))
+    return delay, charged, tuple(booking)
 
 
 class _Slot:

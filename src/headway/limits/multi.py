@@ -22,16 +22,20 @@ tells the real token count, :meth:`Reservation.settle` refunds or charges the di
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from types import TracebackType
 from typing import NoReturn
 
 from headway import events
 from headway._clock import Clock
-from headway.errors import ConfigurationError, MaxWaitExceededError
+from headway.errors import ConfigurationError
 from headway.limits._reservation import RATE_LIMITED_PAUSE, Reservation
-from headway.limits.bucket import TokenBucketRateLimiter, _non_negative
+from headway.limits.bucket import (
+    TokenBucketRateLimiter,
+    _non_negative,
+    refuse_wait,
+    reserve_together,
+)
 
 __all__ = ["MultiLimiter", "Reservation"]
 
@@ -90,7 +94,7 @@ class MultiLimiter:
         self.max_wait = None if max_wait is None else _non_negative("max_wait", max_wait)
         self.name = name
         self._units = tuple(lim.unit == "requests" for lim in self.limiters)
-        self._specs = tuple((lim, lim.unit == "requests") for lim in self.limiters)
+        self._specs = tuple(zip(self.limiters, self._units, strict=True))
 
     @classmethod
     def for_llm(
@@ -159,49 +163,14 @@ class MultiLimiter:
         """
         if not (requests >= 0.0 and tokens >= 0.0):
             raise ValueError(f"requests and tokens must be >= 0, got {requests!r}, {tokens!r}")
-        limiters = self.limiters
-        units = self._units
-        now = limiters[0]._now()
-        befores = []
-        delay = 0.0
-        for lim, is_requests in self._specs:
-            amount = requests if is_requests else tokens
-            rps = lim._rps
-            cap = lim.max_tokens
-            if amount > cap:
-                lim._refuse(amount)
-            before = lim._level + (now - lim._last) * rps
-            if before > cap:
-                before = cap
-            befores.append(before)
-            if before < amount:
-                wait = (amount - before) / rps
-                if wait > delay:
-                    delay = wait
-            if lim._tail > now:
-                wait = lim._tail - now
-                if wait > delay:
-                    delay = wait
-        if delay <= 0.0:
-            charged = []
-            for i, lim in enumerate(limiters):
-                amount = requests if units[i] else tokens
-                lim._level = befores[i] - amount
-                lim._last = now
-                charged.append(amount)
-            return Reservation(0.0, requests, tokens, self._clock, limiters, units, charged)
         limit = self.max_wait if max_wait is None else max_wait
-        if limit is not None and delay > limit:
+        delay, charged, booking = reserve_together(self._specs, requests, tokens, limit)
+        limiters, units = self.limiters, self._units
+        if charged is None:
+            assert limit is not None  # only a wait beyond max_wait books nothing
             self._reject(requests, tokens, delay, limit)
-        charged = []
-        booking = []
-        for i, lim in enumerate(limiters):
-            amount = requests if units[i] else tokens
-            # Every limit books the call for when it really goes (after the longest wait).
-            level = lim._book_at(befores[i] - amount, amount, delay)
-            charged.append(befores[i] - level)
-            lim._commit(now, level, delay)
-            booking.append((lim._seq, lim._prev_tail, lim._shift))
+        if booking is None:
+            return Reservation(0.0, requests, tokens, self._clock, limiters, units, charged)
         if events.enabled():
             events.emit(
                 events.LIMITER_WAIT,
@@ -210,9 +179,7 @@ class MultiLimiter:
                 tokens=tokens,
                 wait=delay,
             )
-        return Reservation(
-            delay, requests, tokens, self._clock, limiters, units, charged, tuple(booking)
-        )
+        return Reservation(delay, requests, tokens, self._clock, limiters, units, charged, booking)
 
     async def reserve(
         self, requests: float = 1.0, tokens: float = 0.0, *, max_wait: float | None = None
@@ -233,23 +200,9 @@ class MultiLimiter:
         return _MultiSlot(self, requests, tokens)
 
     def _reject(self, requests: float, tokens: float, delay: float, limit: float) -> NoReturn:
-        if events.enabled(logging.INFO):
-            events.emit(
-                events.LIMITER_REJECTED,
-                source=self.name,
-                level=logging.INFO,
-                requests=requests,
-                tokens=tokens,
-                wait=delay,
-                max_wait=limit,
-            )
         who = f" {self.name!r}" if self.name else ""
-        raise MaxWaitExceededError(
-            f"rate limits{who} would make a call of {requests:g} requests and {tokens:g} "
-            f"tokens wait {delay:.3f}s, more than max_wait={limit:g}s; retry later or "
-            "raise max_wait",
-            retry_after=delay,
-        )
+        what = f"rate limits{who} would make a call of {requests:g} requests and {tokens:g} tokens"
+        refuse_wait(self.name, what, delay, limit, requests=requests, tokens=tokens)
 
     # -- hooks the HTTP layer drives --------------------------------------------------
     def pause_until(self, when: float) -> None:

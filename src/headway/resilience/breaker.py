@@ -86,7 +86,6 @@ from headway.events import (
 __all__ = [
     "BreakerBackend",
     "BreakerPermit",
-    "BreakerState",
     "BreakerStore",
     "BreakerTicket",
     "CircuitBreaker",
@@ -99,6 +98,9 @@ T = TypeVar("T")
 
 #: Number of buckets the failure-ratio window is kept in.
 WINDOW_BUCKETS = 20
+
+#: How long a shared circuit opened by ``force_open()`` (no seconds) is published for.
+FORCED_OPEN_SECONDS = 86_400.0
 
 
 class CircuitState(enum.StrEnum):
@@ -195,64 +197,57 @@ class _Window:
 
 
 class BreakerStore(Protocol):
-    """Circuit state kept outside this process (shared by workers), as a store offers it.
+    """Circuit state kept outside the breaker, shared by the breakers of one name.
 
-    The operations a shared breaker needs: how long the circuit stays open
-    (``open_for``), open it until a time (``publish_open``), close it
-    (``publish_closed``), try a half-open trial (``try_trial``) and give one back
-    (``release_trial``). :class:`headway.backends.RedisBreakerState` implements it; the
-    in-memory state below is the default when a breaker has no ``backend``.
+    A :class:`CircuitBreaker` built with ``backend=`` keeps its failure counts, and
+    decides every call, on its own; the circuit itself lives in the store. The breaker
+    calls these operations:
+
+    * ``open_for()`` before deciding (the shared view: a circuit opened or closed by
+      another worker is adopted);
+    * ``publish_open(seconds)`` when it opens (``force_open()`` without seconds
+      publishes :data:`FORCED_OPEN_SECONDS`) and ``publish_closed()`` when it closes;
+    * ``try_trial()`` for a half-open trial call (one per breaker at a time; the store
+      caps them across breakers) and ``release_trial()`` when a trial ends without
+      closing or re-opening the circuit.
+
+    :class:`headway.backends.MemoryBreakerState` (one process) and
+    :class:`headway.backends.RedisBreakerState` (every worker) implement it. Without a
+    backend the state stays in the breaker and no store is consulted.
     """
 
     def open_for(self) -> float | None:
-        """Seconds the circuit stays open cluster-wide (``<= 0``: trial time); None: closed."""
+        """Seconds the circuit stays open (``<= 0``: trial time); None: closed."""
         ...
 
     def publish_open(self, recovery_time: float) -> None:
-        """This worker opened the circuit: open it for everyone for ``recovery_time`` s."""
+        """Open the circuit for everyone for ``recovery_time`` (> 0) seconds."""
         ...
 
     def publish_closed(self) -> None:
-        """A trial call succeeded: close the circuit for everyone."""
+        """Close the circuit for everyone."""
         ...
 
     def try_trial(self) -> bool:
-        """Take a cluster-wide half-open trial permit (False: all are taken)."""
+        """Take a half-open trial permit (False: none free, or not trial time)."""
         ...
 
     def release_trial(self) -> None:
-        """Give back a trial permit taken by :meth:`try_trial` (cancelled or excluded)."""
+        """Give back a trial permit taken by :meth:`try_trial`."""
         ...
 
 
-class BreakerState(Protocol):
-    """What a :class:`CircuitBreaker` reads and writes about its circuit, per call."""
-
-    state: CircuitState
-    generation: int
-    open_until: float
-    forced: bool
-    consecutive_failures: int
-    trials_in_flight: int
-    trial_successes: int
-    window: _Window | None
-
-
 class BreakerBackend(Protocol):
-    """A backend that can hold breaker state (``CircuitBreaker(backend=...)``)."""
+    """A backend that can hold circuit state (``CircuitBreaker(backend=...)``)."""
 
-    def breaker_state(self, name: str, *, half_open_max_calls: int = 1) -> BreakerState:
-        """The state of the breaker ``name``, shared with every breaker of that name."""
+    def breaker_store(self, name: str, *, half_open_max_calls: int = 1) -> BreakerStore:
+        """The store of the circuit ``name``, shared by every breaker of that name."""
         ...
 
 
 @dataclass(slots=True)
 class _BreakerState:
-    """Everything about a breaker that changes: the seam for shared backends.
-
-    The in-memory default is this plain object. A shared backend (Redis, later)
-    supplies an object with the same attributes through ``backend.breaker_state(name)``.
-    """
+    """Everything about a breaker that changes, as this breaker sees it."""
 
     state: CircuitState = _CLOSED
     generation: int = 0  # bumped at every transition; permits of older ones are ignored
@@ -373,10 +368,10 @@ class CircuitBreaker:
         listeners: event listeners for this breaker's events (state changes at INFO,
             WARNING when opening; rejections at DEBUG). Each event's ``data`` has
             ``old``, ``new`` and ``reason`` for state changes.
-        backend: where the state lives. ``None`` (default): in this process. A shared
-            backend provides ``breaker_state(name)`` returning an object with the
-            attributes of the in-memory state (``_BreakerState``); all transitions
-            go through that one object, so swapping it is the whole seam.
+        backend: where the circuit lives. ``None`` (default): in this breaker. A
+            :class:`BreakerBackend` (``MemoryBackend``, ``RedisBackend``) shares it
+            through the :class:`BreakerStore` of ``name`` among every breaker of that
+            name; counts stay per breaker (see :class:`BreakerStore`).
 
     The low-level API, for code that needs the steps apart (the Policy)::
 
@@ -411,6 +406,7 @@ class CircuitBreaker:
         "_lean",
         "_listeners",
         "_s",
+        "_store",
         "excluded_exceptions",
         "failure_predicate",
         "failure_rate_threshold",
@@ -473,29 +469,28 @@ class CircuitBreaker:
         self.slow_call_rate_threshold = float(slow_call_rate_threshold)
         self._listeners: tuple[EventListener, ...] = tuple(listeners)
         self._clock = resolve_clock(clock)
-        state: BreakerState
-        if backend is None:
-            state = _BreakerState()
-        else:
-            factory = getattr(backend, "breaker_state", None)
+        store: BreakerStore | None = None
+        if backend is not None:
+            factory = getattr(backend, "breaker_store", None)
             if factory is None:
                 raise ConfigurationError(
-                    f"{backend!r} cannot hold breaker state (it has no breaker_state()); "
-                    "pass backend=None to keep the state in this process"
+                    f"{backend!r} cannot hold circuit state (it has no breaker_store()); "
+                    "pass backend=None to keep the state in this breaker"
                 )
             if not name:
                 raise ConfigurationError(
                     "a breaker with a backend shares its state by name: pass name=..."
                 )
-            state = factory(name, half_open_max_calls=half_open_max_calls)
-        if state.window is None and (
-            failure_rate_threshold is not None or slow_call_duration is not None
-        ):
+            store = factory(name, half_open_max_calls=half_open_max_calls)
+        self._store = store
+        self._s = state = _BreakerState()
+        if failure_rate_threshold is not None or slow_call_duration is not None:
             state.window = _Window(self.window, self.window / WINDOW_BUCKETS)
-        self._s = state
-        # Closed and counting consecutive failures only: try_enter() needs no permit.
+        # Unshared, closed and counting consecutive failures only: try_enter() needs no
+        # permit.
         self._lean = (
-            state.window is None
+            store is None
+            and state.window is None
             and slow_call_duration is None
             and type(self).acquire is CircuitBreaker.acquire
         )
@@ -505,6 +500,8 @@ class CircuitBreaker:
     def state(self) -> CircuitState:
         """The current state (an open breaker whose recovery time is over is half-open)."""
         s = self._s
+        if self._store is not None:
+            self._sync(self._clock.now())
         if s.state is _OPEN and not s.forced:
             now = self._clock.now()
             if now >= s.open_until:
@@ -520,6 +517,8 @@ class CircuitBreaker:
     def retry_after(self) -> float:
         """Seconds until a call may be let through (0.0 unless open)."""
         s = self._s
+        if self._store is not None:
+            self._sync(self._clock.now())
         if s.state is not _OPEN:
             return 0.0
         if s.forced:
@@ -548,6 +547,9 @@ class CircuitBreaker:
         call) when open, or half-open with every trial permit taken.
         """
         s = self._s
+        store = self._store
+        if store is not None:
+            self._sync(self._clock.now())
         if s.state is _CLOSED:
             started = 0.0 if self.slow_call_duration is None else self._clock.now()
             return BreakerPermit(self, s.generation, False, started)
@@ -556,7 +558,11 @@ class CircuitBreaker:
             if s.forced or now < s.open_until:
                 raise self._rejection(now)
             self._transition(_HALF_OPEN, "recovery time elapsed", now)
-        if s.trials_in_flight >= self.half_open_max_calls:
+        if store is None:
+            if s.trials_in_flight >= self.half_open_max_calls:
+                raise self._rejection(now)
+        elif s.trials_in_flight > 0 or not store.try_trial():
+            # One trial per breaker at a time; the store caps them across breakers.
             raise self._rejection(now)
         s.trials_in_flight += 1
         return BreakerPermit(self, s.generation, True, now)
@@ -667,11 +673,10 @@ class CircuitBreaker:
         as a polling hint.
         """
         now = self._clock.now()
-        s = self._s
-        self._transition(_OPEN, "forced open", now, force=True)
-        if seconds is not None:
-            s.forced = False
-            s.open_until = now + max(0.0, seconds)
+        if seconds is None:
+            self._transition(_OPEN, "forced open", now, force=True)
+        else:
+            self._transition(_OPEN, "forced open", now, open_for=max(0.0, seconds))
 
     def reset(self) -> None:
         """Close now and forget all counts."""
@@ -692,14 +697,7 @@ class CircuitBreaker:
         if permit._generation != s.generation:
             return  # granted before the last transition: it no longer counts
         if s.window is None and not permit.trial:
-            # The common case: closed, counting consecutive failures only.
-            if outcome == _SUCCESS:
-                s.consecutive_failures = 0
-            elif outcome == _FAILURE:
-                s.consecutive_failures += 1
-                if s.consecutive_failures >= self.failure_threshold:
-                    reason = f"{s.consecutive_failures} consecutive failures"
-                    self._transition(_OPEN, reason, self._clock.now())
+            self._count(outcome)  # the common case
             return
         slow = False
         if outcome != _IGNORED and self.slow_call_duration is not None:
@@ -708,16 +706,17 @@ class CircuitBreaker:
             slow = duration > self.slow_call_duration
         if permit.trial:
             s.trials_in_flight -= 1
-            if outcome == _IGNORED:
-                return
-            now = self._clock.now()
             if outcome == _FAILURE or slow:
                 reason = "trial call failed" if outcome == _FAILURE else "trial call was slow"
-                self._transition(_OPEN, reason, now)
+                self._transition(_OPEN, reason, self._clock.now())
                 return
-            s.trial_successes += 1
-            if s.trial_successes >= self.success_threshold:
-                self._transition(_CLOSED, "trial calls succeeded", now)
+            if outcome == _SUCCESS:
+                s.trial_successes += 1
+                if s.trial_successes >= self.success_threshold:
+                    self._transition(_CLOSED, "trial calls succeeded", self._clock.now())
+                    return
+            if self._store is not None:
+                self._store.release_trial()  # ended without a verdict, or one more to go
             return
         if outcome == _IGNORED:
             return
@@ -751,9 +750,12 @@ class CircuitBreaker:
             outcome = _FAILURE  # what _classify() says of any other error by default
         else:
             outcome = self._classify(exc)
+        if generation == self._s.generation:
+            self._count(outcome)
+
+    def _count(self, outcome: int) -> None:
+        """A closed breaker that counts consecutive failures only learns ``outcome``."""
         s = self._s
-        if generation != s.generation:
-            return
         if outcome == _SUCCESS:
             s.consecutive_failures = 0
         elif outcome == _FAILURE:
@@ -775,9 +777,33 @@ class CircuitBreaker:
             return f"slow call rate {window.slow}/{calls} in {self.window:g}s"
         return None
 
+    def _sync(self, now: float) -> None:
+        """Adopt the shared circuit's state (a circuit opened or closed elsewhere)."""
+        assert self._store is not None
+        shared = self._store.open_for()
+        s = self._s
+        if shared is None:
+            if s.state is not _CLOSED:
+                self._transition(_CLOSED, "closed by another breaker", now, share=False)
+        elif s.state is _CLOSED or (s.state is _HALF_OPEN and shared > 0):
+            reason = "opened by another breaker"
+            self._transition(_OPEN, reason, now, open_for=shared, share=False)
+        elif s.state is _OPEN and not s.forced:
+            s.open_until = now + shared
+
     def _transition(
-        self, new: CircuitState, reason: str, now: float, *, force: bool = False
+        self,
+        new: CircuitState,
+        reason: str,
+        now: float,
+        *,
+        force: bool = False,
+        open_for: float | None = None,
+        share: bool = True,
     ) -> None:
+        """Move to ``new``; an open lasts ``open_for`` s (default: recovery time) or,
+        with ``force``, until reset. A shared circuit hears of opens and closes, unless
+        ``share`` is false (the change was adopted from it)."""
         s = self._s
         old = s.state
         s.state = new
@@ -785,12 +811,18 @@ class CircuitBreaker:
         s.trials_in_flight = 0
         s.trial_successes = 0
         s.forced = force
+        store = self._store
         if new is _OPEN:
-            s.open_until = now + self.recovery_time
+            seconds = self.recovery_time if open_for is None else open_for
+            s.open_until = now + seconds
+            if store is not None and share:
+                store.publish_open(FORCED_OPEN_SECONDS if force else max(seconds, 1e-3))
         elif new is _CLOSED:
             s.consecutive_failures = 0
             if s.window is not None:
                 s.window.clear()
+            if store is not None and share:
+                store.publish_closed()
         if old is new:
             return
         level = logging.WARNING if new is _OPEN else logging.INFO

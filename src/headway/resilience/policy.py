@@ -100,13 +100,15 @@ if TYPE_CHECKING:
     from headway.limits import Limiter, Reservation
     from headway.resilience.retry.engine import RetryEngine
 
-    # retry engine, breaker, plain pool, measured pool, limiter, timed?, attempt timeout, clock
+    # retry engine, breaker, plain pool, measured pool, limiter, its try_take, timed?,
+    # attempt timeout, clock
     _Plan = tuple[
         RetryEngine | None,
         CircuitBreaker | None,
         ConcurrencyLimit | None,
         ConcurrencyLimit | None,
         Limiter | None,
+        Callable[[float, float], bool],
         bool,
         float | None,
         Clock,
@@ -232,6 +234,24 @@ class Lease(Generic[T]):
         return f"<Lease {state} attempt={self.attempt} value={type(self.value).__name__}>"
 
 
+async def _acquired(pool: ConcurrencyLimit) -> bool:
+    """Wait for a slot of ``pool`` (its ``try_acquire()`` said none is free): True."""
+    await pool.acquire()
+    return True
+
+
+async def _slot_of(limit: ConcurrencyLimit) -> Any:
+    """Take a measured slot of ``limit``; returned only once taken."""
+    taking = limit.slot()
+    await taking.__aenter__()
+    return taking
+
+
+def _takes_nothing(requests: float, tokens: float) -> bool:
+    """``try_take`` of a limiter without one: never takes (use ``reserve_nowait``)."""
+    return False
+
+
 def _finish(
     pool: ConcurrencyLimit | None,
     slot: Any,
@@ -327,6 +347,7 @@ class Policy:
             None if measured else conc,
             conc if measured else None,
             full,
+            _takes_nothing if full is None else getattr(full, "try_take", _takes_nothing),
             breaker is not None and breaker.slow_call_duration is not None,
             attempt_timeout,
             self._clock,
@@ -517,38 +538,28 @@ class Policy:
         ctx: AttemptContext | None,
         keep: bool,
     ) -> Any:
-        rt, breaker, pool, slots, limiter, timed, timeout, clock = self._plan
+        rt, breaker, pool, slots, limiter, take, timed, timeout, clock = self._plan
         if rt is not None and rt.budget is not None:
             rt.budget.record_request()
-        attempt = failures = waits = 0
-        previous = 0.0 if rt is None else rt.base_delay
+        attempt, fails, waits, prev = 0, 0, 0, 0.0 if rt is None else rt.base_delay
         while True:
             attempt += 1
-            ticket = slot = reservation = None
-            held = called = False
-            started = 0.0
+            ticket, slot, reservation, held, called = None, None, None, False, False
             try:
-                if breaker is not None:
-                    ticket = breaker.try_enter()
+                ticket = None if breaker is None else breaker.try_enter()
                 if pool is not None:
-                    if not pool.try_acquire():
-                        await pool.acquire()
-                    held = True
+                    held = pool.try_acquire() or await _acquired(pool)
                 elif slots is not None:
-                    taking = slots.slot()
-                    await taking.__aenter__()
-                    slot = taking  # held only once taken
-                if limiter is not None:
+                    slot = await _slot_of(slots)
+                if limiter is not None and (ctx is not None or not take(requests, tokens)):
                     reservation = limiter.reserve_nowait(requests, tokens)
                     if reservation is None:
                         reservation = await limiter.reserve(requests, tokens)
                     if reservation.delay > 0.0:
                         await reservation.wait()
                 if ctx is not None:
-                    ctx.attempt = attempt
-                    ctx.reservation = reservation
-                if timed:
-                    started = clock.now()
+                    ctx.attempt, ctx.reservation = attempt, reservation
+                started = clock.now() if timed else 0.0
                 called = True
                 if timeout is None:
                     result = await fn(*args, **kwargs)
@@ -556,11 +567,9 @@ class Policy:
                     async with self._attempt_deadline(timeout):
                         result = await fn(*args, **kwargs)
             except BaseException as exc:
-                spent = clock.now() - started if timed else None
+                spent = clock.now() - started if timed and called else None
                 _finish(pool if held else None, slot, breaker, ticket, exc, called, spent)
-                delay, failures, waits, previous = self._after_failure(
-                    exc, failures, waits, previous, total
-                )
+                delay, fails, waits, prev = self._after_failure(exc, fails, waits, prev, total)
                 if delay is None:
                     raise
             else:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json as jsonlib
-import math
 import socket
 import struct
 from collections.abc import Mapping
@@ -16,7 +15,7 @@ from aiohttp import web
 from headway._clock import Clock
 from headway.testing import _fake_content as content
 from headway.testing._fake_journal import Route
-from headway.testing.faults import Fault, format_go_duration, retry_after_headers
+from headway.testing.faults import Fault, retry_after_headers
 
 __all__: list[str] = []  # internal: FakeAPI uses it
 
@@ -217,35 +216,6 @@ class _AnswersMixin:
             else f"fake client error {status}"
         )
         return self._error_response(status, anthropic, message, kind, None, headers=headers)
-
-    def _limited(
-        self, limited: tuple[str, float, float], tokens: int, anthropic: bool
-    ) -> web.Response:
-        unit, wait, limit = limited
-        if math.isinf(wait):
-            return self._error_response(
-                429,
-                anthropic,
-                f"Request too large: {tokens} tokens requested, limit {int(limit)} per min.",
-                "tokens",
-                "rate_limit_exceeded",
-            )
-        label = "requests per min (RPM)" if unit == "requests" else "tokens per min (TPM)"
-        requested = 1 if unit == "requests" else tokens
-        shown = format_go_duration(wait)
-        headers = {
-            "retry-after": str(math.ceil(wait)),
-            "retry-after-ms": str(math.ceil(wait * 1000)),
-        }
-        return self._error_response(
-            429,
-            anthropic,
-            f"Rate limit reached for {label}: Limit {int(limit)}, Requested {requested}. "
-            f"Please try again in {shown}.",
-            unit,
-            "rate_limit_exceeded",
-            headers=headers,
-        )
 
     @staticmethod
     def _reset(request: web.Request) -> web.Response:

@@ -258,7 +258,7 @@ class FakeBatches:
 
     def _new_id(self, prefix: str) -> str:
         self._n += 1
-        return f"{prefix}{self._n:06d}{self.api._rng.getrandbits(48):012x}"
+        return f"{prefix}{self._n:06d}{self.api.journal.rng.getrandbits(48):012x}"
 
     @property
     def openai_batches(self) -> list[_Batch]:

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from headway.testing.faults import Chaos, Fault
 
-__all__ = ["Handler", "HandlerResult", "RecordedRequest", "Route", "Script"]
+__all__ = ["Handler", "HandlerResult", "Journal", "RecordedRequest", "Route", "Script"]
 
 #: What a route handler may return: a response, or anything JSON-serialisable.
 HandlerResult: TypeAlias = web.StreamResponse | dict[str, Any] | list[Any] | str | None
@@ -97,15 +97,70 @@ class Route:
     _regex: re.Pattern[str] = field(repr=False, default=re.compile(""))
 
 
-class _JournalMixin:
-    """FakeAPI's journal assertions and its route, chaos and script lookups."""
+class Journal:
+    """FakeAPI's journal, routes, chaos and scripts: what arrived and how to answer it.
 
-    requests: list[RecordedRequest]
-    chaos: Chaos | None
-    _routes: list[Route]
-    _route_chaos: list[tuple[str, re.Pattern[str], str, Chaos]]
-    _scripts: list[Script]
-    _rng: random.Random
+    ``requests`` lists what arrived, in order, with arrival times on the server's clock:
+    :meth:`admissions` and :meth:`max_in_window` count what the server admitted per
+    window, as the server saw it.
+    """
+
+    def __init__(self, seed: int | None = 0, journal_limit: int | None = None) -> None:
+        if journal_limit is not None and journal_limit < 1:
+            raise ValueError(f"journal_limit must be at least 1 or None, got {journal_limit!r}")
+        self.journal_limit = journal_limit
+        self.requests: list[RecordedRequest] = []
+        self.received = 0
+        self.chaos: Chaos | None = None
+        self.routes: list[Route] = []
+        self.route_chaos: list[tuple[str, re.Pattern[str], str, Chaos]] = []
+        self.scripts: list[Script] = []
+        self.rng = random.Random(seed)
+
+    def record(self, entry: RecordedRequest) -> None:
+        """Add an arrival (trimming to about ``journal_limit`` entries)."""
+        self.received += 1
+        self.requests.append(entry)
+        limit = self.journal_limit
+        if limit is not None and len(self.requests) >= 2 * limit:
+            del self.requests[:-limit]  # amortised: trim to the newest `limit` entries
+
+    def reset(self) -> None:
+        """Forget the arrivals and the scripts."""
+        self.requests.clear()
+        self.received = 0
+        self.scripts.clear()
+
+    # -- admissions as the server saw them --------------------------------------------
+    def admissions(
+        self, method: str | None = None, path: str | None = None, *, status: int = 200
+    ) -> list[float]:
+        """Arrival times of the requests answered ``status`` (admitted), in order."""
+        return [r.time for r in self.calls(method, path) if r.status == status]
+
+    def max_in_window(
+        self,
+        width: float,
+        method: str | None = None,
+        path: str | None = None,
+        *,
+        status: int = 200,
+        after: float | None = None,
+    ) -> int:
+        """The most admissions (answers with ``status``) in any closed window of ``width`` s.
+
+        ``after``: count only arrivals at or after that clock time.
+        """
+        times = sorted(
+            t for t in self.admissions(method, path, status=status) if after is None or t >= after
+        )
+        best = j = 0
+        for i, start in enumerate(times):
+            j = max(j, i)
+            while j + 1 < len(times) and times[j + 1] <= start + width:
+                j += 1
+            best = max(best, j - i + 1)
+        return best
 
     # -- journal and assertions -----------------------------------------------------------
     def calls(self, method: str | None = None, path: str | None = None) -> list[RecordedRequest]:
@@ -171,7 +226,7 @@ class _JournalMixin:
 
     def assert_scripts_consumed(self) -> None:
         """Assert every scripted step was played."""
-        left = [s for s in self._scripts if s.steps]
+        left = [s for s in self.scripts if s.steps]
         if left:
             lines = "\n".join(
                 f"  {s.method} {s.path}: {s.remaining} step(s) left "
@@ -181,28 +236,28 @@ class _JournalMixin:
             raise AssertionError(f"scripted faults were not all played:\n{lines}")
 
     # -- route, chaos and script lookup ---------------------------------------------------
-    def _match_route(self, method: str, path: str) -> tuple[Route | None, dict[str, str]]:
-        for route in reversed(self._routes):
+    def match_route(self, method: str, path: str) -> tuple[Route | None, dict[str, str]]:
+        for route in reversed(self.routes):
             if route.method in ("*", method):
                 m = route._regex.fullmatch(path)
                 if m is not None:
                     return route, m.groupdict()
         return None, {}
 
-    def _chaos_for(self, method: str, path: str, route: Route | None) -> Chaos | None:
+    def chaos_for(self, method: str, path: str, route: Route | None) -> Chaos | None:
         if route is not None and route.chaos is not None:
             return route.chaos
-        for c_method, regex, _, chaos in reversed(self._route_chaos):
+        for c_method, regex, _, chaos in reversed(self.route_chaos):
             if c_method in ("*", method) and regex.fullmatch(path) is not None:
                 return chaos
         return self.chaos
 
-    def _next_fault(self, method: str, path: str, chaos: Chaos | None) -> Fault | None:
-        for script in self._scripts:
+    def next_fault(self, method: str, path: str, chaos: Chaos | None) -> Fault | None:
+        for script in self.scripts:
             if script.steps and script.matches(method, path):
                 script.consumed += 1
                 return script.steps.popleft()
-        return chaos.pick(self._rng) if chaos is not None else None
+        return chaos.pick(self.rng) if chaos is not None else None
 
 
 def _body_of(entry: RecordedRequest, limit: int = 200) -> str:

@@ -17,10 +17,15 @@ steps on a route, one per request; :class:`~headway.testing.faults.Chaos` draws 
 at random from a seeded generator, for one route or the whole server. ``rpm`` and
 ``tpm`` enforce token buckets and answer 429 like OpenAI, with ``x-ratelimit-*``
 headers on every response (and Anthropic's ``anthropic-ratelimit-*`` on
-``/v1/messages``). ``api_key`` makes every route demand that key (401).
+``/v1/messages``). ``profile`` enforces them as a given provider does (``openai``,
+``azure``, ``anthropic``, ``litellm``, ``silent``, ``shared``: windows, headers and 429
+shapes; see :mod:`headway.testing._fake_limits`). ``api_key`` makes every route demand
+that key (401).
 
-Every request lands in :attr:`FakeAPI.requests` (headers with secrets masked), with
-:meth:`FakeAPI.assert_called` and :meth:`FakeAPI.assert_scripts_consumed` to check them.
+Every request lands in :attr:`FakeAPI.requests` (headers with secrets masked, arrival
+time on the server's clock), with :meth:`FakeAPI.assert_called` and
+:meth:`FakeAPI.assert_scripts_consumed` to check them, and
+:meth:`FakeAPI.max_in_window` to count admissions per window as the server saw them.
 
 Latencies, dribbles and the buckets' refill follow the running loop's clock, so in
 virtual time (:class:`~headway.testing.VirtualClock`) a minute of rate limiting takes
@@ -41,8 +46,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json as jsonlib
-import random
-import re
 import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -63,18 +66,18 @@ from headway.testing._fake_batches import install_batches
 from headway.testing._fake_journal import _PARAM as _PARAM
 from headway.testing._fake_journal import (
     Handler,
+    Journal,
     RecordedRequest,
     Route,
     Script,
     _compile,
-    _JournalMixin,
 )
 from headway.testing._fake_journal import HandlerResult as HandlerResult
-from headway.testing._fake_limits import _Bucket, _LimitsMixin
+from headway.testing._fake_limits import PROFILES, Limits, Refusal, make_limits
 from headway.testing.faults import Chaos, FaultLike, parse_script
 from headway.testing.faults import Fault as Fault
 
-__all__ = ["FakeAPI", "RecordedRequest", "Route", "Script"]
+__all__ = ["PROFILES", "FakeAPI", "Limits", "RecordedRequest", "Route", "Script"]
 # Names imported "as" themselves are re-exported: they were defined or imported here
 # before the split (the doctests use Fault).
 
@@ -84,7 +87,7 @@ _ENTRY_KEY: Any = _RequestKey("headway_entry", object) if _RequestKey else "head
 _PARAMS_KEY: Any = _RequestKey("headway_params", dict) if _RequestKey else "headway_params"
 
 
-class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
+class FakeAPI(_AnswersMixin):
     """A fake LLM provider on ``127.0.0.1``: deterministic answers, faults and limits.
 
     Args:
@@ -95,6 +98,10 @@ class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
         burst: the most requests the ``rpm`` bucket holds, i.e. admits at once (default:
             ``rpm``, a minute's worth, as providers do); a small burst makes any client
             that sends faster than ``rpm`` get 429s at once.
+        profile: enforce ``rpm``/``tpm`` as a provider does: ``"openai"``, ``"azure"``,
+            ``"anthropic"``, ``"litellm"``, ``"silent"`` or ``"shared"`` (``None``: the
+            classic limits above). Or a :class:`~headway.testing._fake_limits.Limits`
+            object.
         api_key: when set, every request must send it as ``Authorization: Bearer ...``,
             ``x-api-key`` or ``api-key``; otherwise 401.
         chaos: random faults for every route (per-route chaos wins, see :meth:`set_chaos`).
@@ -126,30 +133,18 @@ class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
         models: Sequence[str] = content.DEFAULT_MODELS,
         clock: Clock | None = None,
         journal_limit: int | None = None,
+        profile: str | Limits | None = None,
     ) -> None:
-        if journal_limit is not None and journal_limit < 1:
-            raise ValueError(f"journal_limit must be at least 1 or None, got {journal_limit!r}")
-        self.journal_limit = journal_limit
-        self._received = 0
+        self.journal = Journal(seed, journal_limit)
         self.host = host
         self._port = port
         self.api_key = api_key
         self.chaos = chaos
         self.models = tuple(models)
         self._clock = resolve_clock(clock)
-        self._rng = random.Random(seed)
-        if burst is not None and not burst >= 1:
-            raise ValueError(f"burst must be at least 1 or None, got {burst!r}")
-        self._rpm = rpm
-        self._tpm = tpm
-        self._burst = burst
-        self._requests_bucket: _Bucket | None = None
-        self._tokens_bucket: _Bucket | None = None
-        self._limits_pending = True
-        self.requests: list[RecordedRequest] = []
-        self._routes: list[Route] = []
-        self._route_chaos: list[tuple[str, re.Pattern[str], str, Chaos]] = []
-        self._scripts: list[Script] = []
+        self.limits = (
+            profile if isinstance(profile, Limits) else make_limits(profile, rpm, tpm, burst)
+        )
         self._runner: web.AppRunner | None = None
         self._closing: asyncio.Event | None = None
         self._builtin: dict[tuple[str, str], Callable[[dict[str, Any], str], Any]] = {
@@ -187,7 +182,7 @@ class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
         self._port = sock.getsockname()[1]
         self._runner = runner
         self._closing = asyncio.Event()
-        self._limits_pending = True
+        self.limits.restart()
         _resources.track(self)
         return self
 
@@ -237,6 +232,75 @@ class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
         where = self.url if self._runner is not None else "not running"
         return f"FakeAPI({where}, requests={len(self.requests)})"
 
+    # -- journal --------------------------------------------------------------------------
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request received, in order (see :attr:`journal_limit`)."""
+        return self.journal.requests
+
+    @property
+    def journal_limit(self) -> int | None:
+        """Keep only about the newest this many requests (``None``: all)."""
+        return self.journal.journal_limit
+
+    def calls(self, method: str | None = None, path: str | None = None) -> list[RecordedRequest]:
+        """Journal entries for ``method`` and ``path`` (a pattern with ``{name}`` works)."""
+        return self.journal.calls(method, path)
+
+    def assert_called(
+        self,
+        method: str | None = None,
+        path: str | None = None,
+        *,
+        times: int | None = None,
+        json: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> list[RecordedRequest]:
+        """Assert matching requests arrived (``times`` exactly, or at least once).
+
+        ``json`` matches requests whose JSON body contains those keys with those
+        values; ``headers`` those headers (names case-insensitive; compare with the
+        masked form for credentials). Returns the matching entries.
+        """
+        return self.journal.assert_called(method, path, times=times, json=json, headers=headers)
+
+    def assert_not_called(self, method: str | None = None, path: str | None = None) -> None:
+        """Assert no request matched."""
+        self.journal.assert_not_called(method, path)
+
+    def assert_scripts_consumed(self) -> None:
+        """Assert every scripted step was played."""
+        self.journal.assert_scripts_consumed()
+
+    def max_in_window(
+        self,
+        width: float,
+        method: str | None = None,
+        path: str | None = None,
+        *,
+        status: int = 200,
+        after: float | None = None,
+    ) -> int:
+        """The most admissions (answers ``status``) in any closed window of ``width`` s.
+
+        Counted on arrival times as the server saw them: what a provider would count.
+        """
+        return self.journal.max_in_window(width, method, path, status=status, after=after)
+
+    # -- limits ---------------------------------------------------------------------------
+    def set_limits(
+        self,
+        *,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        burst: float | None = None,
+        profile: str | Limits | None = None,
+    ) -> None:
+        """Replace the request and token limits (buckets start full)."""
+        self.limits = (
+            profile if isinstance(profile, Limits) else make_limits(profile, rpm, tpm, burst)
+        )
+
     # -- configuration --------------------------------------------------------------------
     def route(
         self,
@@ -276,8 +340,9 @@ class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
             chaos,
             _compile(path),
         )
-        self._routes = [r for r in self._routes if (r.method, r.path) != (method, path)]
-        self._routes.append(new)
+        journal = self.journal
+        journal.routes = [r for r in journal.routes if (r.method, r.path) != (method, path)]
+        journal.routes.append(new)
         return new
 
     @staticmethod
@@ -309,7 +374,7 @@ class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
         3
         """
         new = Script(method.upper(), path, deque(parse_script(steps)), 0, _compile(path))
-        self._scripts.append(new)
+        self.journal.scripts.append(new)
         return new
 
     def set_chaos(self, chaos: Chaos | None, *, method: str = "*", path: str | None = None) -> None:
@@ -318,15 +383,14 @@ class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
             self.chaos = chaos
             return
         method = method.upper()
-        self._route_chaos = [c for c in self._route_chaos if (c[0], c[2]) != (method, path)]
+        journal = self.journal
+        journal.route_chaos = [c for c in journal.route_chaos if (c[0], c[2]) != (method, path)]
         if chaos is not None:
-            self._route_chaos.append((method, _compile(path), path, chaos))
+            journal.route_chaos.append((method, _compile(path), path, chaos))
 
     def reset(self) -> None:
         """Forget the journal and the scripts (routes and limits stay)."""
-        self.requests.clear()
-        self._received = 0
-        self._scripts.clear()
+        self.journal.reset()
 
     # -- request handling -----------------------------------------------------------------
     async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
@@ -336,7 +400,8 @@ class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
             response.headers.setdefault("x-request-id", f"req_{self._rid(entry)}")
             response.headers.setdefault("request-id", f"req_{self._rid(entry)}")  # Anthropic's
         anthropic = request.path.rstrip("/") == "/v1/messages"
-        for key, value in self._limit_headers(anthropic).items():
+        extra = self.limits.headers(self._clock.now(), response.status, anthropic)
+        for key, value in extra.items():
             response.headers.setdefault(key, value)
 
     @staticmethod
@@ -360,8 +425,9 @@ class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
             with contextlib.suppress(ValueError):
                 parsed = jsonlib.loads(raw)
         method, path = request.method, request.path
+        journal = self.journal
         entry = RecordedRequest(
-            self._received,
+            journal.received,
             method,
             path,
             dict(request.query),
@@ -370,13 +436,9 @@ class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
             parsed,
             clock.now(),
         )
-        self._received += 1
-        self.requests.append(entry)
-        limit = self.journal_limit
-        if limit is not None and len(self.requests) >= 2 * limit:
-            del self.requests[:-limit]  # amortised: trim to the newest `limit` entries
+        journal.record(entry)
         request[_ENTRY_KEY] = entry
-        route, params = self._match_route(method, path)
+        route, params = journal.match_route(method, path)
         request[_PARAMS_KEY] = params
         builtin = self._builtin.get((method, path.rstrip("/")))
         is_models = method == "GET" and path.rstrip("/").startswith("/v1/models")
@@ -386,9 +448,10 @@ class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
             entry.route = path.rstrip("/")
         anthropic = route is None and path.rstrip("/").startswith("/v1/messages")
 
-        chaos = self._chaos_for(method, path, route)
+        journal.chaos = self.chaos
+        chaos = journal.chaos_for(method, path, route)
         if chaos is not None:
-            delay = chaos.pick_latency(self._rng)
+            delay = chaos.pick_latency(journal.rng)
             if delay > 0:
                 await clock.sleep(delay)
 
@@ -401,7 +464,7 @@ class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
                 "invalid_api_key",
             )
 
-        fault = self._next_fault(method, path, chaos)
+        fault = journal.next_fault(method, path, chaos)
         if fault is not None and fault.kind != "ok":
             entry.fault = fault.kind if fault.kind != "status" else str(fault.status)
         answer: _Answer | _Stream | web.StreamResponse
@@ -429,9 +492,9 @@ class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
         if route is not None:
             result = await self._user_answer(route, request)
             if isinstance(result, web.StreamResponse):
-                limited = self._admit(0)
+                limited = self.limits.admit(clock.now(), 0)
                 if limited is not None:
-                    return self._limited(limited, 0, anthropic)
+                    return self._refuse(limited, 0, anthropic)
                 return result
             answer = result
             tokens = 0
@@ -453,7 +516,44 @@ class FakeAPI(_JournalMixin, _LimitsMixin, _AnswersMixin):
                 404, False, f"no route for {method} {path}", "invalid_request_error", "not_found"
             )
 
-        limited = self._admit(tokens)
+        if self.limits.tokens_at_admission and builtin is not None:
+            tokens = _admission_tokens(parsed, tokens, path.rstrip("/"))
+        limited = self.limits.admit(clock.now(), tokens)
         if limited is not None:
-            return self._limited(limited, tokens, anthropic)
+            return self._refuse(limited, tokens, anthropic)
         return await self._send(request, answer, fault, anthropic)
+
+    def _refuse(self, refused: Refusal, tokens: int, anthropic: bool) -> web.Response:
+        shaped, message, kind, headers = self.limits.refusal(refused, tokens, anthropic)
+        body = self.limits.error_body(message)
+        if body is not None:
+            return web.Response(
+                status=429,
+                body=_json_bytes(body),
+                content_type="application/json",
+                headers=headers,
+            )
+        return self._error_response(
+            429, shaped, message, kind, "rate_limit_exceeded", headers=headers
+        )
+
+
+def _admission_tokens(body: Any, total: int, path: str) -> int:
+    """What OpenAI counts at admission: the prompt plus ``max_tokens`` (when given)."""
+    if not isinstance(body, dict):
+        return total
+    cap = body.get("max_tokens", body.get("max_completion_tokens", body.get("max_output_tokens")))
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
+        return total
+    try:
+        if path == "/v1/chat/completions":
+            prompt = content.plan_chat(body).prompt_tokens
+        elif path == "/v1/messages":
+            prompt = content.plan_messages(body).prompt_tokens
+        elif path == "/v1/responses":
+            prompt = content.plan_responses(body).prompt_tokens
+        else:
+            return total
+    except content.BadRequest:
+        return total
+    return prompt + cap

@@ -26,7 +26,6 @@ every ``retry_interval`` seconds and the shared state resumes as soon as it answ
 
 from __future__ import annotations
 
-from headway.backends._breaker import RedisBreakerState
 from headway.backends.redis.backend import (
     BACKEND_RECOVERED,
     BACKEND_UNAVAILABLE,
@@ -34,6 +33,7 @@ from headway.backends.redis.backend import (
     RedisBackend,
     RedisBackendConfig,
 )
+from headway.backends.redis.breaker import RedisBreakerState
 from headway.backends.redis.limiter import RedisLimiter
 from headway.backends.redis.reservation import RedisReservation
 

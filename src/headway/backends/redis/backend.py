@@ -16,6 +16,9 @@ import headway.backends._scripts as _scripts
 from headway._clock import Clock, resolve_clock
 from headway._secrets import redact_url
 from headway.backends._base import Limit, limits_of, llm_limits
+from headway.backends.redis._outage import _Unavailable
+from headway.backends.redis.breaker import RedisBreakerState
+from headway.backends.redis.limiter import RedisLimiter
 from headway.errors import BackendUnavailableError, ConfigurationError
 from headway.events import emit
 
@@ -60,10 +63,6 @@ class RedisBackendConfig(BaseModel):
                 f"local_share must be 'auto' or in (0, 1], not {share!r}: the share of the "
                 "global rate one worker may use while Redis is unreachable"
             )
-
-
-class _Unavailable(BackendUnavailableError):
-    """A Redis call failed (internally: the caller falls back)."""
 
 
 class RedisBackend:
@@ -141,18 +140,14 @@ class RedisBackend:
         self.workers = 1
         #: How many outages this backend has gone through.
         self.outages = 0
-        self._reserve: AsyncScript = self.client.register_script(_scripts.RESERVE)
-        self._br_read: AsyncScript = self.client.register_script(_scripts.BREAKER_READ)
-        self._br_open: AsyncScript = self.client.register_script(_scripts.BREAKER_OPEN)
-        self._br_trial: AsyncScript = self.client.register_script(_scripts.BREAKER_TRIAL)
-        self._br_release: AsyncScript = self.client.register_script(_scripts.BREAKER_RELEASE)
+        #: The limiters' reservation script (:meth:`eval_script` runs it).
+        self.reserve_script: AsyncScript = self.client.register_script(_scripts.RESERVE)
         self._down = False
         self._down_since = 0.0
         self._retry_at = 0.0
         self._probing = False
         self._limiters: dict[str, RedisLimiter] = {}
         self._breakers: dict[str, RedisBreakerState] = {}
-        self._shared_states: dict[str, SharedCircuitState[RedisBreakerState]] = {}
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._closed = False
@@ -164,7 +159,11 @@ class RedisBackend:
         """False during an outage (between a failed call and the next answer)."""
         return not self._down
 
-    def _may_call(self) -> bool:
+    def resting(self, now: float) -> bool:
+        """Whether an outage is on and no probe is due at ``now``: skip Redis, stay local."""
+        return self._down and (self._probing or now < self._retry_at)
+
+    def may_call(self) -> bool:
         """Whether to call Redis now; during an outage one caller probes per interval."""
         if not self._down:
             return True
@@ -199,8 +198,11 @@ class RedisBackend:
                 outage=round(self.clock.now() - self._down_since, 3),
             )
 
-    async def _eval(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run ``script`` within ``timeout``; any trouble marks an outage and raises."""
+    async def eval_script(
+        self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        """Run ``script`` within ``timeout``; any trouble marks an outage and raises
+        :class:`~headway.errors.BackendUnavailableError` (for this backend's stores)."""
         try:
             async with asyncio.timeout(self.config.timeout):
                 result = await script(keys=keys, args=args)
@@ -217,7 +219,8 @@ class RedisBackend:
         self._recovered()
         return result
 
-    def _unavailable(self, what: str) -> BackendUnavailableError:
+    def unavailable_error(self, what: str) -> BackendUnavailableError:
+        """The error for ``what`` under ``on_backend_error="fail"`` during an outage."""
         return BackendUnavailableError(
             f"Redis at {self._where} is unreachable, so {what} cannot be shared "
             "(on_backend_error='fail'); it is retried every "
@@ -243,7 +246,8 @@ class RedisBackend:
         self._recovered()
         return True
 
-    def _ensure_refresher(self) -> None:
+    def ensure_refresher(self) -> None:
+        """Start the task that keeps shared circuit states fresh (once, in a loop)."""
         if self._task is not None or self._closed:
             return
         try:
@@ -252,13 +256,39 @@ class RedisBackend:
             return
         self._wake = asyncio.Event()
         self._task = loop.create_task(
-            run_refresher(self, self._wake), name="headway-redis-breaker-refresher"
+            self._refresh(self._wake), name="headway-redis-breaker-refresher"
         )
 
-    def _wake_refresher(self) -> None:
-        self._ensure_refresher()
+    def wake_refresher(self) -> None:
+        """A shared circuit state has something to send: run the refresher now."""
+        self.ensure_refresher()
         if self._wake is not None:
             self._wake.set()
+
+    async def _refresh(self, wake: asyncio.Event) -> None:
+        """The refresher task: keep every shared circuit state fresh."""
+        clock = self.clock
+        interval = self.config.breaker_refresh
+        next_read = clock.now()
+        while not self._closed:
+            read = clock.now() >= next_read
+            if read:
+                next_read = clock.now() + interval
+            wake.clear()
+            if self.may_call():
+                try:
+                    for state in list(self._breakers.values()):
+                        await state.step(read)
+                except _Unavailable:
+                    pass
+                finally:
+                    self._probing = False
+            with contextlib.suppress(TimeoutError):
+                delay = max(0.0, next_read - clock.now())
+                if self._down:
+                    delay = max(delay, self._retry_at - clock.now())
+                async with asyncio.timeout(delay):
+                    await wake.wait()
 
     # -- factories --------------------------------------------------------------------
 
@@ -309,22 +339,18 @@ class RedisBackend:
         """
         return self.limiter(name, limits=limits_of(limiter), max_wait=max_wait)
 
-    def breaker_state(
-        self, name: str, *, half_open_max_calls: int = 1
-    ) -> SharedCircuitState[RedisBreakerState]:
-        """The circuit state ``name`` shared by every worker's breaker of that name.
+    def breaker_store(self, name: str, *, half_open_max_calls: int = 1) -> RedisBreakerState:
+        """The store of the circuit ``name``, shared by every worker's breakers of that name.
 
-        ``CircuitBreaker(name=..., backend=backend)`` calls this. Give
-        ``half_open_max_calls`` (the cluster-wide number of trial calls) by calling it
-        once yourself before building the breakers, if it is not 1.
+        ``CircuitBreaker(name=..., backend=backend)`` calls this; the same object for the
+        same name. Give ``half_open_max_calls`` (the cluster-wide number of trial calls)
+        by calling it once yourself before building the breakers, if it is not 1.
         """
-        shared = self._shared_states.get(name)
-        if shared is None:
+        store = self._breakers.get(name)
+        if store is None:
             store = RedisBreakerState(self, name, half_open_max_calls=half_open_max_calls)
             self._breakers[name] = store
-            shared = SharedCircuitState(store, self.clock, name)
-            self._shared_states[name] = shared
-        return shared
+        return store
 
     def key(self, *parts: str) -> str:
         """A key under this backend's prefix."""
@@ -348,7 +374,7 @@ class RedisBackend:
                 if current is not None and current.cancelling():
                     raise
         for lim in self._limiters.values():
-            if lim._has_pending() and not self._down:
+            if lim.has_pending() and not self._down:
                 with contextlib.suppress(BackendUnavailableError):
                     await lim.flush()
         if self._owns_client:
@@ -370,11 +396,3 @@ class RedisBackend:
             f"RedisBackend({self._where!r}, prefix={self.prefix!r}, "
             f"on_backend_error={self.config.on_backend_error!r})"
         )
-
-
-from headway.backends._breaker import (  # noqa: E402
-    RedisBreakerState,
-    SharedCircuitState,
-    run_refresher,
-)
-from headway.backends.redis.limiter import RedisLimiter  # noqa: E402

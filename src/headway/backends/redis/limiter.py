@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from headway._clock import Clock, resolve_clock
 from headway.backends._base import Limit
 from headway.backends._model import LocalBuckets
-from headway.backends.redis.backend import _Unavailable
+from headway.backends.redis._outage import _Unavailable
 from headway.backends.redis.reservation import _ALLOW, _LOCAL, _SHARED, RedisReservation, _Slot
 from headway.errors import ConfigurationError, MaxWaitExceededError, RequestTooLargeError
 from headway.events import (
@@ -30,7 +30,10 @@ from headway.limits import RATE_LIMITED_PAUSE
 if TYPE_CHECKING:
     from headway.backends.redis.backend import RedisBackend
 
-__all__ = ["RedisLimiter"]
+__all__ = ["MAX_PAUSE", "RedisLimiter"]
+
+#: The longest a pause (a 429's Retry-After) holds every worker, in seconds.
+MAX_PAUSE = 120.0
 
 
 def _first(item: tuple[float, list[float]]) -> float:
@@ -150,11 +153,8 @@ class RedisLimiter:
         if max_wait is None:
             max_wait = self.max_wait
         backend = self.backend
-        if (
-            backend._down
-            and not self._busy
-            and (backend._probing or self.clock.now() < backend._retry_at)
-        ):  # an outage: no round trip, unless a probe is due
+        if not self._busy and backend.resting(self.clock.now()):
+            # an outage: no round trip, unless a probe is due
             return _outcome(self._reserve_local(amounts, max_wait, requests, tokens))
         if self._local is not None and self.clock.now() < self._recovering_until:
             # Just back from an outage: other workers may still be on their fallbacks, so
@@ -220,7 +220,7 @@ class RedisLimiter:
                 batch.append(nxt)
         outcomes: list[Any] | None = None
         try:
-            if self.backend._may_call():
+            if self.backend.may_call():
                 with contextlib.suppress(_Unavailable):
                     outcomes = await self._reserve_shared(batch)
         except BaseException:
@@ -283,7 +283,7 @@ class RedisLimiter:
         for r in batch:
             args.append(-1 if r.max_wait is None else r.max_wait * 1000.0)
             args += r.amounts
-        result = await backend._eval(backend._reserve, self._keys, args)
+        result = await backend.eval_script(backend.reserve_script, self._keys, args)
         if local is not None:
             # Back: the level is capped. Other workers may still be on their fallbacks
             # until their next probe, and their queued local admissions run on, so until
@@ -343,7 +343,7 @@ class RedisLimiter:
     ) -> RedisReservation | BaseException:
         mode = self.backend.config.on_backend_error
         if mode == "fail":
-            return self.backend._unavailable(f"limiter {self.name!r}")
+            return self.backend.unavailable_error(f"limiter {self.name!r}")
         if mode == "allow":
             return RedisReservation(self, _ALLOW, None, 0.0, requests, tokens)
         local = self._local
@@ -409,7 +409,13 @@ class RedisLimiter:
             retry_after=wait,
         )
 
-    def _settle(self, source: int, state: LocalBuckets | None, tokens: float) -> None:
+    @property
+    def shift(self) -> float:
+        """Total seconds waiting reservations were pushed back by pauses (only grows)."""
+        return self._shift
+
+    def settle_units(self, source: int, state: LocalBuckets | None, tokens: float) -> None:
+        """A reservation of ``source`` settled: ``tokens`` more were used (< 0: fewer)."""
         deltas = [tokens if t else 0.0 for t in self._tokens]
         if source == _SHARED:
             pending = self._pending
@@ -418,16 +424,18 @@ class RedisLimiter:
         elif source == _LOCAL and state is not None:
             state.adjust(deltas)
 
-    def _cancel(
+    def cancel_units(
         self, source: int, state: LocalBuckets | None, at: float, requests: float, tokens: float
     ) -> None:
+        """Give back a cancelled reservation of ``source`` admitted ``at``."""
         back = [tokens if t else requests for t in self._tokens]
         if source == _SHARED:
             self._cancels.append((at, back))
         elif source == _LOCAL and state is not None:
             state.cancel(at, back)
 
-    def _has_pending(self) -> bool:
+    def has_pending(self) -> bool:
+        """Whether settles, cancels, caps or a pause still wait to be sent to Redis."""
         return (
             any(self._pending)
             or bool(self._cancels)
@@ -458,9 +466,13 @@ class RedisLimiter:
         """Admit nobody before clock time ``when`` (after a 429 with Retry-After).
 
         Applies in this process at once and for every worker with the next round trip
-        (call :meth:`flush` to publish it now). Later reservations queue behind it.
+        (call :meth:`flush` to publish it now). Later reservations queue behind it. A
+        pause is at most :data:`MAX_PAUSE` long: one ``Retry-After: 86400`` does not stop
+        every worker (nor keep the bucket in Redis) for a day.
         """
         now = self.clock.now()
+        if when > now + MAX_PAUSE:
+            when = now + MAX_PAUSE
         start = max(self._pause_until, now)
         if when > start:
             self._pause_until = when
@@ -491,6 +503,23 @@ class RedisLimiter:
 
     def on_success(self) -> None:
         """An attempt succeeded: a no-op for fixed limits."""
+
+    def set_limit(self, index: int, limit: Limit) -> None:
+        """Replace limit ``index`` (same unit and period) from the next round trip on.
+
+        What a limiter that learns its rate (:class:`~headway.backends.redis.adaptive.
+        SharedAdaptiveLimiter`) uses to change the shared bucket's rate and burst.
+        """
+        old = self.limits[index]
+        if (limit.unit, limit.period) != (old.unit, old.period):
+            raise ConfigurationError(
+                f"limiter {self.name!r}: limit {index} is {old.unit} per {old.period:g}s; "
+                "a new rate keeps the unit and the period"
+            )
+        limits = list(self.limits)
+        limits[index] = limit
+        self.limits = tuple(limits)
+        self._static[index] = (repr(limit.per_second / 1000.0), repr(limit.capacity))
 
     def sync(
         self,

@@ -41,7 +41,7 @@ class RedisReservation(Reservation):
     ) -> None:
         # Reservation's own __init__ is for in-memory buckets: set every field here.
         self._at = at  # admission time: server ms (shared) or clock seconds (local)
-        self._mark = limiter._shift  # pauses after this push the wait back
+        self._mark = limiter.shift  # pauses after this push the wait back
         self._limiter = limiter
         self._source = source
         self._state = state
@@ -68,7 +68,7 @@ class RedisReservation(Reservation):
         diff = float(tokens) - self.tokens
         if diff:
             self.tokens = float(tokens)
-            self._limiter._settle(self._source, self._state, -diff)
+            self._limiter.settle_units(self._source, self._state, -diff)
 
     def cancel(self) -> None:
         """Give everything back (idempotent); used when the waiter is cancelled.
@@ -80,19 +80,19 @@ class RedisReservation(Reservation):
         if self._source < 0:
             return
         source, self._source = self._source, -1
-        self._limiter._cancel(source, self._state, self._at, self.requests, self.tokens)
+        self._limiter.cancel_units(source, self._state, self._at, self.requests, self.tokens)
 
     async def wait(self) -> None:
         """Sleep until admitted (longer if the limiter is paused meanwhile); cancel if cancelled."""
         limiter = self._limiter
-        if self._source < 0 or (self.delay <= 0.0 and limiter._shift == self._mark):
+        if self._source < 0 or (self.delay <= 0.0 and limiter.shift == self._mark):
             return
         clock = limiter.clock
         try:
             mark = self._mark
             await clock.sleep(self.delay)
-            while limiter._shift > mark:
-                extra, mark = limiter._shift - mark, limiter._shift
+            while limiter.shift > mark:
+                extra, mark = limiter.shift - mark, limiter.shift
                 await clock.sleep(extra)
         except BaseException:
             self.cancel()

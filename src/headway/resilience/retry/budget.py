@@ -12,7 +12,7 @@ class RetryBudget:
     """Retries allowed across many calls: a ratio of recent calls plus a floor per second.
 
     Every call deposits one request (:meth:`record_request`); every retry withdraws one
-    (:meth:`try_spend`). Over the last ``window`` seconds, at most
+    (:meth:`try_withdraw`). Over the last ``window`` seconds, at most
     ``ratio * calls + min_retries_per_second * window`` retries are allowed. With the
     defaults (20 % and 10/s over 10 s), a service where every call fails sees at most
     1.2x the load plus a trickle, instead of 4x with three retries per call.
@@ -31,7 +31,7 @@ class RetryBudget:
     ...                      clock=ManualClock())
     >>> for _ in range(4):
     ...     budget.record_request()
-    >>> [budget.try_spend() for _ in range(3)]
+    >>> [budget.try_withdraw() for _ in range(3)]
     [True, True, False]
     """
 
@@ -130,11 +130,6 @@ class RetryBudget:
 
     def try_withdraw(self) -> bool:
         """Withdraw one retry if the budget allows it; return whether it did."""
-        return self.try_spend()
-
-    def try_spend(self) -> bool:
-        """Withdraw one retry if the budget allows it; return whether it did
-        (the older name of :meth:`try_withdraw`)."""
         epoch = int(self._now() // self._width)
         last = self._epoch
         pending = self._pending

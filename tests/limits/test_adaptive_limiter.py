@@ -1,0 +1,304 @@
+"""AdaptiveLimiter against FakeAPI's enforcement profiles, in virtual time.
+
+The driver does what the retry engine does with a limiter (reserve, wait, send, feed the
+headers, then ``on_success`` or ``on_rate_limited``), so the control loop is tested on
+its own; the Endpoint and ``headway run`` tests cover the wiring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from headway import ManualClock
+from headway.errors import ConfigurationError, QuotaExceededError, RateLimitError
+from headway.http.status import error_for_status
+from headway.limits import AdaptiveLimiter, Limiter
+from headway.limits.adaptive import RATE_CHANGED, RateChanged, RateControl
+from headway.testing import FakeAPI
+from headway.testing._fake_limits import PROFILES
+
+CHAT = "/v1/chat/completions"
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+#: The longest a rate 429 is honoured (the engine's max_server_delay).
+MAX_SERVER_DELAY = 60.0
+
+
+@dataclass
+class Outcome:
+    ok: int = 0
+    rate_limited: int = 0
+    failed: list[str] = field(default_factory=list)
+    done_at: list[float] = field(default_factory=list)
+
+
+async def drive(
+    api: FakeAPI, limiter: AdaptiveLimiter, lines: int, *, workers: int = 16, tokens: float = 0.0
+) -> Outcome:
+    """Send ``lines`` requests through ``limiter`` as the retry engine would."""
+    out = Outcome()
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(lines):
+        queue.put_nowait(i)
+    loop = asyncio.get_running_loop()
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while not queue.empty():
+            queue.get_nowait()
+            for _ in range(200):
+                reservation = limiter.reserve_nowait(1.0, tokens)
+                if reservation is None:
+                    reservation = await limiter.reserve(1.0, tokens)
+                await reservation.wait()
+                async with session.post(api.url + CHAT, json=BODY) as resp:
+                    content = await resp.read()
+                    limiter.observe_headers(resp.headers)
+                    if resp.status == 200:
+                        limiter.on_success()
+                        out.ok += 1
+                        out.done_at.append(loop.time())
+                        break
+                    err = error_for_status(resp.status, resp.headers, content, "POST", api.url)
+                    if isinstance(err, QuotaExceededError) or not isinstance(err, RateLimitError):
+                        out.failed.append(type(err).__name__)
+                        break
+                    out.rate_limited += 1
+                    delay = err.retry_after
+                    if delay is not None:
+                        delay = min(delay, MAX_SERVER_DELAY)
+                    limiter.on_rate_limited(delay, empty=err.bucket_empty)
+                    # this request alone backs off a little before reserving again
+                    await asyncio.sleep(delay if delay is not None else 0.05)
+            else:  # pragma: no cover - a line that never got through
+                out.failed.append("gave up")
+
+    async with aiohttp.ClientSession() as session:
+        await asyncio.gather(*(worker(session) for _ in range(workers)))
+    return out
+
+
+def rate_after(out: Outcome, start: float) -> float:
+    """Answers per minute from ``start`` (clock time) to the last answer."""
+    times = [t for t in out.done_at if t >= start]
+    if len(times) < 2:
+        return 0.0
+    return (len(times) - 1) / (times[-1] - times[0]) * 60.0
+
+
+LIMIT = 240.0  # the server's real limit, per minute
+
+
+@pytest.mark.virtual_time
+@pytest.mark.parametrize("profile", PROFILES)
+async def test_no_user_limit_every_profile_no_failed_line(profile: str) -> None:
+    async with FakeAPI(profile=profile, rpm=LIMIT) as api:
+        limiter = AdaptiveLimiter()
+        t0 = asyncio.get_running_loop().time()
+        out = await drive(api, limiter, 200)
+    assert out.failed == []
+    assert out.ok == 200
+    assert out.rate_limited <= 0.08 * out.ok, out
+    if profile != "shared":
+        achieved = rate_after(out, t0 + 15.0)
+        assert achieved >= 0.85 * LIMIT, (achieved, out.rate_limited)
+
+
+@pytest.mark.virtual_time
+@pytest.mark.parametrize("profile", PROFILES)
+async def test_ceiling_ten_times_the_real_limit_no_failed_line(profile: str) -> None:
+    async with FakeAPI(profile=profile, rpm=LIMIT) as api:
+        limiter = AdaptiveLimiter(rpm=10 * LIMIT)
+        out = await drive(api, limiter, 120)
+    assert out.failed == []
+    assert out.rate_limited <= 0.1 * out.ok, out
+
+
+@pytest.mark.virtual_time
+@pytest.mark.parametrize("profile", PROFILES)
+async def test_ceiling_half_the_real_limit_is_never_exceeded(profile: str) -> None:
+    ceiling = LIMIT / 2
+    async with FakeAPI(profile=profile, rpm=LIMIT) as api:
+        limiter = AdaptiveLimiter(rpm=ceiling)
+        t0 = asyncio.get_running_loop().time()
+        out = await drive(api, limiter, 100)
+        burst = limiter.limiters[0].max_tokens
+        # after the first calls booked before the first answer said anything
+        most = api.max_in_window(30.0, "POST", CHAT, after=t0 + 5.0)
+        ten = api.max_in_window(10.0, "POST", CHAT, after=t0 + 5.0)
+    assert out.failed == []
+    assert out.rate_limited == 0
+    assert most <= ceiling / 2 + burst
+    assert ten <= ceiling / 6 + burst
+    assert limiter.rate_in_force() == (ceiling, "user")
+
+
+@pytest.mark.virtual_time
+async def test_advertised_limit_is_used_at_once_and_ceiling_holds() -> None:
+    async with FakeAPI(profile="openai", rpm=600, tpm=100_000) as api:
+        changes: list[Any] = []
+        limiter = AdaptiveLimiter(rpm=400, listeners=(changes.append,))
+        out = await drive(api, limiter, 50, workers=4, tokens=20)
+    assert out.failed == []
+    assert limiter.rate_in_force() == (400.0, "user")
+    assert limiter.rate_in_force("tokens") == (100_000.0, "server")
+    assert limiter.learned_limits() == {"requests": 600.0, "tokens": 100_000.0}
+    assert isinstance(changes[0], RateChanged)
+    assert changes[0].reason == "advertised"
+    assert changes[0].kind == RATE_CHANGED
+    assert {c.unit for c in changes} == {"requests", "tokens"}
+
+
+@pytest.mark.virtual_time
+async def test_shared_key_lowers_then_recovers() -> None:
+    async with FakeAPI(profile="shared", rpm=LIMIT, burst=10) as api:
+        shared = api.limits
+        limiter = AdaptiveLimiter()
+        out = await drive(api, limiter, 200)
+        assert shared.name == "shared"
+    assert out.failed == []
+    # another client takes up to 80% of a small bucket: 429s are the only signal
+    assert out.rate_limited <= 0.2 * out.ok
+
+
+@pytest.mark.virtual_time
+async def test_silent_server_is_probed_and_converges() -> None:
+    async with FakeAPI(profile="silent", rpm=300) as api:
+        limiter = AdaptiveLimiter()
+        t0 = asyncio.get_running_loop().time()
+        out = await drive(api, limiter, 300)
+        learned = limiter.learned_limits()["requests"]
+    assert out.failed == []
+    assert 0.6 * 300 <= learned <= 1.2 * 300
+    assert rate_after(out, t0 + 20.0) >= 0.8 * 300
+
+
+@pytest.mark.virtual_time
+async def test_demo_style_429_with_room_left_does_not_pause_or_slow() -> None:
+    limiter = AdaptiveLimiter(rpm=600)
+    limiter.observe_headers({"x-ratelimit-limit-requests": "650"})
+    before = limiter.rate_in_force()
+    limiter.on_rate_limited(1.0, empty=False)
+    assert limiter.rate_in_force() == before
+    assert limiter.limiters[0].paused_until is None
+    assert limiter.rate_limited_count == 1
+    limiter.on_rate_limited(2.0, empty=True)
+    assert limiter.limiters[0].paused_until is not None
+    assert limiter.rate_in_force() is not None
+    assert limiter.rate_in_force()[0] < 600
+
+
+def test_control_law_ceiling_advertised_probe() -> None:
+    c = RateControl(ceiling=100.0, start=60.0)
+    assert (c.rate, c.source) == (60.0, "server")
+    assert c.advertise(50.0, 0.0)
+    assert (c.rate, c.source) == (50.0, "server")
+    assert not c.advertise(50.0, 0.0)
+    assert c.advertise(500.0, 0.0)
+    assert (c.rate, c.source) == (100.0, "user")
+    assert not c.rate_limited(1.0)  # 500 * 0.85 is still above the ceiling
+    assert c.rate == 100.0
+    assert c.share < 1.0
+    assert not c.rate_limited(1.5)  # within the hold: one signal
+    assert not c.room()
+    assert c.share == 1.0
+    assert not c.room()
+    p = RateControl(ceiling=None, start=60.0)
+    assert not p.succeeded(0.0)
+    assert p.succeeded(1.0)
+    assert p.rate == pytest.approx(90.0)
+    assert p.rate_limited(2.0)
+    assert p.rate == pytest.approx(45.0)
+    assert not p.slow_start
+    assert p.succeeded(3.0)
+    assert p.rate == pytest.approx(45.0 + 0.015 * 90.0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["ok", "429", "adv"]),
+            st.floats(0.0, 5.0),
+            st.floats(1.0, 1e5),
+        ),
+        max_size=60,
+    ),
+    st.one_of(st.none(), st.floats(1.0, 1e5)),
+)
+def test_rate_never_exceeds_the_ceiling_and_stays_positive(
+    steps: list[tuple[str, float, float]], ceiling: float | None
+) -> None:
+    c = RateControl(ceiling=ceiling, start=60.0)
+    now = 0.0
+    for kind, dt, value in steps:
+        now += dt
+        if kind == "ok":
+            c.succeeded(now)
+        elif kind == "429":
+            c.rate_limited(now)
+        else:
+            c.advertise(value, now)
+        assert c.rate > 0.0
+        assert math.isfinite(c.rate)
+        if ceiling is not None:
+            assert c.rate <= ceiling
+        if c.advertised is not None:
+            assert c.rate <= c.advertised
+
+
+def test_limiter_protocol_and_validation() -> None:
+    clock = ManualClock()
+    limiter = AdaptiveLimiter(rpm=120, tpm=1000, clock=clock, name="x")
+    assert isinstance(limiter, Limiter)
+    assert limiter.clock is clock
+    assert "limited by server" in repr(limiter)
+    for bad in ({"rpm": 0}, {"tpm": math.inf}, {"start_rpm": -1}, {"burst_seconds": 0}):
+        with pytest.raises(ConfigurationError):
+            AdaptiveLimiter(**bad)  # type: ignore[arg-type]
+    assert AdaptiveLimiter().rate_in_force("tokens") is None
+    assert AdaptiveLimiter().learned_limits() == {}
+
+
+@pytest.mark.virtual_time
+async def test_reserve_slot_pause_sync_and_events() -> None:
+    seen = []
+    from headway import events
+
+    events.add_listener(seen.append)
+    try:
+        limiter = AdaptiveLimiter(rpm=60, tpm=600, name="t")
+        r = await limiter.reserve(1, 10)
+        assert r.delay == 0.0
+        async with limiter.slot(1, 10):
+            pass
+        limiter.sync("requests", 0)
+        limiter.pause(0.5)
+        limiter.pause_until(asyncio.get_running_loop().time() + 1.0)
+        assert limiter.limiters[0].paused_until is not None
+        limiter.observe_headers(
+            {"x-ratelimit-limit-requests": "30", "x-ratelimit-limit-tokens": "x"}
+        )
+        limiter.observe_headers(
+            {
+                "x-ratelimit-limit-requests": "30",
+                "x-ratelimit-remaining-requests": "1",
+                "x-ratelimit-remaining-tokens": "5",
+                "x-ratelimit-limit-tokens": "300",
+            }
+        )
+        limiter.observe_headers({"x-ratelimit-remaining-requests": "bad"})
+    finally:
+        events.remove_listener(seen.append)
+    kinds = [e.kind for e in seen]
+    assert RATE_CHANGED in kinds
+    changed = [e for e in seen if e.kind == RATE_CHANGED]
+    assert changed[0].data["limited_by"] == "server"
+    assert limiter.rate_in_force() == (30.0, "server")
+    assert limiter.rate_in_force("tokens") == (300.0, "server")
