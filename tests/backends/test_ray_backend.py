@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from headway import CircuitBreakerOpenError
 from headway._clock import resolve_clock
-from headway.backends.ray import RayBackend, RayReservation, SharedState
+from headway.backends.ray import RayBackend, RayBreakerState, RayReservation, SharedState
 from headway.errors import (
     ConfigurationError,
     MaxWaitExceededError,
@@ -26,7 +26,7 @@ from headway.errors import (
     ServerError,
 )
 from headway.events import Event, add_listener, remove_listener
-from headway.resilience.breaker import CircuitBreaker, CircuitState
+from headway.resilience.breaker import BreakerStore, CircuitBreaker, CircuitState
 
 
 class _Method:
@@ -235,7 +235,7 @@ async def test_one_worker_opens_the_circuit_for_all_and_one_trial_runs() -> None
     await asyncio.sleep(0.6)
     assert ba.state is CircuitState.CLOSED
     assert bb.state is CircuitState.CLOSED
-    assert "svc" in repr(a.breaker_state("svc").store)
+    assert "svc" in repr(a.breaker_store("svc"))
     await a.aclose()
     await b.aclose()
     await a.aclose()  # idempotent
@@ -245,8 +245,8 @@ async def test_one_worker_opens_the_circuit_for_all_and_one_trial_runs() -> None
 async def test_breaker_writes_survive_an_outage() -> None:
     actor = StubActor()
     a, b = RayBackend(actor=actor), RayBackend(actor=actor)
-    sa = a.breaker_state("svc").store
-    sb = b.breaker_state("svc").store
+    sa = a.breaker_store("svc")
+    sb = b.breaker_store("svc")
     assert sb.open_for() is None
     actor.down = True
     sa.publish_open(30.0)
@@ -268,10 +268,54 @@ async def test_breaker_writes_survive_an_outage() -> None:
     await b.aclose()
 
 
+@pytest.mark.virtual_time
+async def test_breaker_store_is_a_breaker_store_with_a_cluster_wide_trial_cap() -> None:
+    actor = StubActor()
+    backends = [RayBackend(actor=actor) for _ in range(3)]
+    stores = [bk.breaker_store("db", half_open_max_calls=2) for bk in backends]
+    assert backends[0].breaker_store("db") is stores[0]  # one store per name
+    assert isinstance(stores[0], RayBreakerState)
+    store: BreakerStore = stores[0]  # the protocol the breaker talks to
+    assert await stores[1].refresh() is None
+    assert not stores[0].is_open
+    store.publish_open(5.0)
+    assert stores[0].is_open
+    assert stores[0].open_for() == pytest.approx(5.0)
+    assert await stores[0].refresh() == pytest.approx(5.0, abs=0.01)  # write, then read
+    left = await stores[2].refresh()
+    assert left is not None
+    assert 0 < left <= 5.0
+    await asyncio.sleep(5.0)
+    # trial time: every worker asks; the actor leases two, the third gets none
+    assert not any(s.try_trial() for s in stores)
+    await asyncio.sleep(0.5)
+    taken = [s.try_trial() for s in stores]
+    assert sum(taken) == 2  # the third asked again: denied at the next round trip
+    other = stores[taken.index(False)]
+    await asyncio.sleep(0.5)
+    assert not other.try_trial()  # both leases still held
+    stores[taken.index(True)].release_trial()  # a cancelled trial: its lease goes back
+    await asyncio.sleep(0.5)
+    assert not other.try_trial()  # asks again (each ask is one round trip's answer)
+    await asyncio.sleep(0.5)
+    assert other.try_trial()
+    other.publish_closed()
+    assert await other.refresh() is None  # the close goes out first
+    for s in stores:
+        await s.refresh()
+        assert s.open_for() is None
+    for bk in backends:
+        await bk.aclose()
+    stores[0].publish_open(1.0)  # a closed backend starts no refresher again
+    assert stores[0].open_for() is not None
+    await asyncio.sleep(0.5)
+    assert await stores[1].refresh() is None  # so the open never left this process
+
+
 def test_store_rules() -> None:
     state = SharedState()
     with pytest.raises(ConfigurationError):
-        RayBackend(actor=StubActor()).breaker_state("x", half_open_max_calls=0)
+        RayBackend(actor=StubActor()).breaker_store("x", half_open_max_calls=0)
     left, gen, got = state.breaker("x", 0.001, "t1", False, False, 1, 30.0)
     assert left is not None
     assert gen == 1

@@ -46,7 +46,6 @@ from typing import Any
 
 from headway._clock import Clock, resolve_clock
 from headway.backends._base import Limit, llm_limits
-from headway.backends._breaker import SharedCircuitState
 from headway.backends._model import Bucket, LocalBuckets, reserve_batch
 from headway.errors import ConfigurationError, MaxWaitExceededError, RequestTooLargeError
 from headway.events import LIMITER_PAUSED, LIMITER_WAIT, emit, enabled
@@ -250,8 +249,9 @@ class RayBackend:
             actor = self._named_actor()
         self.actor: Any = actor
         self._limiters: dict[str, RayLimiter] = {}
-        self._breakers: dict[str, SharedCircuitState[RayBreakerState]] = {}
+        self._breakers: dict[str, RayBreakerState] = {}
         self._refresher: asyncio.Task[None] | None = None
+        self._closed = False
         self._wake: asyncio.Event | None = None
 
     # -- the Backend protocol ---------------------------------------------------------
@@ -291,19 +291,22 @@ class RayBackend:
         self._limiters[name] = lim
         return lim
 
-    def breaker_state(
-        self, name: str, *, half_open_max_calls: int = 1
-    ) -> SharedCircuitState[RayBreakerState]:
-        """The circuit state ``CircuitBreaker(name=name, backend=backend)`` keeps."""
-        state = self._breakers.get(name)
-        if state is None:
+    def breaker_store(self, name: str, *, half_open_max_calls: int = 1) -> RayBreakerState:
+        """The store of the circuit ``name``, shared by every process's breakers of that name.
+
+        ``CircuitBreaker(name=..., backend=backend)`` calls this; the same object for the
+        same name. Give ``half_open_max_calls`` (the cluster-wide number of trial calls)
+        by calling it once yourself before building the breakers, if it is not 1.
+        """
+        store = self._breakers.get(name)
+        if store is None:
             store = RayBreakerState(self, name, half_open_max_calls=half_open_max_calls)
-            state = SharedCircuitState(store, self.clock, name)
-            self._breakers[name] = state
-        return state
+            self._breakers[name] = store
+        return store
 
     async def aclose(self) -> None:
-        """Stop the breaker refresher (idempotent); the actor stays for the others."""
+        """Stop the breaker refresher for good (idempotent); the actor stays for the others."""
+        self._closed = True
         task, self._refresher = self._refresher, None
         if task is not None:
             task.cancel()
@@ -371,8 +374,9 @@ class RayBackend:
 
     # -- breaker refresher ------------------------------------------------------------
 
-    def _ensure_refresher(self) -> None:
-        if self._refresher is not None and not self._refresher.done():
+    def ensure_refresher(self) -> None:
+        """Start the task that keeps shared circuit states fresh (once, in a loop)."""
+        if self._closed or (self._refresher is not None and not self._refresher.done()):
             return
         try:
             loop = asyncio.get_running_loop()
@@ -381,30 +385,37 @@ class RayBackend:
         self._wake = asyncio.Event()
         self._refresher = loop.create_task(self._refresh_loop(), name="headway-ray-breakers")
 
-    def _wake_refresher(self) -> None:
-        self._ensure_refresher()
+    def wake_refresher(self) -> None:
+        """A shared circuit state has something to send: run the refresher now."""
+        self.ensure_refresher()
         if self._wake is not None:
             self._wake.set()
 
     async def _refresh_loop(self) -> None:
+        """The refresher task: one round per ``breaker_refresh`` s (or when woken)."""
         wake = self._wake
         assert wake is not None
-        last_read = -math.inf
-        while True:
-            now = self.clock.now()
-            read = now - last_read >= self.breaker_refresh
+        clock = self.clock
+        next_read = clock.now()
+        while not self._closed:
+            read = clock.now() >= next_read
             if read:
-                last_read = now
-            for state in list(self._breakers.values()):
-                try:
-                    await state.store.step(read)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self._failed(exc)
+                next_read = clock.now() + self.breaker_refresh
             wake.clear()
+            if self._may_call():
+                for store in list(self._breakers.values()):
+                    try:
+                        await store.step(read)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        self._failed(exc)
+                        break  # the actor is away: probe again after retry_interval
+            delay = max(0.0, next_read - clock.now())
+            if self._down:
+                delay = max(delay, self._retry_at - clock.now())
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.breaker_refresh):
+                async with asyncio.timeout(delay):
                     await wake.wait()
 
     def __repr__(self) -> str:
@@ -830,11 +841,17 @@ _NOTHING = -1.0
 
 
 class RayBreakerState:
-    """The circuit ``name`` shared through the backend's actor (a ``BreakerStateStore``).
+    """The circuit ``name`` shared through the backend's actor: a
+    :class:`~headway.resilience.breaker.BreakerStore`.
 
-    The breaker reads a local view; writes apply to it at once and reach the actor with
-    the backend's refresher, which also re-reads the shared state every
-    ``breaker_refresh`` seconds. Half-open trial permits are leased cluster-wide.
+    Build it with :meth:`RayBackend.breaker_store` (``CircuitBreaker(name=...,
+    backend=ray_backend)`` does). The breaker reads a local view; writes (open, close)
+    apply to it at once and reach the actor with the backend's refresher, which also
+    re-reads the shared state every ``breaker_refresh`` seconds, so a circuit opened by
+    any process of the cluster is seen here within that time. Half-open trial permits
+    are leased cluster-wide (``half_open_max_calls`` at once, each for ``trial_lease``
+    seconds at most): :meth:`try_trial` answers from the lease this process holds and,
+    without one, asks the refresher for one and says no for now.
     """
 
     def __init__(self, backend: RayBackend, name: str, *, half_open_max_calls: int = 1) -> None:
@@ -854,7 +871,7 @@ class RayBreakerState:
 
     def open_for(self) -> float | None:
         """Seconds the circuit stays open (``<= 0``: trial calls may go); None: closed."""
-        self.backend._ensure_refresher()
+        self.backend.ensure_refresher()
         if self._open_until is None:
             return None
         return self._open_until - self.backend.clock.now()
@@ -866,14 +883,14 @@ class RayBreakerState:
         self._open_until = self.backend.clock.now() + recovery_time
         self._write = recovery_time
         self._lease = self._lease_busy = self._want_trial = False
-        self.backend._wake_refresher()
+        self.backend.wake_refresher()
 
     def publish_closed(self) -> None:
         """Close the circuit for every worker."""
         self._open_until = None
         self._write = 0.0
         self._lease = self._lease_busy = self._want_trial = False
-        self.backend._wake_refresher()
+        self.backend.wake_refresher()
 
     def try_trial(self) -> bool:
         """Use this worker's trial lease if it holds one; else ask for one, False for now."""
@@ -882,7 +899,7 @@ class RayBreakerState:
             return True
         if not self._lease:
             self._want_trial = True
-            self.backend._wake_refresher()
+            self.backend.wake_refresher()
         return False
 
     def release_trial(self) -> None:
@@ -890,7 +907,18 @@ class RayBreakerState:
         if self._lease and self._lease_busy:
             self._lease = self._lease_busy = False
             self._release = True
-            self.backend._wake_refresher()
+            self.backend.wake_refresher()
+
+    @property
+    def is_open(self) -> bool:
+        """Whether the shared circuit is open or half-open (as last seen)."""
+        return self._open_until is not None
+
+    async def refresh(self) -> float | None:
+        """Read the shared state now (one round trip, with any pending write or lease
+        request); return :meth:`open_for`'s answer."""
+        await self.step(True)
+        return self.open_for()
 
     async def step(self, read: bool) -> None:
         """One round trip: publish a write, take or release a lease, read the state."""
