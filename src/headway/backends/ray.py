@@ -42,14 +42,15 @@ import uuid
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headway._clock import Clock, resolve_clock
 from headway.backends._base import Limit, llm_limits
 from headway.backends._model import Bucket, LocalBuckets, reserve_batch
 from headway.errors import ConfigurationError, MaxWaitExceededError, RequestTooLargeError
 from headway.events import LIMITER_PAUSED, LIMITER_WAIT, emit, enabled
-from headway.limits import RATE_LIMITED_PAUSE, Reservation
+from headway.limits import RATE_LIMITED_PAUSE, Limiter, Reservation
+from headway.resilience.breaker import BreakerBackend, BreakerStore
 
 __all__ = ["RayBackend", "RayBreakerState", "RayLimiter", "RayReservation", "SharedState"]
 
@@ -958,3 +959,11 @@ class RayBreakerState:
 
     def __repr__(self) -> str:
         return f"RayBreakerState({self.name!r}, open_for={self.open_for()!r})"
+
+
+if TYPE_CHECKING:  # mypy checks the protocols are met
+
+    def _protocols(lim: RayLimiter, store: RayBreakerState, backend: RayBackend) -> None:
+        _lim: Limiter = lim
+        _store: BreakerStore = store
+        _backend: BreakerBackend = backend
