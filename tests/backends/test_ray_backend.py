@@ -18,7 +18,14 @@ from hypothesis import strategies as st
 
 from headway import CircuitBreakerOpenError
 from headway._clock import resolve_clock
-from headway.backends.ray import RayBackend, RayBreakerState, RayReservation, SharedState
+from headway.backends.ray import (
+    MAX_SHARED_PAUSE,
+    RayAdaptiveLimiter,
+    RayBackend,
+    RayBreakerState,
+    RayReservation,
+    SharedState,
+)
 from headway.errors import (
     ConfigurationError,
     MaxWaitExceededError,
@@ -26,6 +33,8 @@ from headway.errors import (
     ServerError,
 )
 from headway.events import Event, add_listener, remove_listener
+from headway.limits import Limiter
+from headway.limits.adaptive import RATE_CHANGED
 from headway.resilience.breaker import BreakerStore, CircuitBreaker, CircuitState
 
 
@@ -52,6 +61,7 @@ class StubActor:
         self.state = SharedState(now=resolve_clock(None).now)
         self.reserve = _Method(self, self.state.reserve)
         self.breaker = _Method(self, self.state.breaker)
+        self.learned = _Method(self, self.state.learned)
         self.down = False
         self.trips = 0
 
@@ -429,3 +439,122 @@ async def test_the_policy_hooks_of_the_limiter_protocol() -> None:
     assert (await lim.reserve()).delay >= 2.0
     lim.on_rate_limited(None, empty=True)
     assert (await lim.reserve()).delay > 0.0
+
+
+# -- the learned limit, shared through the actor ------------------------------------------
+
+
+def test_the_actor_retunes_a_learned_limit_and_refuses_other_limits() -> None:
+    state = SharedState(now=lambda: 0.0)
+    state.reserve("x", [(1.0, 2.0)], "w", None, None, [], 0.0, [([2.0], None)])
+    with pytest.raises(ValueError, match="one name, one set of limits"):
+        state.reserve("x", [(2.0, 2.0)], "w", None, None, [], 0.0, [([1.0], None)])
+    with pytest.raises(ValueError, match="one name"):  # retune keeps the number of limits
+        state.reserve("x", [(2.0, 2.0), (1.0, 1.0)], "w", None, None, [], 0.0, [], True)
+    # retuned: the level (empty) stays, the next unit comes at the new rate
+    out = state.reserve("x", [(4.0, 2.0)], "w", None, None, [], 0.0, [([1.0], None)], True)
+    assert out[3] == [(True, 0.25)]
+    assert state.learned("x", None) == (0, None)
+    assert state.learned("x", {"adv": "300"}) == (1, {"adv": "300"})
+    assert state.learned("x", None) == (1, {"adv": "300"})
+
+
+@pytest.mark.virtual_time
+async def test_a_limit_one_worker_reads_is_the_limit_for_all(events: list[Event]) -> None:
+    actor = StubActor()
+    a, b = RayBackend(actor=actor), RayBackend(actor=actor)
+    la = RayAdaptiveLimiter(a, "api", rpm=6000, sync_every=0.5)
+    lb = RayAdaptiveLimiter(b, "api", rpm=6000, sync_every=0.5)
+    assert isinstance(la, Limiter)
+    assert la.reserve_nowait() is None
+    assert la.rate_in_force() == (60.0, "server")  # nothing heard yet: start low
+    assert la.rate_in_force("tokens") is None
+    assert la.learned_limits() == {}
+    la.observe_headers({"x-ratelimit-limit-requests": "1200"})
+    assert la.rate_in_force() == (1200.0, "server")
+    await la.reserve()  # publishes the learned state; the actor's bucket takes the rate
+    bucket = actor.state._limits["api"][1][0]
+    assert bucket.rate == pytest.approx(20.0)  # 1200/min
+    assert bucket.capacity == pytest.approx(20.0)  # a second's worth
+    await asyncio.sleep(0.5)
+    await lb.reserve()  # b syncs: adopts what a learned
+    assert lb.rate_in_force() == (1200.0, "server")
+    assert lb.learned_limits() == {"requests": 1200.0}
+    assert any(e.kind == RATE_CHANGED for e in events)
+    # both pace on the shared bucket at the learned rate
+    clock = la.shared.clock
+    t0 = clock.now()
+    admitted: list[float] = []
+
+    async def one(limiter: RayAdaptiveLimiter) -> None:
+        res = await limiter.reserve()
+        await res.wait()
+        admitted.append(clock.now() - t0)
+
+    await asyncio.gather(*(one(la if i % 2 else lb) for i in range(200)))
+    assert worst_window(admitted, 1.0) <= 20 + 20 + 1  # a second's rate plus the burst
+    assert max(admitted) == pytest.approx((200 - 19) / 20.0, abs=0.6)
+    assert "rpm=1200" in repr(la)
+    await a.aclose()
+    await b.aclose()
+
+
+@pytest.mark.virtual_time
+async def test_a_429_seen_by_one_worker_slows_and_pauses_all() -> None:
+    actor = StubActor()
+    a, b = RayBackend(actor=actor), RayBackend(actor=actor)
+    la = RayAdaptiveLimiter(a, "api", rpm=6000, tpm=100_000, sync_every=0.5)
+    lb = RayAdaptiveLimiter(b, "api", rpm=6000, tpm=100_000, sync_every=0.5)
+    la.observe_headers({"x-ratelimit-limit-requests": "600"})
+    await la.reserve()
+    await asyncio.sleep(0.5)
+    await lb.reserve()
+    assert lb.rate_in_force() == (600.0, "server")
+    lb.on_rate_limited(1.0, empty=False)  # this request only
+    assert lb.rate_limited_count == 1
+    assert lb.rate_in_force() == (600.0, "server")
+    lb.on_rate_limited(3.0, empty=True)  # the server's bucket is empty: slow and pause
+    slowed = lb.rate_in_force()
+    assert slowed is not None
+    assert slowed[0] < 600.0
+    assert (await lb.reserve()).delay >= 3.0 - 0.01  # published with the trip
+    await asyncio.sleep(0.5)
+    res = await la.reserve()
+    assert la.rate_in_force() == slowed  # a adopted b's decrease
+    assert res.delay > 0.0  # and waits out the shared pause
+    lb.pause(10 * MAX_SHARED_PAUSE)  # one 429 never stops the cluster for long
+    assert (await lb.reserve()).delay <= MAX_SHARED_PAUSE + 1.0
+    lb.sync("requests", 0.0)
+    lb.on_success()
+    # a server that advertises nothing: probing upward while answers come, shared
+    lc = RayAdaptiveLimiter(RayBackend(actor=StubActor()), "probe", sync_every=0.1)
+    for _ in range(5):
+        await asyncio.sleep(1.0)
+        lc.on_success()
+    rate = lc.rate_in_force()
+    assert rate is not None
+    assert rate[0] > 60.0
+    with pytest.raises(ConfigurationError, match="rpm"):
+        RayAdaptiveLimiter(a, "bad", rpm=0)
+    with pytest.raises(ConfigurationError, match="burst_seconds"):
+        RayAdaptiveLimiter(a, "bad", burst_seconds=0)
+    await a.aclose()
+    await b.aclose()
+    await lc.backend.aclose()
+
+
+@pytest.mark.virtual_time
+async def test_a_learned_rate_waits_out_an_actor_outage() -> None:
+    actor = StubActor()
+    a, b = RayBackend(actor=actor), RayBackend(actor=actor)
+    la = RayAdaptiveLimiter(a, "api", sync_every=0.5)
+    lb = RayAdaptiveLimiter(b, "api", sync_every=0.5)
+    actor.down = True
+    la.observe_headers({"anthropic-ratelimit-requests-limit": "300"})
+    await la.sync_learned()  # the actor is away: kept, published later
+    actor.down = False
+    await la.sync_learned()
+    await lb.sync_learned()
+    assert lb.rate_in_force() == (300.0, "server")
+    await a.aclose()
+    await b.aclose()

@@ -105,6 +105,21 @@ async def test_429s_are_retried_and_counted() -> None:
         assert exc is None
 
 
+async def test_adaptive_follows_the_limit_the_server_advertises_below_the_ceiling() -> None:
+    async with FakeAPI(rpm=600, profile="openai") as api:
+        caller = _caller(api, adaptive=True)  # rpm=6000 is now a ceiling
+        try:
+            results = await caller.send_rows(
+                [{"custom_id": f"a{i}", "body": _chat(str(i))} for i in range(3)]
+            )
+            limiter = caller._policy.limiter
+            assert limiter.rate_in_force() == (600.0, "server")
+        finally:
+            await caller.aclose()
+        assert [r.ok for r in results] == [True] * 3
+        assert type(limiter).__name__ == "AdaptiveLimiter"
+
+
 async def test_bare_bodies_with_an_id_column_a_row_function_and_parsed_fields() -> None:
     async with FakeAPI() as api:
         bare = _caller(

@@ -145,6 +145,41 @@ def test_four_actors_hold_one_global_limit_and_write_each_result_once(
         assert record["response"]["body"]["usage"]["total_tokens"] > 0
 
 
+def test_the_cluster_learns_the_advertised_limit_through_the_actor(
+    ray_session: Any, served: Any, tmp_path: Path
+) -> None:
+    # The user allows 6000 RPM; the server advertises and enforces 1200 (20/s, burst 24).
+    # adaptive=True: the actors learn 1200 from the headers and share it via the actor.
+    api = served(rpm=1200, burst=24, profile="openai")
+    rows = _rows(120, prefix="a")
+    name = f"headway-adaptive-{uuid.uuid4().hex[:8]}"
+    from headway.backends.ray import RayBackend
+
+    keeper = RayBackend(name)  # holds the named actor after run() drops its handle
+    stats = hr.run(
+        ray_session.data.from_items(rows),
+        _config(api.url, rpm=6000),
+        output=tmp_path / "out",
+        actors=4,
+        batch_size=10,
+        backend_name=name,
+        adaptive=True,
+    )
+    assert sorted(_output_ids(tmp_path / "out" / "results.jsonl")) == sorted(
+        r["custom_id"] for r in rows
+    )
+    assert stats.succeeded == 120
+    assert stats.duplicates == 0
+    reqs = api.requests()
+    assert Counter(r.status for r in reqs) == {200: 120}  # paced at 1200, not at 6000
+    times = [r.time for r in reqs]
+    assert _worst_window(times, 1.0) <= 24 + 20
+    version, learned = ray_session.get(keeper.actor.learned.remote(f"ray:{api.url}/v1", None))
+    keeper.kill()
+    assert version >= 1  # published by the actors, through the actor
+    assert float(learned["adv"]) == 1200.0
+
+
 def _kill_myself_once(row: dict[str, Any], *, marker: str) -> dict[str, Any]:
     """A row->request function that kills its own actor once, mid-batch."""
     import ray

@@ -40,19 +40,36 @@ import os
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from headway import events
 from headway._clock import Clock, resolve_clock
 from headway.backends._base import Limit, llm_limits
 from headway.backends._model import Bucket, LocalBuckets, reserve_batch
 from headway.errors import ConfigurationError, MaxWaitExceededError, RequestTooLargeError
-from headway.events import LIMITER_PAUSED, LIMITER_WAIT, emit, enabled
+from headway.events import LIMITER_PAUSED, LIMITER_WAIT, EventListener, emit, enabled
 from headway.limits import RATE_LIMITED_PAUSE, Limiter, Reservation
+from headway.limits.adaptive import (
+    _START_RPM,
+    RATE_CHANGED,
+    RateChanged,
+    RateControl,
+    Source,
+    _number,
+)
 from headway.resilience.breaker import BreakerBackend, BreakerStore
 
-__all__ = ["RayBackend", "RayBreakerState", "RayLimiter", "RayReservation", "SharedState"]
+__all__ = [
+    "MAX_SHARED_PAUSE",
+    "RayAdaptiveLimiter",
+    "RayBackend",
+    "RayBreakerState",
+    "RayLimiter",
+    "RayReservation",
+    "SharedState",
+]
 
 logger = logging.getLogger("headway")
 
@@ -64,6 +81,8 @@ _MAX_BATCH = 256
 _LEAD: Any = object()
 _SHARED, _LOCAL, _CANCELLED = 0, 1, -1
 _PRESENCE = 10.0  # seconds a worker counts as live after its last round trip
+#: The longest pause one 429 may impose on every worker (seconds), as with Redis.
+MAX_SHARED_PAUSE = 120.0
 
 
 class SharedState:
@@ -81,6 +100,7 @@ class SharedState:
         self._limits: dict[str, tuple[tuple[tuple[float, float], ...], list[Bucket]]] = {}
         self._clients: dict[str, float] = {}
         self._breakers: dict[str, _Circuit] = {}
+        self._learned: dict[str, tuple[int, dict[str, str]]] = {}
         self._trips = 0
         self._reserved = 0
 
@@ -98,9 +118,12 @@ class SharedState:
         cancels: Sequence[tuple[float, Sequence[float]]],
         pause: float,
         callers: Sequence[tuple[Sequence[float], float | None]],
+        retune: bool = False,
     ) -> tuple[float, float, int, list[tuple[bool, float]]]:
         """Apply settles/caps/cancels/pause, then reserve for ``callers`` in order.
 
+        With ``retune`` the limits' rates and capacities become ``specs`` (a learned
+        rate: the levels stay); without it other ``specs`` than the name's are refused.
         Returns ``(total pause shift, actor now, live workers, [(admitted, wait)])``.
         """
         now = self._now()
@@ -110,9 +133,15 @@ class SharedState:
             entry = (key, [Bucket(rate=r, capacity=c) for r, c in key])
             self._limits[name] = entry
         elif entry[0] != key:
-            raise ValueError(
-                f"limiter {name!r} already exists with other limits; one name, one set of limits"
-            )
+            if not retune or len(key) != len(entry[0]):
+                raise ValueError(
+                    f"limiter {name!r} already exists with other limits; "
+                    "one name, one set of limits"
+                )
+            for b, (rate, cap) in zip(entry[1], key, strict=True):
+                b.rate, b.capacity = rate, cap
+            entry = (key, entry[1])
+            self._limits[name] = entry
         self._clients[client] = now
         if len(self._clients) > 1:
             for c, seen in list(self._clients.items()):
@@ -125,6 +154,15 @@ class SharedState:
             buckets, now, callers, adjusts=adjusts, level_caps=caps, cancels=cancels, pause=pause
         )
         return max(b.shift for b in buckets), now, len(self._clients), out
+
+    def learned(self, name: str, state: dict[str, str] | None) -> tuple[int, dict[str, str] | None]:
+        """The rate the workers learned for ``name``: store ``state`` (a new version) if
+        given; return ``(version, state)`` (``(0, None)``: nothing learned yet)."""
+        version, held = self._learned.get(name, (0, None))
+        if state is not None:
+            version, held = version + 1, dict(state)
+            self._learned[name] = (version, held)
+        return version, held
 
     def breaker(
         self,
@@ -541,6 +579,8 @@ class RayLimiter:
         self._local_outage = -1
         #: Round trips made to the actor (for the curious and the tests).
         self.round_trips = 0
+        #: Whether :meth:`set_limit` changed a rate: the actor adopts this worker's rates.
+        self.retune = False
 
     async def reserve(
         self, requests: float = 1.0, tokens: float = 0.0, *, max_wait: float | None = None
@@ -666,6 +706,7 @@ class RayLimiter:
                 cancels,
                 pause,
                 [(r.amounts, r.max_wait) for r in batch],
+                self.retune,
             )
         except BaseException:
             # not applied (or unknown): keep the settles for the next trip
@@ -799,6 +840,24 @@ class RayLimiter:
 
     def on_success(self) -> None:
         """An attempt succeeded: a no-op for fixed limits."""
+
+    def set_limit(self, index: int, limit: Limit) -> None:
+        """Replace limit ``index`` (same unit and period) from the next round trip on.
+
+        What :class:`RayAdaptiveLimiter` uses to change the shared rate and burst: the
+        actor takes the rates of the latest round trip (as Redis takes each call's).
+        """
+        old = self.limits[index]
+        if (limit.unit, limit.period) != (old.unit, old.period):
+            raise ConfigurationError(
+                f"limiter {self.name!r}: limit {index} is {old.unit} per {old.period:g}s; "
+                "a new rate keeps the unit and the period"
+            )
+        limits = list(self.limits)
+        limits[index] = limit
+        self.limits = tuple(limits)
+        self._specs[index] = (limit.per_second, limit.capacity)
+        self.retune = True
 
     def sync(
         self,
@@ -961,9 +1020,245 @@ class RayBreakerState:
         return f"RayBreakerState({self.name!r}, open_for={self.open_for()!r})"
 
 
+class RayAdaptiveLimiter:
+    """An :class:`~headway.limits.AdaptiveLimiter` whose bucket and learned rate live in
+    the backend's actor: the cluster learns the server's limit together.
+
+    The twin of :class:`~headway.backends.redis.adaptive.SharedAdaptiveLimiter`: every
+    worker on the same name paces on one shared bucket (a :class:`RayLimiter`) at one
+    rate. Each worker runs the control law of :class:`~headway.limits.AdaptiveLimiter`
+    (advertised limit, probing, the user's ceiling) on the headers and 429s it sees;
+    what it learns goes to the actor, and every worker adopts the newest state there at
+    most ``sync_every`` seconds later. So a 429 seen by one worker slows all of them, and
+    a limit one worker reads in a header is the limit for all.
+
+    Args:
+        backend: the :class:`RayBackend`.
+        name: the limit's name; workers with the same name share bucket and rate.
+        rpm, tpm: the user's ceilings (``None``: none). The token limit is shared only
+            when ``tpm`` is given (at ``tpm``).
+        start_rpm, burst_seconds: as for :class:`~headway.limits.AdaptiveLimiter`.
+        sync_every: seconds between reads of the shared state.
+        clock: where time is read and slept.
+        listeners: called with a :class:`~headway.limits.adaptive.RateChanged` event on
+            every change of the shared rate this worker makes or adopts.
+    """
+
+    def __init__(
+        self,
+        backend: RayBackend,
+        name: str,
+        *,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        start_rpm: float = _START_RPM,
+        burst_seconds: float = 1.0,
+        sync_every: float = 0.5,
+        clock: Clock | None = None,
+        listeners: tuple[EventListener, ...] = (),
+    ) -> None:
+        for what, value in (("rpm", rpm), ("tpm", tpm)):
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ConfigurationError(f"{what} must be a number > 0 or None, got {value!r}")
+        if not (burst_seconds > 0 and math.isfinite(burst_seconds)):
+            raise ConfigurationError(f"burst_seconds must be > 0, got {burst_seconds!r}")
+        self.backend = backend
+        self.name = name
+        self.burst_seconds = float(burst_seconds)
+        self.sync_every = float(sync_every)
+        self._clock = resolve_clock(clock if clock is not None else backend.clock)
+        self.requests = RateControl(ceiling=rpm, start=start_rpm)
+        limits = [Limit(self.requests.rate, 60.0, burst=self._burst(self.requests.rate))]
+        if tpm is not None:
+            limits.append(Limit(tpm, 60.0, unit="tokens"))
+        self.shared = RayLimiter(backend, name, limits, clock=self._clock)
+        self.shared.retune = True  # the actor takes the learned rate
+        self._version = 0
+        self._dirty = False
+        self._synced_at = -math.inf
+        self._seen_limit: str | None = None
+        self._reported = self.requests.rate
+        self.rate_limited_count = 0
+        self.listeners: tuple[EventListener, ...] = tuple(listeners)
+
+    def _burst(self, rate: float) -> float:
+        if self.requests.advertised is None:
+            return 1.0
+        return max(1.0, rate / 60.0 * self.burst_seconds)
+
+    # -- what a display needs ----------------------------------------------------------
+    def rate_in_force(self, unit: str = "requests") -> tuple[float, Source] | None:
+        """The shared rate in force per minute and who sets it (requests only)."""
+        if unit != "requests":
+            return None
+        return self.requests.rate, self.requests.source
+
+    def learned_limits(self) -> dict[str, float]:
+        """What the workers learned together, per minute."""
+        c = self.requests
+        if c.advertised is not None:
+            return {"requests": c.advertised * c.share}
+        return {} if c.slow_start else {"requests": c.learned}
+
+    # -- the Limiter protocol ----------------------------------------------------------
+    def reserve_nowait(self, requests: float = 1.0, tokens: float = 0.0) -> None:
+        """Always ``None``: a shared reservation takes a round trip (await :meth:`reserve`)."""
+        return
+
+    async def reserve(
+        self, requests: float = 1.0, tokens: float = 0.0, *, max_wait: float | None = None
+    ) -> RayReservation:
+        """Sync the learned rate (every ``sync_every`` s), then reserve on the shared bucket."""
+        if self._dirty or self._clock.now() - self._synced_at >= self.sync_every:
+            await self.sync_learned()
+        return await self.shared.reserve(requests, tokens, max_wait=max_wait)
+
+    def pause_until(self, when: float) -> None:
+        """Admit nobody, in any worker, before ``when`` (at most ``MAX_SHARED_PAUSE`` s)."""
+        self.shared.pause_until(min(when, self._clock.now() + MAX_SHARED_PAUSE))
+
+    def pause(self, seconds: float) -> None:
+        """:meth:`pause_until` ``now + seconds``."""
+        self.pause_until(self._clock.now() + seconds)
+
+    def sync(
+        self,
+        unit: str,
+        remaining: float,
+        reset_after: float | None = None,
+        limit: float | None = None,
+    ) -> None:
+        """Lower the shared level of ``unit`` to the server's ``remaining`` figure."""
+        self.shared.sync(unit, remaining, reset_after, limit)
+
+    def on_success(self) -> None:
+        """An attempt was answered: probe upward (shared at the next sync)."""
+        c = self.requests
+        if c.advertised is not None and c.share >= 1.0:
+            return
+        if c.succeeded(self._clock.now()):
+            self._changed("probe")
+
+    def on_rate_limited(self, delay: float | None, *, empty: bool) -> None:
+        """A rate 429: when the server's bucket is empty, every worker pauses and slows."""
+        self.rate_limited_count += 1
+        if not empty:
+            return
+        now = self._clock.now()
+        if self.requests.rate_limited(now):
+            self._changed("rate_limited")
+        if delay is None or not delay > 0.0:
+            delay = 60.0 / self.requests.rate
+        self.pause_until(now + delay)
+
+    def observe_headers(self, headers: Mapping[str, str]) -> None:
+        """Learn an advertised request limit; lower the shared level when little is left."""
+        get = headers.get
+        limit = get("x-ratelimit-limit-requests") or get("anthropic-ratelimit-requests-limit")
+        if limit != self._seen_limit:
+            self._seen_limit = limit
+            value = _number(limit)
+            if value is not None and self.requests.advertise(value, self._clock.now()):
+                self._changed("advertised")
+        left = _number(
+            get("x-ratelimit-remaining-requests") or get("anthropic-ratelimit-requests-remaining")
+        )
+        total = _number(limit)
+        if left is not None and (total is None or left < 0.5 * total):
+            self.shared.sync("requests", left)
+
+    # -- sharing -------------------------------------------------------------------------
+    def _changed(self, reason: str) -> None:
+        self._dirty = True
+        self._apply(reason)
+
+    def _apply(self, reason: str) -> None:
+        c = self.requests
+        self.shared.set_limit(0, Limit(c.rate, 60.0, burst=self._burst(c.rate)))
+        old, new = self._reported, c.rate
+        if reason == "probe" and abs(new - old) < 0.02 * old:
+            return
+        self._reported = new
+        if events.enabled(logging.INFO, self.listeners):
+            events.publish(
+                RateChanged(
+                    RATE_CHANGED,
+                    self.name,
+                    {
+                        "unit": "requests",
+                        "old": old,
+                        "new": new,
+                        "limited_by": c.source,
+                        "reason": reason,
+                    },
+                    self._clock.now(),
+                    logging.INFO,
+                    unit="requests",
+                    old=old,
+                    new=new,
+                    limited_by=c.source,
+                    reason=reason,
+                ),
+                self.listeners,
+            )
+
+    def _state(self) -> dict[str, str]:
+        c = self.requests
+        return {
+            "adv": "" if c.advertised is None else repr(c.advertised),
+            "share": repr(c.share),
+            "learned": repr(c.learned),
+            "peak": repr(c.peak),
+            "slow": "1" if c.slow_start else "0",
+        }
+
+    def _adopt(self, state: Mapping[str, str]) -> None:
+        c = self.requests
+        adv = state.get("adv", "")
+        c.advertised = float(adv) if adv else None
+        c.share = float(state.get("share", "1"))
+        c.learned = float(state.get("learned", repr(c.learned)))
+        if c.ceiling is not None and c.learned > c.ceiling:
+            c.learned = c.ceiling
+        c.peak = float(state.get("peak", repr(c.peak)))
+        c.slow_start = state.get("slow", "1") == "1"
+        if c.update():
+            self._apply("shared")
+
+    async def sync_learned(self) -> None:
+        """Publish what this worker learned, or adopt what the others did (one round trip)."""
+        self._synced_at = self._clock.now()
+        publish = self._state() if self._dirty else None
+        self._dirty = False
+        try:
+            version, state = await self.backend._call("learned", self.name, publish)
+        except asyncio.CancelledError:
+            self._dirty = self._dirty or publish is not None
+            raise
+        except Exception:
+            # The actor is away: keep the local view (published at the next sync); the
+            # shared bucket falls back to its local share on its own.
+            self._dirty = self._dirty or publish is not None
+            return
+        if publish is not None:
+            self._version = int(version)
+        elif int(version) > self._version and state is not None:
+            self._version = int(version)
+            self._adopt(state)
+
+    def __repr__(self) -> str:
+        return (
+            f"RayAdaptiveLimiter({self.name!r}, rpm={self.requests.rate:g} "
+            f"limited by {self.requests.source})"
+        )
+
+
 if TYPE_CHECKING:  # mypy checks the protocols are met
 
-    def _protocols(lim: RayLimiter, store: RayBreakerState, backend: RayBackend) -> None:
+    def _protocols(
+        lim: RayLimiter, learner: RayAdaptiveLimiter, store: RayBreakerState, backend: RayBackend
+    ) -> None:
         _lim: Limiter = lim
+        _learner: Limiter = learner
         _store: BreakerStore = store
         _backend: BreakerBackend = backend

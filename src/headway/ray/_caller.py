@@ -196,6 +196,13 @@ class Caller:
         burst: requests admitted at once (default: a tenth of a second's worth of
             ``rpm``, leaving the server's burst for the jitter of many senders).
         max_breaker_wait: seconds to wait for an open circuit before failing a row.
+        adaptive: follow the server's real limit: ``rpm``/``tpm`` become ceilings and
+            the cluster paces at the limit the server advertises (or probes for it when
+            it advertises none), learned together by every actor through the backend
+            (:class:`~headway.backends.ray.RayAdaptiveLimiter` for ``"actor"``,
+            :class:`~headway.backends.redis.adaptive.SharedAdaptiveLimiter` for Redis,
+            :class:`~headway.limits.AdaptiveLimiter` for ``"memory"``). Off by default:
+            the limit is then exactly ``rpm``/``tpm``.
     """
 
     def __init__(
@@ -212,6 +219,7 @@ class Caller:
         parse: Callable[[Any], Mapping[str, Any]] | None = None,
         burst: float | None = None,
         max_breaker_wait: float = 600.0,
+        adaptive: bool = False,
     ) -> None:
         config = (
             endpoint
@@ -231,6 +239,7 @@ class Caller:
         self.parse = parse
         self.burst = burst
         self.max_breaker_wait = max_breaker_wait
+        self.adaptive = adaptive
         self.clock = resolve_clock(None)
         self.backend: Any = None
         self._policy: Any = None
@@ -260,7 +269,9 @@ class Caller:
 
         cfg = self.config
         limiter: Any = None
-        if cfg.rpm is not None or cfg.tpm is not None:
+        if self.adaptive:
+            limiter = self._adaptive_limiter()
+        elif cfg.rpm is not None or cfg.tpm is not None:
             burst = self.burst
             if burst is None and cfg.rpm is not None:
                 # A tenth of a second's worth: the actors' sends leave with some jitter,
@@ -297,6 +308,27 @@ class Caller:
             attempt_timeout=cfg.timeout,
             name="ray",
         )
+
+    def _adaptive_limiter(self) -> Any:
+        """A limiter that learns the server's limit, shared like the fixed one."""
+        cfg = self.config
+        # The burst: ``burst`` requests, or a tenth of a second's worth (see _make_policy).
+        burst_seconds = 0.1
+        if self.burst is not None and cfg.rpm is not None:
+            burst_seconds = self.burst * 60.0 / cfg.rpm
+        options: dict[str, Any] = {"rpm": cfg.rpm, "tpm": cfg.tpm, "burst_seconds": burst_seconds}
+        backend = self.backend
+        if backend is None:
+            from headway.limits import AdaptiveLimiter
+
+            return AdaptiveLimiter(name=self.limit_name, **options)
+        from headway.backends.ray import RayAdaptiveLimiter, RayBackend
+
+        if isinstance(backend, RayBackend):
+            return RayAdaptiveLimiter(backend, self.limit_name, **options)
+        from headway.backends.redis.adaptive import SharedAdaptiveLimiter
+
+        return SharedAdaptiveLimiter(backend, self.limit_name, **options)
 
     async def _endpoint(self, url: str | None) -> Endpoint:
         ep = self._endpoints.get(url)
