@@ -72,6 +72,7 @@ class RaySender:
                 limit_name=settings.shared_name,
                 burst=settings.burst,
                 max_breaker_wait=settings.max_breaker_wait,
+                adaptive=True,  # as the local engine: --rpm/--tpm are ceilings
             )
             for _ in range(actors)
         ]
