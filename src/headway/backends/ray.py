@@ -13,6 +13,13 @@ circuit — the same contract as :class:`~headway.backends.RedisBackend`, withou
 * **Same rule as Redis.** The actor runs the reservation rule of the Redis script
   (:mod:`headway.backends._model`): all-or-nothing over every limit, FIFO, settle,
   refund, cancel, shared pauses (a 429's Retry-After) and server-figure syncs.
+* **A learned limit.** :class:`RayAdaptiveLimiter` learns the server's limit with the
+  control law of :class:`~headway.limits.AdaptiveLimiter`; the actor keeps what the
+  workers learned and paces every one of them at it.
+* **One circuit.** :meth:`RayBackend.breaker_store` is the
+  :class:`~headway.resilience.breaker.BreakerStore` of a ``CircuitBreaker(name=...,
+  backend=ray_backend)``: an open circuit is seen by every process, half-open trial
+  calls are leased cluster-wide.
 * **Actor down.** A failed or slow round trip (``timeout``) makes the limiter fall back
   to a local limit at one over the number of workers seen live, probing the actor again
   every ``retry_interval`` seconds (``backend.unavailable`` / ``backend.recovered``
