@@ -454,9 +454,12 @@ def test_the_actor_retunes_a_learned_limit_and_refuses_other_limits() -> None:
     # retuned: the level (empty) stays, the next unit comes at the new rate
     out = state.reserve("x", [(4.0, 2.0)], "w", None, None, [], 0.0, [([1.0], None)], True)
     assert out[3] == [(True, 0.25)]
-    assert state.learned("x", None) == (0, None)
-    assert state.learned("x", {"adv": "300"}) == (1, {"adv": "300"})
-    assert state.learned("x", None) == (1, {"adv": "300"})
+    assert state.learned("x", None) == ("", None)
+    version, held = state.learned("x", {"adv": "300"})
+    assert held == {"adv": "300"}
+    assert state.learned("x", None) == (version, held)
+    assert state.learned("x", {"adv": "200"})[0] != version
+    assert SharedState().learned("x", {"adv": "300"})[0] != version  # another actor
 
 
 @pytest.mark.virtual_time
@@ -556,5 +559,13 @@ async def test_a_learned_rate_waits_out_an_actor_outage() -> None:
     await la.sync_learned()
     await lb.sync_learned()
     assert lb.rate_in_force() == (300.0, "server")
+    # the actor restarts with nothing learned: what is published next is adopted
+    actor.state = SharedState(now=resolve_clock(None).now)
+    actor.reserve = _Method(actor, actor.state.reserve)
+    actor.learned = _Method(actor, actor.state.learned)
+    la.observe_headers({"anthropic-ratelimit-requests-limit": "150"})
+    await la.sync_learned()
+    await lb.sync_learned()
+    assert lb.rate_in_force() == (150.0, "server")
     await a.aclose()
     await b.aclose()

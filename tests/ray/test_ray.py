@@ -176,7 +176,7 @@ def test_the_cluster_learns_the_advertised_limit_through_the_actor(
     assert _worst_window(times, 1.0) <= 24 + 20
     version, learned = ray_session.get(keeper.actor.learned.remote(f"ray:{api.url}/v1", None))
     keeper.kill()
-    assert version >= 1  # published by the actors, through the actor
+    assert version  # published by the actors, through the actor
     assert float(learned["adv"]) == 1200.0
 
 

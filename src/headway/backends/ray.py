@@ -108,6 +108,7 @@ class SharedState:
         self._clients: dict[str, float] = {}
         self._breakers: dict[str, _Circuit] = {}
         self._learned: dict[str, tuple[int, dict[str, str]]] = {}
+        self._epoch = uuid.uuid4().hex[:12]
         self._trips = 0
         self._reserved = 0
 
@@ -162,14 +163,18 @@ class SharedState:
         )
         return max(b.shift for b in buckets), now, len(self._clients), out
 
-    def learned(self, name: str, state: dict[str, str] | None) -> tuple[int, dict[str, str] | None]:
+    def learned(self, name: str, state: dict[str, str] | None) -> tuple[str, dict[str, str] | None]:
         """The rate the workers learned for ``name``: store ``state`` (a new version) if
-        given; return ``(version, state)`` (``(0, None)``: nothing learned yet)."""
-        version, held = self._learned.get(name, (0, None))
+        given; return ``(version, state)`` (``("", None)``: nothing learned yet).
+
+        A version names this actor too (``"<actor id>:<n>"``): after a restart the
+        versions differ from every one seen before.
+        """
+        n, held = self._learned.get(name, (0, None))
         if state is not None:
-            version, held = version + 1, dict(state)
-            self._learned[name] = (version, held)
-        return version, held
+            n, held = n + 1, dict(state)
+            self._learned[name] = (n, held)
+        return (f"{self._epoch}:{n}" if n else ""), held
 
     def breaker(
         self,
@@ -1080,7 +1085,7 @@ class RayAdaptiveLimiter:
             limits.append(Limit(tpm, 60.0, unit="tokens"))
         self.shared = RayLimiter(backend, name, limits, clock=self._clock)
         self.shared.retune = True  # the actor takes the learned rate
-        self._version = 0
+        self._version = ""
         self._dirty = False
         self._synced_at = -math.inf
         self._seen_limit: str | None = None
@@ -1248,9 +1253,9 @@ class RayAdaptiveLimiter:
             self._dirty = self._dirty or publish is not None
             return
         if publish is not None:
-            self._version = int(version)
-        elif int(version) > self._version and state is not None:
-            self._version = int(version)
+            self._version = version
+        elif version != self._version and state is not None:
+            self._version = version
             self._adopt(state)
 
     def __repr__(self) -> str:
