@@ -126,6 +126,27 @@ def _config_callback(ctx: click.Context, _param: click.Parameter, value: Path | 
     help="Send only this worker's share of the lines (worker K of N; use one -o per worker).",
 )
 @click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    envvar="HEADWAY_ENGINE",
+    help="Send from this process, or from Ray actors sharing one limit (pip install "
+    "'headway[ray]').",
+)
+@click.option(
+    "--ray-address",
+    envvar="RAY_ADDRESS",
+    help="The Ray cluster for --engine ray (default: start a local Ray).",
+)
+@click.option(
+    "--ray-actors",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Ray actors sending requests (--engine ray).",
+)
+@click.option(
     "--max-outage",
     type=click.FloatRange(min=0, min_open=True),
     default=600.0,
@@ -201,6 +222,9 @@ def run(
     fsync: bool,
     redis_url: str | None,
     shard: str | None,
+    engine: str,
+    ray_address: str | None,
+    ray_actors: int,
     max_outage: float,
     ignore_mismatch: bool,
     request_url: str | None,
@@ -224,6 +248,11 @@ def run(
     Example:
       export OPENAI_API_KEY=...
       headway run requests.jsonl -o results.jsonl --provider openai --rpm 500 --tpm 200000
+
+    \b
+    On a Ray cluster (one global limit for all its actors):
+      headway run requests.jsonl -o results.jsonl --provider openai --rpm 500 \\
+        --engine ray --ray-address ray://head:10001
 
     \b
     Several workers, one global limit (worker 2 of 4, on any machine):
@@ -274,6 +303,7 @@ def run(
             max_outage=max_outage,
             ignore_mismatch=ignore_mismatch,
             batch=batch,
+            engine=(engine, ray_address, ray_actors),
             progress=progress,
             quiet=quiet,
         )
@@ -367,6 +397,7 @@ def _run(
     max_outage: float,
     ignore_mismatch: bool,
     batch: dict[str, Any],
+    engine: tuple[str, str | None, int],
     progress: str,
     quiet: bool,
 ) -> int:
@@ -467,7 +498,13 @@ def _run(
         secrets=secrets,
     )
     try:
-        asyncio.run(_run_batch(runner, settings))
+        kind, ray_address, ray_actors = engine
+        if kind == "ray":
+            from headway.ray._engine import run_batch_on_ray
+
+            asyncio.run(run_batch_on_ray(runner, settings, address=ray_address, actors=ray_actors))
+        else:
+            asyncio.run(_run_batch(runner, settings))
     except OSError as exc:
         if not is_disk_full(exc):
             raise

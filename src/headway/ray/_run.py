@@ -1,0 +1,187 @@
+"""``headway.ray.run``: a dataset's requests to one results file, exactly once, resumable."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from headway.batch.ledger import Ledger, Result
+from headway.batch.progress import NullProgress, ProgressReporter
+from headway.batch.summary import BatchStats
+from headway.http.config import EndpointConfig
+from headway.ray._caller import Caller, check_backend
+
+__all__ = ["output_file", "result_of_row", "run"]
+
+#: The file written inside an output directory.
+RESULTS_NAME = "results.jsonl"
+
+
+def output_file(output: str | os.PathLike[str]) -> str:
+    """The results file for ``output``: the file itself, or ``results.jsonl`` in a directory.
+
+    ``output`` is a directory when it is one already, ends with a separator or has no
+    file extension.
+
+    >>> output_file("out/results.jsonl"), output_file("out/"), output_file("runs/day1")
+    ('out/results.jsonl', 'out/results.jsonl', 'runs/day1/results.jsonl')
+    """
+    path = os.fspath(output)
+    if (
+        path.endswith(("/", os.sep))
+        or os.path.isdir(path)
+        or not os.path.splitext(os.path.basename(path))[1]
+    ):
+        return os.path.join(path, RESULTS_NAME)
+    return path
+
+
+def result_of_row(row: Mapping[str, Any], id_column: str = "custom_id") -> Result:
+    """The ledger :class:`~headway.batch.Result` of one output row of :class:`Caller`."""
+    text = row.get("response")
+    body = None if text is None else orjson.loads(text)
+    code = row.get("error_code")
+    return Result(
+        str(row[id_column]),
+        row.get("status_code"),
+        row.get("request_id"),
+        body,
+        None if code is None else {"code": code, "message": row.get("error_message") or ""},
+        float(row.get("latency") or 0.0),
+        int(row.get("attempts") or 1),
+        int(row.get("usage_tokens") or 0),
+    )
+
+
+def _drop_done(batch: Any, done: Any, id_column: str) -> Any:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ids = pc.cast(batch[id_column], pa.string())
+    return batch.filter(pc.invert(pc.is_in(ids, value_set=done)))
+
+
+def _pool(actors: int | tuple[int, int]) -> Any:
+    from ray.data import ActorPoolStrategy
+
+    if isinstance(actors, tuple):
+        return ActorPoolStrategy(min_size=actors[0], max_size=actors[1])
+    return ActorPoolStrategy(size=actors)
+
+
+def run(
+    ds: Any,
+    endpoint: EndpointConfig | Mapping[str, Any],
+    output: str | os.PathLike[str],
+    *,
+    errors: str | os.PathLike[str] | None = None,
+    retry_failed: bool = False,
+    fsync: bool = False,
+    id_column: str = "custom_id",
+    actors: int | tuple[int, int] = 4,
+    batch_size: int = 64,
+    num_cpus: float = 0.25,
+    backend: str = "actor",
+    backend_name: str = "headway-limits",
+    progress: ProgressReporter | None = None,
+    **caller_options: Any,
+) -> BatchStats:
+    """Send every row of the Ray dataset ``ds`` and write one result per ``custom_id``.
+
+    Results are appended to ``output`` (a JSONL file, or ``results.jsonl`` in a
+    directory: see :func:`output_file`) in the format of ``headway run``: ``{"id",
+    "custom_id", "response": {"status_code", "request_id", "body"}, "error"}``. Run it
+    again with the same arguments after any failure — killed workers, restarted actors,
+    a dead driver — and it sends only what the output does not hold yet (an anti-join
+    of ``ds`` against the written ids), so each ``custom_id`` ends up in the output
+    exactly once. Failed results count as done unless ``retry_failed``.
+
+    The requests go out from ``actors`` Ray Data actors (a number, or ``(min, max)`` to
+    let Ray Data scale the pool; each a :class:`Caller` with ``num_cpus``; Ray restarts
+    a dead actor and retries its batch) sharing one limit through ``backend``
+    (``"actor"``: a named Ray actor this driver creates; or a ``redis://`` URL). The
+    results stream back to this driver, which writes them (a driver writes far faster
+    than any API limit lets results arrive). ``caller_options`` go to :class:`Caller`
+    (``to_request``, ``limit_name``, ``burst``, ...).
+
+    Returns the run's :class:`~headway.batch.BatchStats` (``skipped``: done before).
+
+    Example::
+
+        ds = ray.data.read_json("s3://bucket/requests/")   # custom_id, body (JSON text)
+        stats = headway.ray.run(ds, {"base_url": "https://api.openai.com/v1",
+                                     "api_key_env": "OPENAI_API_KEY",
+                                     "rpm": 5000, "tpm": 2_000_000},
+                                output="results/")
+    """
+    import pyarrow as pa
+
+    import ray
+
+    config = (
+        endpoint
+        if isinstance(endpoint, EndpointConfig)
+        else EndpointConfig.model_validate(dict(endpoint))
+    )  # a bad config fails here, on the driver, not in every actor
+    check_backend(backend)
+    path = output_file(output)
+    ledger = Ledger(path, errors, retry_failed=retry_failed, fsync=fsync)
+    ledger.open()
+    stats = BatchStats()
+    reporter: ProgressReporter = progress or NullProgress()
+    t0 = time.monotonic()
+    owner = None
+    try:
+        done = ledger.skip
+        stats.skipped = len(done)
+        pending = ds
+        if done:
+            pending = ds.map_batches(
+                _drop_done,
+                fn_kwargs={
+                    "done": pa.array(sorted(done), type=pa.string()),
+                    "id_column": id_column,
+                },
+                batch_format="pyarrow",
+            )
+        if backend == "actor":
+            from headway.backends.ray import RayBackend
+
+            owner = RayBackend(backend_name)  # the driver owns the named actor
+            ray.get(owner.actor.__ray_ready__.remote())
+        out = pending.map_batches(
+            Caller,
+            fn_constructor_kwargs={
+                "endpoint": config,
+                "backend": backend,
+                "backend_name": backend_name,
+                "id_column": id_column,
+                **caller_options,
+            },
+            batch_format="pyarrow",
+            batch_size=batch_size,
+            compute=_pool(actors),
+            num_cpus=num_cpus,
+        )
+        written: set[str] = set()
+        reporter.start(stats, time.monotonic() - t0)
+        for batch in out.iter_batches(batch_format="pyarrow", batch_size=None):
+            for row in batch.to_pylist():
+                result = result_of_row(row, id_column)
+                if result.custom_id in written or result.custom_id in done:
+                    stats.duplicates += 1
+                    continue
+                written.add(result.custom_id)
+                ledger.write(result)
+                stats.record(result)
+            reporter.update(stats, time.monotonic() - t0)
+        stats.total = stats.done
+    finally:
+        ledger.close()
+        reporter.stop(stats, time.monotonic() - t0)
+        del owner
+    return stats
