@@ -265,7 +265,9 @@ async def test_deep_input_line_is_an_invalid_request(tmp_path: Path) -> None:
     assert stats.invalid == 1
     bad = [r for r in records(out) if r["error"]]
     assert bad[0]["error"]["code"] == "invalid_request"
-    assert "nests too deeply" in bad[0]["error"]["message"]
+    # orjson >= 3.10 refuses the depth; older ones parse it, and the line fails its shape
+    message = bad[0]["error"]["message"]
+    assert "nests too deeply" in message or "body must be a JSON object" in message
 
 
 def test_ledger_scan_survives_a_deep_line(tmp_path: Path) -> None:
