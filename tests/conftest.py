@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 # headway's own plugin is loaded here rather than through its entry point (pyproject has
@@ -16,3 +17,11 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that starts a local Ray runs on one xdist worker: one Ray at a time."""
+    for item in items:
+        path = item.path.as_posix()
+        if "/tests/ray/" in path or path.endswith("/test_ray_backend.py"):
+            item.add_marker(pytest.mark.xdist_group("ray"))

@@ -25,6 +25,9 @@ def test_readme_example_runs(index: int, capsys: pytest.CaptureFixture[str]) -> 
 def test_quickstart_commands_are_the_two_ci_runs() -> None:
     text = README.read_text(encoding="utf-8")
     assert "pip install -e . && headway demo" in text
-    assert "pip install -e '.[dev]' && pytest" in text
+    assert "pip install -e '.[dev,ray]' && pytest" in text
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
-    assert "pip install -e '.[dev]' && pytest" in ci
+    assert "pip install -e '.[dev,ray]' && pytest" in ci
+    # and CI runs both halves of it
+    assert "\npip install -e '.[dev,ray]'\n" in ci
+    assert "\nHEADWAY_REQUIRE_RAY=1 pytest\n" in ci

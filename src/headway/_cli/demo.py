@@ -237,8 +237,9 @@ def _report_demo(
             "with --dir PATH)"
         )
     else:
-        console.print(f"input:   {input_path}")
-        console.print(f"results: {output_path}")
+        # a path is never folded (a user copies it whole) nor read as markup
+        console.print(f"input:   {input_path}", soft_wrap=True, markup=False, highlight=False)
+        console.print(f"results: {output_path}", soft_wrap=True, markup=False, highlight=False)
     if runner.stats.interrupted:
         return EXIT_INTERRUPTED
     if missing or twice:
