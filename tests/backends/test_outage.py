@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 
-FAST: dict[str, Any] = {"timeout": 0.05, "retry_interval": 0.05}
+# short, yet long enough for a round trip on a loaded machine
+FAST: dict[str, Any] = {"timeout": 0.2, "retry_interval": 0.05}
 
 
 def up(backend: RedisBackend) -> bool:
@@ -101,7 +102,7 @@ async def test_a_frozen_server_costs_each_caller_at_most_the_timeout(
         t0 = time.monotonic()
         async with asyncio.timeout(2):
             results = await asyncio.gather(*(lim.reserve() for _ in range(20)))
-        assert time.monotonic() - t0 < 0.5  # one timeout, not twenty in a row
+        assert time.monotonic() - t0 < 1.0  # one timeout (0.2 s), not twenty in a row
         assert not any(r.shared for r in results)
         assert not await b.ping()
         redis_server.thaw()
@@ -128,7 +129,7 @@ async def test_fail_mode_raises_a_clear_error_at_once(redis_server: RedisServer)
         for _ in range(10):  # during the outage: no waiting on Redis at all
             with pytest.raises(BackendUnavailableError):
                 await lim.reserve()
-        assert time.monotonic() - t0 < 0.05
+        assert time.monotonic() - t0 < 0.15  # less than one timeout (0.2 s)
 
 
 async def test_allow_mode_lets_calls_through(redis_server: RedisServer) -> None:
