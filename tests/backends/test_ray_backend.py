@@ -509,6 +509,37 @@ async def test_a_limit_one_worker_reads_is_the_limit_for_all(events: list[Event]
 
 
 @pytest.mark.virtual_time
+async def test_an_advertised_limit_survives_a_probe_published_after_it() -> None:
+    # a learns 1200/min from a header and publishes it; b, still probing (it has seen no
+    # header yet), publishes its probe after that. The advertised limit must win: a keeps
+    # it and publishes it again, and b ends up at it too, without a new header.
+    actor = StubActor()
+    a, b = RayBackend(actor=actor), RayBackend(actor=actor)
+    la = RayAdaptiveLimiter(a, "api", rpm=6000, sync_every=0.5)
+    lb = RayAdaptiveLimiter(b, "api", rpm=6000, sync_every=0.5)
+    await la.reserve()
+    await lb.reserve()
+    la.observe_headers({"x-ratelimit-limit-requests": "1200"})
+    await la.reserve()  # published: adv=1200
+    await asyncio.sleep(1.0)
+    lb.on_success()
+    await asyncio.sleep(0.2)
+    lb.on_success()  # a probe: b's state (no advertised limit) is dirty
+    await lb.reserve()  # published after a's
+    assert lb.rate_in_force() != (1200.0, "server")
+    await asyncio.sleep(0.5)
+    await la.reserve()  # a adopts b's newer state, but it has seen the server's figure
+    assert la.rate_in_force() == (1200.0, "server")
+    await asyncio.sleep(0.5)
+    await la.reserve()  # and publishes it again
+    await asyncio.sleep(0.5)
+    await lb.reserve()
+    assert lb.rate_in_force() == (1200.0, "server")
+    await a.aclose()
+    await b.aclose()
+
+
+@pytest.mark.virtual_time
 async def test_a_429_seen_by_one_worker_slows_and_pauses_all() -> None:
     actor = StubActor()
     a, b = RayBackend(actor=actor), RayBackend(actor=actor)
@@ -526,13 +557,19 @@ async def test_a_429_seen_by_one_worker_slows_and_pauses_all() -> None:
     slowed = lb.rate_in_force()
     assert slowed is not None
     assert slowed[0] < 600.0
-    assert (await lb.reserve()).delay >= 3.0 - 0.01  # published with the trip
+    clock = lb.shared.clock
+    t0 = clock.now()
+    await lb.sync_learned()  # b publishes its decrease
+    await lb.shared.flush()  # and the pause
     await asyncio.sleep(0.5)
     res = await la.reserve()
     assert la.rate_in_force() == slowed  # a adopted b's decrease
-    assert res.delay > 0.0  # and waits out the shared pause
+    await res.wait()
+    assert clock.now() - t0 >= 3.0 - 0.01  # and waited out the shared pause
+    t0 = clock.now()
     lb.pause(10 * MAX_SHARED_PAUSE)  # one 429 never stops the cluster for long
-    assert (await lb.reserve()).delay <= MAX_SHARED_PAUSE + 1.0
+    await (await lb.reserve()).wait()
+    assert MAX_SHARED_PAUSE - 1.0 <= clock.now() - t0 <= MAX_SHARED_PAUSE + 1.0
     lb.sync("requests", 0.0)
     lb.on_success()
     # a server that advertises nothing: probing upward while answers come, shared

@@ -21,7 +21,7 @@ from headway import events
 from headway._clock import Clock, resolve_clock
 from headway.backends._base import Limit
 from headway.backends._shared import SharedBackend, SharedLimiter, SharedReservation
-from headway.errors import ConfigurationError
+from headway.errors import ConfigurationError, MaxWaitExceededError
 from headway.events import EventListener
 from headway.limits.adaptive import (
     _START_RPM,
@@ -36,6 +36,8 @@ __all__ = ["MAX_SHARED_PAUSE", "SharedRateLearner"]
 
 #: The longest pause one 429 may impose on every worker (seconds).
 MAX_SHARED_PAUSE = 120.0
+#: How far ahead (seconds) a call is booked at most while the rate may still change.
+HORIZON = 0.5
 
 
 class SharedRateLearner:
@@ -128,10 +130,31 @@ class SharedRateLearner:
     async def reserve(
         self, requests: float = 1.0, tokens: float = 0.0, *, max_wait: float | None = None
     ) -> SharedReservation:
-        """Sync the learned rate (every ``sync_every`` s), then reserve on the shared bucket."""
-        if self._dirty or self._clock.now() - self._synced_at >= self.sync_every:
-            await self.sync_learned()
-        return await self.shared.reserve(requests, tokens, max_wait=max_wait)
+        """Sync the learned rate (every ``sync_every`` s), then reserve on the shared bucket.
+
+        The rate may change any moment (a header, a 429, a probe, another worker's), so a
+        call is booked at most :data:`HORIZON` seconds (or two intervals of the rate)
+        ahead, as :class:`~headway.limits.AdaptiveLimiter` does; past that it waits,
+        holding nothing, and asks again: a rate learned meanwhile applies to it.
+        """
+        clock = self._clock
+        while True:
+            if self._dirty or clock.now() - self._synced_at >= self.sync_every:
+                await self.sync_learned()
+            horizon = max(HORIZON, 2.0 * 60.0 / self.requests.rate)
+            try:
+                return await self.shared.reserve(
+                    requests,
+                    tokens,
+                    max_wait=horizon if max_wait is None else min(horizon, max_wait),
+                )
+            except MaxWaitExceededError as exc:
+                if max_wait is not None and max_wait <= horizon:
+                    raise
+                ahead = (exc.retry_after or 0.0) - horizon
+                if max_wait is not None:
+                    max_wait = max(0.0, max_wait - ahead)
+                await clock.sleep(min(max(ahead, 0.01), self.sync_every))
 
     def pause_until(self, when: float) -> None:
         """Admit nobody, in any worker, before ``when`` (at most ``MAX_SHARED_PAUSE`` s)."""
@@ -242,8 +265,13 @@ class SharedRateLearner:
             c.learned = c.ceiling
         c.peak = float(state.get("peak", repr(c.peak)))
         c.slow_start = state.get("slow", "1") == "1"
+        seen = _number(self._seen_limit) if c.advertised is None else None
         if c.update():
             self._apply("shared")
+        if seen is not None and c.advertise(seen, self._clock.now()):
+            # A worker that had not heard the server's figure yet published after one
+            # that had: what the server said wins, here and, published again, everywhere.
+            self._changed("advertised")
 
     def __repr__(self) -> str:
         return (
