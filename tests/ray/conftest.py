@@ -1,4 +1,4 @@
-"""Fixtures for the Ray tests: one local Ray per module, FakeAPI in a thread.
+"""Fixtures for the Ray tests: one local Ray per session, FakeAPI in a thread.
 
 ``test_ray.py`` needs the ``ray`` extra (``pip install -e '.[dev,ray]'``). Without it
 it is not collected — except with ``HEADWAY_REQUIRE_RAY=1`` (CI's Ray step, in
@@ -83,9 +83,9 @@ def served() -> Iterator[Any]:
         s.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_session() -> Iterator[Any]:
-    """One local Ray for the module: 2 CPUs, no dashboard (about 5 s to start)."""
+    """One local Ray for the whole session: 2 CPUs, no dashboard (about 5 s to start)."""
     import ray
 
     ray.init(

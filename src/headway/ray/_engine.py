@@ -58,40 +58,50 @@ class RaySender:
     """A batch :class:`~headway.batch.Sender` that sends from a pool of Ray actors."""
 
     def __init__(self, settings: SenderSettings, *, actors: int, backend: str) -> None:
+        self.settings = settings
+        self.count = actors
+        self.backend = backend
+        #: The actors, started with the first request (a resumed run with nothing left
+        #: to send starts none).
+        self.actors: list[Any] = []
+        self._next = 0
+
+    def _start(self) -> list[Any]:
         import ray
 
-        self.settings = settings
+        settings = self.settings
         remote = ray.remote(CallerActor).options(
             num_cpus=0.25, max_restarts=-1, max_task_retries=-1, max_concurrency=10_000
         )
-        config = endpoint_config(settings, actors)
-        self.actors: list[Any] = [
+        config = endpoint_config(settings, self.count)
+        self.actors = [
             remote.remote(
                 endpoint=config,
-                backend=backend,
+                backend=self.backend,
                 limit_name=settings.shared_name,
                 burst=settings.burst,
                 max_breaker_wait=settings.max_breaker_wait,
                 adaptive=True,  # as the local engine: --rpm/--tpm are ceilings
             )
-            for _ in range(actors)
+            for _ in range(self.count)
         ]
-        self._next = 0
+        return self.actors
 
     async def __call__(self, request: BatchRequest) -> Response:
         from ray.exceptions import RayActorError
 
         url = self.settings.target.path(request.url)
+        actors = self.actors or self._start()
         tries = 0
         while True:
-            actor = self.actors[self._next % len(self.actors)]
+            actor = actors[self._next % len(actors)]
             self._next += 1
             try:
                 result, exc, limited = await actor.send.remote(request.custom_id, request.body, url)
                 break
             except RayActorError:
                 tries += 1
-                if tries >= 3 * len(self.actors):
+                if tries >= 3 * len(actors):
                     raise
         for i in range(result.attempts - 1):
             note_retry(rate_limited=i < limited)
