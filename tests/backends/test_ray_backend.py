@@ -197,6 +197,32 @@ async def test_an_unreachable_actor_means_a_local_share_then_recovery(
 
 
 @pytest.mark.virtual_time
+async def test_a_limit_whose_state_was_lost_starts_empty() -> None:
+    # A fresh actor's limit starts full (the server's bucket is full too); one that lost
+    # its state — the actor restarted, or created anew under a worker that reserved
+    # before — starts empty: the server may still count what the old state admitted.
+    actor = StubActor()
+    lim = RayBackend(actor=actor).limiter("api", rps=10, burst=10)
+    first = [await lim.reserve() for _ in range(10)]
+    assert [r.delay for r in first] == [0.0] * 10  # a fresh cluster: the full burst
+    await asyncio.sleep(1.0)  # full again
+    actor.state = SharedState(now=actor.state._now)  # the actor was created anew
+    actor.reserve = _Method(actor, actor.state.reserve)
+    again = [await lim.reserve() for _ in range(3)]
+    assert all(r.shared for r in again)
+    # the rate, no burst (less the stand-in's 1 ms round trips)
+    assert [r.delay for r in again] == pytest.approx([0.1, 0.2, 0.3], abs=0.005)
+    restarted = SharedState(now=actor.state._now, restarted=True)
+    out = restarted.reserve("x", [(10.0, 10.0)], "w", None, None, [], 0.0, [([1.0], None)])
+    assert out[3] == [(True, pytest.approx(0.1))]
+    fresh = SharedState(now=actor.state._now)
+    out = fresh.reserve("x", [(10.0, 10.0)], "w", None, None, [], 0.0, [([1.0], None)])
+    assert out[3] == [(True, 0.0)]
+    out = fresh.reserve("y", [(10.0, 10.0)], "w", None, None, [], 0.0, [([1.0], None)], known=True)
+    assert out[3] == [(True, pytest.approx(0.1))]
+
+
+@pytest.mark.virtual_time
 async def test_a_cancelled_waiter_gives_its_reservation_back() -> None:
     actor = StubActor()
     backend = RayBackend(actor=actor)

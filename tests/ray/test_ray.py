@@ -176,6 +176,9 @@ def test_the_cluster_learns_the_advertised_limit_through_the_actor(
     assert Counter(r.status for r in reqs) == {200: 80}  # paced at 1200, not at 6000
     times = [r.time for r in reqs]
     assert _worst_window(times, 1.0) <= 24 + 20
+    # the driver shows what the actors learned, as the local engine's summary does
+    assert (stats.limit_text, stats.limited_by) == ("1,200/min", "server")
+    assert stats.learned == {"requests": 1200.0}
     version, learned = ray_session.get(keeper.actor.learned.remote(f"ray:{api.url}/v1", None))
     keeper.kill()
     assert version  # published by the actors, through the actor
@@ -324,7 +327,7 @@ def test_the_udf_on_its_own_with_bare_bodies_parse_and_errors(
 def test_cli_engine_ray_resumes_and_reports_like_the_local_engine(
     ray_session: Any, served: Any, tmp_path: Path
 ) -> None:
-    api = served(rpm=3000)
+    api = served(rpm=3000, profile="openai")  # it advertises its limit: learned, shown
     src = tmp_path / "in.jsonl"
     lines = [
         json.dumps(
@@ -368,6 +371,8 @@ def test_cli_engine_ray_resumes_and_reports_like_the_local_engine(
     assert data["succeeded"] == 30
     assert data["invalid"] == 1
     assert data["duplicates"] == 1
+    assert data["learned_limits"] == {"requests": 3000.0}  # read from the named actor
+    assert data["rate_limit"]["in_force"] == "3,000/min"
     assert len(api.requests()) == 30
     again = CliRunner().invoke(cli_main, args, catch_exceptions=False)
     assert len(api.requests()) == 30, again.output  # resumed: nothing sent again
@@ -434,8 +439,23 @@ async def test_a_lost_state_actor_is_found_again_or_created_anew(ray_session: An
     ray_session.kill(backend.actor, no_restart=True)  # gone for good
     assert not (await lim.reserve()).shared  # a local share meanwhile
     await asyncio.sleep(0.06)
-    assert (await lim.reserve()).shared  # the probe created the actor again
+    res = await lim.reserve()
+    assert res.shared  # the probe created the actor again
+    assert res.delay > 0.0  # with the limit empty: the lost state may have used it all
     assert backend.outages == 1
+    ray_session.kill(backend.actor, no_restart=False)  # Ray restarts it
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if ray_session.get(backend.actor.stats.remote())["restarted"]:
+                break
+        except ray_session.exceptions.RayError:
+            pass  # dying or restarting
+        await asyncio.sleep(0.05)
+    other = backend.limiter("other", rps=1000, burst=1000)  # never reserved before
+    res = await other.reserve()
+    assert res.shared
+    assert res.delay > 0.0  # a restarted actor starts every limit empty
     backend.kill()
     await backend.aclose()
 

@@ -32,7 +32,7 @@ from headway.limits.adaptive import (
     _number,
 )
 
-__all__ = ["MAX_SHARED_PAUSE", "SharedRateLearner"]
+__all__ = ["HORIZON", "MAX_SHARED_PAUSE", "SharedRateLearner", "adopt", "describe"]
 
 #: The longest pause one 429 may impose on every worker (seconds).
 MAX_SHARED_PAUSE = 120.0
@@ -117,10 +117,7 @@ class SharedRateLearner:
 
     def learned_limits(self) -> dict[str, float]:
         """What the workers learned together, per minute."""
-        c = self.requests
-        if c.advertised is not None:
-            return {"requests": c.advertised * c.share}
-        return {} if c.slow_start else {"requests": c.learned}
+        return learned_of(self.requests)
 
     # -- the Limiter protocol ----------------------------------------------------------
     def reserve_nowait(self, requests: float = 1.0, tokens: float = 0.0) -> None:
@@ -257,18 +254,10 @@ class SharedRateLearner:
 
     def _adopt(self, state: Mapping[str, str]) -> None:
         c = self.requests
-        adv = state.get("adv", "")
-        c.advertised = float(adv) if adv else None
-        c.share = float(state.get("share", "1"))
-        c.learned = float(state.get("learned", repr(c.learned)))
-        if c.ceiling is not None and c.learned > c.ceiling:
-            c.learned = c.ceiling
-        c.peak = float(state.get("peak", repr(c.peak)))
-        c.slow_start = state.get("slow", "1") == "1"
-        seen = _number(self._seen_limit) if c.advertised is None else None
-        if c.update():
+        seen = _number(self._seen_limit)
+        if adopt(c, state):
             self._apply("shared")
-        if seen is not None and c.advertise(seen, self._clock.now()):
+        if c.advertised is None and seen is not None and c.advertise(seen, self._clock.now()):
             # A worker that had not heard the server's figure yet published after one
             # that had: what the server said wins, here and, published again, everywhere.
             self._changed("advertised")
@@ -278,3 +267,38 @@ class SharedRateLearner:
             f"{type(self).__name__}({self.name!r}, rpm={self.requests.rate:g} "
             f"limited by {self.requests.source})"
         )
+
+
+def adopt(c: RateControl, state: Mapping[str, str]) -> bool:
+    """Set ``c`` to a shared learned ``state``; ``True`` if its rate moved."""
+    adv = state.get("adv", "")
+    c.advertised = float(adv) if adv else None
+    c.share = float(state.get("share", "1"))
+    c.learned = float(state.get("learned", repr(c.learned)))
+    if c.ceiling is not None and c.learned > c.ceiling:
+        c.learned = c.ceiling
+    c.peak = float(state.get("peak", repr(c.peak)))
+    c.slow_start = state.get("slow", "1") == "1"
+    return c.update()
+
+
+def describe(
+    state: Mapping[str, str], *, rpm: float | None, start_rpm: float = _START_RPM
+) -> tuple[float, Source, dict[str, float]]:
+    """What a shared learned ``state`` means under the ceiling ``rpm``: the request rate
+    in force per minute, who sets it, and what was learned (for a driver's summary).
+
+    >>> describe({"adv": "1200.0", "share": "1.0", "learned": "60.0", "peak": "60.0",
+    ...           "slow": "1"}, rpm=6000)
+    (1200.0, 'server', {'requests': 1200.0})
+    """
+    c = RateControl(ceiling=rpm, start=start_rpm)
+    adopt(c, state)
+    return c.rate, c.source, learned_of(c)
+
+
+def learned_of(c: RateControl) -> dict[str, float]:
+    """What the server advertised (times the share left) or probing found, per minute."""
+    if c.advertised is not None:
+        return {"requests": c.advertised * c.share}
+    return {} if c.slow_start else {"requests": c.learned}

@@ -11,15 +11,19 @@ backend (or Redis with ``--redis-url``).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from headway.backends._learned import describe
 from headway.batch.jobs import BatchRequest
 from headway.batch.ledger import Result
-from headway.batch.runner import BatchRunner, Response, note_retry, signal_handlers
+from headway.batch.runner import BatchRunner, Response, note_rate, note_retry, signal_handlers
 from headway.batch.sender import SenderSettings
 from headway.errors import ConfigurationError
 from headway.http.config import EndpointConfig
 from headway.ray._caller import Caller
+
+if TYPE_CHECKING:
+    from headway.backends.ray import RayBackend
 
 __all__ = ["CallerActor", "RaySender", "endpoint_config", "run_batch_on_ray"]
 
@@ -57,10 +61,20 @@ def endpoint_config(settings: SenderSettings, actors: int) -> EndpointConfig:
 class RaySender:
     """A batch :class:`~headway.batch.Sender` that sends from a pool of Ray actors."""
 
-    def __init__(self, settings: SenderSettings, *, actors: int, backend: str) -> None:
+    def __init__(
+        self,
+        settings: SenderSettings,
+        *,
+        actors: int,
+        backend: str,
+        owner: RayBackend | None = None,
+    ) -> None:
         self.settings = settings
         self.count = actors
         self.backend = backend
+        #: The named actor's backend: the learned rate is read there for the display.
+        self.owner = owner
+        self._read_at = -math.inf
         #: The actors, started with the first request (a resumed run with nothing left
         #: to send starts none).
         self.actors: list[Any] = []
@@ -105,9 +119,24 @@ class RaySender:
                     raise
         for i in range(result.attempts - 1):
             note_retry(rate_limited=i < limited)
+        await self._note_rate()
         if exc is not None:
             raise exc
         return Response(result.status_code or 0, result.body, {}, request_id=result.request_id)
+
+    async def _note_rate(self) -> None:
+        """Show the rate the actors learned (read from the named actor, once a second)."""
+        owner = self.owner
+        if owner is None or owner.clock.now() - self._read_at < 1.0:
+            return
+        self._read_at = owner.clock.now()
+        try:
+            _, state = await owner.call("learned", self.settings.shared_name, None)
+        except Exception:
+            return  # shown, not needed
+        if state:
+            rate, who, learned = describe(state, rpm=self.settings.rpm)
+            note_rate(rate, who, learned)
 
     def close(self) -> None:
         """Kill the actors."""
@@ -149,7 +178,7 @@ async def run_batch_on_ray(
             from headway.backends.ray import RayBackend
 
             owner = RayBackend()  # the driver owns the named actor
-        sender = RaySender(settings, actors=actors, backend=backend)
+        sender = RaySender(settings, actors=actors, backend=backend, owner=owner)
         try:
             runner.sender = sender
             with signal_handlers(runner):

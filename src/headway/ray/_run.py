@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -9,13 +11,14 @@ from typing import Any
 
 import orjson
 
+from headway.backends._learned import describe
 from headway.batch.ledger import Ledger, Result
 from headway.batch.progress import NullProgress, ProgressReporter
 from headway.batch.summary import BatchStats
 from headway.http.config import EndpointConfig
-from headway.ray._caller import Caller, check_backend
+from headway.ray._caller import Caller, check_backend, default_limit_name
 
-__all__ = ["output_file", "result_of_row", "run"]
+__all__ = ["note_learned", "output_file", "result_of_row", "run"]
 
 #: The file written inside an output directory.
 RESULTS_NAME = "results.jsonl"
@@ -63,6 +66,27 @@ def _drop_done(batch: Any, done: Any, id_column: str) -> Any:
 
     ids = pc.cast(batch[id_column], pa.string())
     return batch.filter(pc.invert(pc.is_in(ids, value_set=done)))
+
+
+def note_learned(stats: BatchStats, state: Mapping[str, str] | None, rpm: float | None) -> None:
+    """Put a shared learned ``state`` (see :meth:`SharedState.learned`) in ``stats``: the
+    rate in force, who sets it and what was learned, as the local engine's summary has."""
+    if not state:
+        return
+    rate, who, learned = describe(state, rpm=rpm)
+    stats.limit_text = f"{rate:,.0f}/min"
+    stats.limited_by = "you" if who == "user" else who
+    stats.learned = learned
+
+
+def _state(read: Any) -> Any:
+    """The named actor's learned state, or None if it does not answer (shown, not needed)."""
+    import ray
+
+    try:
+        return ray.get(read(), timeout=5.0)[1]
+    except Exception:
+        return None
 
 
 def _pool(actors: int | tuple[int, int]) -> Any:
@@ -168,6 +192,12 @@ def run(
             num_cpus=num_cpus,
         )
         written: set[str] = set()
+        learned = None
+        if owner is not None and caller_options.get("adaptive"):
+            # the rate the actors learned lives in the named actor: show it here too
+            name = caller_options.get("limit_name") or default_limit_name(config)
+            learned = functools.partial(owner.actor.learned.remote, name, None)
+        read_at = -math.inf
         reporter.start(stats, time.monotonic() - t0)
         for batch in out.iter_batches(batch_format="pyarrow", batch_size=None):
             for row in batch.to_pylist():
@@ -178,7 +208,12 @@ def run(
                 written.add(result.custom_id)
                 ledger.write(result)
                 stats.record(result)
+            if learned is not None and time.monotonic() - read_at >= 1.0:
+                read_at = time.monotonic()
+                note_learned(stats, _state(learned), config.rpm)
             reporter.update(stats, time.monotonic() - t0)
+        if learned is not None:
+            note_learned(stats, _state(learned), config.rpm)
         stats.total = stats.done
     finally:
         ledger.close()

@@ -34,7 +34,7 @@ circuit — the same contract as :class:`~headway.backends.RedisBackend`, withou
 >>> workers, [(ok, round(wait, 3)) for ok, wait in out]
 (1, [(True, 0.0), (True, 1.0)])
 >>> state.stats()
-{'trips': 1, 'reservations': 2}
+{'trips': 1, 'reservations': 2, 'restarted': 0}
 """
 
 from __future__ import annotations

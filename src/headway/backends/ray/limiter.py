@@ -59,6 +59,7 @@ class RayLimiter(SharedLimiter):
                 pause,
                 [(r.amounts, r.max_wait) for r in batch],
                 self.retune,
+                self.round_trips > 0,  # reserved here before: a missing name was lost
             )
         except BaseException as exc:
             # not applied (or unknown): keep the settles for the next trip

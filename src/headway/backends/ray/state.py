@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -19,14 +20,21 @@ class SharedState:
     """The state the named actor holds (a plain class: Ray wraps it, tests call it directly).
 
     ``now``: the clock (the actor's ``time.monotonic``; tests pass a virtual one).
+    ``restarted``: whether this is an actor Ray restarted (default: asked of Ray).
 
     Limits are kept per name as :class:`~headway.backends._model.Bucket` lists, on the
     actor's monotonic clock (seconds). Methods run one at a time (the actor is serial),
     which is what makes a reservation atomic.
+
+    A limit starts full on a fresh cluster, as the server's does. Where the state was
+    lost — a restarted actor, or a worker that reserved here before finds its limit
+    gone (the actor was created anew) — it starts EMPTY: the server's window may still
+    hold what the lost state admitted, so a restart adds no burst, only the rate.
     """
 
-    def __init__(self, now: Any = time.monotonic) -> None:
+    def __init__(self, now: Any = time.monotonic, *, restarted: bool | None = None) -> None:
         self._now = now
+        self.restarted = _reconstructed() if restarted is None else restarted
         self._limits: dict[str, tuple[tuple[tuple[float, float], ...], list[Bucket]]] = {}
         self._clients: dict[str, float] = {}
         self._breakers: dict[str, _Circuit] = {}
@@ -36,8 +44,13 @@ class SharedState:
         self._reserved = 0
 
     def stats(self) -> dict[str, int]:
-        """Round trips served and reservations made in them (batching: several per trip)."""
-        return {"trips": self._trips, "reservations": self._reserved}
+        """Round trips served, reservations made in them (batching: several per trip),
+        and whether the actor was restarted (1) or is the first of its name here (0)."""
+        return {
+            "trips": self._trips,
+            "reservations": self._reserved,
+            "restarted": int(self.restarted),
+        }
 
     def reserve(
         self,
@@ -50,18 +63,22 @@ class SharedState:
         pause: float,
         callers: Sequence[tuple[Sequence[float], float | None]],
         retune: bool = False,
+        known: bool = False,
     ) -> tuple[float, float, int, list[tuple[bool, float]]]:
         """Apply settles/caps/cancels/pause, then reserve for ``callers`` in order.
 
         With ``retune`` the limits' rates and capacities become ``specs`` (a learned
         rate: the levels stay); without it other ``specs`` than the name's are refused.
-        Returns ``(total pause shift, actor now, live workers, [(admitted, wait)])``.
+        ``known``: the caller reserved under ``name`` before (if the name is missing,
+        its state was lost). Returns ``(total pause shift, actor now, live workers,
+        [(admitted, wait)])``.
         """
         now = self._now()
         key = tuple((float(r), float(c)) for r, c in specs)
         entry = self._limits.get(name)
         if entry is None:
-            entry = (key, [Bucket(rate=r, capacity=c) for r, c in key])
+            level = 0.0 if self.restarted or known else None
+            entry = (key, [Bucket(rate=r, capacity=c, level=level, start=now) for r, c in key])
             self._limits[name] = entry
         elif entry[0] != key:
             if not retune or len(key) != len(entry[0]):
@@ -135,6 +152,18 @@ class SharedState:
             got = True
         left = None if c.open_until is None else c.open_until - now
         return left, c.generation, got
+
+
+def _reconstructed() -> bool:
+    """Whether this runs in an actor Ray restarted (False outside an actor)."""
+    ray = sys.modules.get("ray")  # never imported (nor started) here
+    try:
+        if ray is None or not ray.is_initialized():
+            return False
+        ctx = ray.get_runtime_context()
+        return ctx.get_actor_id() is not None and bool(ctx.was_current_actor_reconstructed)
+    except Exception:
+        return False
 
 
 @dataclass(slots=True)
