@@ -470,9 +470,41 @@ def test_the_docs_example_from_a_jsonl_file_to_a_results_file(
     ]
     (tmp_path / "requests.jsonl").write_text("\n".join(lines) + "\n")
     ds = ray_session.data.read_json(str(tmp_path / "requests.jsonl"))  # body: a struct column
-    stats = hr.run(ds, _config(api.url, rpm=6000), output=tmp_path / "results", actors=(1, 2))
+    out = tmp_path / "results.parquet"
+    stats = hr.run(ds, _config(api.url, rpm=6000), output=out, actors=(1, 2))
     assert stats.succeeded == 10
-    assert sorted(_output_ids(tmp_path / "results" / "results.jsonl")) == sorted(
-        f"j-{i}" for i in range(10)
-    )
+    ids = sorted(f"j-{i}" for i in range(10))
+    assert sorted(_output_ids(tmp_path / "results.parquet.ledger.jsonl")) == ids
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out)
+    assert sorted(table.column("custom_id").to_pylist()) == ids
+    assert set(table.column("status_code").to_pylist()) == {200}
     assert sorted(_sent_contents(api.requests())) == sorted(f"j {i}" for i in range(10))
+
+
+def test_to_parquet_streams_a_ledger_in_chunks_and_skips_a_cut_line(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    ledger = tmp_path / "r.jsonl"
+    ok = {"status_code": 200, "request_id": "q", "body": {"choices": [1]}}
+    lines = [
+        json.dumps({"id": "a", "custom_id": "a", "response": ok, "error": None}),
+        json.dumps(
+            {"id": "b", "custom_id": "b", "response": None, "error": {"code": "x", "message": "m"}}
+        ),
+        json.dumps({"id": "c", "custom_id": "c", "response": ok, "error": None}),
+    ]
+    ledger.write_text("\n".join(lines) + '\n{"id": "d", "cus')  # cut by a crash
+    assert hr.to_parquet(ledger, tmp_path / "r.parquet", rows=2) == 3
+    rows = pq.read_table(tmp_path / "r.parquet").to_pylist()
+    assert [r["custom_id"] for r in rows] == ["a", "b", "c"]
+    assert json.loads(rows[0]["body"]) == {"choices": [1]}
+    assert (rows[1]["status_code"], rows[1]["error_code"], rows[1]["error_message"]) == (
+        None,
+        "x",
+        "m",
+    )
+    (tmp_path / "empty.jsonl").write_text("")
+    assert hr.to_parquet(tmp_path / "empty.jsonl", tmp_path / "e.parquet") == 0
+    assert pq.read_table(tmp_path / "e.parquet").num_rows == 0
