@@ -61,19 +61,12 @@ def endpoint_config(settings: SenderSettings, actors: int) -> EndpointConfig:
 class RaySender:
     """A batch :class:`~headway.batch.Sender` that sends from a pool of Ray actors."""
 
-    def __init__(
-        self,
-        settings: SenderSettings,
-        *,
-        actors: int,
-        backend: str,
-        owner: RayBackend | None = None,
-    ) -> None:
+    def __init__(self, settings: SenderSettings, *, actors: int, backend: str) -> None:
         self.settings = settings
         self.count = actors
         self.backend = backend
         #: The named actor's backend: the learned rate is read there for the display.
-        self.owner = owner
+        self.owner: RayBackend | None = None
         self._read_at = -math.inf
         #: The actors, started with the first request (a resumed run with nothing left
         #: to send starts none).
@@ -178,7 +171,8 @@ async def run_batch_on_ray(
             from headway.backends.ray import RayBackend
 
             owner = RayBackend()  # the driver owns the named actor
-        sender = RaySender(settings, actors=actors, backend=backend, owner=owner)
+        sender = RaySender(settings, actors=actors, backend=backend)
+        sender.owner = owner
         try:
             runner.sender = sender
             with signal_handlers(runner):
