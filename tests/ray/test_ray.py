@@ -8,6 +8,7 @@ Inputs are as small as still tells right from wrong (e.g. 80 rows against a limi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -437,6 +438,11 @@ async def test_a_lost_state_actor_is_found_again_or_created_anew(ray_session: An
     lim = backend.limiter("api", rps=1000, burst=1000)
     assert (await lim.reserve()).shared
     ray_session.kill(backend.actor, no_restart=True)  # gone for good
+    deadline = time.monotonic() + 60  # ray.kill returns before the actor is gone
+    with contextlib.suppress(ray_session.exceptions.RayError):
+        while time.monotonic() < deadline:
+            ray_session.get(backend.actor.stats.remote())
+            await asyncio.sleep(0.05)
     assert not (await lim.reserve()).shared  # a local share meanwhile
     await asyncio.sleep(0.06)
     res = await lim.reserve()
