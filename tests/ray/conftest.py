@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -98,5 +99,16 @@ def ray_session() -> Iterator[Any]:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    yield ray
-    ray.shutdown()
+    # Ray Data drops a per-dataset log handler with its file still open when two
+    # datasets overlap (register_dataset_logger makes the waiting one's handler again);
+    # the file is then closed by the garbage collector, a ResourceWarning the suite
+    # turns into an error in whichever test runs then. The driver needs no such files.
+    import ray.data._internal.logging as data_logging
+
+    make_handler = data_logging._create_dataset_log_handler
+    data_logging._create_dataset_log_handler = lambda dataset_id: logging.NullHandler()
+    try:
+        yield ray
+    finally:
+        data_logging._create_dataset_log_handler = make_handler
+        ray.shutdown()
