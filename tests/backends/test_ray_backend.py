@@ -181,9 +181,11 @@ async def test_an_unreachable_actor_means_a_local_share_then_recovery(
     actor.down = True
     clock = la.clock
     t0 = clock.now()
-    for _ in range(10):  # half of the limit each: 5 at once, then 5/s
-        await la.acquire()
-    assert clock.now() - t0 == pytest.approx(1.0, abs=0.05)
+    waits = [await la.acquire() for _ in range(10)]
+    # half of the limit each, starting empty (no burst on top of what the actor
+    # admitted): 5/s from the start
+    assert waits[0] == pytest.approx(0.2, abs=0.01)
+    assert clock.now() - t0 == pytest.approx(2.0, abs=0.05)
     assert [e.kind for e in events].count("backend.unavailable") == 1
     actor.down = False
     await clock.sleep(1.0)
@@ -192,6 +194,32 @@ async def test_an_unreachable_actor_means_a_local_share_then_recovery(
     assert "backend.recovered" in [e.kind for e in events]
     local = la._local
     assert local is not None
+
+
+@pytest.mark.virtual_time
+async def test_a_limit_whose_state_was_lost_starts_empty() -> None:
+    # A fresh actor's limit starts full (the server's bucket is full too); one that lost
+    # its state — the actor restarted, or created anew under a worker that reserved
+    # before — starts empty: the server may still count what the old state admitted.
+    actor = StubActor()
+    lim = RayBackend(actor=actor).limiter("api", rps=10, burst=10)
+    first = [await lim.reserve() for _ in range(10)]
+    assert [r.delay for r in first] == [0.0] * 10  # a fresh cluster: the full burst
+    await asyncio.sleep(1.0)  # full again
+    actor.state = SharedState(now=actor.state._now)  # the actor was created anew
+    actor.reserve = _Method(actor, actor.state.reserve)
+    again = [await lim.reserve() for _ in range(3)]
+    assert all(r.shared for r in again)
+    # the rate, no burst (less the stand-in's 1 ms round trips)
+    assert [r.delay for r in again] == pytest.approx([0.1, 0.2, 0.3], abs=0.005)
+    restarted = SharedState(now=actor.state._now, restarted=True)
+    out = restarted.reserve("x", [(10.0, 10.0)], "w", None, None, [], 0.0, [([1.0], None)])
+    assert out[3] == [(True, pytest.approx(0.1))]
+    fresh = SharedState(now=actor.state._now)
+    out = fresh.reserve("x", [(10.0, 10.0)], "w", None, None, [], 0.0, [([1.0], None)])
+    assert out[3] == [(True, 0.0)]
+    out = fresh.reserve("y", [(10.0, 10.0)], "w", None, None, [], 0.0, [([1.0], None)], known=True)
+    assert out[3] == [(True, pytest.approx(0.1))]
 
 
 @pytest.mark.virtual_time
@@ -401,8 +429,12 @@ async def test_a_pause_elsewhere_pushes_back_waiters_here(events: list[Event]) -
 async def test_local_reservations_settle_cancel_and_reject() -> None:
     actor = StubActor()
     actor.down = True
-    backend = RayBackend(actor=actor, retry_interval=60.0)
+    backend = RayBackend(actor=actor, retry_interval=120.0)
     lim = backend.limiter("api", rpm=60, tpm=600, burst=1)
+    first = await lim.reserve(tokens=0)
+    assert not first.shared
+    assert first.delay == pytest.approx(1.0)  # the local share starts empty: no burst
+    await asyncio.sleep(61.0)  # and fills at its rate
     res = await lim.reserve(tokens=600)
     assert not res.shared
     assert res.delay == 0.0
@@ -416,7 +448,7 @@ async def test_local_reservations_settle_cancel_and_reject() -> None:
     paused = await lim.reserve(tokens=0)
     assert paused.delay >= 3.0
     actor.down = False
-    await asyncio.sleep(60.0)  # time to probe the actor again
+    await asyncio.sleep(60.0)  # time to probe the actor again (120 s after the outage)
     leader = asyncio.ensure_future(lim.reserve())
     queued = asyncio.ensure_future(lim.reserve())
     await asyncio.sleep(0)  # the leader's trip is in flight, the other waits for the next
@@ -503,6 +535,37 @@ async def test_a_limit_one_worker_reads_is_the_limit_for_all(events: list[Event]
 
 
 @pytest.mark.virtual_time
+async def test_an_advertised_limit_survives_a_probe_published_after_it() -> None:
+    # a learns 1200/min from a header and publishes it; b, still probing (it has seen no
+    # header yet), publishes its probe after that. The advertised limit must win: a keeps
+    # it and publishes it again, and b ends up at it too, without a new header.
+    actor = StubActor()
+    a, b = RayBackend(actor=actor), RayBackend(actor=actor)
+    la = RayAdaptiveLimiter(a, "api", rpm=6000, sync_every=0.5)
+    lb = RayAdaptiveLimiter(b, "api", rpm=6000, sync_every=0.5)
+    await la.reserve()
+    await lb.reserve()
+    la.observe_headers({"x-ratelimit-limit-requests": "1200"})
+    await la.reserve()  # published: adv=1200
+    await asyncio.sleep(1.0)
+    lb.on_success()
+    await asyncio.sleep(0.2)
+    lb.on_success()  # a probe: b's state (no advertised limit) is dirty
+    await lb.reserve()  # published after a's
+    assert lb.rate_in_force() != (1200.0, "server")
+    await asyncio.sleep(0.5)
+    await la.reserve()  # a adopts b's newer state, but it has seen the server's figure
+    assert la.rate_in_force() == (1200.0, "server")
+    await asyncio.sleep(0.5)
+    await la.reserve()  # and publishes it again
+    await asyncio.sleep(0.5)
+    await lb.reserve()
+    assert lb.rate_in_force() == (1200.0, "server")
+    await a.aclose()
+    await b.aclose()
+
+
+@pytest.mark.virtual_time
 async def test_a_429_seen_by_one_worker_slows_and_pauses_all() -> None:
     actor = StubActor()
     a, b = RayBackend(actor=actor), RayBackend(actor=actor)
@@ -520,13 +583,19 @@ async def test_a_429_seen_by_one_worker_slows_and_pauses_all() -> None:
     slowed = lb.rate_in_force()
     assert slowed is not None
     assert slowed[0] < 600.0
-    assert (await lb.reserve()).delay >= 3.0 - 0.01  # published with the trip
+    clock = lb.shared.clock
+    t0 = clock.now()
+    await lb.sync_learned()  # b publishes its decrease
+    await lb.shared.flush()  # and the pause
     await asyncio.sleep(0.5)
     res = await la.reserve()
     assert la.rate_in_force() == slowed  # a adopted b's decrease
-    assert res.delay > 0.0  # and waits out the shared pause
+    await res.wait()
+    assert clock.now() - t0 >= 3.0 - 0.01  # and waited out the shared pause
+    t0 = clock.now()
     lb.pause(10 * MAX_SHARED_PAUSE)  # one 429 never stops the cluster for long
-    assert (await lb.reserve()).delay <= MAX_SHARED_PAUSE + 1.0
+    await (await lb.reserve()).wait()
+    assert MAX_SHARED_PAUSE - 1.0 <= clock.now() - t0 <= MAX_SHARED_PAUSE + 1.0
     lb.sync("requests", 0.0)
     lb.on_success()
     # a server that advertises nothing: probing upward while answers come, shared

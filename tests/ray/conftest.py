@@ -1,4 +1,4 @@
-"""Fixtures for the Ray tests: one local Ray per module, FakeAPI in a thread.
+"""Fixtures for the Ray tests: one local Ray per session, FakeAPI in a thread.
 
 ``test_ray.py`` needs the ``ray`` extra (``pip install -e '.[dev,ray]'``). Without it
 it is not collected — except with ``HEADWAY_REQUIRE_RAY=1`` (CI's Ray step, in
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -83,9 +84,9 @@ def served() -> Iterator[Any]:
         s.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ray_session() -> Iterator[Any]:
-    """One local Ray for the module: 2 CPUs, no dashboard (about 5 s to start)."""
+    """One local Ray for the whole session: 2 CPUs, no dashboard (about 5 s to start)."""
     import ray
 
     ray.init(
@@ -98,5 +99,16 @@ def ray_session() -> Iterator[Any]:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
-    yield ray
-    ray.shutdown()
+    # Ray Data drops a per-dataset log handler with its file still open when two
+    # datasets overlap (register_dataset_logger makes the waiting one's handler again);
+    # the file is then closed by the garbage collector, a ResourceWarning the suite
+    # turns into an error in whichever test runs then. The driver needs no such files.
+    import ray.data._internal.logging as data_logging
+
+    make_handler = data_logging._create_dataset_log_handler
+    data_logging._create_dataset_log_handler = lambda dataset_id: logging.NullHandler()
+    try:
+        yield ray
+    finally:
+        data_logging._create_dataset_log_handler = make_handler
+        ray.shutdown()

@@ -105,6 +105,7 @@ async def test_429s_are_retried_and_counted() -> None:
         assert exc is None
 
 
+@pytest.mark.virtual_time
 async def test_adaptive_follows_the_limit_the_server_advertises_below_the_ceiling() -> None:
     async with FakeAPI(rpm=600, profile="openai") as api:
         caller = _caller(api, adaptive=True)  # rpm=6000 is now a ceiling

@@ -1,11 +1,14 @@
 """headway on a local Ray against FakeAPI: one global limit, exactly-once results.
 
-One Ray for the whole module (a start costs seconds); every test runs real Ray Data
+One Ray for the whole session (a start costs seconds); every test runs real Ray Data
 actors against a FakeAPI served from a thread, and checks what the server received.
+Inputs are as small as still tells right from wrong (e.g. 80 rows against a limit of
+20/s with a server burst of 24: unpaced, they would all go in the first second).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -151,7 +154,7 @@ def test_the_cluster_learns_the_advertised_limit_through_the_actor(
     # The user allows 6000 RPM; the server advertises and enforces 1200 (20/s, burst 24).
     # adaptive=True: the actors learn 1200 from the headers and share it via the actor.
     api = served(rpm=1200, burst=24, profile="openai")
-    rows = _rows(120, prefix="a")
+    rows = _rows(80, prefix="a")
     name = f"headway-adaptive-{uuid.uuid4().hex[:8]}"
     from headway.backends.ray import RayBackend
 
@@ -168,12 +171,15 @@ def test_the_cluster_learns_the_advertised_limit_through_the_actor(
     assert sorted(_output_ids(tmp_path / "out" / "results.jsonl")) == sorted(
         r["custom_id"] for r in rows
     )
-    assert stats.succeeded == 120
+    assert stats.succeeded == 80
     assert stats.duplicates == 0
     reqs = api.requests()
-    assert Counter(r.status for r in reqs) == {200: 120}  # paced at 1200, not at 6000
+    assert Counter(r.status for r in reqs) == {200: 80}  # paced at 1200, not at 6000
     times = [r.time for r in reqs]
     assert _worst_window(times, 1.0) <= 24 + 20
+    # the driver shows what the actors learned, as the local engine's summary does
+    assert (stats.limit_text, stats.limited_by) == ("1,200/min", "server")
+    assert stats.learned == {"requests": 1200.0}
     version, learned = ray_session.get(keeper.actor.learned.remote(f"ray:{api.url}/v1", None))
     keeper.kill()
     assert version  # published by the actors, through the actor
@@ -231,7 +237,7 @@ _DRIVER = textwrap.dedent(
     ray.data.DataContext.get_current().enable_progress_bars = False
     rows = json.loads(open(rows_path).read())
     config = {"base_url": url + "/v1", "endpoint": "chat/completions", "auth_type": "none",
-              "max_retries": 4, "rpm": 600}
+              "max_retries": 4, "rpm": 1200}
     hr.run(ray.data.from_items(rows), config, output=out, actors=2, batch_size=4)
     """
 )
@@ -266,7 +272,7 @@ def test_a_killed_driver_run_again_ends_exactly_once_without_resending(
     before = _output_ids(out)
     assert 12 <= len(before) < 50, "the first driver should die part-way"
     sent_before = len(api.requests())
-    config = _config(api.url, rpm=600)
+    config = _config(api.url, rpm=1200)
     stats = hr.run(ray_session.data.from_items(rows), config, output=out, actors=2, batch_size=4)
     ids = _output_ids(out)
     assert sorted(ids) == sorted(r["custom_id"] for r in rows)
@@ -322,7 +328,7 @@ def test_the_udf_on_its_own_with_bare_bodies_parse_and_errors(
 def test_cli_engine_ray_resumes_and_reports_like_the_local_engine(
     ray_session: Any, served: Any, tmp_path: Path
 ) -> None:
-    api = served(rpm=3000)
+    api = served(rpm=3000, profile="openai")  # it advertises its limit: learned, shown
     src = tmp_path / "in.jsonl"
     lines = [
         json.dumps(
@@ -366,6 +372,8 @@ def test_cli_engine_ray_resumes_and_reports_like_the_local_engine(
     assert data["succeeded"] == 30
     assert data["invalid"] == 1
     assert data["duplicates"] == 1
+    assert data["learned_limits"] == {"requests": 3000.0}  # read from the named actor
+    assert data["rate_limit"]["in_force"] == "3,000/min"
     assert len(api.requests()) == 30
     again = CliRunner().invoke(cli_main, args, catch_exceptions=False)
     assert len(api.requests()) == 30, again.output  # resumed: nothing sent again
@@ -430,10 +438,30 @@ async def test_a_lost_state_actor_is_found_again_or_created_anew(ray_session: An
     lim = backend.limiter("api", rps=1000, burst=1000)
     assert (await lim.reserve()).shared
     ray_session.kill(backend.actor, no_restart=True)  # gone for good
+    deadline = time.monotonic() + 60  # ray.kill returns before the actor is gone
+    with contextlib.suppress(ray_session.exceptions.RayError):
+        while time.monotonic() < deadline:
+            ray_session.get(backend.actor.stats.remote())
+            await asyncio.sleep(0.05)
     assert not (await lim.reserve()).shared  # a local share meanwhile
     await asyncio.sleep(0.06)
-    assert (await lim.reserve()).shared  # the probe created the actor again
+    res = await lim.reserve()
+    assert res.shared  # the probe created the actor again
+    assert res.delay > 0.0  # with the limit empty: the lost state may have used it all
     assert backend.outages == 1
+    ray_session.kill(backend.actor, no_restart=False)  # Ray restarts it
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if ray_session.get(backend.actor.stats.remote())["restarted"]:
+                break
+        except ray_session.exceptions.RayError:
+            pass  # dying or restarting
+        await asyncio.sleep(0.05)
+    other = backend.limiter("other", rps=1000, burst=1000)  # never reserved before
+    res = await other.reserve()
+    assert res.shared
+    assert res.delay > 0.0  # a restarted actor starts every limit empty
     backend.kill()
     await backend.aclose()
 
@@ -448,9 +476,41 @@ def test_the_docs_example_from_a_jsonl_file_to_a_results_file(
     ]
     (tmp_path / "requests.jsonl").write_text("\n".join(lines) + "\n")
     ds = ray_session.data.read_json(str(tmp_path / "requests.jsonl"))  # body: a struct column
-    stats = hr.run(ds, _config(api.url, rpm=6000), output=tmp_path / "results", actors=(1, 2))
+    out = tmp_path / "results.parquet"
+    stats = hr.run(ds, _config(api.url, rpm=6000), output=out, actors=(1, 2))
     assert stats.succeeded == 10
-    assert sorted(_output_ids(tmp_path / "results" / "results.jsonl")) == sorted(
-        f"j-{i}" for i in range(10)
-    )
+    ids = sorted(f"j-{i}" for i in range(10))
+    assert sorted(_output_ids(tmp_path / "results.parquet.ledger.jsonl")) == ids
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out)
+    assert sorted(table.column("custom_id").to_pylist()) == ids
+    assert set(table.column("status_code").to_pylist()) == {200}
     assert sorted(_sent_contents(api.requests())) == sorted(f"j {i}" for i in range(10))
+
+
+def test_to_parquet_streams_a_ledger_in_chunks_and_skips_a_cut_line(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    ledger = tmp_path / "r.jsonl"
+    ok = {"status_code": 200, "request_id": "q", "body": {"choices": [1]}}
+    lines = [
+        json.dumps({"id": "a", "custom_id": "a", "response": ok, "error": None}),
+        json.dumps(
+            {"id": "b", "custom_id": "b", "response": None, "error": {"code": "x", "message": "m"}}
+        ),
+        json.dumps({"id": "c", "custom_id": "c", "response": ok, "error": None}),
+    ]
+    ledger.write_text("\n".join(lines) + '\n{"id": "d", "cus')  # cut by a crash
+    assert hr.to_parquet(ledger, tmp_path / "r.parquet", rows=2) == 3
+    rows = pq.read_table(tmp_path / "r.parquet").to_pylist()
+    assert [r["custom_id"] for r in rows] == ["a", "b", "c"]
+    assert json.loads(rows[0]["body"]) == {"choices": [1]}
+    assert (rows[1]["status_code"], rows[1]["error_code"], rows[1]["error_message"]) == (
+        None,
+        "x",
+        "m",
+    )
+    (tmp_path / "empty.jsonl").write_text("")
+    assert hr.to_parquet(tmp_path / "empty.jsonl", tmp_path / "e.parquet") == 0
+    assert pq.read_table(tmp_path / "e.parquet").num_rows == 0

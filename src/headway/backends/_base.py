@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Generic, Literal, Self, TypeVar
 
 from pydantic import Field
 from pydantic.dataclasses import dataclass as pydantic_dataclass
@@ -173,8 +173,22 @@ class Shard:
         return f"{self.index}/{self.count}"
 
 
-class Backend(Protocol):
-    """Where limiters and breakers keep their state (memory or Redis)."""
+L = TypeVar("L")
+S = TypeVar("S", bound=BreakerStore)
+
+
+class Backend(Generic[L, S]):
+    """Where limiters and breakers keep their state: memory, Redis or a Ray actor.
+
+    A backend names its limiters and circuit stores: the same name gives the same object
+    (one shared limit). Each backend supplies :meth:`new_limiter` and
+    :meth:`new_breaker_store`, the parts that differ by where the state lives; the
+    naming rules live here once.
+    """
+
+    def __init__(self) -> None:
+        self._limiters: dict[str, tuple[tuple[Limit, ...], L]] = {}
+        self._breakers: dict[str, S] = {}
 
     def limiter(
         self,
@@ -189,14 +203,58 @@ class Backend(Protocol):
         burst: float | None = None,
         max_wait: float | None = None,
         clock: Clock | None = None,
-    ) -> Any:
-        """The limiter called ``name``: the same object for the same name (a shared limit)."""
-        ...
+    ) -> L:
+        """The limiter ``name``: the same object for the same name (a shared limit).
 
-    def breaker_store(self, name: str, *, half_open_max_calls: int = 1) -> BreakerStore:
-        """The circuit store that ``CircuitBreaker(name=name, backend=...)`` consults."""
-        ...
+        Give ``limits`` or the LLM shorthands (``rpm``, ``tpm``, ``rpd``, ``tpd``, ``rps``,
+        ``burst``; see :func:`llm_limits`), the first time at least. Every user of the
+        name must give the same limits to share them.
+        """
+        specs = tuple(limits)
+        if any(x is not None for x in (rpm, tpm, rpd, tpd, rps)):
+            specs += llm_limits(rpm=rpm, tpm=tpm, rpd=rpd, tpd=tpd, rps=rps, burst=burst)
+        existing = self._limiters.get(name)
+        if existing is not None:
+            if specs and specs != existing[0]:
+                raise ConfigurationError(
+                    f"limiter {name!r} already exists with limits {existing[0]}; "
+                    "one name, one set of limits"
+                )
+            return existing[1]
+        if not specs:
+            raise ConfigurationError(f"limiter {name!r} needs at least one Limit")
+        made = self.new_limiter(name, specs, max_wait=max_wait, clock=clock)
+        self._limiters[name] = (specs, made)
+        return made
+
+    def breaker_store(self, name: str, *, half_open_max_calls: int = 1) -> S:
+        """The store of the circuit ``name``, shared by the breakers of that name.
+
+        ``CircuitBreaker(name=..., backend=backend)`` calls this; the same object for the
+        same name. Give ``half_open_max_calls`` (how many trial calls at once, for every
+        user of the name) by calling it once yourself before building the breakers, if
+        it is not 1.
+        """
+        store = self._breakers.get(name)
+        if store is None:
+            store = self.new_breaker_store(name, half_open_max_calls=half_open_max_calls)
+            self._breakers[name] = store
+        return store
+
+    def new_limiter(self, name: str, limits: tuple[Limit, ...], **options: Any) -> L:
+        """Build the limiter ``name`` (once per name, by :meth:`limiter`); ``options``:
+        ``max_wait`` and ``clock``."""
+        raise NotImplementedError
+
+    def new_breaker_store(self, name: str, *, half_open_max_calls: int = 1) -> S:
+        """Build the circuit store ``name`` (called once per name by :meth:`breaker_store`)."""
+        raise NotImplementedError
 
     async def aclose(self) -> None:
         """Release what the backend opened (idempotent)."""
-        ...
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -16,11 +16,10 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from headway._clock import Clock, resolve_clock
-from headway.backends._base import Limit, llm_limits
+from headway.backends._base import Backend, Limit
 from headway.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -101,7 +100,7 @@ class MemoryBreakerState:
         return f"MemoryBreakerState({self.name!r}, open_for={self.open_for()!r})"
 
 
-class MemoryBackend:
+class MemoryBackend(Backend["MultiLimiter", MemoryBreakerState]):
     """Named limiters and circuit states in this process (the default).
 
     ``limiter(name, ...)`` returns a ``headway.limits.MultiLimiter``: the same object for
@@ -109,80 +108,32 @@ class MemoryBackend:
     """
 
     def __init__(self, *, clock: Clock | None = None) -> None:
+        super().__init__()
         self.clock = clock
-        self._limiters: dict[str, tuple[tuple[Limit, ...], MultiLimiter]] = {}
-        self._breakers: dict[str, MemoryBreakerState] = {}
 
-    def limiter(
-        self,
-        name: str,
-        *,
-        limits: Iterable[Limit] = (),
-        rpm: float | None = None,
-        tpm: float | None = None,
-        rpd: float | None = None,
-        tpd: float | None = None,
-        rps: float | None = None,
-        burst: float | None = None,
-        max_wait: float | None = None,
-        clock: Clock | None = None,
-    ) -> MultiLimiter:
-        """The in-memory limiter ``name`` (created on first use with these limits)."""
-        specs = tuple(limits)
-        if any(x is not None for x in (rpm, tpm, rpd, tpd, rps)):
-            specs += llm_limits(rpm=rpm, tpm=tpm, rpd=rpd, tpd=tpd, rps=rps, burst=burst)
-        existing = self._limiters.get(name)
-        if existing is not None:
-            if specs and specs != existing[0]:
-                raise ConfigurationError(
-                    f"limiter {name!r} already exists with limits {existing[0]}; "
-                    "one name, one set of limits"
-                )
-            return existing[1]
-        if not specs:
-            raise ConfigurationError(f"limiter {name!r} needs at least one Limit")
+    def new_limiter(self, name: str, limits: tuple[Limit, ...], **options: Any) -> MultiLimiter:
+        """An in-memory ``MultiLimiter`` with a token bucket per limit."""
         from headway.limits import MultiLimiter, TokenBucketRateLimiter
 
-        clk = clock if clock is not None else self.clock
-        multi = MultiLimiter(
-            [
-                TokenBucketRateLimiter(
-                    x.rate,
-                    x.period,
-                    x.capacity,
-                    clock=clk,
-                    name=f"{name}:{x.unit}/{x.period:g}s",
-                    unit=x.unit,
-                )
-                for x in specs
-            ],
-            clock=clk,
-            max_wait=max_wait,
+        clk = options.get("clock") or self.clock
+        buckets = [
+            TokenBucketRateLimiter(
+                x.rate,
+                x.period,
+                x.capacity,
+                clock=clk,
+                name=f"{name}:{x.unit}/{x.period:g}s",
+                unit=x.unit,
+            )
+            for x in limits
+        ]
+        return MultiLimiter(buckets, clock=clk, max_wait=options.get("max_wait"))
+
+    def new_breaker_store(self, name: str, *, half_open_max_calls: int = 1) -> MemoryBreakerState:
+        """The circuit store ``name`` of this process."""
+        return MemoryBreakerState(
+            name, half_open_max_calls=half_open_max_calls, clock=resolve_clock(self.clock)
         )
-        self._limiters[name] = (specs, multi)
-        return multi
-
-    def breaker_store(self, name: str, *, half_open_max_calls: int = 1) -> MemoryBreakerState:
-        """The circuit store ``name`` shared by this process's breakers of that name.
-
-        ``CircuitBreaker(name=..., backend=backend)`` calls this; the same object for the
-        same name.
-        """
-        store = self._breakers.get(name)
-        if store is None:
-            clock = resolve_clock(self.clock)
-            store = MemoryBreakerState(name, half_open_max_calls=half_open_max_calls, clock=clock)
-            self._breakers[name] = store
-        return store
-
-    async def aclose(self) -> None:
-        """Nothing to release (present for the :class:`~headway.backends.Backend` protocol)."""
-
-    async def __aenter__(self) -> MemoryBackend:
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"MemoryBackend(limiters={sorted(self._limiters)!r})"

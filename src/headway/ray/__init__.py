@@ -18,6 +18,14 @@ All actors share one RPM/TPM and one circuit through a named Ray actor
 """
 
 from headway.ray._caller import RESULT_COLUMNS, Caller, request_of
-from headway.ray._run import output_file, result_of_row, run
+from headway.ray._run import output_file, result_of_row, run, to_parquet
 
-__all__ = ["RESULT_COLUMNS", "Caller", "output_file", "request_of", "result_of_row", "run"]
+__all__ = [
+    "RESULT_COLUMNS",
+    "Caller",
+    "output_file",
+    "request_of",
+    "result_of_row",
+    "run",
+    "to_parquet",
+]

@@ -22,7 +22,7 @@ from headway.events import Event, RetryScheduled
 from headway.http.config import EndpointConfig
 from headway.http.endpoint import Endpoint
 
-__all__ = ["RESULT_COLUMNS", "Caller", "check_backend", "request_of"]
+__all__ = ["RESULT_COLUMNS", "Caller", "check_backend", "default_limit_name", "request_of"]
 
 #: The columns :class:`Caller` adds to every row.
 RESULT_COLUMNS = (
@@ -162,6 +162,11 @@ def _with_results(batch: Any, results: list[Result]) -> Any:
     return out_dict
 
 
+def default_limit_name(config: EndpointConfig) -> str:
+    """The name :class:`Caller` shares its limits under unless given one."""
+    return f"ray:{config.base_url}"
+
+
 class Caller:
     """A Ray Data ``map_batches`` UDF sending each row's request under one policy.
 
@@ -231,7 +236,7 @@ class Caller:
         self.config = config
         self.backend_spec = check_backend(backend)
         self.backend_name = backend_name
-        self.limit_name = limit_name or f"ray:{config.base_url}"
+        self.limit_name = limit_name or default_limit_name(config)
         self.id_column = id_column
         self.body_column = body_column
         self.url_column = url_column

@@ -11,15 +11,19 @@ backend (or Redis with ``--redis-url``).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from headway.backends._learned import describe
 from headway.batch.jobs import BatchRequest
 from headway.batch.ledger import Result
-from headway.batch.runner import BatchRunner, Response, note_retry, signal_handlers
+from headway.batch.runner import BatchRunner, Response, note_rate, note_retry, signal_handlers
 from headway.batch.sender import SenderSettings
 from headway.errors import ConfigurationError
 from headway.http.config import EndpointConfig
 from headway.ray._caller import Caller
+
+if TYPE_CHECKING:
+    from headway.backends.ray import RayBackend
 
 __all__ = ["CallerActor", "RaySender", "endpoint_config", "run_batch_on_ray"]
 
@@ -58,46 +62,74 @@ class RaySender:
     """A batch :class:`~headway.batch.Sender` that sends from a pool of Ray actors."""
 
     def __init__(self, settings: SenderSettings, *, actors: int, backend: str) -> None:
+        self.settings = settings
+        self.count = actors
+        self.backend = backend
+        #: The named actor's backend: the learned rate is read there for the display.
+        self.owner: RayBackend | None = None
+        self._read_at = -math.inf
+        #: The actors, started with the first request (a resumed run with nothing left
+        #: to send starts none).
+        self.actors: list[Any] = []
+        self._next = 0
+
+    def _start(self) -> list[Any]:
         import ray
 
-        self.settings = settings
+        settings = self.settings
         remote = ray.remote(CallerActor).options(
             num_cpus=0.25, max_restarts=-1, max_task_retries=-1, max_concurrency=10_000
         )
-        config = endpoint_config(settings, actors)
-        self.actors: list[Any] = [
+        config = endpoint_config(settings, self.count)
+        self.actors = [
             remote.remote(
                 endpoint=config,
-                backend=backend,
+                backend=self.backend,
                 limit_name=settings.shared_name,
                 burst=settings.burst,
                 max_breaker_wait=settings.max_breaker_wait,
                 adaptive=True,  # as the local engine: --rpm/--tpm are ceilings
             )
-            for _ in range(actors)
+            for _ in range(self.count)
         ]
-        self._next = 0
+        return self.actors
 
     async def __call__(self, request: BatchRequest) -> Response:
         from ray.exceptions import RayActorError
 
         url = self.settings.target.path(request.url)
+        actors = self.actors or self._start()
         tries = 0
         while True:
-            actor = self.actors[self._next % len(self.actors)]
+            actor = actors[self._next % len(actors)]
             self._next += 1
             try:
                 result, exc, limited = await actor.send.remote(request.custom_id, request.body, url)
                 break
             except RayActorError:
                 tries += 1
-                if tries >= 3 * len(self.actors):
+                if tries >= 3 * len(actors):
                     raise
         for i in range(result.attempts - 1):
             note_retry(rate_limited=i < limited)
+        await self._note_rate()
         if exc is not None:
             raise exc
         return Response(result.status_code or 0, result.body, {}, request_id=result.request_id)
+
+    async def _note_rate(self) -> None:
+        """Show the rate the actors learned (read from the named actor, once a second)."""
+        owner = self.owner
+        if owner is None or owner.clock.now() - self._read_at < 1.0:
+            return
+        self._read_at = owner.clock.now()
+        try:
+            _, state = await owner.call("learned", self.settings.shared_name, None)
+        except Exception:
+            return  # shown, not needed
+        if state:
+            rate, who, learned = describe(state, rpm=self.settings.rpm)
+            note_rate(rate, who, learned)
 
     def close(self) -> None:
         """Kill the actors."""
@@ -140,6 +172,7 @@ async def run_batch_on_ray(
 
             owner = RayBackend()  # the driver owns the named actor
         sender = RaySender(settings, actors=actors, backend=backend)
+        sender.owner = owner
         try:
             runner.sender = sender
             with signal_handlers(runner):

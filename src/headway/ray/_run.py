@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -9,28 +11,35 @@ from typing import Any
 
 import orjson
 
+from headway.backends._learned import describe
 from headway.batch.ledger import Ledger, Result
 from headway.batch.progress import NullProgress, ProgressReporter
 from headway.batch.summary import BatchStats
 from headway.http.config import EndpointConfig
-from headway.ray._caller import Caller, check_backend
+from headway.ray._caller import Caller, check_backend, default_limit_name
 
-__all__ = ["output_file", "result_of_row", "run"]
+__all__ = ["note_learned", "output_file", "result_of_row", "run", "to_parquet"]
 
 #: The file written inside an output directory.
 RESULTS_NAME = "results.jsonl"
+#: Next to a ``.parquet`` output: the JSONL ledger it is made from (what a rerun reads).
+LEDGER_SUFFIX = ".ledger.jsonl"
 
 
 def output_file(output: str | os.PathLike[str]) -> str:
     """The results file for ``output``: the file itself, or ``results.jsonl`` in a directory.
 
     ``output`` is a directory when it is one already, ends with a separator or has no
-    file extension.
+    file extension. For a ``.parquet`` output it is the JSONL ledger next to it.
 
     >>> output_file("out/results.jsonl"), output_file("out/"), output_file("runs/day1")
     ('out/results.jsonl', 'out/results.jsonl', 'runs/day1/results.jsonl')
+    >>> output_file("out/results.parquet")
+    'out/results.parquet.ledger.jsonl'
     """
     path = os.fspath(output)
+    if path.endswith(".parquet"):
+        return path + LEDGER_SUFFIX
     if (
         path.endswith(("/", os.sep))
         or os.path.isdir(path)
@@ -57,12 +66,89 @@ def result_of_row(row: Mapping[str, Any], id_column: str = "custom_id") -> Resul
     )
 
 
+def to_parquet(
+    ledger: str | os.PathLike[str], output: str | os.PathLike[str], *, rows: int = 50_000
+) -> int:
+    """Write the results of a JSONL ledger as a Parquet file; return how many.
+
+    Columns: ``custom_id``, ``status_code``, ``request_id``, ``body`` (JSON text),
+    ``error_code``, ``error_message``. Streams ``rows`` results at a time, so a ledger of
+    any size fits in memory; the file is written aside and renamed into place.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [
+            ("custom_id", pa.string()),
+            ("status_code", pa.int64()),
+            ("request_id", pa.string()),
+            ("body", pa.string()),
+            ("error_code", pa.string()),
+            ("error_message", pa.string()),
+        ]
+    )
+    out = os.fspath(output)
+    part = out + ".part"
+    count = 0
+    with open(ledger, "rb") as f, pq.ParquetWriter(part, schema) as writer:
+        chunk: list[dict[str, Any]] = []
+        for line in f:
+            try:
+                record = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a line cut by a crash (repaired by the next run)
+            response = record.get("response") or {}
+            error = record.get("error") or {}
+            body = response.get("body")
+            chunk.append(
+                {
+                    "custom_id": record.get("custom_id"),
+                    "status_code": response.get("status_code"),
+                    "request_id": response.get("request_id"),
+                    "body": None if body is None else orjson.dumps(body).decode(),
+                    "error_code": error.get("code"),
+                    "error_message": error.get("message"),
+                }
+            )
+            if len(chunk) >= rows:
+                writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
+                count += len(chunk)
+                chunk = []
+        if chunk or not count:
+            writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
+            count += len(chunk)
+    os.replace(part, out)
+    return count
+
+
 def _drop_done(batch: Any, done: Any, id_column: str) -> Any:
     import pyarrow as pa
     import pyarrow.compute as pc
 
     ids = pc.cast(batch[id_column], pa.string())
     return batch.filter(pc.invert(pc.is_in(ids, value_set=done)))
+
+
+def note_learned(stats: BatchStats, state: Mapping[str, str] | None, rpm: float | None) -> None:
+    """Put a shared learned ``state`` (see :meth:`SharedState.learned`) in ``stats``: the
+    rate in force, who sets it and what was learned, as the local engine's summary has."""
+    if not state:
+        return
+    rate, who, learned = describe(state, rpm=rpm)
+    stats.limit_text = f"{rate:,.0f}/min"
+    stats.limited_by = "you" if who == "user" else who
+    stats.learned = learned
+
+
+def _state(read: Any) -> Any:
+    """The named actor's learned state, or None if it does not answer (shown, not needed)."""
+    import ray
+
+    try:
+        return ray.get(read(), timeout=5.0)[1]
+    except Exception:
+        return None
 
 
 def _pool(actors: int | tuple[int, int]) -> Any:
@@ -94,7 +180,9 @@ def run(
 
     Results are appended to ``output`` (a JSONL file, or ``results.jsonl`` in a
     directory: see :func:`output_file`) in the format of ``headway run``: ``{"id",
-    "custom_id", "response": {"status_code", "request_id", "body"}, "error"}``. Run it
+    "custom_id", "response": {"status_code", "request_id", "body"}, "error"}``. An
+    ``output`` ending in ``.parquet`` gets a Parquet file (see :func:`to_parquet`), made
+    at the end of the run from the JSONL ledger beside it (``.parquet.ledger.jsonl``). Run it
     again with the same arguments after any failure — killed workers, restarted actors,
     a dead driver — and it sends only what the output does not hold yet (an anti-join
     of ``ds`` against the written ids), so each ``custom_id`` ends up in the output
@@ -168,6 +256,12 @@ def run(
             num_cpus=num_cpus,
         )
         written: set[str] = set()
+        learned = None
+        if owner is not None and caller_options.get("adaptive"):
+            # the rate the actors learned lives in the named actor: show it here too
+            name = caller_options.get("limit_name") or default_limit_name(config)
+            learned = functools.partial(owner.actor.learned.remote, name, None)
+        read_at = -math.inf
         reporter.start(stats, time.monotonic() - t0)
         for batch in out.iter_batches(batch_format="pyarrow", batch_size=None):
             for row in batch.to_pylist():
@@ -178,10 +272,17 @@ def run(
                 written.add(result.custom_id)
                 ledger.write(result)
                 stats.record(result)
+            if learned is not None and time.monotonic() - read_at >= 1.0:
+                read_at = time.monotonic()
+                note_learned(stats, _state(learned), config.rpm)
             reporter.update(stats, time.monotonic() - t0)
+        if learned is not None:
+            note_learned(stats, _state(learned), config.rpm)
         stats.total = stats.done
     finally:
         ledger.close()
         reporter.stop(stats, time.monotonic() - t0)
         del owner
+    if os.fspath(output).endswith(".parquet"):
+        to_parquet(path, output)
     return stats

@@ -26,13 +26,8 @@ every ``retry_interval`` seconds and the shared state resumes as soon as it answ
 
 from __future__ import annotations
 
-from headway.backends.redis.backend import (
-    BACKEND_RECOVERED,
-    BACKEND_UNAVAILABLE,
-    OnBackendError,
-    RedisBackend,
-    RedisBackendConfig,
-)
+from headway.backends._shared import BACKEND_RECOVERED, BACKEND_UNAVAILABLE
+from headway.backends.redis.backend import OnBackendError, RedisBackend, RedisBackendConfig
 from headway.backends.redis.breaker import RedisBreakerState
 from headway.backends.redis.limiter import RedisLimiter
 from headway.backends.redis.reservation import RedisReservation

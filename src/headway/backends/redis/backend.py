@@ -3,41 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import uuid
-from collections.abc import Iterable, Sequence
-from types import TracebackType
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 import headway.backends._scripts as _scripts
-from headway._clock import Clock, resolve_clock
+from headway._clock import Clock
 from headway._secrets import redact_url
-from headway.backends._base import Limit, limits_of, llm_limits
+from headway.backends._base import limits_of
+from headway.backends._shared import SharedBackend
 from headway.backends.redis._outage import _Unavailable
 from headway.backends.redis.breaker import RedisBreakerState
 from headway.backends.redis.limiter import RedisLimiter
 from headway.errors import BackendUnavailableError, ConfigurationError
-from headway.events import emit
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.commands.core import AsyncScript
 
-__all__ = [
-    "BACKEND_RECOVERED",
-    "BACKEND_UNAVAILABLE",
-    "OnBackendError",
-    "RedisBackend",
-    "RedisBackendConfig",
-]
-
-#: Event: Redis stopped answering (once per outage, WARNING). Data: error, mode.
-BACKEND_UNAVAILABLE = "backend.unavailable"
-#: Event: Redis answers again; shared state resumed (INFO). Data: outage (seconds).
-BACKEND_RECOVERED = "backend.recovered"
+__all__ = ["OnBackendError", "RedisBackend", "RedisBackendConfig"]
 
 OnBackendError = Literal["local", "fail", "allow"]
 
@@ -65,7 +51,7 @@ class RedisBackendConfig(BaseModel):
             )
 
 
-class RedisBackend:
+class RedisBackend(SharedBackend[RedisLimiter, RedisBreakerState]):
     """Shared limiter and breaker state in Redis for every worker of a fleet.
 
     Args:
@@ -88,6 +74,10 @@ class RedisBackend:
     >>> backend
     RedisBackend('redis://***@localhost:6379/0', prefix='demo:', on_backend_error='local')
     """
+
+    outage_error = _Unavailable
+    limiter_type = RedisLimiter
+    circuit_type = RedisBreakerState
 
     def __init__(
         self,
@@ -127,76 +117,27 @@ class RedisBackend:
                 retry=Retry(NoBackoff(), 1),
             )
             self._owns_client = True
-            self._where = redact_url(url_or_client)
+            where = redact_url(url_or_client)
         else:
             self.client = url_or_client
             self._owns_client = False
-            self._where = repr(url_or_client)
-        self.clock = resolve_clock(clock)
+            where = repr(url_or_client)
+        super().__init__(
+            where=where,
+            worker_id=uuid.uuid4().hex,
+            retry_interval=retry_interval,
+            breaker_refresh=breaker_refresh,
+            clock=clock,
+        )
         self.prefix = prefix
-        #: A random id naming this worker in Redis (its presence entry, its trial leases).
-        self.worker_id = uuid.uuid4().hex
-        #: Workers seen live at the last reservation (this one included).
-        self.workers = 1
-        #: How many outages this backend has gone through.
-        self.outages = 0
         #: The limiters' reservation script (:meth:`eval_script` runs it).
         self.reserve_script: AsyncScript = self.client.register_script(_scripts.RESERVE)
-        self._down = False
-        self._down_since = 0.0
-        self._retry_at = 0.0
-        self._probing = False
-        self._limiters: dict[str, RedisLimiter] = {}
-        self._breakers: dict[str, RedisBreakerState] = {}
-        self._task: asyncio.Task[None] | None = None
-        self._wake: asyncio.Event | None = None
-        self._closed = False
 
     # -- health -----------------------------------------------------------------------
 
-    @property
-    def available(self) -> bool:
-        """False during an outage (between a failed call and the next answer)."""
-        return not self._down
-
-    def resting(self, now: float) -> bool:
-        """Whether an outage is on and no probe is due at ``now``: skip Redis, stay local."""
-        return self._down and (self._probing or now < self._retry_at)
-
-    def may_call(self) -> bool:
-        """Whether to call Redis now; during an outage one caller probes per interval."""
-        if not self._down:
-            return True
-        if self._probing or self.clock.now() < self._retry_at:
-            return False
-        self._probing = True
-        return True
-
-    def _failed(self, exc: BaseException) -> None:
-        self._retry_at = self.clock.now() + self.config.retry_interval
-        if self._down:
-            return
-        self._down = True
-        self._down_since = self.clock.now()
-        self.outages += 1
-        emit(
-            BACKEND_UNAVAILABLE,
-            source=self._where,
-            level=logging.WARNING,
-            error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
-            mode=self.config.on_backend_error,
-            retry_interval=self.config.retry_interval,
-        )
-
-    def _recovered(self) -> None:
-        if self._down:
-            self._down = False
-            emit(
-                BACKEND_RECOVERED,
-                source=self._where,
-                level=logging.INFO,
-                outage=round(self.clock.now() - self._down_since, 3),
-            )
+    def outage_fields(self) -> dict[str, Any]:
+        """The ``on_backend_error`` mode, in the ``backend.unavailable`` event."""
+        return {"mode": self.config.on_backend_error}
 
     async def eval_script(
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]
@@ -207,22 +148,19 @@ class RedisBackend:
             async with asyncio.timeout(self.config.timeout):
                 result = await script(keys=keys, args=args)
         except self._errors as exc:
-            self._probing = False
-            self._failed(exc)
+            self.mark_failed(exc)
             raise _Unavailable(
-                f"Redis at {self._where} is unreachable ({type(exc).__name__}: {exc})"
+                f"Redis at {self.where} is unreachable ({type(exc).__name__}: {exc})"
             ) from exc
-        except BaseException:
-            self._probing = False
-            raise
-        self._probing = False
-        self._recovered()
+        finally:
+            self.call_done()
+        self.mark_recovered()
         return result
 
     def unavailable_error(self, what: str) -> BackendUnavailableError:
         """The error for ``what`` under ``on_backend_error="fail"`` during an outage."""
         return BackendUnavailableError(
-            f"Redis at {self._where} is unreachable, so {what} cannot be shared "
+            f"Redis at {self.where} is unreachable, so {what} cannot be shared "
             "(on_backend_error='fail'); it is retried every "
             f"{self.config.retry_interval:g}s. Use on_backend_error='local' to keep "
             "calling at a share of the global rate during an outage."
@@ -232,7 +170,7 @@ class RedisBackend:
         """The share of a global rate this worker keeps during an outage."""
         share = self.config.local_share
         if share == "auto":
-            return 1.0 / max(1, self.workers)
+            return super().local_share()
         return float(share)
 
     async def ping(self) -> bool:
@@ -241,91 +179,12 @@ class RedisBackend:
             async with asyncio.timeout(self.config.timeout):
                 await self.client.ping()
         except self._errors as exc:
-            self._failed(exc)
+            self.mark_failed(exc)
             return False
-        self._recovered()
+        self.mark_recovered()
         return True
 
-    def ensure_refresher(self) -> None:
-        """Start the task that keeps shared circuit states fresh (once, in a loop)."""
-        if self._task is not None or self._closed:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._wake = asyncio.Event()
-        self._task = loop.create_task(
-            self._refresh(self._wake), name="headway-redis-breaker-refresher"
-        )
-
-    def wake_refresher(self) -> None:
-        """A shared circuit state has something to send: run the refresher now."""
-        self.ensure_refresher()
-        if self._wake is not None:
-            self._wake.set()
-
-    async def _refresh(self, wake: asyncio.Event) -> None:
-        """The refresher task: keep every shared circuit state fresh."""
-        clock = self.clock
-        interval = self.config.breaker_refresh
-        next_read = clock.now()
-        while not self._closed:
-            read = clock.now() >= next_read
-            if read:
-                next_read = clock.now() + interval
-            wake.clear()
-            if self.may_call():
-                try:
-                    for state in list(self._breakers.values()):
-                        await state.step(read)
-                except _Unavailable:
-                    pass
-                finally:
-                    self._probing = False
-            with contextlib.suppress(TimeoutError):
-                delay = max(0.0, next_read - clock.now())
-                if self._down:
-                    delay = max(delay, self._retry_at - clock.now())
-                async with asyncio.timeout(delay):
-                    await wake.wait()
-
     # -- factories --------------------------------------------------------------------
-
-    def limiter(
-        self,
-        name: str,
-        *,
-        limits: Iterable[Limit] = (),
-        rpm: float | None = None,
-        tpm: float | None = None,
-        rpd: float | None = None,
-        tpd: float | None = None,
-        rps: float | None = None,
-        burst: float | None = None,
-        max_wait: float | None = None,
-        clock: Clock | None = None,
-    ) -> RedisLimiter:
-        """The shared limiter ``name``: the same object for the same name in this process.
-
-        Give ``limits`` or the LLM shorthands (``rpm``, ``tpm``, ``rpd``, ``tpd``, ``rps``,
-        ``burst``; see :func:`~headway.backends.llm_limits`). Every worker must use the
-        same name and the same limits to share them.
-        """
-        specs = tuple(limits)
-        if any(x is not None for x in (rpm, tpm, rpd, tpd, rps)):
-            specs += llm_limits(rpm=rpm, tpm=tpm, rpd=rpd, tpd=tpd, rps=rps, burst=burst)
-        existing = self._limiters.get(name)
-        if existing is not None:
-            if specs and specs != existing.limits:
-                raise ConfigurationError(
-                    f"limiter {name!r} already exists with limits {existing.limits}; "
-                    "one name, one set of limits"
-                )
-            return existing
-        lim = RedisLimiter(self, name, specs, max_wait=max_wait, clock=clock)
-        self._limiters[name] = lim
-        return lim
 
     def share(self, limiter: Any, name: str, *, max_wait: float | None = None) -> RedisLimiter:
         """A shared limiter with the limits of an in-memory one (``MultiLimiter``/bucket).
@@ -339,19 +198,6 @@ class RedisBackend:
         """
         return self.limiter(name, limits=limits_of(limiter), max_wait=max_wait)
 
-    def breaker_store(self, name: str, *, half_open_max_calls: int = 1) -> RedisBreakerState:
-        """The store of the circuit ``name``, shared by every worker's breakers of that name.
-
-        ``CircuitBreaker(name=..., backend=backend)`` calls this; the same object for the
-        same name. Give ``half_open_max_calls`` (the cluster-wide number of trial calls)
-        by calling it once yourself before building the breakers, if it is not 1.
-        """
-        store = self._breakers.get(name)
-        if store is None:
-            store = RedisBreakerState(self, name, half_open_max_calls=half_open_max_calls)
-            self._breakers[name] = store
-        return store
-
     def key(self, *parts: str) -> str:
         """A key under this backend's prefix."""
         return self.prefix + ":".join(parts)
@@ -362,37 +208,12 @@ class RedisBackend:
         """Stop the breaker refresher, flush what limiters owe, close an owned client."""
         if self._closed:
             return
-        self._closed = True
-        task, self._task = self._task, None
-        if task is not None:
-            # The refresher stops at its next turn (_closed); the cancel makes that now.
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
-        for lim in self._limiters.values():
-            if lim.has_pending() and not self._down:
-                with contextlib.suppress(BackendUnavailableError):
-                    await lim.flush()
+        await super().aclose()
         if self._owns_client:
             await self.client.aclose()
 
-    async def __aenter__(self) -> RedisBackend:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
     def __repr__(self) -> str:
         return (
-            f"RedisBackend({self._where!r}, prefix={self.prefix!r}, "
+            f"RedisBackend({self.where!r}, prefix={self.prefix!r}, "
             f"on_backend_error={self.config.on_backend_error!r})"
         )

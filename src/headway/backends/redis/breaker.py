@@ -21,121 +21,48 @@ can await.
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING
 
 import headway.backends._scripts as _scripts
-from headway.errors import ConfigurationError
+from headway.backends._shared import NOTHING, SharedCircuit
 
 if TYPE_CHECKING:
     from headway.backends.redis.backend import RedisBackend
 
 __all__ = ["RedisBreakerState"]
 
-_NOTHING = -1.0  # no write pending
-_CLOSE = 0.0  # pending write: close
 
-
-class RedisBreakerState:
+class RedisBreakerState(SharedCircuit):
     """The circuit state ``name``, shared by every worker's breaker of that name.
 
     Build it with :meth:`RedisBackend.breaker_store`. Times are seconds on the backend's
     clock; Redis measures the open period with its own ``TIME``.
     """
 
+    backend: RedisBackend
+
     def __init__(self, backend: RedisBackend, name: str, *, half_open_max_calls: int = 1) -> None:
-        if half_open_max_calls < 1:
-            raise ConfigurationError("half_open_max_calls must be at least 1")
-        self.backend = backend
-        self.name = name
-        self.half_open_max_calls = half_open_max_calls
+        super().__init__(backend, name, half_open_max_calls=half_open_max_calls)
         tag = "{" + name + "}"
         self._state_key = backend.key("cb", tag, "state")
         self._lease_keys = [backend.key("cb", tag, f"trial{i}") for i in range(half_open_max_calls)]
         self._all_keys = [self._state_key, *self._lease_keys]
-        self._token = f"{backend.worker_id}:{uuid.uuid4().hex[:8]}"
         client = backend.client
         self._read = client.register_script(_scripts.BREAKER_READ)
         self._open = client.register_script(_scripts.BREAKER_OPEN)
         self._trial = client.register_script(_scripts.BREAKER_TRIAL)
         self._free = client.register_script(_scripts.BREAKER_RELEASE)
-        self._open_until: float | None = None  # local view, backend clock
-        self._write = _NOTHING  # recovery seconds to publish (> 0 open, 0 close)
-        self._want_trial = False
-        self._lease: int | None = None  # lease index held (1-based)
-        self._lease_busy = False
-        self._release: list[int] = []
-        #: Generation of the shared state last seen (bumped by every open/close).
-        self.generation = 0
-
-    # -- the sync view a breaker consults ---------------------------------------------
-
-    def open_for(self) -> float | None:
-        """Seconds the circuit stays open (``<= 0``: trial calls may go); None: closed."""
-        self.backend.ensure_refresher()
-        if self._open_until is None:
-            return None
-        return self._open_until - self.backend.clock.now()
-
-    @property
-    def is_open(self) -> bool:
-        """Whether the shared circuit is open or half-open (as last seen)."""
-        return self._open_until is not None
-
-    def publish_open(self, recovery_time: float) -> None:
-        """Open the circuit for every worker for ``recovery_time`` seconds."""
-        if recovery_time <= 0:
-            raise ValueError("recovery_time must be > 0")
-        self._open_until = self.backend.clock.now() + recovery_time
-        self._write = recovery_time
-        self._drop_lease()
-        self.backend.wake_refresher()
-
-    def publish_closed(self) -> None:
-        """Close the circuit for every worker (a trial call succeeded, or a reset)."""
-        self._open_until = None
-        self._write = _CLOSE
-        self._drop_lease()
-        self.backend.wake_refresher()
-
-    def try_trial(self) -> bool:
-        """Take this worker's half-open trial permit if it holds a cluster lease.
-
-        Without one, ask the refresher to take a lease and return False for now.
-        """
-        if self._lease is not None and not self._lease_busy:
-            self._lease_busy = True
-            return True
-        if self._lease is None:
-            self._want_trial = True
-            self.backend.wake_refresher()
-        return False
-
-    def release_trial(self) -> None:
-        """Give the trial permit back (the trial call was cancelled or excluded)."""
-        if self._lease is not None and self._lease_busy:
-            self._release.append(self._lease)
-            self._lease = None
-            self._lease_busy = False
-            self.backend.wake_refresher()
-
-    def _drop_lease(self) -> None:
-        # The open/close script frees every lease in Redis.
-        self._lease = None
-        self._lease_busy = False
-        self._want_trial = False
-        self._release.clear()
 
     # -- round trips ------------------------------------------------------------------
 
     async def refresh(self) -> float | None:
         """Read the shared state now; return :meth:`open_for`'s answer."""
         backend = self.backend
-        if self._write != _NOTHING:
+        if self._write != NOTHING:
             await self._push()
         res = await backend.eval_script(self._read, [self._state_key], [])
         self.generation = int(res[2])
-        if self._write == _NOTHING:  # no local write raced with the read
+        if self._write == NOTHING:  # no local write raced with the read
             if int(res[0]):
                 self._open_until = backend.clock.now() + float(res[1]) / 1000.0
             else:
@@ -147,7 +74,7 @@ class RedisBreakerState:
     async def _push(self) -> None:
         backend = self.backend
         write = self._write
-        self._write = _NOTHING
+        self._write = NOTHING
         try:
             gen = await backend.eval_script(
                 self._open,
@@ -155,7 +82,7 @@ class RedisBreakerState:
                 [write * 1000.0, backend.config.trial_lease * 1000.0 + 60_000.0],
             )
         except BaseException:
-            if self._write == _NOTHING:
+            if self._write == NOTHING:
                 self._write = write  # try again on the next round
             raise
         self.generation = int(gen)
@@ -205,7 +132,7 @@ class RedisBreakerState:
 
     async def step(self, read: bool) -> None:
         """One round of the backend's refresher: writes, lease requests, then a read."""
-        if self._write != _NOTHING:
+        if self._write != NOTHING:
             await self._push()
         if self._release:
             await self._flush_releases()
@@ -215,6 +142,3 @@ class RedisBreakerState:
                 self._lease_busy = False  # held for the next try_trial()
         if read:
             await self.refresh()
-
-    def __repr__(self) -> str:
-        return f"RedisBreakerState({self.name!r}, open_for={self.open_for()!r})"
