@@ -20,12 +20,14 @@ from headway.batch.summary import render_summary, summary_text
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "UsageError"]
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PIPE", "EXIT_USAGE", "UsageError"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+#: ``-o -`` and the reader closed the pipe (the shell's code for a process ended by SIGPIPE).
+EXIT_PIPE = 141
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -15,6 +15,7 @@ import click
 
 from headway._cli.batches import batch_options, refuse_live_batches, run_via_batch
 from headway._cli.common import (
+    EXIT_PIPE,
     _fail,
     _finish,
     _limit_options,
@@ -268,7 +269,11 @@ def run(
       0    every request has a successful result
       1    some requests failed (or earlier runs left failures, or custom_ids repeat)
       2    usage error: a one-line message says what to fix
+      3    the server stayed unreachable for --max-outage: run again to resume
+      4    the server rejects the key or the path: nothing more was sent
+      5    the disk is full: free space and run again to resume
       130  interrupted (Ctrl-C, SIGTERM): run the same command again to resume
+      141  the reader of -o - went away (| head): stopped quietly, as on SIGPIPE
     """
     handler = setup_logging(verbose, log_format)
     try:
@@ -506,10 +511,28 @@ def _run(
         else:
             asyncio.run(_run_batch(runner, settings))
     except OSError as exc:
+        if getattr(runner.ledger, "broken", False):
+            return _pipe_closed()
         if not is_disk_full(exc):
             raise
         return _report_disk_full(runner, source, summary_json, exc, resumable=not to_stdout)
+    if getattr(runner.ledger, "broken", False):
+        return _pipe_closed()
     return _report_run(runner, source, summary_json, resumable=not to_stdout)
+
+
+def _pipe_closed() -> int:
+    """The reader of ``-o -`` went away (``| head``): stop quietly, as Unix tools do.
+
+    Nothing is printed (the reader wanted no more); standard output is pointed at
+    ``/dev/null`` so that nothing fails again on the way out. The exit code is the
+    shell's for a process ended by SIGPIPE.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return EXIT_PIPE
 
 
 class _AnyKey(dict[str, str]):
