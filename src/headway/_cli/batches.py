@@ -3,30 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
 
-from headway._cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, _fail
-from headway.batch.batchapi import (
-    BatchState,
-    PlainBatchProgress,
-    ProviderBatchRun,
-    RunOutcome,
-    batch_settings,
-    describe,
-    settings_from_state,
+from headway._cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    _fail,
+    print_summary,
+    stderr_console,
+    warn_duplicates,
 )
-from headway.batch.batchapi.engine import BatchAPISettings
-from headway.batch.sender import SenderSettings
-from headway.batch.summary import render_summary
 from headway.errors import APIClientError
+
+if TYPE_CHECKING:  # the Batch API machinery loads when a command needs it
+    from headway.batch.batchapi import BatchState, ProviderBatchRun, RunOutcome
+    from headway.batch.batchapi.engine import BatchAPISettings
+    from headway.batch.sender import SenderSettings
 
 __all__ = ["batch_options", "batches", "refuse_live_batches", "run_via_batch"]
 
@@ -95,6 +94,8 @@ def batch_options(func: F) -> F:
 def _settings(
     provider: str | None, base_url: str | None, api_key_env: str | None, opts: dict[str, Any]
 ) -> BatchAPISettings:
+    from headway.batch.batchapi import batch_settings
+
     return batch_settings(
         provider=provider,
         base_url=base_url,
@@ -109,6 +110,8 @@ def _settings(
 
 def refuse_live_batches(output: Path) -> None:
     """Stop ``--via online`` on an OUT whose batches still run (it would pay twice)."""
+    from headway.batch.batchapi.state import BatchState
+
     if BatchState.exists(output) and BatchState.load(output).live:
         _fail(
             f"{output} has batches running at the provider: collect them first (the same "
@@ -136,6 +139,8 @@ def run_via_batch(
     """``headway run --via batch``: plan, submit, wait, collect (see docs/batch.md)."""
     if opts.get("shard") or opts.get("redis_url"):
         _fail("--shard and --redis-url are for --via online; a batch runs at the provider")
+    from headway.batch.batchapi import PlainBatchProgress, ProviderBatchRun
+
     settings = _settings(provider, base_url, api_key_env, opts)
     show = None if quiet or progress == "none" else PlainBatchProgress()
     engine = ProviderBatchRun(
@@ -207,21 +212,13 @@ def _report(
     for note in outcome.notes:
         click.echo(f"headway: {note}", err=True)
     stats = outcome.stats
-    if stats.duplicates:
-        cid, line = stats.duplicate_examples[0]
-        click.echo(
-            f"headway: warning: {stats.duplicates} line(s) repeat an earlier custom_id and were "
-            f"not sent (first: {cid!r} on line {line})",
-            err=True,
-        )
+    warn_duplicates(stats)
     summary = stats.summary(elapsed=outcome.elapsed)
     summary["batches"] = len(outcome.state.parts)
     summary["batches_running"] = outcome.pending
     summary["online"] = outcome.online
-    render_summary(summary, Console(), title=f"headway run --via batch: {input_path}")
-    if summary_json is not None:
-        summary_json.parent.mkdir(parents=True, exist_ok=True)
-        summary_json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    title = f"headway run --via batch: {input_path}"
+    print_summary(summary, title, summary_json, console=stderr_console())
     if outcome.detached:
         why = "interrupted" if stopped else "detached"
         click.echo(
@@ -253,10 +250,12 @@ def batches() -> None:
     """Provider batches submitted by `headway run --via batch`."""
 
 
-def _load(output: Path) -> BatchAPISettings:
+def _load(output: Path) -> ProviderBatchRun:
+    from headway.batch.batchapi import BatchState, ProviderBatchRun, settings_from_state
+
     if not BatchState.exists(output):
         _fail(f"{output} has no batches (no {output}.batches.json); submit with --via batch")
-    return settings_from_state(output)
+    return ProviderBatchRun(settings_from_state(output), output)
 
 
 @batches.command("plan")
@@ -306,7 +305,7 @@ def plan(
 @click.argument("output", metavar="OUT", type=click.Path(dir_okay=False, path_type=Path))
 def status(output: Path) -> int:
     """Poll the batches of OUT once, write the results of those that ended, show the rest."""
-    engine = ProviderBatchRun(_load(output), output)
+    engine = _load(output)
     try:
         state = asyncio.run(engine.refresh())
     except APIClientError as exc:
@@ -318,7 +317,7 @@ def status(output: Path) -> int:
 @click.argument("output", metavar="OUT", type=click.Path(dir_okay=False, path_type=Path))
 def cancel(output: Path) -> int:
     """Cancel the running batches of OUT (what they finished is kept)."""
-    engine = ProviderBatchRun(_load(output), output)
+    engine = _load(output)
     try:
         state = asyncio.run(engine.refresh(cancel=True))
     except APIClientError as exc:
@@ -327,6 +326,8 @@ def cancel(output: Path) -> int:
 
 
 def _show(engine: ProviderBatchRun, state: BatchState) -> int:
+    from headway.batch.batchapi import describe
+
     for note in engine.notes:
         click.echo(f"headway: {note}", err=True)
     for part in state.parts:

@@ -20,6 +20,8 @@ from headway.batch.summary import render_summary, summary_text
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from headway.batch.summary import BatchStats
+
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PIPE", "EXIT_USAGE", "UsageError"]
 
 EXIT_OK = 0
@@ -181,14 +183,7 @@ def _finish(
     summary["failed_before"] = failed_before
     summary.update(extra or {})
     summary.update(commands or {})
-    if console is None:  # not a terminal: plain text, and no rich to import
-        click.echo(summary_text(summary, title=title), err=True)
-    else:
-        render_summary(summary, console, title=title)
-    if summary_json is not None:
-        summary_json.parent.mkdir(parents=True, exist_ok=True)
-        data = (json.dumps(summary, indent=2) + "\n").encode()
-        summary_json.write_bytes(data if mask is None else mask(data))
+    print_summary(summary, title, summary_json, console=console, mask=mask)
     stats = runner.stats
     if stats.stopped is not None:
         return EXIT_FAILED, summary
@@ -199,10 +194,36 @@ def _finish(
     return EXIT_OK, summary
 
 
-def _warn_notes(runner: BatchRunner) -> None:
-    for note in runner.notes:
-        click.echo(f"headway: {note}", err=True)
-    stats = runner.stats
+def print_summary(
+    summary: dict[str, Any],
+    title: str,
+    summary_json: Path | None,
+    *,
+    console: Console | None = None,
+    mask: Callable[[bytes], bytes] | None = None,
+) -> None:
+    """The summary on stderr (a table on ``console``, else plain text), and ``--summary-json``."""
+    if console is None:  # not a terminal: plain text, and no rich to import
+        click.echo(summary_text(summary, title=title), err=True)
+    else:
+        render_summary(summary, console, title=title)
+    if summary_json is not None:
+        summary_json.parent.mkdir(parents=True, exist_ok=True)
+        data = (json.dumps(summary, indent=2) + "\n").encode()
+        summary_json.write_bytes(data if mask is None else mask(data))
+
+
+def stderr_console() -> Console | None:
+    """A rich console on stderr when it is a terminal; ``None`` (plain text) otherwise."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def warn_duplicates(stats: BatchStats) -> None:
+    """One warning line when input lines repeated an earlier custom_id."""
     if stats.duplicates:
         cid, line = stats.duplicate_examples[0]
         click.echo(
@@ -210,6 +231,13 @@ def _warn_notes(runner: BatchRunner) -> None:
             f"not sent (first: {cid!r} on line {line})",
             err=True,
         )
+
+
+def _warn_notes(runner: BatchRunner) -> None:
+    for note in runner.notes:
+        click.echo(f"headway: {note}", err=True)
+    stats = runner.stats
+    warn_duplicates(stats)
     if stats.stopped is not None:
         click.echo(
             f"headway: stopped: {' '.join(stats.stopped.split())}; raise the quota, then run "

@@ -26,6 +26,7 @@ from headway._cli.common import (
     _warn_notes,
     command_line,
     setup_logging,
+    stderr_console,
     teardown_logging,
 )
 from headway.batch.jobs import DEFAULT_URL, STDIO
@@ -573,14 +574,9 @@ def _report_run(
         commands["resume_command"] = command_line(drop=("--retry-failed",))
     if resumable and (stats.failed or runner.ledger.failed_before):
         commands["retry_command"] = command_line(add=("--retry-failed",))
-    console = None
-    if sys.stderr.isatty():
-        from rich.console import Console
-
-        console = Console(stderr=True)
     code, _ = _finish(
         runner,
-        console,
+        stderr_console(),
         summary_json=summary_json,
         failed_before=runner.ledger.failed_before,
         title=f"headway run: {'standard input' if source == STDIO else source}",
