@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -25,9 +25,10 @@ from headway.errors import APIClientError
 if TYPE_CHECKING:  # the Batch API machinery loads when a command needs it
     from headway.batch.batchapi import BatchState, ProviderBatchRun, RunOutcome
     from headway.batch.batchapi.engine import BatchAPISettings
+    from headway.batch.batchapi.plan import BatchLimits, Kind
     from headway.batch.sender import SenderSettings
 
-__all__ = ["batch_options", "batches", "refuse_live_batches", "run_via_batch"]
+__all__ = ["batch_dry_run", "batch_options", "batches", "refuse_live_batches", "run_via_batch"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -92,7 +93,11 @@ def batch_options(func: F) -> F:
 
 
 def _settings(
-    provider: str | None, base_url: str | None, api_key_env: str | None, opts: dict[str, Any]
+    provider: str | None,
+    base_url: str | None,
+    api_key_env: str | None,
+    opts: dict[str, Any],
+    environ: Mapping[str, str] | None = None,
 ) -> BatchAPISettings:
     from headway.batch.batchapi import batch_settings
 
@@ -105,6 +110,7 @@ def _settings(
         max_tokens=opts.get("batch_max_tokens"),
         poll_interval=opts.get("poll_interval") or 5.0,
         max_poll_interval=opts.get("max_poll_interval") or 120.0,
+        environ=environ,
     )
 
 
@@ -272,7 +278,7 @@ def plan(
     batch_max_tokens: int | None,
 ) -> int:
     """Show how `run --via batch` would split INPUT into batches (sends nothing)."""
-    from headway.batch.batchapi.plan import BatchLimits, Kind, preview
+    from headway.batch.batchapi.plan import BatchLimits
 
     if not input_path.exists():
         _fail(f"input file {input_path} does not exist")
@@ -284,6 +290,14 @@ def plan(
         max_tokens=batch_max_tokens,
     )
     default_url = "/v1/messages" if kind == "anthropic" else "/v1/chat/completions"
+    _show_plan(input_path, kind, limits, default_url)
+    return EXIT_OK
+
+
+def _show_plan(input_path: Path, kind: Kind, limits: BatchLimits, default_url: str) -> int:
+    """Print the batches INPUT would make and the lines that cannot go; return how many."""
+    from headway.batch.batchapi.plan import preview
+
     parts, problems = preview(input_path, kind, limits, default_url=default_url)
     for n, part in enumerate(parts, 1):
         model = f" {part['model']}" if part["model"] else ""
@@ -298,7 +312,27 @@ def plan(
         click.echo(f"not in a batch: ... and {len(problems) - 10} more")
     total = sum(p["requests"] for p in parts)
     click.echo(f"{len(parts)} batch(es), {total:,} requests; {len(problems)} line(s) cannot go")
-    return EXIT_OK
+    return len(problems)
+
+
+def batch_dry_run(
+    input_path: Path,
+    *,
+    provider: str | None,
+    base_url: str | None,
+    api_key_env: str | None,
+    opts: dict[str, Any],
+    environ: Mapping[str, str],
+) -> int:
+    """``headway run --via batch --dry-run``: the batches INPUT would make; sends nothing.
+
+    Exit code 1 when a line cannot go in a batch, else 0.
+    """
+    settings = _settings(provider, base_url, api_key_env, opts, environ)
+    limits = settings.resolved_limits()
+    problems = _show_plan(input_path, settings.kind, limits, settings.target.default_url)
+    click.echo("dry run: nothing was sent")
+    return EXIT_FAILED if problems else EXIT_OK
 
 
 @batches.command("status")

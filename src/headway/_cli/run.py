@@ -13,7 +13,12 @@ from typing import Any
 
 import click
 
-from headway._cli.batches import batch_options, refuse_live_batches, run_via_batch
+from headway._cli.batches import (
+    batch_dry_run,
+    batch_options,
+    refuse_live_batches,
+    run_via_batch,
+)
 from headway._cli.common import (
     EXIT_PIPE,
     _fail,
@@ -410,6 +415,22 @@ def _run(
     if output is None and not dry_run:
         _fail("missing option '-o' / '--output'")
     source = _check_input(input_path)
+    if batch["via"] == "batch" and output_format != "auto":
+        _fail(
+            "--output-format goes with --via online: a provider's batch results keep the "
+            "provider's own shape"
+        )
+    if batch["via"] == "batch" and dry_run:
+        if source == STDIO:
+            _fail("--via batch --dry-run reads a file; it does not go with -")
+        return batch_dry_run(
+            input_path,
+            provider=provider,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            opts=batch,
+            environ=_AnyKey(),
+        )
     if dry_run:
         from headway._cli.dryrun import dry_run_report
 
