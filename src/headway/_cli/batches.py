@@ -16,6 +16,7 @@ from headway._cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     _fail,
+    option,
     print_summary,
     stderr_console,
     warn_duplicates,
@@ -36,59 +37,56 @@ F = TypeVar("F", bound=Callable[..., Any])
 def batch_options(func: F) -> F:
     """``--via``, ``--then-online``, ``--detach`` and the batch limits of ``headway run``."""
     options = [
-        click.option(
+        option(
             "--via",
             type=click.Choice(["online", "batch"]),
             default="online",
-            show_default=True,
-            envvar="HEADWAY_VIA",
+            env="HEADWAY_VIA",
             help="online: call the API now, at its rate limits. batch: the provider's Batch "
             "API (half the price, results within 24 h).",
         ),
-        click.option(
+        option(
             "--then-online",
             is_flag=True,
             help="With --via batch: send what the batches left undone (expired, cancelled) "
             "through the online path before the run ends.",
         ),
-        click.option(
+        option(
             "--detach",
             is_flag=True,
             help="With --via batch: submit the batches and exit; run the same command again "
             "(or `headway batches status OUT`) to collect.",
         ),
-        click.option(
+        option(
             "--batch-max-requests",
             type=click.IntRange(min=1),
             help="Requests per batch [default: OpenAI 50,000; Anthropic 100,000].",
         ),
-        click.option(
+        option(
             "--batch-max-bytes",
             type=click.IntRange(min=1),
             help="Bytes per batch file [default: OpenAI 200 MB; Anthropic 256 MB].",
         ),
-        click.option(
+        option(
             "--batch-max-tokens",
             type=click.IntRange(min=1),
             help="The model's enqueued-token limit: estimated input tokens queued at once.",
         ),
-        click.option(
+        option(
             "--poll-interval",
             type=click.FloatRange(min=0, min_open=True),
             default=5.0,
-            show_default=True,
             help="Seconds between the first polls (grows to --max-poll-interval).",
         ),
-        click.option(
+        option(
             "--max-poll-interval",
             type=click.FloatRange(min=0, min_open=True),
             default=120.0,
-            show_default=True,
             help="Longest wait between polls, in seconds.",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
+    for decorate in reversed(options):
+        func = decorate(func)
     return func
 
 
@@ -266,10 +264,10 @@ def _load(output: Path) -> ProviderBatchRun:
 
 @batches.command("plan")
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--provider", type=click.Choice(["openai", "anthropic"]), default="openai")
-@click.option("--batch-max-requests", type=click.IntRange(min=1))
-@click.option("--batch-max-bytes", type=click.IntRange(min=1))
-@click.option("--batch-max-tokens", type=click.IntRange(min=1))
+@option("--provider", type=click.Choice(["openai", "anthropic"]), default="openai")
+@option("--batch-max-requests", type=click.IntRange(min=1))
+@option("--batch-max-bytes", type=click.IntRange(min=1))
+@option("--batch-max-tokens", type=click.IntRange(min=1))
 def plan(
     input_path: Path,
     provider: str,

@@ -22,7 +22,15 @@ if TYPE_CHECKING:
 
     from headway.batch.summary import BatchStats
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_PIPE", "EXIT_USAGE", "UsageError"]
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_PIPE",
+    "EXIT_USAGE",
+    "UsageError",
+    "option",
+]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -32,6 +40,14 @@ EXIT_INTERRUPTED = 130
 EXIT_PIPE = 141
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def option(*decls: str, env: str | None = None, **kw: Any) -> Callable[[F], F]:
+    """``click.option`` whose default ``--help`` shows; ``env``: its environment variable."""
+    if "default" in kw and not kw.get("is_flag"):
+        kw.setdefault("show_default", True)
+    decorator: Callable[[F], F] = click.option(*decls, envvar=env, **kw)
+    return decorator
 
 
 class UsageError(click.ClickException):
@@ -111,58 +127,54 @@ def _make_progress(mode: str, *, quiet: bool) -> ProgressReporter:
 def _limit_options(func: F) -> F:
     """--rpm, --tpm, --concurrency, --max-attempts, --timeout (shared by run and demo)."""
     options = [
-        click.option(
+        option(
             "--rpm",
             type=click.FloatRange(min=0, min_open=True),
-            envvar="HEADWAY_RPM",
+            env="HEADWAY_RPM",
             help="Requests per minute to stay under.",
         ),
-        click.option(
+        option(
             "--tpm",
             type=click.FloatRange(min=0, min_open=True),
-            envvar="HEADWAY_TPM",
+            env="HEADWAY_TPM",
             help="Tokens per minute to stay under (estimated, settled from usage).",
         ),
-        click.option(
+        option(
             "--concurrency",
             type=click.IntRange(min=1),
-            envvar="HEADWAY_CONCURRENCY",
+            env="HEADWAY_CONCURRENCY",
             default=64,
-            show_default=True,
             help="Requests in flight at most.",
         ),
-        click.option(
+        option(
             "--max-attempts",
             type=click.IntRange(min=1),
-            envvar="HEADWAY_MAX_ATTEMPTS",
+            env="HEADWAY_MAX_ATTEMPTS",
             default=6,
-            show_default=True,
             help="Attempts per request, the first included.",
         ),
-        click.option(
+        option(
             "--timeout",
             type=click.FloatRange(min=0, min_open=True),
-            envvar="HEADWAY_TIMEOUT",
+            env="HEADWAY_TIMEOUT",
             default=120.0,
-            show_default=True,
             help="Seconds per attempt.",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
+    for decorate in reversed(options):
+        func = decorate(func)
     return func
 
 
 def _progress_options(func: F) -> F:
-    func = click.option(
+    func = option(
         "--quiet", "-q", is_flag=True, help="No progress display (the summary is still printed)."
     )(func)
-    return click.option(
+    return option(
         "--progress",
         type=click.Choice(["auto", "rich", "plain", "none"]),
         default="auto",
-        show_default=True,
-        envvar="HEADWAY_PROGRESS",
+        env="HEADWAY_PROGRESS",
         help="Progress display: a live bar on a terminal, else a status line every 5 s "
         "(plain: for log files).",
     )(func)

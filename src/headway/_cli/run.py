@@ -30,6 +30,7 @@ from headway._cli.common import (
     _run_batch,
     _warn_notes,
     command_line,
+    option,
     setup_logging,
     stderr_console,
     teardown_logging,
@@ -64,142 +65,136 @@ def _config_callback(ctx: click.Context, _param: click.Parameter, value: Path | 
     metavar="INPUT",
     type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
 )
-@click.option(
+@option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
-    envvar="HEADWAY_OUTPUT",
+    env="HEADWAY_OUTPUT",
     help="Result file (JSONL, appended; re-running resumes); '-' for standard output "
     "(with --no-resume). Required.",
 )
-@click.option(
+@option(
     "--errors",
     type=click.Path(dir_okay=False, path_type=Path),
-    envvar="HEADWAY_ERRORS",
+    env="HEADWAY_ERRORS",
     help="Write failed results here instead of OUTPUT.",
 )
-@click.option(
+@option(
     "--provider",
     type=click.Choice(sorted(PROVIDERS)),
-    envvar="HEADWAY_PROVIDER",
+    env="HEADWAY_PROVIDER",
     help="A known provider (sets the base URL, key variable and auth).",
 )
-@click.option(
+@option(
     "--base-url",
-    envvar="HEADWAY_BASE_URL",
+    env="HEADWAY_BASE_URL",
     help="Any OpenAI-compatible server, with or without /v1 (http://host:8000/v1).",
 )
-@click.option(
+@option(
     "--endpoint",
-    envvar="HEADWAY_ENDPOINT",
+    env="HEADWAY_ENDPOINT",
     help="Path for bare request bodies, relative to the base URL (embeddings -> "
     f"/v1/embeddings) [default: the provider's, else {DEFAULT_URL}].",
 )
-@click.option(
+@option(
     "--request-url",
-    envvar="HEADWAY_REQUEST_URL",
+    env="HEADWAY_REQUEST_URL",
     help="One full URL for every line, whatever its own url (the cookbook's flag).",
 )
-@click.option(
+@option(
     "--api-key-env",
-    envvar="HEADWAY_API_KEY_ENV",
+    env="HEADWAY_API_KEY_ENV",
     help="Environment variable holding the API key [default: the provider's, e.g. OPENAI_API_KEY].",
 )
 @_limit_options
-@click.option("--retry-failed", is_flag=True, help="Send again the requests that failed before.")
-@click.option(
+@option("--retry-failed", is_flag=True, help="Send again the requests that failed before.")
+@option(
     "--summary-json",
     type=click.Path(dir_okay=False, path_type=Path),
-    envvar="HEADWAY_SUMMARY_JSON",
+    env="HEADWAY_SUMMARY_JSON",
     help="Also write the summary as JSON here.",
 )
-@click.option(
+@option(
     "--grace",
     type=click.FloatRange(min=0),
     default=30.0,
-    show_default=True,
     help="Seconds in-flight requests get to finish after Ctrl-C.",
 )
-@click.option("--fsync", is_flag=True, help="fsync the result file after each write.")
-@click.option(
+@option("--fsync", is_flag=True, help="fsync the result file after each write.")
+@option(
     "--redis-url",
-    envvar="HEADWAY_REDIS_URL",
+    env="HEADWAY_REDIS_URL",
     help="Share the limits and breaker state with other workers through this Redis.",
 )
-@click.option(
+@option(
     "--shard",
-    envvar="HEADWAY_SHARD",
+    env="HEADWAY_SHARD",
     metavar="K/N",
     help="Send only this worker's share of the lines (worker K of N; use one -o per worker).",
 )
-@click.option(
+@option(
     "--engine",
     type=click.Choice(["local", "ray"]),
     default="local",
-    show_default=True,
-    envvar="HEADWAY_ENGINE",
+    env="HEADWAY_ENGINE",
     help="Send from this process, or from Ray actors sharing one limit (pip install "
     "'headway[ray]').",
 )
-@click.option(
+@option(
     "--ray-address",
-    envvar="RAY_ADDRESS",
+    env="RAY_ADDRESS",
     help="The Ray cluster for --engine ray (default: start a local Ray).",
 )
-@click.option(
+@option(
     "--ray-actors",
     type=click.IntRange(min=1),
     default=4,
-    show_default=True,
     help="Ray actors sending requests (--engine ray).",
 )
-@click.option(
+@option(
     "--max-outage",
     type=click.FloatRange(min=0, min_open=True),
     default=600.0,
-    show_default=True,
-    envvar="HEADWAY_MAX_OUTAGE",
+    env="HEADWAY_MAX_OUTAGE",
     help="Seconds the provider may stay unreachable before the run stops (exit 3); "
     "the unsent requests are left for the resume.",
 )
-@click.option(
+@option(
     "--ignore-mismatch",
     is_flag=True,
     help="Resume even when OUTPUT holds results answered for other requests or another server.",
 )
-@click.option(
+@option(
     "--no-resume",
     is_flag=True,
     help="Do not read earlier results: start OUTPUT afresh (needed for -o -).",
 )
-@click.option(
+@option(
     "--dry-run",
     is_flag=True,
     help="Check every line and say what would be sent, and how long it would take; send nothing.",
 )
-@click.option(
+@option(
     "--output-format",
     type=click.Choice(["auto", "openai", "anthropic"]),
     default="auto",
-    show_default=True,
-    envvar="HEADWAY_OUTPUT_FORMAT",
+    env="HEADWAY_OUTPUT_FORMAT",
     help="Result line shape: auto follows each line (Anthropic lines get Anthropic results).",
 )
-@click.option(
+@option(
     "-v",
     "--verbose",
     count=True,
     help="Log retries, pauses and limit changes to stderr (-vv: every event).",
 )
-@click.option(
+@option(
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
-    show_default=True,
-    envvar="HEADWAY_LOG_FORMAT",
+    env="HEADWAY_LOG_FORMAT",
     help="json: one JSON object a line on stderr (implies -v).",
 )
-@click.option(
+@option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),

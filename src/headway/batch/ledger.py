@@ -37,7 +37,6 @@ import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Self
 
 import orjson
@@ -157,16 +156,8 @@ class Result:
         attempts: int = 1,
     ) -> Result:
         """A successful result; its tokens are read from the body's ``usage``."""
-        return cls(
-            custom_id,
-            status_code,
-            request_id,
-            body,
-            None,
-            latency,
-            attempts,
-            tokens_used(body),
-        )
+        tokens = tokens_used(body)
+        return cls(custom_id, status_code, request_id, body, None, latency, attempts, tokens)
 
     @classmethod
     def failure(
@@ -182,15 +173,8 @@ class Result:
         attempts: int = 1,
     ) -> Result:
         """A failed result with an error ``code`` and a ``message``."""
-        return cls(
-            custom_id,
-            status_code,
-            request_id,
-            body,
-            {"code": code, "message": message},
-            latency,
-            attempts,
-        )
+        error = {"code": code, "message": message}
+        return cls(custom_id, status_code, request_id, body, error, latency, attempts)
 
     def to_record(self) -> dict[str, Any]:
         """The ledger line as a dict (see :mod:`headway.batch.output` for its shapes)."""
@@ -632,10 +616,5 @@ class Ledger:
     def __enter__(self) -> Self:
         return self.open()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()

@@ -484,12 +484,8 @@ class BatchRunner:
             cid = item.custom_id
             if owns is not None and not owns(cid):
                 continue  # another worker's line (repeats hash alike, so they stay here)
-            if cid in seen:
-                stats.duplicates += 1
-                if len(stats.duplicate_examples) < 10:
-                    stats.duplicate_examples.append((cid, item.line))
+            if stats.repeated(seen, cid, item.line):
                 continue
-            seen.add(cid)
             if cid in skip:
                 skip.discard(cid)
                 stats.skipped += 1
