@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from headway._cli.common import (
+    COUNT,
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    POSITIVE,
     _fail,
     option,
     print_summary,
@@ -41,7 +43,7 @@ def batch_options(func: F) -> F:
             "--via",
             type=click.Choice(["online", "batch"]),
             default="online",
-            env="HEADWAY_VIA",
+            env=True,
             help="online: call the API now, at its rate limits. batch: the provider's Batch "
             "API (half the price, results within 24 h).",
         ),
@@ -59,28 +61,28 @@ def batch_options(func: F) -> F:
         ),
         option(
             "--batch-max-requests",
-            type=click.IntRange(min=1),
+            type=COUNT,
             help="Requests per batch [default: OpenAI 50,000; Anthropic 100,000].",
         ),
         option(
             "--batch-max-bytes",
-            type=click.IntRange(min=1),
+            type=COUNT,
             help="Bytes per batch file [default: OpenAI 200 MB; Anthropic 256 MB].",
         ),
         option(
             "--batch-max-tokens",
-            type=click.IntRange(min=1),
+            type=COUNT,
             help="The model's enqueued-token limit: estimated input tokens queued at once.",
         ),
         option(
             "--poll-interval",
-            type=click.FloatRange(min=0, min_open=True),
+            type=POSITIVE,
             default=5.0,
             help="Seconds between the first polls (grows to --max-poll-interval).",
         ),
         option(
             "--max-poll-interval",
-            type=click.FloatRange(min=0, min_open=True),
+            type=POSITIVE,
             default=120.0,
             help="Longest wait between polls, in seconds.",
         ),
@@ -265,9 +267,9 @@ def _load(output: Path) -> ProviderBatchRun:
 @batches.command("plan")
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
 @option("--provider", type=click.Choice(["openai", "anthropic"]), default="openai")
-@option("--batch-max-requests", type=click.IntRange(min=1))
-@option("--batch-max-bytes", type=click.IntRange(min=1))
-@option("--batch-max-tokens", type=click.IntRange(min=1))
+@option("--batch-max-requests", type=COUNT)
+@option("--batch-max-bytes", type=COUNT)
+@option("--batch-max-tokens", type=COUNT)
 def plan(
     input_path: Path,
     provider: str,

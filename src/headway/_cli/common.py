@@ -42,11 +42,23 @@ EXIT_PIPE = 141
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def option(*decls: str, env: str | None = None, **kw: Any) -> Callable[[F], F]:
-    """``click.option`` whose default ``--help`` shows; ``env``: its environment variable."""
+#: Option types: a number above zero, a count from one, a file path.
+POSITIVE = click.FloatRange(min=0, min_open=True)
+COUNT = click.IntRange(min=1)
+FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+def option(*decls: str, env: str | bool | None = None, **kw: Any) -> Callable[[F], F]:
+    """``click.option`` whose default ``--help`` shows.
+
+    ``env``: its environment variable; ``True`` for ``HEADWAY_`` and the flag's name
+    (``--max-outage``: ``HEADWAY_MAX_OUTAGE``).
+    """
     if "default" in kw and not kw.get("is_flag"):
         kw.setdefault("show_default", True)
-    decorator: Callable[[F], F] = click.option(*decls, envvar=env, **kw)
+    if env is True:
+        env = "HEADWAY_" + decls[-1].lstrip("-").upper().replace("-", "_")
+    decorator: Callable[[F], F] = click.option(*decls, envvar=env or None, **kw)
     return decorator
 
 
@@ -127,39 +139,24 @@ def _make_progress(mode: str, *, quiet: bool) -> ProgressReporter:
 def _limit_options(func: F) -> F:
     """--rpm, --tpm, --concurrency, --max-attempts, --timeout (shared by run and demo)."""
     options = [
-        option(
-            "--rpm",
-            type=click.FloatRange(min=0, min_open=True),
-            env="HEADWAY_RPM",
-            help="Requests per minute to stay under.",
-        ),
+        option("--rpm", type=POSITIVE, env=True, help="Requests per minute to stay under."),
         option(
             "--tpm",
-            type=click.FloatRange(min=0, min_open=True),
-            env="HEADWAY_TPM",
+            type=POSITIVE,
+            env=True,
             help="Tokens per minute to stay under (estimated, settled from usage).",
         ),
         option(
-            "--concurrency",
-            type=click.IntRange(min=1),
-            env="HEADWAY_CONCURRENCY",
-            default=64,
-            help="Requests in flight at most.",
+            "--concurrency", type=COUNT, env=True, default=64, help="Requests in flight at most."
         ),
         option(
             "--max-attempts",
-            type=click.IntRange(min=1),
-            env="HEADWAY_MAX_ATTEMPTS",
+            type=COUNT,
+            env=True,
             default=6,
             help="Attempts per request, the first included.",
         ),
-        option(
-            "--timeout",
-            type=click.FloatRange(min=0, min_open=True),
-            env="HEADWAY_TIMEOUT",
-            default=120.0,
-            help="Seconds per attempt.",
-        ),
+        option("--timeout", type=POSITIVE, env=True, default=120.0, help="Seconds per attempt."),
     ]
     for decorate in reversed(options):
         func = decorate(func)
@@ -174,7 +171,7 @@ def _progress_options(func: F) -> F:
         "--progress",
         type=click.Choice(["auto", "rich", "plain", "none"]),
         default="auto",
-        env="HEADWAY_PROGRESS",
+        env=True,
         help="Progress display: a live bar on a terminal, else a status line every 5 s "
         "(plain: for log files).",
     )(func)

@@ -20,7 +20,10 @@ from headway._cli.batches import (
     run_via_batch,
 )
 from headway._cli.common import (
+    COUNT,
     EXIT_PIPE,
+    FILE,
+    POSITIVE,
     _fail,
     _finish,
     _limit_options,
@@ -69,51 +72,41 @@ def _config_callback(ctx: click.Context, _param: click.Parameter, value: Path | 
     "-o",
     "--output",
     type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
-    env="HEADWAY_OUTPUT",
+    env=True,
     help="Result file (JSONL, appended; re-running resumes); '-' for standard output "
     "(with --no-resume). Required.",
 )
-@option(
-    "--errors",
-    type=click.Path(dir_okay=False, path_type=Path),
-    env="HEADWAY_ERRORS",
-    help="Write failed results here instead of OUTPUT.",
-)
+@option("--errors", type=FILE, env=True, help="Write failed results here instead of OUTPUT.")
 @option(
     "--provider",
     type=click.Choice(sorted(PROVIDERS)),
-    env="HEADWAY_PROVIDER",
+    env=True,
     help="A known provider (sets the base URL, key variable and auth).",
 )
 @option(
     "--base-url",
-    env="HEADWAY_BASE_URL",
+    env=True,
     help="Any OpenAI-compatible server, with or without /v1 (http://host:8000/v1).",
 )
 @option(
     "--endpoint",
-    env="HEADWAY_ENDPOINT",
+    env=True,
     help="Path for bare request bodies, relative to the base URL (embeddings -> "
     f"/v1/embeddings) [default: the provider's, else {DEFAULT_URL}].",
 )
 @option(
     "--request-url",
-    env="HEADWAY_REQUEST_URL",
+    env=True,
     help="One full URL for every line, whatever its own url (the cookbook's flag).",
 )
 @option(
     "--api-key-env",
-    env="HEADWAY_API_KEY_ENV",
+    env=True,
     help="Environment variable holding the API key [default: the provider's, e.g. OPENAI_API_KEY].",
 )
 @_limit_options
 @option("--retry-failed", is_flag=True, help="Send again the requests that failed before.")
-@option(
-    "--summary-json",
-    type=click.Path(dir_okay=False, path_type=Path),
-    env="HEADWAY_SUMMARY_JSON",
-    help="Also write the summary as JSON here.",
-)
+@option("--summary-json", type=FILE, env=True, help="Also write the summary as JSON here.")
 @option(
     "--grace",
     type=click.FloatRange(min=0),
@@ -123,12 +116,12 @@ def _config_callback(ctx: click.Context, _param: click.Parameter, value: Path | 
 @option("--fsync", is_flag=True, help="fsync the result file after each write.")
 @option(
     "--redis-url",
-    env="HEADWAY_REDIS_URL",
+    env=True,
     help="Share the limits and breaker state with other workers through this Redis.",
 )
 @option(
     "--shard",
-    env="HEADWAY_SHARD",
+    env=True,
     metavar="K/N",
     help="Send only this worker's share of the lines (worker K of N; use one -o per worker).",
 )
@@ -136,7 +129,7 @@ def _config_callback(ctx: click.Context, _param: click.Parameter, value: Path | 
     "--engine",
     type=click.Choice(["local", "ray"]),
     default="local",
-    env="HEADWAY_ENGINE",
+    env=True,
     help="Send from this process, or from Ray actors sharing one limit (pip install "
     "'headway[ray]').",
 )
@@ -145,17 +138,12 @@ def _config_callback(ctx: click.Context, _param: click.Parameter, value: Path | 
     env="RAY_ADDRESS",
     help="The Ray cluster for --engine ray (default: start a local Ray).",
 )
-@option(
-    "--ray-actors",
-    type=click.IntRange(min=1),
-    default=4,
-    help="Ray actors sending requests (--engine ray).",
-)
+@option("--ray-actors", type=COUNT, default=4, help="Ray actors sending requests (--engine ray).")
 @option(
     "--max-outage",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE,
     default=600.0,
-    env="HEADWAY_MAX_OUTAGE",
+    env=True,
     help="Seconds the provider may stay unreachable before the run stops (exit 3); "
     "the unsent requests are left for the resume.",
 )
@@ -178,7 +166,7 @@ def _config_callback(ctx: click.Context, _param: click.Parameter, value: Path | 
     "--output-format",
     type=click.Choice(["auto", "openai", "anthropic"]),
     default="auto",
-    env="HEADWAY_OUTPUT_FORMAT",
+    env=True,
     help="Result line shape: auto follows each line (Anthropic lines get Anthropic results).",
 )
 @option(
@@ -191,13 +179,13 @@ def _config_callback(ctx: click.Context, _param: click.Parameter, value: Path | 
     "--log-format",
     type=click.Choice(["text", "json"]),
     default="text",
-    env="HEADWAY_LOG_FORMAT",
+    env=True,
     help="json: one JSON object a line on stderr (implies -v).",
 )
 @option(
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     is_eager=True,
     expose_value=False,
     callback=_config_callback,

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from headway._cli.common import EXIT_OK, _fail, option
+from headway._cli.common import EXIT_OK, POSITIVE, _fail, option
 
 __all__ = ["serve_fake"]
 
@@ -18,8 +18,8 @@ __all__ = ["serve_fake"]
 @click.command("serve-fake")
 @option("--host", default="127.0.0.1", help="Interface to listen on.")
 @option("--port", type=click.IntRange(0, 65535), default=0, help="Port [default: a free one].")
-@option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Requests per minute.")
-@option("--tpm", type=click.FloatRange(min=0, min_open=True), help="Tokens per minute.")
+@option("--rpm", type=POSITIVE, help="Requests per minute.")
+@option("--tpm", type=POSITIVE, help="Tokens per minute.")
 @option(
     "--burst",
     type=click.FloatRange(min=1),
