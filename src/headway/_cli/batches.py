@@ -41,8 +41,7 @@ def batch_options(func: F) -> F:
     options = [
         option(
             "--via",
-            type=click.Choice(["online", "batch"]),
-            default="online",
+            choices=["online", "batch"],
             env=True,
             help="online: call the API now, at its rate limits. batch: the provider's Batch "
             "API (half the price, results within 24 h).",
@@ -266,7 +265,7 @@ def _load(output: Path) -> ProviderBatchRun:
 
 @batches.command("plan")
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
-@option("--provider", type=click.Choice(["openai", "anthropic"]), default="openai")
+@option("--provider", choices=["openai", "anthropic"])
 @option("--batch-max-requests", type=COUNT)
 @option("--batch-max-bytes", type=COUNT)
 @option("--batch-max-tokens", type=COUNT)

@@ -52,8 +52,13 @@ def option(*decls: str, env: str | bool | None = None, **kw: Any) -> Callable[[F
     """``click.option`` whose default ``--help`` shows.
 
     ``env``: its environment variable; ``True`` for ``HEADWAY_`` and the flag's name
-    (``--max-outage``: ``HEADWAY_MAX_OUTAGE``).
+    (``--max-outage``: ``HEADWAY_MAX_OUTAGE``). ``choices``: the words it takes, the first
+    by default.
     """
+    choices = kw.pop("choices", None)
+    if choices is not None:  # one of these words, the first by default
+        kw["type"] = click.Choice(choices)
+        kw.setdefault("default", choices[0])
     if "default" in kw and not kw.get("is_flag"):
         kw.setdefault("show_default", True)
     if env is True:
@@ -169,8 +174,7 @@ def _progress_options(func: F) -> F:
     )(func)
     return option(
         "--progress",
-        type=click.Choice(["auto", "rich", "plain", "none"]),
-        default="auto",
+        choices=["auto", "rich", "plain", "none"],
         env=True,
         help="Progress display: a live bar on a terminal, else a status line every 5 s "
         "(plain: for log files).",

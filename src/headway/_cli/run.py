@@ -127,8 +127,7 @@ def _config_callback(ctx: click.Context, _param: click.Parameter, value: Path | 
 )
 @option(
     "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
+    choices=["local", "ray"],
     env=True,
     help="Send from this process, or from Ray actors sharing one limit (pip install "
     "'headway[ray]').",
@@ -164,8 +163,7 @@ def _config_callback(ctx: click.Context, _param: click.Parameter, value: Path | 
 )
 @option(
     "--output-format",
-    type=click.Choice(["auto", "openai", "anthropic"]),
-    default="auto",
+    choices=["auto", "openai", "anthropic"],
     env=True,
     help="Result line shape: auto follows each line (Anthropic lines get Anthropic results).",
 )
@@ -177,8 +175,7 @@ def _config_callback(ctx: click.Context, _param: click.Parameter, value: Path | 
 )
 @option(
     "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
+    choices=["text", "json"],
     env=True,
     help="json: one JSON object a line on stderr (implies -v).",
 )
@@ -374,11 +371,11 @@ def _run(
     input_path: Path,
     output: Path | None,
     errors: Path | None,
+    request_url: str | None,
     provider: str | None,
     base_url: str | None,
     endpoint: str | None,
     api_key_env: str | None,
-    request_url: str | None,
     settings_kw: dict[str, Any],
     retry_failed: bool,
     summary_json: Path | None,
