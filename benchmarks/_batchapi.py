@@ -9,54 +9,31 @@ script under ``/usr/bin/time -v``. Reported: wall time, the run's peak RSS (boun
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from batch import HEADWAY, RESULTS, Server, ids_exactly_once, write_input
+from batch import (
+    HEADWAY,
+    RESULTS,
+    Server,
+    ids_exactly_once,
+    run_command,
+    run_with_peak_rss,
+    write_input,
+)
 
 
 def bench_batchapi(lines: int = 200_000, seconds: float = 30.0) -> dict[str, Any]:
-    gnu_time = shutil.which("time") or "/usr/bin/time"
-    if not os.path.exists(gnu_time):
-        raise RuntimeError("GNU time is needed: apt-get install time")
     server = Server([*HEADWAY, "serve-fake", "--batch-seconds", str(seconds)])
     try:
         with tempfile.TemporaryDirectory() as d:
             inp, out, summ = Path(d) / "in.jsonl", Path(d) / "out.jsonl", Path(d) / "s.json"
             write_input(inp, lines)
             size_mb = inp.stat().st_size / 1e6
-            cmd = [
-                *HEADWAY,
-                "run",
-                str(inp),
-                "-o",
-                str(out),
-                "--base-url",
-                server.url,
-                "--via",
-                "batch",
-                "--poll-interval",
-                "1",
-                "--max-poll-interval",
-                "5",
-                "--progress",
-                "none",
-                "--summary-json",
-                str(summ),
-            ]
-            t0 = time.perf_counter()
-            proc = subprocess.run([gnu_time, "-v", *cmd], capture_output=True, text=True)
-            wall = time.perf_counter() - t0
-            if proc.returncode != 0:
-                raise RuntimeError(proc.stderr[-2000:])
-            m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-            rss_mb = int(m.group(1)) / 1024 if m else float("nan")
+            flags = ["--via", "batch", "--poll-interval", "1", "--max-poll-interval", "5"]
+            cmd = run_command(inp, out, server.url, *flags, summary=summ)
+            wall, rss_mb = run_with_peak_rss(cmd)
             summary = json.loads(summ.read_text())
             state = json.loads(Path(f"{out}.batches.json").read_text())
             parts = state["parts"]

@@ -107,6 +107,28 @@ def ids_exactly_once(input_path: Path, output_path: Path) -> dict[str, Any]:
 # -- 1. throughput at the limit ----------------------------------------------------------------
 
 
+def run_command(inp: Path, out: Path, url: str, *flags: str, summary: Path) -> list[str]:
+    """``headway run INP -o OUT --base-url URL FLAGS`` with no display and a JSON summary."""
+    return [
+        *HEADWAY, "run", str(inp), "-o", str(out), "--base-url", url, *flags,
+        "--progress", "none", "--summary-json", str(summary),
+    ]  # fmt: skip
+
+
+def run_with_peak_rss(cmd: list[str]) -> tuple[float, float]:
+    """Run ``cmd`` under GNU time: (wall seconds, peak RSS in MB); raises when it fails."""
+    gnu_time = shutil.which("time") or "/usr/bin/time"
+    if not os.path.exists(gnu_time):
+        raise RuntimeError("GNU time is needed: apt-get install time")
+    t0 = time.perf_counter()
+    proc = subprocess.run([gnu_time, "-v", *cmd], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr[-2000:])
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
+    return wall, int(m.group(1)) / 1024 if m else float("nan")
+
+
 def bench_throughput(n: int = 20_000, rpm: float = 60_000) -> dict[str, Any]:
     # The server admits one second's worth at once, as the runner's own limit does: any
     # overshoot by the runner shows as server 429s at once.
@@ -116,23 +138,8 @@ def bench_throughput(n: int = 20_000, rpm: float = 60_000) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as d:
             inp, out, summ = Path(d) / "in.jsonl", Path(d) / "out.jsonl", Path(d) / "s.json"
             write_input(inp, n)
-            cmd = [
-                *HEADWAY,
-                "run",
-                str(inp),
-                "-o",
-                str(out),
-                "--base-url",
-                server.url,
-                "--rpm",
-                str(rpm),
-                "--concurrency",
-                "64",
-                "--progress",
-                "none",
-                "--summary-json",
-                str(summ),
-            ]
+            flags = ["--rpm", str(rpm), "--concurrency", "64"]
+            cmd = run_command(inp, out, server.url, *flags, summary=summ)
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True)
             wall = time.perf_counter() - t0
@@ -210,9 +217,6 @@ def fast_server_main(port: int) -> None:
 
 
 def bench_rss(lines: int = 1_000_000) -> dict[str, Any]:
-    gnu_time = shutil.which("time") or "/usr/bin/time"
-    if not os.path.exists(gnu_time):
-        raise RuntimeError("GNU time is needed: apt-get install time")
     port = free_port()
     server = Server([sys.executable, __file__, "_fast_server", str(port)])
     try:
@@ -220,28 +224,8 @@ def bench_rss(lines: int = 1_000_000) -> dict[str, Any]:
             inp, out, summ = Path(d) / "in.jsonl", Path(d) / "out.jsonl", Path(d) / "s.json"
             write_input(inp, lines)
             size_mb = inp.stat().st_size / 1e6
-            cmd = [
-                *HEADWAY,
-                "run",
-                str(inp),
-                "-o",
-                str(out),
-                "--base-url",
-                server.url,
-                "--concurrency",
-                "128",
-                "--progress",
-                "none",
-                "--summary-json",
-                str(summ),
-            ]
-            t0 = time.perf_counter()
-            proc = subprocess.run([gnu_time, "-v", *cmd], capture_output=True, text=True)
-            wall = time.perf_counter() - t0
-            if proc.returncode != 0:
-                raise RuntimeError(proc.stderr[-2000:])
-            m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr)
-            rss_mb = int(m.group(1)) / 1024 if m else float("nan")
+            cmd = run_command(inp, out, server.url, "--concurrency", "128", summary=summ)
+            wall, rss_mb = run_with_peak_rss(cmd)
             summary = json.loads(summ.read_text())
             check = ids_exactly_once(inp, out)
             out_mb = out.stat().st_size / 1e6

@@ -360,3 +360,36 @@ def test_online_refuses_an_output_whose_batches_still_run(tmp_path: Path) -> Non
         assert "has batches running at the provider" in result.stderr
     finally:
         slow.stop()
+
+
+def test_dry_run_via_batch_shows_the_batches_and_sends_nothing(
+    tmp_path: Path, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # a dry run needs no key
+    inp = write_input(tmp_path / "in.jsonl", 30, models=2)
+    with open(inp, "a") as f:
+        f.write('{"custom_id": "s", "body": {"model": "m", "stream": true}}\n')
+    out = tmp_path / "out.jsonl"
+    result = invoke(run_args(inp, out, server.url, "--dry-run", "--batch-max-requests", "10"))
+    assert result.exit_code == 1, result.output  # a line cannot go in a batch
+    assert "4 batch(es), 30 requests; 1 line(s) cannot go" in result.stdout
+    assert "dry run: nothing was sent" in result.stdout
+    assert server.created() == (0, 0)
+    assert not out.exists()
+    ok = write_input(tmp_path / "ok.jsonl", 3)
+    result = invoke(["run", str(ok), "--dry-run", "--via", "batch", "--provider", "openai"])
+    assert result.exit_code == 0, result.output
+    assert "1 batch(es), 3 requests; 0 line(s) cannot go" in result.stdout
+
+
+@pytest.mark.parametrize("shape", ["openai", "anthropic"])
+def test_output_format_is_refused_via_batch(tmp_path: Path, shape: str) -> None:
+    inp = write_input(tmp_path / "in.jsonl", 2)
+    out = tmp_path / "out.jsonl"
+    args = run_args(inp, out, "http://127.0.0.1:1", "--output-format", shape)
+    result = invoke(args)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "--output-format goes with --via online" in lines[0]
+    assert not out.exists()

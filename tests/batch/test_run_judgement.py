@@ -381,17 +381,29 @@ async def test_output_that_is_the_input_is_refused_by_inode(tmp_path: Path) -> N
 
 
 def enospc_after(n: int) -> Any:
+    """``os.write`` on a disk that fills up after ``n`` whole lines and half of the next.
+
+    Lines may come one a write or many (the ledger buffers): the disk counts lines.
+    """
     real = os.write
-    calls = {"n": 0}
+    state = {"lines": 0, "full": False}
 
     def write(fd: int, data: Any) -> int:
-        calls["n"] += 1
-        if calls["n"] > n:
-            half = bytes(data)[: len(data) // 2]
-            if half and calls["n"] == n + 1:
-                return real(fd, half)  # a partial write, then the disk is full
+        data = bytes(data)
+        if state["full"]:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd, data)
+        end = 0
+        while state["lines"] < n:
+            newline = data.find(b"\n", end)
+            if newline < 0:
+                return real(fd, data)  # all of it fits
+            end = newline + 1
+            state["lines"] += 1
+        state["full"] = True
+        rest = data[end:]
+        if not rest:
+            return real(fd, data)
+        return real(fd, data[: end + max(1, (rest.find(b"\n") + 1 or len(rest)) // 2)])
 
     return write
 

@@ -1,8 +1,8 @@
 """The ``headway`` examples of docs/cli.md and docs/batch.md run as written.
 
 Each ```console block after a ``<!-- doc-example -->`` comment runs against a FakeAPI
-standing in for ``http://127.0.0.1:8000``, in a folder holding the ``requests.jsonl`` of
-docs/cli.md; lines after a command are its exact standard output.
+standing in for ``http://127.0.0.1:8000``, in a folder holding the ``<!-- doc-input -->``
+files of both (``requests.jsonl``...); lines after a command are its exact standard output.
 """
 
 from __future__ import annotations
@@ -62,8 +62,9 @@ def test_doc_example_runs(
     fake_server: object,
 ) -> None:
     server: ThreadedFakeAPI = fake_server()  # type: ignore[operator]
-    for file_name, text in _INPUT.findall((DOCS / "cli.md").read_text()):
-        (tmp_path / file_name).write_text(text)
+    for doc in ("cli.md", "batch.md"):
+        for file_name, text in _INPUT.findall((DOCS / doc).read_text()):
+            (tmp_path / file_name).write_text(text)
     monkeypatch.chdir(tmp_path)
     for command, expected in _commands(block):
         stdin = None

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
+from batch.test_run_judgement import enospc_after
 from headway.cli import cli
 
 from .conftest import ThreadedFakeAPI, result_ids, write_chat_input
@@ -64,16 +63,7 @@ def test_disk_full_has_its_own_exit_code_and_says_what_was_written(
     server = fake_server()
     inp = write_chat_input(tmp_path / "in.jsonl", 10)
     out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
-    real = os.write
-    calls = {"n": 0}
-
-    def write(fd: int, data: Any) -> int:
-        calls["n"] += 1
-        if calls["n"] > 3:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd, data)
-
-    monkeypatch.setattr("headway.batch.ledger.os.write", write)
+    monkeypatch.setattr("headway.batch.ledger.os.write", enospc_after(3))
     args = ["run", str(inp), "-o", str(out), "--base-url", server.url, "--concurrency", "1"]
     result = invoke([*args, "-q", "--summary-json", str(summary)])
     monkeypatch.undo()

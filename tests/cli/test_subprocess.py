@@ -219,3 +219,27 @@ def test_gzip_from_stdin_and_refusing_to_resume_a_pipe(
     assert refused.stdout == b""
     assert b"add --no-resume" in refused.stderr
     assert b"Traceback" not in refused.stderr
+
+
+def test_reader_closing_the_pipe_stops_the_run_quietly(
+    tmp_path: Path, fake_server: StartServer
+) -> None:
+    """``headway run ... -o - | head``: exit 141 as on SIGPIPE, nothing on stderr, no more sent."""
+    server = fake_server()
+    n = 300
+    inp = write_chat_input(tmp_path / "in.jsonl", n)
+    proc = subprocess.Popen(
+        [*HEADWAY, "run", str(inp), "-o", "-", "--no-resume", "--base-url", server.url, "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        # a pace that leaves most lines unsent when the reader goes
+        env={**os.environ, "HEADWAY_RPM": "1200"},
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    assert json.loads(first)["custom_id"].startswith("q")
+    proc.stdout.close()  # what `head -1` does once it has its line
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 141, stderr
+    assert stderr == b""  # no traceback, no "Exception ignored", no summary
+    assert server.arrived() < n  # it stopped sending

@@ -3,32 +3,35 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
 
-from headway._cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, _fail
-from headway.batch.batchapi import (
-    BatchState,
-    PlainBatchProgress,
-    ProviderBatchRun,
-    RunOutcome,
-    batch_settings,
-    describe,
-    settings_from_state,
+from headway._cli.common import (
+    COUNT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    POSITIVE,
+    _fail,
+    option,
+    print_summary,
+    stderr_console,
+    warn_duplicates,
 )
-from headway.batch.batchapi.engine import BatchAPISettings
-from headway.batch.sender import SenderSettings
-from headway.batch.summary import render_summary
 from headway.errors import APIClientError
 
-__all__ = ["batch_options", "batches", "refuse_live_batches", "run_via_batch"]
+if TYPE_CHECKING:  # the Batch API machinery loads when a command needs it
+    from headway.batch.batchapi import BatchState, ProviderBatchRun, RunOutcome
+    from headway.batch.batchapi.engine import BatchAPISettings
+    from headway.batch.batchapi.plan import BatchLimits, Kind
+    from headway.batch.sender import SenderSettings
+
+__all__ = ["batch_dry_run", "batch_options", "batches", "refuse_live_batches", "run_via_batch"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,65 +39,67 @@ F = TypeVar("F", bound=Callable[..., Any])
 def batch_options(func: F) -> F:
     """``--via``, ``--then-online``, ``--detach`` and the batch limits of ``headway run``."""
     options = [
-        click.option(
+        option(
             "--via",
-            type=click.Choice(["online", "batch"]),
-            default="online",
-            show_default=True,
-            envvar="HEADWAY_VIA",
+            choices=["online", "batch"],
+            env=True,
             help="online: call the API now, at its rate limits. batch: the provider's Batch "
             "API (half the price, results within 24 h).",
         ),
-        click.option(
+        option(
             "--then-online",
             is_flag=True,
             help="With --via batch: send what the batches left undone (expired, cancelled) "
             "through the online path before the run ends.",
         ),
-        click.option(
+        option(
             "--detach",
             is_flag=True,
             help="With --via batch: submit the batches and exit; run the same command again "
             "(or `headway batches status OUT`) to collect.",
         ),
-        click.option(
+        option(
             "--batch-max-requests",
-            type=click.IntRange(min=1),
+            type=COUNT,
             help="Requests per batch [default: OpenAI 50,000; Anthropic 100,000].",
         ),
-        click.option(
+        option(
             "--batch-max-bytes",
-            type=click.IntRange(min=1),
+            type=COUNT,
             help="Bytes per batch file [default: OpenAI 200 MB; Anthropic 256 MB].",
         ),
-        click.option(
+        option(
             "--batch-max-tokens",
-            type=click.IntRange(min=1),
+            type=COUNT,
             help="The model's enqueued-token limit: estimated input tokens queued at once.",
         ),
-        click.option(
+        option(
             "--poll-interval",
-            type=click.FloatRange(min=0, min_open=True),
+            type=POSITIVE,
             default=5.0,
-            show_default=True,
             help="Seconds between the first polls (grows to --max-poll-interval).",
         ),
-        click.option(
+        option(
             "--max-poll-interval",
-            type=click.FloatRange(min=0, min_open=True),
+            type=POSITIVE,
             default=120.0,
-            show_default=True,
             help="Longest wait between polls, in seconds.",
         ),
     ]
-    for option in reversed(options):
-        func = option(func)
+    for decorate in reversed(options):
+        func = decorate(func)
     return func
 
 
 def _settings(
-    provider: str | None, base_url: str | None, api_key_env: str | None, opts: dict[str, Any]
+    provider: str | None,
+    base_url: str | None,
+    api_key_env: str | None,
+    opts: dict[str, Any],
+    environ: Mapping[str, str] | None = None,
 ) -> BatchAPISettings:
+    from headway.batch.batchapi import batch_settings
+
     return batch_settings(
         provider=provider,
         base_url=base_url,
@@ -104,11 +109,14 @@ def _settings(
         max_tokens=opts.get("batch_max_tokens"),
         poll_interval=opts.get("poll_interval") or 5.0,
         max_poll_interval=opts.get("max_poll_interval") or 120.0,
+        environ=environ,
     )
 
 
 def refuse_live_batches(output: Path) -> None:
     """Stop ``--via online`` on an OUT whose batches still run (it would pay twice)."""
+    from headway.batch.batchapi.state import BatchState
+
     if BatchState.exists(output) and BatchState.load(output).live:
         _fail(
             f"{output} has batches running at the provider: collect them first (the same "
@@ -136,6 +144,8 @@ def run_via_batch(
     """``headway run --via batch``: plan, submit, wait, collect (see docs/batch.md)."""
     if opts.get("shard") or opts.get("redis_url"):
         _fail("--shard and --redis-url are for --via online; a batch runs at the provider")
+    from headway.batch.batchapi import PlainBatchProgress, ProviderBatchRun
+
     settings = _settings(provider, base_url, api_key_env, opts)
     show = None if quiet or progress == "none" else PlainBatchProgress()
     engine = ProviderBatchRun(
@@ -207,21 +217,13 @@ def _report(
     for note in outcome.notes:
         click.echo(f"headway: {note}", err=True)
     stats = outcome.stats
-    if stats.duplicates:
-        cid, line = stats.duplicate_examples[0]
-        click.echo(
-            f"headway: warning: {stats.duplicates} line(s) repeat an earlier custom_id and were "
-            f"not sent (first: {cid!r} on line {line})",
-            err=True,
-        )
+    warn_duplicates(stats)
     summary = stats.summary(elapsed=outcome.elapsed)
     summary["batches"] = len(outcome.state.parts)
     summary["batches_running"] = outcome.pending
     summary["online"] = outcome.online
-    render_summary(summary, Console(), title=f"headway run --via batch: {input_path}")
-    if summary_json is not None:
-        summary_json.parent.mkdir(parents=True, exist_ok=True)
-        summary_json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    title = f"headway run --via batch: {input_path}"
+    print_summary(summary, title, summary_json, console=stderr_console())
     if outcome.detached:
         why = "interrupted" if stopped else "detached"
         click.echo(
@@ -253,18 +255,20 @@ def batches() -> None:
     """Provider batches submitted by `headway run --via batch`."""
 
 
-def _load(output: Path) -> BatchAPISettings:
+def _load(output: Path) -> ProviderBatchRun:
+    from headway.batch.batchapi import BatchState, ProviderBatchRun, settings_from_state
+
     if not BatchState.exists(output):
         _fail(f"{output} has no batches (no {output}.batches.json); submit with --via batch")
-    return settings_from_state(output)
+    return ProviderBatchRun(settings_from_state(output), output)
 
 
 @batches.command("plan")
 @click.argument("input_path", metavar="INPUT", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--provider", type=click.Choice(["openai", "anthropic"]), default="openai")
-@click.option("--batch-max-requests", type=click.IntRange(min=1))
-@click.option("--batch-max-bytes", type=click.IntRange(min=1))
-@click.option("--batch-max-tokens", type=click.IntRange(min=1))
+@option("--provider", choices=["openai", "anthropic"])
+@option("--batch-max-requests", type=COUNT)
+@option("--batch-max-bytes", type=COUNT)
+@option("--batch-max-tokens", type=COUNT)
 def plan(
     input_path: Path,
     provider: str,
@@ -273,7 +277,7 @@ def plan(
     batch_max_tokens: int | None,
 ) -> int:
     """Show how `run --via batch` would split INPUT into batches (sends nothing)."""
-    from headway.batch.batchapi.plan import BatchLimits, Kind, preview
+    from headway.batch.batchapi.plan import BatchLimits
 
     if not input_path.exists():
         _fail(f"input file {input_path} does not exist")
@@ -285,6 +289,14 @@ def plan(
         max_tokens=batch_max_tokens,
     )
     default_url = "/v1/messages" if kind == "anthropic" else "/v1/chat/completions"
+    _show_plan(input_path, kind, limits, default_url)
+    return EXIT_OK
+
+
+def _show_plan(input_path: Path, kind: Kind, limits: BatchLimits, default_url: str) -> int:
+    """Print the batches INPUT would make and the lines that cannot go; return how many."""
+    from headway.batch.batchapi.plan import preview
+
     parts, problems = preview(input_path, kind, limits, default_url=default_url)
     for n, part in enumerate(parts, 1):
         model = f" {part['model']}" if part["model"] else ""
@@ -299,14 +311,34 @@ def plan(
         click.echo(f"not in a batch: ... and {len(problems) - 10} more")
     total = sum(p["requests"] for p in parts)
     click.echo(f"{len(parts)} batch(es), {total:,} requests; {len(problems)} line(s) cannot go")
-    return EXIT_OK
+    return len(problems)
+
+
+def batch_dry_run(
+    input_path: Path,
+    *,
+    provider: str | None,
+    base_url: str | None,
+    api_key_env: str | None,
+    opts: dict[str, Any],
+    environ: Mapping[str, str],
+) -> int:
+    """``headway run --via batch --dry-run``: the batches INPUT would make; sends nothing.
+
+    Exit code 1 when a line cannot go in a batch, else 0.
+    """
+    settings = _settings(provider, base_url, api_key_env, opts, environ)
+    limits = settings.resolved_limits()
+    problems = _show_plan(input_path, settings.kind, limits, settings.target.default_url)
+    click.echo("dry run: nothing was sent")
+    return EXIT_FAILED if problems else EXIT_OK
 
 
 @batches.command("status")
 @click.argument("output", metavar="OUT", type=click.Path(dir_okay=False, path_type=Path))
 def status(output: Path) -> int:
     """Poll the batches of OUT once, write the results of those that ended, show the rest."""
-    engine = ProviderBatchRun(_load(output), output)
+    engine = _load(output)
     try:
         state = asyncio.run(engine.refresh())
     except APIClientError as exc:
@@ -318,7 +350,7 @@ def status(output: Path) -> int:
 @click.argument("output", metavar="OUT", type=click.Path(dir_okay=False, path_type=Path))
 def cancel(output: Path) -> int:
     """Cancel the running batches of OUT (what they finished is kept)."""
-    engine = ProviderBatchRun(_load(output), output)
+    engine = _load(output)
     try:
         state = asyncio.run(engine.refresh(cancel=True))
     except APIClientError as exc:
@@ -327,6 +359,8 @@ def cancel(output: Path) -> int:
 
 
 def _show(engine: ProviderBatchRun, state: BatchState) -> int:
+    from headway.batch.batchapi import describe
+
     for note in engine.notes:
         click.echo(f"headway: {note}", err=True)
     for part in state.parts:

@@ -20,14 +20,51 @@ from headway.batch.summary import render_summary, summary_text
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "UsageError"]
+    from headway.batch.summary import BatchStats
+
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_PIPE",
+    "EXIT_USAGE",
+    "UsageError",
+    "option",
+]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+#: ``-o -`` and the reader closed the pipe (the shell's code for a process ended by SIGPIPE).
+EXIT_PIPE = 141
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+#: Option types: a number above zero, a count from one, a file path.
+POSITIVE = click.FloatRange(min=0, min_open=True)
+COUNT = click.IntRange(min=1)
+FILE = click.Path(dir_okay=False, path_type=Path)
+
+
+def option(*decls: str, env: str | bool | None = None, **kw: Any) -> Callable[[F], F]:
+    """``click.option`` whose default ``--help`` shows.
+
+    ``env``: its environment variable; ``True`` for ``HEADWAY_`` and the flag's name
+    (``--max-outage``: ``HEADWAY_MAX_OUTAGE``). ``choices``: the words it takes, the first
+    by default.
+    """
+    choices = kw.pop("choices", None)
+    if choices is not None:  # one of these words, the first by default
+        kw["type"] = click.Choice(choices)
+        kw.setdefault("default", choices[0])
+    if "default" in kw and not kw.get("is_flag"):
+        kw.setdefault("show_default", True)
+    if env is True:
+        env = "HEADWAY_" + decls[-1].lstrip("-").upper().replace("-", "_")
+    decorator: Callable[[F], F] = click.option(*decls, envvar=env or None, **kw)
+    return decorator
 
 
 class UsageError(click.ClickException):
@@ -107,58 +144,38 @@ def _make_progress(mode: str, *, quiet: bool) -> ProgressReporter:
 def _limit_options(func: F) -> F:
     """--rpm, --tpm, --concurrency, --max-attempts, --timeout (shared by run and demo)."""
     options = [
-        click.option(
-            "--rpm",
-            type=click.FloatRange(min=0, min_open=True),
-            envvar="HEADWAY_RPM",
-            help="Requests per minute to stay under.",
-        ),
-        click.option(
+        option("--rpm", type=POSITIVE, env=True, help="Requests per minute to stay under."),
+        option(
             "--tpm",
-            type=click.FloatRange(min=0, min_open=True),
-            envvar="HEADWAY_TPM",
+            type=POSITIVE,
+            env=True,
             help="Tokens per minute to stay under (estimated, settled from usage).",
         ),
-        click.option(
-            "--concurrency",
-            type=click.IntRange(min=1),
-            envvar="HEADWAY_CONCURRENCY",
-            default=64,
-            show_default=True,
-            help="Requests in flight at most.",
+        option(
+            "--concurrency", type=COUNT, env=True, default=64, help="Requests in flight at most."
         ),
-        click.option(
+        option(
             "--max-attempts",
-            type=click.IntRange(min=1),
-            envvar="HEADWAY_MAX_ATTEMPTS",
+            type=COUNT,
+            env=True,
             default=6,
-            show_default=True,
             help="Attempts per request, the first included.",
         ),
-        click.option(
-            "--timeout",
-            type=click.FloatRange(min=0, min_open=True),
-            envvar="HEADWAY_TIMEOUT",
-            default=120.0,
-            show_default=True,
-            help="Seconds per attempt.",
-        ),
+        option("--timeout", type=POSITIVE, env=True, default=120.0, help="Seconds per attempt."),
     ]
-    for option in reversed(options):
-        func = option(func)
+    for decorate in reversed(options):
+        func = decorate(func)
     return func
 
 
 def _progress_options(func: F) -> F:
-    func = click.option(
+    func = option(
         "--quiet", "-q", is_flag=True, help="No progress display (the summary is still printed)."
     )(func)
-    return click.option(
+    return option(
         "--progress",
-        type=click.Choice(["auto", "rich", "plain", "none"]),
-        default="auto",
-        show_default=True,
-        envvar="HEADWAY_PROGRESS",
+        choices=["auto", "rich", "plain", "none"],
+        env=True,
         help="Progress display: a live bar on a terminal, else a status line every 5 s "
         "(plain: for log files).",
     )(func)
@@ -179,14 +196,7 @@ def _finish(
     summary["failed_before"] = failed_before
     summary.update(extra or {})
     summary.update(commands or {})
-    if console is None:  # not a terminal: plain text, and no rich to import
-        click.echo(summary_text(summary, title=title), err=True)
-    else:
-        render_summary(summary, console, title=title)
-    if summary_json is not None:
-        summary_json.parent.mkdir(parents=True, exist_ok=True)
-        data = (json.dumps(summary, indent=2) + "\n").encode()
-        summary_json.write_bytes(data if mask is None else mask(data))
+    print_summary(summary, title, summary_json, console=console, mask=mask)
     stats = runner.stats
     if stats.stopped is not None:
         return EXIT_FAILED, summary
@@ -197,10 +207,36 @@ def _finish(
     return EXIT_OK, summary
 
 
-def _warn_notes(runner: BatchRunner) -> None:
-    for note in runner.notes:
-        click.echo(f"headway: {note}", err=True)
-    stats = runner.stats
+def print_summary(
+    summary: dict[str, Any],
+    title: str,
+    summary_json: Path | None,
+    *,
+    console: Console | None = None,
+    mask: Callable[[bytes], bytes] | None = None,
+) -> None:
+    """The summary on stderr (a table on ``console``, else plain text), and ``--summary-json``."""
+    if console is None:  # not a terminal: plain text, and no rich to import
+        click.echo(summary_text(summary, title=title), err=True)
+    else:
+        render_summary(summary, console, title=title)
+    if summary_json is not None:
+        summary_json.parent.mkdir(parents=True, exist_ok=True)
+        data = (json.dumps(summary, indent=2) + "\n").encode()
+        summary_json.write_bytes(data if mask is None else mask(data))
+
+
+def stderr_console() -> Console | None:
+    """A rich console on stderr when it is a terminal; ``None`` (plain text) otherwise."""
+    if not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def warn_duplicates(stats: BatchStats) -> None:
+    """One warning line when input lines repeated an earlier custom_id."""
     if stats.duplicates:
         cid, line = stats.duplicate_examples[0]
         click.echo(
@@ -208,6 +244,13 @@ def _warn_notes(runner: BatchRunner) -> None:
             f"not sent (first: {cid!r} on line {line})",
             err=True,
         )
+
+
+def _warn_notes(runner: BatchRunner) -> None:
+    for note in runner.notes:
+        click.echo(f"headway: {note}", err=True)
+    stats = runner.stats
+    warn_duplicates(stats)
     if stats.stopped is not None:
         click.echo(
             f"headway: stopped: {' '.join(stats.stopped.split())}; raise the quota, then run "

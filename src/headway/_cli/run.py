@@ -13,8 +13,17 @@ from typing import Any
 
 import click
 
-from headway._cli.batches import batch_options, refuse_live_batches, run_via_batch
+from headway._cli.batches import (
+    batch_dry_run,
+    batch_options,
+    refuse_live_batches,
+    run_via_batch,
+)
 from headway._cli.common import (
+    COUNT,
+    EXIT_PIPE,
+    FILE,
+    POSITIVE,
     _fail,
     _finish,
     _limit_options,
@@ -24,7 +33,9 @@ from headway._cli.common import (
     _run_batch,
     _warn_notes,
     command_line,
+    option,
     setup_logging,
+    stderr_console,
     teardown_logging,
 )
 from headway.batch.jobs import DEFAULT_URL, STDIO
@@ -57,145 +68,121 @@ def _config_callback(ctx: click.Context, _param: click.Parameter, value: Path | 
     metavar="INPUT",
     type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
 )
-@click.option(
+@option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
-    envvar="HEADWAY_OUTPUT",
+    env=True,
     help="Result file (JSONL, appended; re-running resumes); '-' for standard output "
     "(with --no-resume). Required.",
 )
-@click.option(
-    "--errors",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="HEADWAY_ERRORS",
-    help="Write failed results here instead of OUTPUT.",
-)
-@click.option(
+@option("--errors", type=FILE, env=True, help="Write failed results here instead of OUTPUT.")
+@option(
     "--provider",
     type=click.Choice(sorted(PROVIDERS)),
-    envvar="HEADWAY_PROVIDER",
+    env=True,
     help="A known provider (sets the base URL, key variable and auth).",
 )
-@click.option(
+@option(
     "--base-url",
-    envvar="HEADWAY_BASE_URL",
+    env=True,
     help="Any OpenAI-compatible server, with or without /v1 (http://host:8000/v1).",
 )
-@click.option(
+@option(
     "--endpoint",
-    envvar="HEADWAY_ENDPOINT",
+    env=True,
     help="Path for bare request bodies, relative to the base URL (embeddings -> "
     f"/v1/embeddings) [default: the provider's, else {DEFAULT_URL}].",
 )
-@click.option(
+@option(
     "--request-url",
-    envvar="HEADWAY_REQUEST_URL",
+    env=True,
     help="One full URL for every line, whatever its own url (the cookbook's flag).",
 )
-@click.option(
+@option(
     "--api-key-env",
-    envvar="HEADWAY_API_KEY_ENV",
+    env=True,
     help="Environment variable holding the API key [default: the provider's, e.g. OPENAI_API_KEY].",
 )
 @_limit_options
-@click.option("--retry-failed", is_flag=True, help="Send again the requests that failed before.")
-@click.option(
-    "--summary-json",
-    type=click.Path(dir_okay=False, path_type=Path),
-    envvar="HEADWAY_SUMMARY_JSON",
-    help="Also write the summary as JSON here.",
-)
-@click.option(
+@option("--retry-failed", is_flag=True, help="Send again the requests that failed before.")
+@option("--summary-json", type=FILE, env=True, help="Also write the summary as JSON here.")
+@option(
     "--grace",
     type=click.FloatRange(min=0),
     default=30.0,
-    show_default=True,
     help="Seconds in-flight requests get to finish after Ctrl-C.",
 )
-@click.option("--fsync", is_flag=True, help="fsync the result file after each write.")
-@click.option(
+@option("--fsync", is_flag=True, help="fsync the result file after each write.")
+@option(
     "--redis-url",
-    envvar="HEADWAY_REDIS_URL",
+    env=True,
     help="Share the limits and breaker state with other workers through this Redis.",
 )
-@click.option(
+@option(
     "--shard",
-    envvar="HEADWAY_SHARD",
+    env=True,
     metavar="K/N",
     help="Send only this worker's share of the lines (worker K of N; use one -o per worker).",
 )
-@click.option(
+@option(
     "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    envvar="HEADWAY_ENGINE",
+    choices=["local", "ray"],
+    env=True,
     help="Send from this process, or from Ray actors sharing one limit (pip install "
     "'headway[ray]').",
 )
-@click.option(
+@option(
     "--ray-address",
-    envvar="RAY_ADDRESS",
+    env="RAY_ADDRESS",
     help="The Ray cluster for --engine ray (default: start a local Ray).",
 )
-@click.option(
-    "--ray-actors",
-    type=click.IntRange(min=1),
-    default=4,
-    show_default=True,
-    help="Ray actors sending requests (--engine ray).",
-)
-@click.option(
+@option("--ray-actors", type=COUNT, default=4, help="Ray actors sending requests (--engine ray).")
+@option(
     "--max-outage",
-    type=click.FloatRange(min=0, min_open=True),
+    type=POSITIVE,
     default=600.0,
-    show_default=True,
-    envvar="HEADWAY_MAX_OUTAGE",
+    env=True,
     help="Seconds the provider may stay unreachable before the run stops (exit 3); "
     "the unsent requests are left for the resume.",
 )
-@click.option(
+@option(
     "--ignore-mismatch",
     is_flag=True,
     help="Resume even when OUTPUT holds results answered for other requests or another server.",
 )
-@click.option(
+@option(
     "--no-resume",
     is_flag=True,
     help="Do not read earlier results: start OUTPUT afresh (needed for -o -).",
 )
-@click.option(
+@option(
     "--dry-run",
     is_flag=True,
     help="Check every line and say what would be sent, and how long it would take; send nothing.",
 )
-@click.option(
+@option(
     "--output-format",
-    type=click.Choice(["auto", "openai", "anthropic"]),
-    default="auto",
-    show_default=True,
-    envvar="HEADWAY_OUTPUT_FORMAT",
+    choices=["auto", "openai", "anthropic"],
+    env=True,
     help="Result line shape: auto follows each line (Anthropic lines get Anthropic results).",
 )
-@click.option(
+@option(
     "-v",
     "--verbose",
     count=True,
     help="Log retries, pauses and limit changes to stderr (-vv: every event).",
 )
-@click.option(
+@option(
     "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    envvar="HEADWAY_LOG_FORMAT",
+    choices=["text", "json"],
+    env=True,
     help="json: one JSON object a line on stderr (implies -v).",
 )
-@click.option(
+@option(
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=FILE,
     is_eager=True,
     expose_value=False,
     callback=_config_callback,
@@ -268,7 +255,11 @@ def run(
       0    every request has a successful result
       1    some requests failed (or earlier runs left failures, or custom_ids repeat)
       2    usage error: a one-line message says what to fix
+      3    the server stayed unreachable for --max-outage: run again to resume
+      4    the server rejects the key or the path: nothing more was sent
+      5    the disk is full: free space and run again to resume
       130  interrupted (Ctrl-C, SIGTERM): run the same command again to resume
+      141  the reader of -o - went away (| head): stopped quietly, as on SIGPIPE
     """
     handler = setup_logging(verbose, log_format)
     try:
@@ -380,11 +371,11 @@ def _run(
     input_path: Path,
     output: Path | None,
     errors: Path | None,
+    request_url: str | None,
     provider: str | None,
     base_url: str | None,
     endpoint: str | None,
     api_key_env: str | None,
-    request_url: str | None,
     settings_kw: dict[str, Any],
     retry_failed: bool,
     summary_json: Path | None,
@@ -404,6 +395,22 @@ def _run(
     if output is None and not dry_run:
         _fail("missing option '-o' / '--output'")
     source = _check_input(input_path)
+    if batch["via"] == "batch" and output_format != "auto":
+        _fail(
+            "--output-format goes with --via online: a provider's batch results keep the "
+            "provider's own shape"
+        )
+    if batch["via"] == "batch" and dry_run:
+        if source == STDIO:
+            _fail("--via batch --dry-run reads a file; it does not go with -")
+        return batch_dry_run(
+            input_path,
+            provider=provider,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            opts=batch,
+            environ=_AnyKey(),
+        )
     if dry_run:
         from headway._cli.dryrun import dry_run_report
 
@@ -506,10 +513,28 @@ def _run(
         else:
             asyncio.run(_run_batch(runner, settings))
     except OSError as exc:
+        if getattr(runner.ledger, "broken", False):
+            return _pipe_closed()
         if not is_disk_full(exc):
             raise
         return _report_disk_full(runner, source, summary_json, exc, resumable=not to_stdout)
+    if getattr(runner.ledger, "broken", False):
+        return _pipe_closed()
     return _report_run(runner, source, summary_json, resumable=not to_stdout)
+
+
+def _pipe_closed() -> int:
+    """The reader of ``-o -`` went away (``| head``): stop quietly, as Unix tools do.
+
+    Nothing is printed (the reader wanted no more); standard output is pointed at
+    ``/dev/null`` so that nothing fails again on the way out. The exit code is the
+    shell's for a process ended by SIGPIPE.
+    """
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return EXIT_PIPE
 
 
 class _AnyKey(dict[str, str]):
@@ -550,14 +575,9 @@ def _report_run(
         commands["resume_command"] = command_line(drop=("--retry-failed",))
     if resumable and (stats.failed or runner.ledger.failed_before):
         commands["retry_command"] = command_line(add=("--retry-failed",))
-    console = None
-    if sys.stderr.isatty():
-        from rich.console import Console
-
-        console = Console(stderr=True)
     code, _ = _finish(
         runner,
-        console,
+        stderr_console(),
         summary_json=summary_json,
         failed_before=runner.ledger.failed_before,
         title=f"headway run: {'standard input' if source == STDIO else source}",

@@ -10,47 +10,42 @@ from typing import Any
 
 import click
 
-from headway._cli.common import EXIT_OK, _fail
+from headway._cli.common import EXIT_OK, POSITIVE, _fail, option
 
 __all__ = ["serve_fake"]
 
 
 @click.command("serve-fake")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option(
-    "--port", type=click.IntRange(0, 65535), default=0, help="Port [default: a free one]."
-)
-@click.option("--rpm", type=click.FloatRange(min=0, min_open=True), help="Requests per minute.")
-@click.option("--tpm", type=click.FloatRange(min=0, min_open=True), help="Tokens per minute.")
-@click.option(
+@option("--host", default="127.0.0.1", help="Interface to listen on.")
+@option("--port", type=click.IntRange(0, 65535), default=0, help="Port [default: a free one].")
+@option("--rpm", type=POSITIVE, help="Requests per minute.")
+@option("--tpm", type=POSITIVE, help="Tokens per minute.")
+@option(
     "--burst",
     type=click.FloatRange(min=1),
     help="Most requests admitted at once [default: --rpm, a minute's worth].",
 )
-@click.option(
+@option(
     "--profile",
     type=click.Choice(["openai", "azure", "anthropic", "litellm", "silent", "shared"]),
     help="Enforce --rpm/--tpm as this provider does (windows, headers, 429 shapes) "
     "[default: continuous per-minute buckets with OpenAI's headers].",
 )
-@click.option(
-    "--rate-limit", type=click.FloatRange(0, 1), default=0.0, help="Share of random 429s."
-)
-@click.option("--retry-after", type=click.FloatRange(min=0), default=1.0, show_default=True)
-@click.option("--server-error", type=click.FloatRange(0, 1), default=0.0, help="Share of 5xx.")
-@click.option("--reset", type=click.FloatRange(0, 1), default=0.0, help="Share of resets.")
-@click.option("--latency", type=click.FloatRange(min=0), default=0.0, help="Seconds per answer.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
+@option("--rate-limit", type=click.FloatRange(0, 1), default=0.0, help="Share of random 429s.")
+@option("--retry-after", type=click.FloatRange(min=0), default=1.0)
+@option("--server-error", type=click.FloatRange(0, 1), default=0.0, help="Share of 5xx.")
+@option("--reset", type=click.FloatRange(0, 1), default=0.0, help="Share of resets.")
+@option("--latency", type=click.FloatRange(min=0), default=0.0, help="Seconds per answer.")
+@option("--seed", type=int, default=0)
+@option(
     "--batch-seconds",
     type=click.FloatRange(min=0),
     default=10.0,
-    show_default=True,
     help="Seconds a Batch API batch spends in_progress (its lines finish evenly over it).",
 )
-@click.option(
+@option(
     "--api-key",
-    envvar="HEADWAY_FAKE_API_KEY",
+    env="HEADWAY_FAKE_API_KEY",
     help="Require this key (Authorization: Bearer or x-api-key); 401 otherwise.",
 )
 def serve_fake(

@@ -1,7 +1,9 @@
 """The result ledger: the output file is the batch's memory.
 
-Each result is appended as one JSON line, in the OpenAI Batch output shape, and written
-with a single ``write`` to a file opened in append mode the moment its request completes::
+Each result is appended as one JSON line, in the OpenAI Batch output shape, to a file
+opened in append mode: with one ``write`` the moment its request completes, or (``buffered``,
+as :class:`~headway.batch.BatchRunner` does) with the other lines of the last few
+milliseconds in one ``write`` of whole lines::
 
     {"id": "batch_req_...", "custom_id": "a",
      "response": {"status_code": 200, "request_id": "req_...", "body": {...}},
@@ -14,7 +16,8 @@ Opening a ledger reads what earlier runs wrote: the custom_ids found there are n
 again (failed ones are, with ``retry_failed=True``; their old lines are then removed by an
 atomic rewrite of the file). A torn last line, left by a crash in the middle of a write,
 is detected and cut off. So whatever moment a run dies at, running it again leaves each
-custom_id in the output exactly once.
+custom_id in the output exactly once. (A buffered line not yet written when the process is
+killed is not in the file: its request is sent again, like one still in flight.)
 
 >>> import tempfile, pathlib
 >>> out = pathlib.Path(tempfile.mkdtemp()) / "out.jsonl"
@@ -34,7 +37,6 @@ import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Self
 
 import orjson
@@ -45,7 +47,9 @@ from headway.errors import APIClientError, error_code
 from headway.http.tokens import usage_tokens
 
 __all__ = [
+    "FLUSH_BYTES",
     "Ledger",
+    "LineBuffer",
     "Result",
     "error_code",
     "is_disk_full",
@@ -111,7 +115,8 @@ class Result:
     """The outcome of one request: what goes into the ledger, plus numbers for the summary.
 
     Only ``custom_id``, ``status_code``, ``request_id``, ``body`` and ``error`` are written;
-    ``latency``, ``attempts`` and ``tokens`` feed the summary. ``digest`` (see
+    ``latency``, ``attempts``, ``tokens`` and ``waited`` (seconds waiting for the limit)
+    feed the summary. ``digest`` (see
     :func:`request_digest`) is written as ``request_digest`` when set; a resume checks it.
     """
 
@@ -127,6 +132,7 @@ class Result:
     digest: str | None = None
     shape: str = "openai"  # the line's shape: "openai" or "anthropic" (headway.batch.output)
     metadata: Any = None  # the input line's metadata, copied to the result line
+    waited: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -150,16 +156,8 @@ class Result:
         attempts: int = 1,
     ) -> Result:
         """A successful result; its tokens are read from the body's ``usage``."""
-        return cls(
-            custom_id,
-            status_code,
-            request_id,
-            body,
-            None,
-            latency,
-            attempts,
-            tokens_used(body),
-        )
+        tokens = tokens_used(body)
+        return cls(custom_id, status_code, request_id, body, None, latency, attempts, tokens)
 
     @classmethod
     def failure(
@@ -175,15 +173,8 @@ class Result:
         attempts: int = 1,
     ) -> Result:
         """A failed result with an error ``code`` and a ``message``."""
-        return cls(
-            custom_id,
-            status_code,
-            request_id,
-            body,
-            {"code": code, "message": message},
-            latency,
-            attempts,
-        )
+        error = {"code": code, "message": message}
+        return cls(custom_id, status_code, request_id, body, error, latency, attempts)
 
     def to_record(self) -> dict[str, Any]:
         """The ledger line as a dict (see :mod:`headway.batch.output` for its shapes)."""
@@ -237,6 +228,7 @@ class Result:
             self.attempts,
             id=self.id,
             digest=self.digest,
+            waited=self.waited,
         )
 
 
@@ -362,7 +354,12 @@ def _open_append(path: str) -> int:
     return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes, lines: list[bytes] | None = None) -> None:
+    """Write ``data`` (one line, or the ``lines`` joined) whole, or leave no part of a line.
+
+    With ``lines``, a failure part way raises :class:`_PartialWrite` saying how many
+    whole lines were written (they stay); without, the ``OSError`` itself.
+    """
     view = memoryview(data)
     written = 0
     try:
@@ -370,11 +367,98 @@ def _write_all(fd: int, data: bytes) -> None:
             n = os.write(fd, view)
             written += n
             view = view[n:]
-    except OSError:
-        if written:  # a partial line (disk full): take it back so the file stays whole
+    except OSError as exc:
+        kept = kept_bytes = 0
+        for line in lines or ():
+            if kept_bytes + len(line) > written:
+                break
+            kept_bytes += len(line)
+            kept += 1
+        if written > kept_bytes:  # part of a line (disk full): take it back
             with contextlib.suppress(OSError):  # else the next open cuts the torn line
-                os.ftruncate(fd, os.fstat(fd).st_size - written)
+                os.ftruncate(fd, os.fstat(fd).st_size - (written - kept_bytes))
+        if lines is not None:
+            raise _PartialWrite(exc, kept) from exc
         raise
+
+
+#: A buffer this large is written at once, without waiting for the next flush.
+FLUSH_BYTES = 256 * 1024
+
+
+class LineBuffer:
+    """Whole result lines waiting to be written, by file descriptor.
+
+    :meth:`flush` writes each file's lines with one ``write`` (and ``fsync`` if asked).
+    When that fails part way (a full disk), the whole lines that made it stay and the
+    part of a line after them is taken back, so a file never holds part of a line; the
+    lines not written are dropped (their requests have no result, so a resume sends them
+    again) and the ``OSError`` propagates. :attr:`written` counts the lines written;
+    :attr:`on_written`, when set, is called with each line's result once it is written
+    (what a summary counts).
+    """
+
+    __slots__ = ("fsync", "lines", "on_written", "results", "size", "written")
+
+    def __init__(self, fsync: bool = False) -> None:
+        self.fsync = fsync
+        self.lines: dict[int, list[bytes]] = {}
+        self.results: dict[int, list[Result]] = {}
+        self.size = 0
+        self.written = 0
+        self.on_written: Callable[[Result], None] | None = None
+
+    def add(self, fd: int, line: bytes, result: Result) -> bool:
+        """Keep ``line`` for ``fd``; ``True`` when the buffer is full (flush it now)."""
+        lines = self.lines.get(fd)
+        if lines is None:
+            self.lines[fd] = [line]
+            self.results[fd] = [result]
+        else:
+            lines.append(line)
+            self.results[fd].append(result)
+        self.size += len(line)
+        return self.size >= FLUSH_BYTES
+
+    def drop(self, fd: int) -> None:
+        """Forget the lines kept for ``fd`` (its reader is gone)."""
+        if self.lines.pop(fd, None) is not None:
+            self.size = sum(map(len, (line for lines in self.lines.values() for line in lines)))
+            self.results.pop(fd, None)
+
+    def flush(self) -> None:
+        """Write every buffered line."""
+        pending, results = self.lines, self.results
+        if not pending:
+            return
+        self.lines, self.results = {}, {}
+        self.size = 0
+        failure: OSError | None = None
+        on_written = self.on_written
+        for fd, lines in pending.items():
+            kept = len(lines)
+            try:
+                _write_all(fd, lines[0] if kept == 1 else b"".join(lines), lines)
+                if self.fsync:
+                    os.fsync(fd)
+            except _PartialWrite as exc:  # the other file's lines are still written
+                kept = exc.kept
+                failure = failure or exc.error
+            self.written += kept
+            if on_written is not None:
+                for result in results[fd][:kept]:
+                    on_written(result)
+        if failure is not None:
+            raise failure
+
+
+class _PartialWrite(Exception):
+    """A write of several lines failed after ``kept`` of them were written whole."""
+
+    def __init__(self, error: OSError, kept: int) -> None:
+        super().__init__(error)
+        self.error = error
+        self.kept = kept
 
 
 def mask_error(result: Result, mask: Callable[[bytes], bytes]) -> None:
@@ -415,6 +499,9 @@ class Ledger:
         fsync: also ``fsync`` after each write (survives power loss, not only a crash).
         secrets: values (API keys) masked as ``***`` wherever they appear in a line
             written, e.g. a server that echoes the key in its 401 body.
+        buffered: keep lines in memory until :meth:`flush` (or :data:`FLUSH_BYTES` of
+            them, or :meth:`close`), then write them with one ``write`` per file. The
+            owner flushes every few milliseconds; a line is only ever written whole.
 
     After :meth:`open` (or entering the context), :attr:`skip` holds the custom_ids that
     must not be sent again, :attr:`succeeded_before` / :attr:`failed_before` count them,
@@ -429,6 +516,7 @@ class Ledger:
         retry_failed: bool = False,
         fsync: bool = False,
         secrets: Iterable[str] = (),
+        buffered: bool = False,
     ) -> None:
         self.output = os.fspath(output)
         self.errors = None if errors is None else os.fspath(errors)
@@ -443,6 +531,7 @@ class Ledger:
         self.digests: dict[str, str] = {}
         self.written = 0
         self.mask = _Masker(secrets)
+        self.buffer = LineBuffer(fsync) if buffered else None
         self._out_fd: int | None = None
         self._err_fd: int | None = None
 
@@ -480,6 +569,8 @@ class Ledger:
         An answer that cannot be encoded is written as an ``invalid_response`` failure
         (see :meth:`Result.safe_line`); known secrets are masked. An ``OSError`` (a full
         disk) leaves no partial line behind and propagates. Returns the result as written.
+        Buffered, the line goes to the buffer (an ``OSError`` comes from the write of
+        the buffer this line fills up, or from :meth:`flush`).
         """
         result, line = result.encoded()
         fd = self._out_fd if result.ok or self._err_fd is None else self._err_fd
@@ -490,27 +581,40 @@ class Ledger:
             if masked != line:  # the answer echoed a key: the result shown must not carry it
                 mask_error(result, self.mask)
             line = masked
+        buffer = self.buffer
+        if buffer is not None:
+            if buffer.add(fd, line, result):
+                self.flush()
+            return result
         _write_all(fd, line)
         self.written += 1
         if self.fsync:
             os.fsync(fd)
         return result
 
+    def flush(self) -> None:
+        """Write the buffered lines (nothing to do unbuffered); see :class:`LineBuffer`."""
+        buffer = self.buffer
+        if buffer is not None:
+            before = buffer.written
+            try:
+                buffer.flush()
+            finally:
+                self.written += buffer.written - before
+
     def close(self) -> None:
-        """Close the files (idempotent)."""
-        for name in ("_out_fd", "_err_fd"):
-            fd = getattr(self, name)
-            if fd is not None:
-                setattr(self, name, None)
-                os.close(fd)
+        """Write what is buffered, then close the files (idempotent)."""
+        try:
+            self.flush()
+        finally:
+            for name in ("_out_fd", "_err_fd"):
+                fd = getattr(self, name)
+                if fd is not None:
+                    setattr(self, name, None)
+                    os.close(fd)
 
     def __enter__(self) -> Self:
         return self.open()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()

@@ -154,10 +154,16 @@ def is_success(record: Any) -> bool:
 
 
 class StreamLedger:
-    """Results written to a stream (``headway run -o -``): no resume, one line per write.
+    """Results written to a stream (``headway run -o -``): no resume.
 
     A pipe cannot be read back, so nothing is skipped: every line of the input is sent.
-    With ``errors``, failed results go to that file instead (appended).
+    With ``errors``, failed results go to that file instead (appended). Lines are
+    buffered (see :class:`~headway.batch.ledger.LineBuffer`) and written whole by
+    :meth:`flush`, which the runner calls every few milliseconds.
+
+    When the reader goes away (``headway run -o - | head``), the write fails with
+    ``BrokenPipeError``: :attr:`broken` is set, the error propagates once (the runner
+    stops sending), and every later line is dropped: nobody is left to read it.
     """
 
     def __init__(
@@ -166,7 +172,9 @@ class StreamLedger:
         errors: str | None = None,
         mask: Callable[[bytes], bytes] | None = None,
     ) -> None:
-        # Straight to the file descriptor when there is one: one write per line.
+        from headway.batch.ledger import LineBuffer
+
+        # Straight to the file descriptor when there is one.
         try:
             self.fd: int | None = stream.fileno()
         except (AttributeError, OSError, ValueError):
@@ -181,6 +189,8 @@ class StreamLedger:
         self.notes: list[str] = []
         self.succeeded_before = 0
         self.failed_before = 0
+        self.broken = False
+        self.buffer = LineBuffer()
         self._err_fd: int | None = None
 
     def open(self) -> StreamLedger:
@@ -201,18 +211,48 @@ class StreamLedger:
             line = masked
         fd = self.fd if result.ok or self._err_fd is None else self._err_fd
         if fd is None:
-            self.stream.write(line)
-            self.stream.flush()
-            self.written += 1
+            if not self.broken:
+                try:
+                    self.stream.write(line)
+                    self.stream.flush()
+                except BrokenPipeError:
+                    self.broken = True
+                    raise
+                self.written += 1
             return result
-        data = memoryview(line)
-        while data:
-            data = data[os.write(fd, data) :]
-        self.written += 1
+        if fd == self.fd and self.broken:
+            return result  # the reader is gone
+        if self.buffer.add(fd, line, result):
+            self.flush()
         return result
 
+    def flush(self) -> None:
+        """Write the buffered lines; a closed pipe raises ``BrokenPipeError`` once."""
+        buffer = self.buffer
+        if self.broken and self.fd is not None:
+            buffer.drop(self.fd)
+        before = buffer.written
+        try:
+            buffer.flush()
+        except BrokenPipeError:
+            self.broken = True
+            raise
+        finally:
+            self.written += buffer.written - before
+
     def close(self) -> None:
-        """Close the errors file (idempotent); the stream stays open."""
+        """Write what is buffered, close the errors file (idempotent); the stream stays open.
+
+        A pipe closed by now only sets :attr:`broken`: the run is over anyway.
+        """
+        try:
+            self.flush()
+        except BrokenPipeError:
+            pass
+        finally:
+            self._close_errors()
+
+    def _close_errors(self) -> None:
         if self._err_fd is not None:
             fd, self._err_fd = self._err_fd, None
             os.close(fd)

@@ -64,6 +64,11 @@ __all__ = [
 ]
 
 
+#: Seconds a result line waits in memory at most before it is written (see
+#: :class:`~headway.batch.ledger.LineBuffer`): what a killed run may have to send again.
+FLUSH_EVERY = 0.05
+
+
 class ResumeMismatchError(ConfigurationError):
     """The output holds results for other requests than the input's (see ``check_resume``)."""
 
@@ -229,7 +234,7 @@ class BatchRunner:
         self.sender = sender
         self.input = os.fspath(input)
         self.ledger = ledger or Ledger(
-            output, errors, retry_failed=retry_failed, fsync=fsync, secrets=secrets
+            output, errors, retry_failed=retry_failed, fsync=fsync, secrets=secrets, buffered=True
         )
         self.judge = judge
         self.target = target
@@ -250,6 +255,8 @@ class BatchRunner:
         self._reader: asyncio.Task[None] | None = None
         self._released = False
         self._started = False
+        self._write_error: OSError | None = None
+        self._record: Callable[[Result], None] | None = self.stats.record
 
     @property
     def notes(self) -> list[str]:
@@ -306,10 +313,15 @@ class BatchRunner:
         if self.owns is not None:
             stats.total = None  # only this worker's share of the lines; known at the end
         self.ledger.open()
+        buffer = getattr(self.ledger, "buffer", None)
+        if buffer is not None:  # a result counts once its line is written
+            buffer.on_written = stats.record
+            self._record = None
         t0 = clock.now()
         tasks: list[asyncio.Task[None]] = []
         ticker: asyncio.Task[None] | None = None
         watcher: asyncio.Task[None] | None = None
+        flusher: asyncio.Task[None] | None = None
         judge = self.judge
         try:
             if self.check_resume and self.ledger.digests:
@@ -320,29 +332,59 @@ class BatchRunner:
             if judge is not None:
                 judge.on_verdict = self._halt
                 watcher = loop.create_task(judge.watch())
+            flush = getattr(self.ledger, "flush", None)
+            if flush is not None:
+                flusher = loop.create_task(self._flush(flush))
             reader = self._reader = loop.create_task(self._read())
             workers = [loop.create_task(self._worker()) for _ in range(self.concurrency)]
             tasks = [reader, *workers]
             if self._stopping:  # stopped before it started
                 reader.cancel()
             await self._wait(reader, workers)
+            if self._write_error is not None:
+                raise self._write_error
             if judge is not None:
                 for result in judge.held():  # streaks that never completed: ordinary results
-                    stats.record(self.ledger.write(result))
+                    self._write(result)
+            if flusher is not None:
+                self.ledger.flush()  # every result counted before the total is set
             if not self._stopping:
                 stats.total = stats.done
         finally:
             for task in tasks:
                 task.cancel()
-            for extra in (ticker, self._grace_task, watcher):
+            for extra in (ticker, self._grace_task, watcher, flusher):
                 if extra is not None:
                     extra.cancel()
                     tasks.append(extra)
             await asyncio.gather(*tasks, return_exceptions=True)
             self.elapsed = clock.now() - t0
-            self.ledger.close()
-            self.progress.stop(stats, clock.now())
+            try:
+                self.ledger.close()  # writes what is buffered
+            finally:
+                self.progress.stop(stats, clock.now())
         return stats
+
+    def _write(self, result: Result) -> None:
+        written = self.ledger.write(result)
+        if self._record is not None:
+            self._record(written)
+
+    async def _flush(self, flush: Callable[[], None]) -> None:
+        """Write the buffered result lines every :data:`FLUSH_EVERY` seconds.
+
+        A write that fails (a full disk, a closed pipe) ends the run: :meth:`run` raises
+        its error once the workers have stopped.
+        """
+        sleep = self.clock.sleep
+        while True:
+            await sleep(FLUSH_EVERY)
+            try:
+                flush()
+            except OSError as exc:
+                self._write_error = exc
+                self._halt()
+                return
 
     def _refuse_same_file(self) -> None:
         """Refuse an output (or errors) file that is the input file itself (same inode)."""
@@ -442,19 +484,14 @@ class BatchRunner:
             cid = item.custom_id
             if owns is not None and not owns(cid):
                 continue  # another worker's line (repeats hash alike, so they stay here)
-            if cid in seen:
-                stats.duplicates += 1
-                if len(stats.duplicate_examples) < 10:
-                    stats.duplicate_examples.append((cid, item.line))
+            if stats.repeated(seen, cid, item.line):
                 continue
-            seen.add(cid)
             if cid in skip:
                 skip.discard(cid)
                 stats.skipped += 1
                 continue
             if isinstance(item, InvalidLine):
-                result = Result.failure(cid, "invalid_request", item.message)
-                stats.record(ledger.write(result))
+                self._write(Result.failure(cid, "invalid_request", item.message))
                 continue
             await queue.put(item)
         if self._stopping:
@@ -465,7 +502,7 @@ class BatchRunner:
         self._released = True
 
     async def _worker(self) -> None:
-        queue, stats, ledger, clock = self._queue, self.stats, self.ledger, self.clock
+        queue, stats, clock, write = self._queue, self.stats, self.clock, self._write
         send, output_format = self.sender, self.output_format
         judge = self.judge
         target = self.target
@@ -534,10 +571,12 @@ class BatchRunner:
                 result.shape = shape_for(request.kind, output_format)
             result.metadata = request.metadata
             if judge is None:
-                stats.record(ledger.write(result), waited=job.waited)
+                result.waited = job.waited
+                write(result)
             else:
                 for decided in judge.judge(request, result, hint=job.reason):
-                    stats.record(ledger.write(decided), waited=job.waited)
+                    decided.waited = job.waited
+                    write(decided)
             if self._stopping:
                 return
 

@@ -207,6 +207,11 @@ class SenderSettings:
         return self.limit_name or f"batch:{self.target.base_url}"
 
 
+#: Where the rate starts, per minute, without --rpm: far above what one process sends
+#: (100,000 calls a second), so that only --concurrency and the server bound the run.
+UNPACED_RPM = 6_000_000.0
+
+
 def _on_event(event: Event) -> None:
     if isinstance(event, RetryScheduled):
         # the exception names the cause an outage message shows
@@ -242,6 +247,11 @@ def build_policy(
     burst_seconds = 1.0
     if settings.burst is not None and settings.rpm is not None:
         burst_seconds = settings.burst * 60.0 / settings.rpm
+    # Until the server speaks (limit headers or a rate 429), run at the user's word: at
+    # --rpm, or unpaced without it (concurrency bounds the calls in flight). A server
+    # that advertises a limit sets it with its first answer; one that only answers 429
+    # is probed downward from there.
+    start_rpm = settings.rpm if settings.rpm is not None else UNPACED_RPM
     limiter: Any
     if backend is not None:
         from headway.backends.redis.adaptive import SharedAdaptiveLimiter
@@ -251,6 +261,7 @@ def build_policy(
             settings.shared_name,
             rpm=settings.rpm,
             tpm=settings.tpm,
+            start_rpm=start_rpm,
             burst_seconds=burst_seconds,
             clock=clock,
         )
@@ -258,6 +269,7 @@ def build_policy(
         limiter = AdaptiveLimiter(
             rpm=settings.rpm,
             tpm=settings.tpm,
+            start_rpm=start_rpm,
             burst_seconds=burst_seconds,
             clock=clock,
             name="batch",
@@ -342,7 +354,7 @@ def error_in_body(body: Any) -> int | None:
 
 
 class _ClientSender:
-    __slots__ = ("client", "clock", "max_breaker_wait", "target", "tokens")
+    __slots__ = ("client", "clock", "max_breaker_wait", "rpm", "target", "tokens")
 
     def __init__(
         self,
@@ -352,6 +364,7 @@ class _ClientSender:
         *,
         count_tokens: bool,
         target: Target | None = None,
+        rpm: float | None = None,
     ) -> None:
         self.client = client
         self.clock = clock
@@ -359,8 +372,14 @@ class _ClientSender:
         self.target = target
         # Without a tokens-per-minute limit there is nothing to reserve: skip the estimate.
         self.tokens: float | None = None if count_tokens else 0.0
+        # The user's ceiling, told to the runner with the first call (the rate starts
+        # there, so no change of rate announces it).
+        self.rpm = rpm
 
     async def __call__(self, request: BatchRequest) -> Response:
+        if self.rpm is not None:
+            note_rate(self.rpm, "user", {})
+            self.rpm = None
         waited = 0.0
         url = request.url if self.target is None else self.target.path(request.url)
         while True:
@@ -444,4 +463,5 @@ async def _open_client(
             settings.max_breaker_wait,
             count_tokens=settings.tpm is not None,
             target=target,
+            rpm=settings.rpm,
         )

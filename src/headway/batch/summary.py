@@ -125,8 +125,22 @@ class BatchStats:
         """True when the first answers (:data:`FIRST_ANSWERS` of them) were all 404s."""
         return self.answered >= FIRST_ANSWERS and self.answered_404 == self.answered
 
-    def record(self, result: Result, *, waited: float = 0.0) -> None:
-        """Count one written result (``waited``: its seconds waiting for the limit)."""
+    def repeated(self, seen: set[str], custom_id: str, line: int) -> bool:
+        """``True`` (and counted) when ``custom_id`` came earlier in the input (in ``seen``);
+        else it is added to ``seen``."""
+        if custom_id in seen:
+            self.duplicates += 1
+            if len(self.duplicate_examples) < 10:
+                self.duplicate_examples.append((custom_id, line))
+            return True
+        seen.add(custom_id)
+        return False
+
+    def record(self, result: Result, *, waited: float | None = None) -> None:
+        """Count one written result (``waited``: its seconds waiting for the limit,
+        by default ``result.waited``)."""
+        if waited is None:
+            waited = result.waited
         status = result.status_code
         if status is not None and self.answered < FIRST_ANSWERS:
             self.answered += 1

@@ -418,12 +418,8 @@ class ProviderBatchRun:
         default_url = self.settings.target.default_url
         for item in read_requests(input, default_url=default_url):
             cid = item.custom_id
-            if cid in seen:
-                stats.duplicates += 1
-                if len(stats.duplicate_examples) < 10:
-                    stats.duplicate_examples.append((cid, item.line))
+            if stats.repeated(seen, cid, item.line):
                 continue
-            seen.add(cid)
             if cid in self._done:
                 stats.skipped += 1
                 continue

@@ -42,16 +42,8 @@ Kind = Literal["openai", "anthropic"]
 
 #: The endpoints OpenAI's Batch API serves (its ``POST /v1/batches`` ``endpoint`` values).
 OPENAI_ENDPOINTS = frozenset(
-    {
-        "/v1/chat/completions",
-        "/v1/embeddings",
-        "/v1/responses",
-        "/v1/completions",
-        "/v1/moderations",
-        "/v1/images/generations",
-        "/v1/images/edits",
-        "/v1/videos",
-    }
+    {"/v1/chat/completions", "/v1/embeddings", "/v1/responses", "/v1/completions"}
+    | {"/v1/moderations", "/v1/images/generations", "/v1/images/edits", "/v1/videos"}
 )
 #: OpenAI caps an ``/v1/embeddings`` batch at this many inputs across its requests.
 EMBEDDING_INPUTS = 50_000
