@@ -82,7 +82,9 @@ Three ways to call:
 
 from __future__ import annotations
 
+import dis
 import functools
+import types
 from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
@@ -98,17 +100,20 @@ from headway.resilience.timeouts import Deadline
 if TYPE_CHECKING:
     from headway.concurrency import AdaptiveConcurrency, ConcurrencyLimit
     from headway.limits import Limiter, Reservation
+    from headway.resilience.retry import RetryBudget
     from headway.resilience.retry.engine import RetryEngine
 
-    # retry engine, breaker, plain pool, measured pool, limiter, its try_take, timed?,
-    # attempt timeout, clock
+    # retry engine, its budget, breaker, plain pool, measured pool, limiter, its try_take,
+    # whether its on_success does anything, timed?, attempt timeout, clock
     _Plan = tuple[
         RetryEngine | None,
+        RetryBudget | None,
         CircuitBreaker | None,
         ConcurrencyLimit | None,
         ConcurrencyLimit | None,
         Limiter | None,
         Callable[[float, float], bool],
+        bool,
         bool,
         float | None,
         Clock,
@@ -247,6 +252,17 @@ async def _slot_of(limit: ConcurrencyLimit) -> Any:
     return taking
 
 
+def _does_nothing(method: Callable[..., Any]) -> bool:
+    """Whether ``method`` is a plain function or method with an empty body (a docstring
+    at most), such as a fixed limit's ``on_success``: the pipeline leaves it out. A mock
+    or any other callable counts as doing something."""
+    func = getattr(method, "__func__", method)
+    if not isinstance(func, types.FunctionType):
+        return False
+    ops = [(i.opname, i.argval) for i in dis.get_instructions(func) if i.opname != "RESUME"]
+    return ops in ([("LOAD_CONST", None), ("RETURN_VALUE", None)], [("RETURN_CONST", None)])
+
+
 def _takes_nothing(requests: float, tokens: float) -> bool:
     """``try_take`` of a limiter without one: never takes (use ``reserve_nowait``)."""
     return False
@@ -340,14 +356,18 @@ class Policy:
         self._rate_limits = rate_limits
         measured = conc is not None and conc.measures_calls
         full: Limiter | None = _as_limiter(limiter)
-        # What the loop needs, in one tuple (one attribute load per call).
+        # What the loop needs, in one tuple (one attribute load per call). A hook that
+        # does nothing (a fixed limit's on_success) is left out, not called per attempt.
+        engine = None if retry is None else retry.engine()
         self._plan: _Plan = (
-            None if retry is None else retry.engine(),
+            engine,
+            None if engine is None else engine.budget,
             breaker,
             None if measured else conc,
             conc if measured else None,
             full,
             _takes_nothing if full is None else getattr(full, "try_take", _takes_nothing),
+            full is not None and not _does_nothing(full.on_success),
             breaker is not None and breaker.slow_call_duration is not None,
             attempt_timeout,
             self._clock,
@@ -538,9 +558,9 @@ class Policy:
         ctx: AttemptContext | None,
         keep: bool,
     ) -> Any:
-        rt, breaker, pool, slots, limiter, take, timed, timeout, clock = self._plan
-        if rt is not None and rt.budget is not None:
-            rt.budget.record_request()
+        rt, budget, breaker, pool, slots, limiter, take, learns, timed, timeout, clock = self._plan
+        if budget is not None:
+            budget.record_request()
         attempt, fails, waits, prev = 0, 0, 0, 0.0 if rt is None else rt.base_delay
         while True:
             attempt += 1
@@ -573,7 +593,7 @@ class Policy:
                 if delay is None:
                     raise
             else:
-                if limiter is not None:
+                if learns and limiter is not None:
                     limiter.on_success()
                 if keep:
                     return Lease(result, attempt, reservation, pool, slot, breaker, ticket)
