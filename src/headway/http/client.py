@@ -10,7 +10,7 @@ AsyncAPIClient(base_url='https://api.example.com', timeout=5.0, headers={}, poli
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping
 from types import TracebackType
@@ -73,13 +73,18 @@ def _returns_coroutine(func: C) -> C:
     """Mark a plain function that returns a coroutine as a coroutine function.
 
     ``await client.get(...)`` works either way; the mark keeps
-    :func:`unittest.mock.create_autospec` (and ``inspect``) treating it as async.
+    :func:`unittest.mock.create_autospec` (and ``inspect``) treating it as async. Python
+    3.11 has no public mark: there the function becomes an ``async def`` awaiting it.
     """
     mark = getattr(inspect, "markcoroutinefunction", None)
     if mark is not None:  # pragma: no cover - Python >= 3.12
         return mark(func)  # type: ignore[no-any-return]
-    func._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
-    return func
+
+    @functools.wraps(func)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        return await func(*args, **kwargs)
+
+    return call  # type: ignore[return-value]
 
 
 _CLOSED_MSG = (

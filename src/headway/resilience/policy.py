@@ -95,7 +95,7 @@ from headway.events import EventListener
 from headway.resilience.breaker import BreakerTicket, CircuitBreaker
 from headway.resilience.retry import RetryPolicy
 from headway.resilience.retry.schedule import DEFAULT_MAX_SERVER_DELAY
-from headway.resilience.timeouts import Deadline
+from headway.resilience.timeouts import Deadline, DeadlineTimer
 
 if TYPE_CHECKING:
     from headway.concurrency import AdaptiveConcurrency, ConcurrencyLimit
@@ -104,7 +104,7 @@ if TYPE_CHECKING:
     from headway.resilience.retry.engine import RetryEngine
 
     # retry engine, its budget, breaker, plain pool, measured pool, limiter, its try_take,
-    # whether its on_success does anything, timed?, attempt timeout, clock
+    # whether its on_success does anything, timed?, attempt deadlines, clock
     _Plan = tuple[
         RetryEngine | None,
         RetryBudget | None,
@@ -115,7 +115,7 @@ if TYPE_CHECKING:
         Callable[[float, float], bool],
         bool,
         bool,
-        float | None,
+        DeadlineTimer | None,
         Clock,
     ]
 
@@ -369,7 +369,12 @@ class Policy:
             _takes_nothing if full is None else getattr(full, "try_take", _takes_nothing),
             full is not None and not _does_nothing(full.on_success),
             breaker is not None and breaker.slow_call_duration is not None,
-            attempt_timeout,
+            # One loop timer for every attempt's deadline, not one per attempt.
+            None
+            if attempt_timeout is None
+            else DeadlineTimer(
+                attempt_timeout, scope="attempt", source=name, listeners=self._listeners
+            ),
             self._clock,
         )
         self._on_rate_limited = None if full is None else full.on_rate_limited
@@ -558,7 +563,9 @@ class Policy:
         ctx: AttemptContext | None,
         keep: bool,
     ) -> Any:
-        rt, budget, breaker, pool, slots, limiter, take, learns, timed, timeout, clock = self._plan
+        rt, budget, breaker, pool, slots, limiter, take, learns, timed, deadlines, clock = (
+            self._plan
+        )
         if budget is not None:
             budget.record_request()
         attempt, fails, waits, prev = 0, 0, 0, 0.0 if rt is None else rt.base_delay
@@ -581,11 +588,10 @@ class Policy:
                     ctx.attempt, ctx.reservation = attempt, reservation
                 started = clock.now() if timed else 0.0
                 called = True
-                if timeout is None:
+                if deadlines is None:
                     result = await fn(*args, **kwargs)
                 else:
-                    async with self._attempt_deadline(timeout):
-                        result = await fn(*args, **kwargs)
+                    result = await deadlines.run(fn(*args, **kwargs))
             except BaseException as exc:
                 spent = clock.now() - started if timed and called else None
                 _finish(pool if held else None, slot, breaker, ticket, exc, called, spent)
@@ -606,9 +612,6 @@ class Policy:
                 return result
             if delay > 0.0:
                 await clock.sleep(delay)
-
-    def _attempt_deadline(self, seconds: float) -> Deadline:
-        return Deadline(seconds, scope="attempt", source=self._name, listeners=self._listeners)
 
     def _after_failure(
         self,
