@@ -213,4 +213,3 @@ def test_deadline_timer_serves_one_event_loop_after_another() -> None:
 def test_deadline_timer_refuses_a_length_of_zero() -> None:
     with pytest.raises(ValueError, match="> 0"):
         DeadlineTimer(0)
-

@@ -13,11 +13,11 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, TypeVar
 
 from pydantic import SecretStr
 
+from headway._resources import ClosesOnExit
 from headway._resources import track as _track
 from headway._resources import untrack as _untrack
 from headway._secrets import mask_headers, redact_url
@@ -93,7 +93,7 @@ _CLOSED_MSG = (
 )
 
 
-class AsyncAPIClient:
+class AsyncAPIClient(ClosesOnExit):
     """An HTTP API client on one pooled connection session.
 
     Args:
@@ -217,14 +217,6 @@ class AsyncAPIClient:
         self._entered = True
         _track(self)
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the pooled session (if the client opened it). Idempotent."""

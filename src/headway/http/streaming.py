@@ -44,10 +44,10 @@ from __future__ import annotations
 import json as _stdjson
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
 from headway import _json
+from headway._resources import ClosesOnExit
 from headway.errors import InvalidResponseError, StreamError
 from headway.http.status import error_message
 from headway.http.transports.base import StreamResponse
@@ -236,7 +236,7 @@ class NDJSONDecoder:
         return [_json.loads(line) for line in self._lines.flush() if line.strip()]
 
 
-class EventStream(AsyncIterator[T]):
+class EventStream(ClosesOnExit, AsyncIterator[T]):
     """Items of a streamed response; an async iterator and an async context manager.
 
     Use ``async with`` when you may stop early, so the connection is released at once::
@@ -260,17 +260,6 @@ class EventStream(AsyncIterator[T]):
         aclose = getattr(self._agen, "aclose", None)
         if aclose is not None:
             await aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def _stream_error(resp: StreamResponse, message: str, payload: Any = None) -> StreamError:
