@@ -91,7 +91,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from headway._clock import LOOP_CLOCK, Clock, resolve_clock
 from headway.errors import ConfigurationError, RateLimitError
-from headway.events import EventListener
+from headway.events import GLOBAL_LISTENERS, EventListener
 from headway.resilience.breaker import BreakerTicket, CircuitBreaker
 from headway.resilience.retry import RetryPolicy
 from headway.resilience.retry.schedule import DEFAULT_MAX_SERVER_DELAY
@@ -571,9 +571,13 @@ class Policy:
         attempt, fails, waits, prev = 0, 0, 0, 0.0 if rt is None else rt.base_delay
         while True:
             attempt += 1
-            ticket, slot, reservation, held, called = None, None, None, False, False
+            slot, reservation, held, called = None, None, False, False
+            ticket: BreakerTicket | None = None
             try:
-                ticket = None if breaker is None else breaker.try_enter()
+                if breaker is not None:
+                    ticket = breaker.closed_ticket  # a closed breaker's fast path
+                    if ticket is None:
+                        ticket = breaker.try_enter()
                 if pool is not None:
                     held = pool.try_acquire() or await _acquired(pool)
                 elif slots is not None:
@@ -607,7 +611,11 @@ class Policy:
                     pool.release()
                 elif slot is not None:
                     slot.release(None)
-                if ticket is not None and breaker is not None:
+                if (
+                    ticket is not None
+                    and breaker is not None
+                    and (GLOBAL_LISTENERS or ticket != breaker.closed_ticket)
+                ):
                     breaker.record(ticket, None, clock.now() - started if timed else None)
                 return result
             if delay > 0.0:
