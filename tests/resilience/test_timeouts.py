@@ -148,7 +148,8 @@ async def test_deadline_timer_cancels_only_the_overdue_blocks(virtual_clock: Vir
     for i, result in enumerate(results):
         if i % 3 == 0:
             assert isinstance(result, APITimeoutError), i
-            assert "10s" in str(result) and "attempt deadline" in str(result)
+            assert "10s" in str(result)
+            assert "attempt deadline" in str(result)
         else:
             assert result == 3.0, i
     assert [e.data["scope"] for e in seen if e.kind == TIMEOUT] == ["attempt"] * 3
@@ -199,7 +200,8 @@ async def test_deadline_timer_forgets_ended_blocks_behind_a_long_one(
     assert timer.running == 1
     assert timer.queued <= 2 * timer.running + 64
     await long
-    assert timer.running == 0 and timer.queued == 0
+    assert timer.running == 0
+    assert timer.queued == 0
 
 
 def test_deadline_timer_serves_one_event_loop_after_another() -> None:
