@@ -254,7 +254,7 @@ class _BreakerState:
     """Everything about a breaker that changes, as this breaker sees it."""
 
     state: CircuitState = _CLOSED
-    generation: int = 0  # bumped at every transition; permits of older ones are ignored
+    generation: int = 1  # bumped at every transition; permits of older ones are ignored
     open_until: float = 0.0  # OPEN: when trial calls may start
     forced: bool = False  # opened by force_open(): only reset() closes it
     consecutive_failures: int = 0
@@ -389,7 +389,7 @@ class CircuitBreaker:
 
     A pipeline's form is :meth:`try_enter` / :meth:`record` with a ticket, and
     :attr:`closed_ticket` its fast path: the ticket :meth:`try_enter` would give (an
-    ``int``) while that is all it would do, else ``None``: the breaker is closed, counts
+    ``int`` >= 1) while that is all it would do, else ``None``: the breaker is closed, counts
     consecutive failures only and has none, has no listeners of its own, no
     ``backend``, and nothing replaced its methods on the instance (a mock). While it
     still equals a call's ticket, :meth:`record` of that call's success would change

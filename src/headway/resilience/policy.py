@@ -563,9 +563,7 @@ class Policy:
         ctx: AttemptContext | None,
         keep: bool,
     ) -> Any:
-        rt, budget, breaker, pool, slots, limiter, take, learns, timed, deadlines, clock = (
-            self._plan
-        )
+        rt, budget, breaker, pool, slots, limiter, take, learns, timed, timer, clock = self._plan
         if budget is not None:
             budget.record_request()
         attempt, fails, waits, prev = 0, 0, 0, 0.0 if rt is None else rt.base_delay
@@ -574,10 +572,8 @@ class Policy:
             slot, reservation, held, called = None, None, False, False
             ticket: BreakerTicket | None = None
             try:
-                if breaker is not None:
-                    ticket = breaker.closed_ticket  # a closed breaker's fast path
-                    if ticket is None:
-                        ticket = breaker.try_enter()
+                if breaker is not None:  # closed_ticket: a closed breaker's fast path
+                    ticket = breaker.closed_ticket or breaker.try_enter()
                 if pool is not None:
                     held = pool.try_acquire() or await _acquired(pool)
                 elif slots is not None:
@@ -590,12 +586,11 @@ class Policy:
                         await reservation.wait()
                 if ctx is not None:
                     ctx.attempt, ctx.reservation = attempt, reservation
-                started = clock.now() if timed else 0.0
-                called = True
-                if deadlines is None:
+                started, called = clock.now() if timed else 0.0, True
+                if timer is None:
                     result = await fn(*args, **kwargs)
                 else:
-                    result = await deadlines.run(fn(*args, **kwargs))
+                    result = await timer.run(fn(*args, **kwargs))
             except BaseException as exc:
                 spent = clock.now() - started if timed and called else None
                 _finish(pool if held else None, slot, breaker, ticket, exc, called, spent)
@@ -611,11 +606,8 @@ class Policy:
                     pool.release()
                 elif slot is not None:
                     slot.release(None)
-                if (
-                    ticket is not None
-                    and breaker is not None
-                    and (GLOBAL_LISTENERS or ticket != breaker.closed_ticket)
-                ):
+                quiet = breaker is None or ticket == breaker.closed_ticket
+                if ticket is not None and breaker is not None and (GLOBAL_LISTENERS or not quiet):
                     breaker.record(ticket, None, clock.now() - started if timed else None)
                 return result
             if delay > 0.0:
