@@ -696,12 +696,7 @@ class CircuitBreaker:
         _GUARDS.set((permit, _GUARDS.get()))
         return permit
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         top = _GUARDS.get()
         if top is None or top[0]._breaker is not self:
             raise RuntimeError("`async with breaker:` exited in another task than it entered")

@@ -86,7 +86,6 @@ import dis
 import functools
 import types
 from collections.abc import Awaitable, Callable, Coroutine
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from headway._clock import LOOP_CLOCK, Clock, resolve_clock
@@ -226,12 +225,7 @@ class Lease(Generic[T]):
     async def __aenter__(self) -> Lease[T]:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         await self.aclose(exc)
 
     def __repr__(self) -> str:
