@@ -94,7 +94,7 @@ from headway.events import GLOBAL_LISTENERS, EventListener
 from headway.resilience.breaker import BreakerTicket, CircuitBreaker
 from headway.resilience.retry import RetryPolicy
 from headway.resilience.retry.schedule import DEFAULT_MAX_SERVER_DELAY
-from headway.resilience.timeouts import Deadline, DeadlineTimer
+from headway.resilience.timeouts import DeadlineTimer
 
 if TYPE_CHECKING:
     from headway.concurrency import AdaptiveConcurrency, ConcurrencyLimit
@@ -371,6 +371,13 @@ class Policy:
             ),
             self._clock,
         )
+        # One loop timer for the total deadlines of all calls (same length, so they fall
+        # due in the order the calls started).
+        self._total_timer = (
+            None
+            if total_timeout is None
+            else DeadlineTimer(total_timeout, scope="total", source=name, listeners=self._listeners)
+        )
         self._on_rate_limited = None if full is None else full.on_rate_limited
         self._rate_wait = rate_limits == "wait" and retry is not None and retry.max_retries > 0
         self._max_server_delay = (
@@ -516,10 +523,10 @@ class Policy:
         ctx: AttemptContext | None,
         keep: bool,
     ) -> Any:
-        async with Deadline(
-            self._total_timeout, scope="total", source=self._name, listeners=self._listeners
-        ) as dl:
-            return await self._call(fn, args, kwargs, requests, tokens, dl, ctx, keep)
+        timer = self._total_timer
+        assert timer is not None
+        when = LOOP_CLOCK.now() + timer.seconds  # when the timer's deadline falls due
+        return await timer.run(self._call(fn, args, kwargs, requests, tokens, when, ctx, keep))
 
     def wrap(self, func: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorate ``func`` so that every call goes through the policy (signature kept).
@@ -553,7 +560,7 @@ class Policy:
         kwargs: dict[str, Any],
         requests: float,
         tokens: float,
-        total: Deadline | None,
+        total: float | None,
         ctx: AttemptContext | None,
         keep: bool,
     ) -> Any:
@@ -613,13 +620,14 @@ class Policy:
         failures: int,
         waits: int,
         previous: float,
-        total: Deadline | None,
+        total: float | None,
     ) -> tuple[float | None, int, int, float]:
         """After a failed attempt: the delay before the next one (``None``: give up) and
         the updated counts of failures and rate waits, and the last backoff delay.
 
         A rate 429 with ``rate_limits="wait"`` is a wait, not a failure: it draws no
-        budget and does not count towards ``max_retries``.
+        budget and does not count towards ``max_retries``. ``total``: the loop time at
+        which the total deadline falls due (``None``: none).
         """
         if not isinstance(exc, Exception):
             return None, failures, waits, previous  # cancellation: never retried
@@ -631,11 +639,7 @@ class Policy:
             self._on_rate_limited(delay, empty=exc.bucket_empty)
         if rt is None:
             return None, failures, waits, previous
-        remaining = None
-        if total is not None:
-            when = total.when()
-            if when is not None:
-                remaining = when - LOOP_CLOCK.now()
+        remaining = None if total is None else total - LOOP_CLOCK.now()
         if self._rate_wait and isinstance(exc, RateLimitError):
             waits += 1
             wait = rt.rate_delay(exc, waits, remaining, self._name, self._listeners)
