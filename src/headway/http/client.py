@@ -396,35 +396,39 @@ headers={'Authorization': 'Bearer ***'})
             APIConnectionError: the server could not be reached.
             APITimeoutError: connecting or reading took longer than the timeout.
         """
-        request = self.build_request(
-            method, path, params, json, data, headers, timeout, tokens, True
-        )
-        return self.send(request, parsed=True)
+        return self._parsed(method, path, params, json, data, headers, timeout, tokens)
+
+    def _parsed(
+        self, method: str, path: str, *args: Any, **kwargs: Any
+    ) -> Coroutine[Any, Any, Any]:
+        # request()'s coroutine, for the verbs too: one coroutine layer at most (3.11).
+        kwargs["parse"] = True
+        return self.send(self.build_request(method, path, *args, **kwargs), parsed=True)
 
     @_returns_coroutine
     def get(self, path: str, **kwargs: Any) -> Coroutine[Any, Any, Any]:
         """``request("GET", path, ...)``: ``await client.get("/x", params={"k": "v"})``."""
-        return self.request("GET", path, **kwargs)
+        return self._parsed("GET", path, **kwargs)
 
     @_returns_coroutine
     def post(self, path: str, **kwargs: Any) -> Coroutine[Any, Any, Any]:
         """``request("POST", path, ...)``."""
-        return self.request("POST", path, **kwargs)
+        return self._parsed("POST", path, **kwargs)
 
     @_returns_coroutine
     def put(self, path: str, **kwargs: Any) -> Coroutine[Any, Any, Any]:
         """``request("PUT", path, ...)``."""
-        return self.request("PUT", path, **kwargs)
+        return self._parsed("PUT", path, **kwargs)
 
     @_returns_coroutine
     def patch(self, path: str, **kwargs: Any) -> Coroutine[Any, Any, Any]:
         """``request("PATCH", path, ...)``."""
-        return self.request("PATCH", path, **kwargs)
+        return self._parsed("PATCH", path, **kwargs)
 
     @_returns_coroutine
     def delete(self, path: str, **kwargs: Any) -> Coroutine[Any, Any, Any]:
         """``request("DELETE", path, ...)``."""
-        return self.request("DELETE", path, **kwargs)
+        return self._parsed("DELETE", path, **kwargs)
 
     # -- streaming ----------------------------------------------------------------------
     def stream(
