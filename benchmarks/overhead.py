@@ -344,7 +344,7 @@ def check_bars(rows: dict[str, Any]) -> list[tuple[str, str, bool]]:
     path = rows["retry path: headway @retry"]["overhead_us"]
     path_full = rows["retry path: headway Policy full"]["overhead_us"]
     return [
-        ("full Policy success path <= 3 us/call", f"{full:.2f} us", full <= 3.0),
+        ("full Policy success path <= 1 us/call", f"{full:.2f} us", full <= 1.0),
         ("full Policy <= 0.2x tenacity @retry", f"{full / ten:.3f}x", full <= 0.2 * ten),
         ("retry path (@retry, one failure, zero wait) <= 10 us", f"{path:.2f} us", path <= 10),
         ("retry path (full Policy) <= 10 us", f"{path_full:.2f} us", path_full <= 10),

@@ -60,6 +60,23 @@ class AsyncResourceManager(Protocol):
         ...
 
 
+class ClosesOnExit:
+    """A base for an :class:`AsyncResourceManager`: ``async with obj:`` gives ``obj``
+    and leaves through ``await obj.aclose()``, which the subclass defines."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close it (defined by the subclass)."""
+        raise NotImplementedError
+
+
 _weak: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
 _strong: dict[int, Any] = {}
 _watchers = 0

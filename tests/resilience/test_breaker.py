@@ -714,3 +714,79 @@ def test_a_shared_breaker_needs_a_name() -> None:
     with pytest.raises(ConfigurationError, match="name"):
         CircuitBreaker(backend=MemoryBackend())
     assert CircuitBreaker(name="svc", backend=MemoryBackend()).state is CircuitState.CLOSED
+
+
+# -- closed_ticket: the pipeline's fast path ------------------------------------------------
+
+
+def test_closed_ticket_is_the_ticket_only_while_nothing_needs_recording() -> None:
+    breaker = CircuitBreaker(failure_threshold=3)
+    assert breaker.closed_ticket == breaker.try_enter()
+    ticket = breaker.try_enter()
+    breaker.record(ticket, ConnectionError("down"))
+    assert breaker.closed_ticket is None  # a success now has a count to reset
+    breaker.record(breaker.try_enter())
+    assert breaker.closed_ticket == breaker.try_enter()
+    listener = [].append
+    breaker.add_listener(listener)
+    assert breaker.closed_ticket is None  # per-call events go to this listener
+    breaker.remove_listener(listener)
+    assert breaker.closed_ticket is not None
+    breaker.force_open()
+    assert breaker.closed_ticket is None
+    breaker.reset()
+    assert breaker.closed_ticket == breaker.try_enter()
+    for kwargs in ({"failure_rate_threshold": 0.5}, {"slow_call_duration": 1.0}):
+        assert CircuitBreaker(**kwargs).closed_ticket is None  # type: ignore[arg-type]
+
+
+async def test_a_policy_calls_breaker_methods_patched_after_it_was_built() -> None:
+    from unittest.mock import patch
+
+    from headway.resilience import Policy
+
+    breaker = CircuitBreaker()
+    policy = Policy(breaker=breaker, retry=None)
+    assert await policy.execute(asyncio.sleep, 0, "ok") == "ok"
+    with patch.object(breaker, "try_enter", side_effect=RuntimeError("mocked")):
+        assert breaker.closed_ticket is None
+        with pytest.raises(RuntimeError, match="mocked"):
+            await policy.execute(asyncio.sleep, 0)
+    assert breaker.closed_ticket is not None  # the patch is undone
+    with patch.object(breaker, "record") as record:
+        await policy.execute(asyncio.sleep, 0)
+    record.assert_called_once()
+    assert breaker.closed_ticket is not None
+
+
+async def test_a_policy_records_a_success_after_failures_through_the_fast_path() -> None:
+    from headway.resilience import Policy
+
+    breaker = CircuitBreaker(failure_threshold=2)
+    policy = Policy(breaker=breaker, retry=None)
+
+    async def fail() -> None:
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        await policy.execute(fail)
+    assert breaker.failure_count == 1
+    await policy.execute(asyncio.sleep, 0)
+    assert breaker.failure_count == 0  # the success reset the count
+    with pytest.raises(ConnectionError):
+        await policy.execute(fail)
+    assert breaker.state == "closed"  # not two consecutive failures
+
+
+async def test_global_listeners_hear_fast_path_successes() -> None:
+    from headway.resilience import Policy
+
+    seen: list[Any] = []
+    breaker = CircuitBreaker()
+    policy = Policy(breaker=breaker, retry=None)
+    add_global_listener(seen.append)
+    try:
+        await policy.execute(asyncio.sleep, 0)
+    finally:
+        remove_global_listener(seen.append)
+    assert any(getattr(e, "failure", None) is False for e in seen)

@@ -8,7 +8,7 @@ import pytest
 
 from headway import APITimeoutError, Event, add_listener, remove_listener
 from headway.events import TIMEOUT
-from headway.resilience.timeouts import deadline, with_timeout
+from headway.resilience.timeouts import DeadlineTimer, deadline, with_timeout
 from headway.testing import VirtualClock
 
 
@@ -127,3 +127,91 @@ async def test_timeout_event_goes_to_global_listeners(virtual_clock: VirtualCloc
     finally:
         remove_listener(seen.append)
     assert [e.data["scope"] for e in seen if e.kind == TIMEOUT] == ["attempt"]
+
+
+# -- DeadlineTimer: one loop timer for many deadlines of one length -------------------------
+
+
+async def test_deadline_timer_cancels_only_the_overdue_blocks(virtual_clock: VirtualClock) -> None:
+    seen: list[Event] = []
+    timer = DeadlineTimer(10, scope="attempt", source="ep", listeners=(seen.append,))
+    loop = asyncio.get_running_loop()
+    timers_before = len(getattr(loop, "_scheduled", ()))
+
+    async def block(start: float, length: float) -> float:
+        await asyncio.sleep(start)
+        return await timer.run(_sleep_then(length))
+
+    results = await asyncio.gather(
+        *(block(i, 12.0 if i % 3 == 0 else 3.0) for i in range(9)), return_exceptions=True
+    )
+    for i, result in enumerate(results):
+        if i % 3 == 0:
+            assert isinstance(result, APITimeoutError), i
+            assert "10s" in str(result)
+            assert "attempt deadline" in str(result)
+        else:
+            assert result == 3.0, i
+    assert [e.data["scope"] for e in seen if e.kind == TIMEOUT] == ["attempt"] * 3
+    assert timer.running == 0
+    # Nine blocks ran, but the timer kept at most one loop timer of its own.
+    assert len(getattr(loop, "_scheduled", ())) <= timers_before + 1
+
+
+async def _sleep_then(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+async def test_deadline_timer_lets_outside_cancellation_and_inner_timeouts_through(
+    virtual_clock: VirtualClock,
+) -> None:
+    timer = DeadlineTimer(5)
+
+    async def raises_timeout() -> None:
+        raise TimeoutError("from the work")
+
+    with pytest.raises(TimeoutError, match="from the work") as info:
+        await timer.run(raises_timeout())
+    assert not isinstance(info.value, APITimeoutError)
+    task = asyncio.create_task(timer.run(asyncio.sleep(60)))
+    await asyncio.sleep(1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # A cancel from outside landing at the instant the deadline fires stays a cancel.
+    task = asyncio.create_task(timer.run(asyncio.sleep(60)))
+    await asyncio.sleep(0)
+    asyncio.get_running_loop().call_at(asyncio.get_running_loop().time() + 5, task.cancel)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert timer.running == 0
+    assert await timer.run(_sleep_then(4.5)) == 4.5
+
+
+async def test_deadline_timer_forgets_ended_blocks_behind_a_long_one(
+    virtual_clock: VirtualClock,
+) -> None:
+    timer = DeadlineTimer(1000)
+    long = asyncio.create_task(timer.run(asyncio.sleep(500)))
+    await asyncio.sleep(0)
+    for _ in range(500):
+        await timer.run(asyncio.sleep(0))
+    assert timer.running == 1
+    assert timer.queued <= 2 * timer.running + 64
+    await long
+    assert timer.running == 0
+    assert timer.queued == 0
+
+
+def test_deadline_timer_serves_one_event_loop_after_another() -> None:
+    timer = DeadlineTimer(0.01)
+    for _ in range(2):
+        with pytest.raises(APITimeoutError):
+            asyncio.run(timer.run(asyncio.sleep(1)))
+    assert timer.running == 0
+
+
+def test_deadline_timer_refuses_a_length_of_zero() -> None:
+    with pytest.raises(ValueError, match="> 0"):
+        DeadlineTimer(0)

@@ -154,3 +154,27 @@ async def test_io_grace_waits_for_a_reply_from_another_thread() -> None:
     finally:
         answer.join()
         right.close()
+
+
+async def test_reinstalling_keeps_one_offset_and_timers_in_place() -> None:
+    loop = asyncio.get_running_loop()
+    for _ in range(3):
+        clock = VirtualClock().install()
+        handle = loop.call_later(500, lambda: None)
+        clock.advance(400)
+        clock.uninstall()
+        # The loop's time goes on from the virtual time reached, at real speed: the
+        # timer keeps the 100 s it had left.
+        assert 99 < handle.when() - loop.time() <= 100
+        handle.cancel()
+    assert loop.time.__self__.real.__self__ is loop  # type: ignore[attr-defined]
+
+
+async def test_start_is_refused_while_timers_are_pending() -> None:
+    loop = asyncio.get_running_loop()
+    handle = loop.call_later(60, lambda: None)
+    try:
+        with pytest.raises(RuntimeError, match="pending timers"):
+            VirtualClock(start=loop.time() + 100).install()
+    finally:
+        handle.cancel()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from types import TracebackType
 from typing import ClassVar
 
 from headway._clock import Clock, resolve_clock
@@ -191,12 +190,7 @@ class _AdaptiveSlot:
         self._epoch = limit._epoch
         self._started = limit._clock.now()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         self.release(exc)
 
     def release(self, exc: BaseException | None = None) -> None:

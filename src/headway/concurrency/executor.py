@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from headway import _resources
@@ -215,12 +214,7 @@ class AsyncExecutor:
     async def __aenter__(self) -> AsyncExecutor:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
         await self.shutdown(None if exc_type is None else 0)
 
     async def aclose(self) -> None:
@@ -370,13 +364,8 @@ class RateLimitedExecutor:
     async def __aenter__(self) -> RateLimitedExecutor:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.executor.__aexit__(exc_type, exc, tb)
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.executor.__aexit__(*exc_info)
 
     def __repr__(self) -> str:
         return f"RateLimitedExecutor(limiter={self.limiter!r}, executor={self.executor!r})"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from types import TracebackType
 from typing import ClassVar
 
 from headway.errors import ConfigurationError, QuotaExceededError, RateLimitError, ServerError
@@ -122,12 +121,7 @@ class ConcurrencyLimit:
     async def __aenter__(self) -> None:
         await self.acquire()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self.release()
 
     def _wake(self) -> None:
@@ -161,12 +155,7 @@ class _Slot:
         else:
             await pool.acquire()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self._pool.release()
 
     def release(self, exc: BaseException | None = None) -> None:

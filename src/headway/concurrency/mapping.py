@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from headway._resources import ClosesOnExit
 from headway.errors import ExecutorShutdownError
 
 if TYPE_CHECKING:
@@ -20,7 +20,7 @@ R = TypeVar("R")
 _EXHAUSTED: Any = object()
 
 
-class MapIterator(Generic[R]):
+class MapIterator(ClosesOnExit, Generic[R]):
     """The async iterator :meth:`AsyncExecutor.map` returns (also an async context manager).
 
     ``aclose()`` (or leaving ``async with``) cancels the calls still in flight and waits
@@ -68,17 +68,6 @@ class MapIterator(Generic[R]):
 
     def __aiter__(self) -> MapIterator[R]:
         return self
-
-    async def __aenter__(self) -> MapIterator[R]:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def __anext__(self) -> R:
         if self._closed:

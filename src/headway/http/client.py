@@ -10,14 +10,14 @@ AsyncAPIClient(base_url='https://api.example.com', timeout=5.0, headers={}, poli
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, TypeVar
 
 from pydantic import SecretStr
 
+from headway._resources import ClosesOnExit
 from headway._resources import track as _track
 from headway._resources import untrack as _untrack
 from headway._secrets import mask_headers, redact_url
@@ -73,13 +73,18 @@ def _returns_coroutine(func: C) -> C:
     """Mark a plain function that returns a coroutine as a coroutine function.
 
     ``await client.get(...)`` works either way; the mark keeps
-    :func:`unittest.mock.create_autospec` (and ``inspect``) treating it as async.
+    :func:`unittest.mock.create_autospec` (and ``inspect``) treating it as async. Python
+    3.11 has no public mark: there the function becomes an ``async def`` awaiting it.
     """
     mark = getattr(inspect, "markcoroutinefunction", None)
     if mark is not None:  # pragma: no cover - Python >= 3.12
         return mark(func)  # type: ignore[no-any-return]
-    func._is_coroutine = asyncio.coroutines._is_coroutine  # type: ignore[attr-defined]
-    return func
+
+    @functools.wraps(func)
+    async def call(*args: Any, **kwargs: Any) -> Any:
+        return await func(*args, **kwargs)
+
+    return call  # type: ignore[return-value]
 
 
 _CLOSED_MSG = (
@@ -88,7 +93,7 @@ _CLOSED_MSG = (
 )
 
 
-class AsyncAPIClient:
+class AsyncAPIClient(ClosesOnExit):
     """An HTTP API client on one pooled connection session.
 
     Args:
@@ -212,14 +217,6 @@ class AsyncAPIClient:
         self._entered = True
         _track(self)
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the pooled session (if the client opened it). Idempotent."""
@@ -399,35 +396,39 @@ headers={'Authorization': 'Bearer ***'})
             APIConnectionError: the server could not be reached.
             APITimeoutError: connecting or reading took longer than the timeout.
         """
-        request = self.build_request(
-            method, path, params, json, data, headers, timeout, tokens, True
-        )
-        return self.send(request, parsed=True)
+        return self._parsed(method, path, params, json, data, headers, timeout, tokens)
+
+    def _parsed(
+        self, method: str, path: str, *args: Any, **kwargs: Any
+    ) -> Coroutine[Any, Any, Any]:
+        # request()'s coroutine, for the verbs too: one coroutine layer at most (3.11).
+        kwargs["parse"] = True
+        return self.send(self.build_request(method, path, *args, **kwargs), parsed=True)
 
     @_returns_coroutine
     def get(self, path: str, **kwargs: Any) -> Coroutine[Any, Any, Any]:
         """``request("GET", path, ...)``: ``await client.get("/x", params={"k": "v"})``."""
-        return self.request("GET", path, **kwargs)
+        return self._parsed("GET", path, **kwargs)
 
     @_returns_coroutine
     def post(self, path: str, **kwargs: Any) -> Coroutine[Any, Any, Any]:
         """``request("POST", path, ...)``."""
-        return self.request("POST", path, **kwargs)
+        return self._parsed("POST", path, **kwargs)
 
     @_returns_coroutine
     def put(self, path: str, **kwargs: Any) -> Coroutine[Any, Any, Any]:
         """``request("PUT", path, ...)``."""
-        return self.request("PUT", path, **kwargs)
+        return self._parsed("PUT", path, **kwargs)
 
     @_returns_coroutine
     def patch(self, path: str, **kwargs: Any) -> Coroutine[Any, Any, Any]:
         """``request("PATCH", path, ...)``."""
-        return self.request("PATCH", path, **kwargs)
+        return self._parsed("PATCH", path, **kwargs)
 
     @_returns_coroutine
     def delete(self, path: str, **kwargs: Any) -> Coroutine[Any, Any, Any]:
         """``request("DELETE", path, ...)``."""
-        return self.request("DELETE", path, **kwargs)
+        return self._parsed("DELETE", path, **kwargs)
 
     # -- streaming ----------------------------------------------------------------------
     def stream(

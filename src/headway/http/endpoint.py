@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Coroutine, Mapping
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from pydantic import BaseModel
 
 from headway._clock import Clock
+from headway._resources import ClosesOnExit
 from headway._resources import track as _track
 from headway._resources import untrack as _untrack
 from headway._secrets import redact_url
@@ -86,7 +86,7 @@ def _payload(request: Mapping[str, Any] | BaseModel | None, defaults: dict[str, 
     return body
 
 
-class Endpoint:
+class Endpoint(ClosesOnExit):
     """Call one endpoint as its :class:`EndpointConfig` says.
 
     Args:
@@ -161,14 +161,6 @@ class Endpoint:
             self.client, self._client_transport = client, owned
             _track(self)
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the pooled client. Idempotent; never raises for a failed close (logs it)."""

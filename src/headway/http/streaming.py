@@ -44,10 +44,10 @@ from __future__ import annotations
 import json as _stdjson
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
 from headway import _json
+from headway._resources import ClosesOnExit
 from headway.errors import InvalidResponseError, StreamError
 from headway.http.status import error_message
 from headway.http.transports.base import StreamResponse
@@ -236,7 +236,7 @@ class NDJSONDecoder:
         return [_json.loads(line) for line in self._lines.flush() if line.strip()]
 
 
-class EventStream(AsyncIterator[T]):
+class EventStream(ClosesOnExit, AsyncIterator[T]):
     """Items of a streamed response; an async iterator and an async context manager.
 
     Use ``async with`` when you may stop early, so the connection is released at once::
@@ -260,17 +260,6 @@ class EventStream(AsyncIterator[T]):
         aclose = getattr(self._agen, "aclose", None)
         if aclose is not None:
             await aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
 
 def _stream_error(resp: StreamResponse, message: str, payload: Any = None) -> StreamError:
@@ -352,20 +341,8 @@ async def _json_answer(resp: StreamResponse, mode: StreamMode) -> Any:
     body = await resp.aread()
     if mode == "events":
         return ServerSentEvent(data=body.decode("utf-8", "replace"))
-    try:
-        payload = _json.loads(body)
-    except ValueError:
-        raise InvalidResponseError(
-            "the stream request was answered with a JSON body that is not valid JSON",
-            status_code=resp.status,
-            headers=resp.headers,
-            body=body[:2048],
-            method=resp.method,
-            url=resp.url,
-        ) from None
-    if _is_error_payload(payload):
-        raise _error_event(payload, resp, "error")
-    return payload
+    message = "the stream request was answered with a JSON body that is not valid JSON"
+    return _payload(body, resp, message, body[:2048])
 
 
 async def _ndjson(resp: StreamResponse) -> AsyncIterator[Any]:
@@ -410,13 +387,22 @@ def _event_item(event: ServerSentEvent, resp: StreamResponse, as_json: bool) -> 
         return event
     if not event.data:
         return None
+    return _payload(event.data, resp, f"a streamed event is not JSON: {event.data[:200]!r}")
+
+
+def _payload(
+    text: str | bytes, resp: StreamResponse, invalid: str, body: bytes | None = None
+) -> Any:
+    """``text`` parsed as JSON; ``invalid`` is the error's message when it is not JSON, and
+    an error payload raises its :class:`~headway.errors.StreamError`."""
     try:
-        payload = _json.loads(event.data)
+        payload = _json.loads(text)
     except ValueError:
         raise InvalidResponseError(
-            f"a streamed event is not JSON: {event.data[:200]!r}",
+            invalid,
             status_code=resp.status,
             headers=resp.headers,
+            body=body,
             method=resp.method,
             url=resp.url,
         ) from None

@@ -140,6 +140,10 @@ def default_failure_predicate(exc: BaseException) -> bool:
     return True
 
 
+#: The methods a pipeline calls: replacing one on an instance (a mock) turns
+#: ``closed_ticket`` off, so that the pipeline calls them.
+_PIPELINE_METHODS = ("try_enter", "record", "release", "acquire")
+
 # Outcome of a finished call, as the state machine sees it.
 _SUCCESS = 0
 _FAILURE = 1
@@ -250,7 +254,7 @@ class _BreakerState:
     """Everything about a breaker that changes, as this breaker sees it."""
 
     state: CircuitState = _CLOSED
-    generation: int = 0  # bumped at every transition; permits of older ones are ignored
+    generation: int = 1  # bumped at every transition; permits of older ones are ignored
     open_until: float = 0.0  # OPEN: when trial calls may start
     forced: bool = False  # opened by force_open(): only reset() closes it
     consecutive_failures: int = 0
@@ -383,6 +387,14 @@ class CircuitBreaker:
             raise
         permit.record_success()
 
+    A pipeline's form is :meth:`try_enter` / :meth:`record` with a ticket, and
+    :attr:`closed_ticket` its fast path: the ticket :meth:`try_enter` would give (an
+    ``int`` >= 1) while that is all it would do, else ``None``: the breaker is closed, counts
+    consecutive failures only and has none, has no listeners of its own, no
+    ``backend``, and nothing replaced its methods on the instance (a mock). While it
+    still equals a call's ticket, :meth:`record` of that call's success would change
+    nothing but the per-call events of global listeners, and may be left out.
+
     >>> import asyncio
     >>> breaker = CircuitBreaker(failure_threshold=3, name="api")
     >>> async def ok() -> int:
@@ -403,10 +415,12 @@ class CircuitBreaker:
     __slots__ = (
         "__dict__",  # instances stay mockable: patch.object(obj, "method", ...)
         "_clock",
+        "_fast",
         "_lean",
         "_listeners",
         "_s",
         "_store",
+        "closed_ticket",
         "excluded_exceptions",
         "failure_predicate",
         "failure_rate_threshold",
@@ -494,6 +508,36 @@ class CircuitBreaker:
             and slow_call_duration is None
             and type(self).acquire is CircuitBreaker.acquire
         )
+        # ... and nothing replaced the pipeline's methods: closed_ticket may stand in.
+        self._fast = (
+            self._lean
+            and type(self).try_enter is CircuitBreaker.try_enter
+            and type(self).record is CircuitBreaker.record
+        )
+        self.closed_ticket: int | None = None
+        self._refresh_ticket()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name in _PIPELINE_METHODS:  # patch.object(breaker, "try_enter", ...)
+            self._refresh_ticket()
+
+    def __delattr__(self, name: str) -> None:
+        object.__delattr__(self, name)
+        if name in _PIPELINE_METHODS:  # the patch undone
+            self._refresh_ticket()
+
+    def _refresh_ticket(self) -> None:
+        """Keep :attr:`closed_ticket` true to the state."""
+        s = self._s
+        fast = (
+            self._fast
+            and s.state is _CLOSED
+            and not s.consecutive_failures
+            and not self._listeners
+            and not any(name in self.__dict__ for name in _PIPELINE_METHODS)
+        )
+        object.__setattr__(self, "closed_ticket", s.generation if fast else None)
 
     # -- state ----------------------------------------------------------------------------
     @property
@@ -533,10 +577,12 @@ class CircuitBreaker:
     def add_listener(self, listener: EventListener) -> None:
         """Call ``listener(event)`` for this breaker's events (state changes, rejections)."""
         self._listeners = (*self._listeners, listener)
+        self._refresh_ticket()
 
     def remove_listener(self, listener: EventListener) -> None:
         """Stop calling ``listener``; unknown listeners are ignored."""
         self._listeners = tuple(x for x in self._listeners if x != listener)
+        self._refresh_ticket()
 
     # -- calls ----------------------------------------------------------------------------
     def acquire(self) -> BreakerPermit:
@@ -602,6 +648,7 @@ class CircuitBreaker:
             s = self._s
             if s.consecutive_failures and s.generation == ticket:
                 s.consecutive_failures = 0
+                self._refresh_ticket()
         elif isinstance(outcome, Exception):
             self._closed_failure(ticket, outcome)
         if self._listeners or GLOBAL_LISTENERS:  # per-call events go to listeners only
@@ -649,12 +696,7 @@ class CircuitBreaker:
         _GUARDS.set((permit, _GUARDS.get()))
         return permit
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         top = _GUARDS.get()
         if top is None or top[0]._breaker is not self:
             raise RuntimeError("`async with breaker:` exited in another task than it entered")
@@ -763,6 +805,7 @@ class CircuitBreaker:
             if s.consecutive_failures >= self.failure_threshold:
                 reason = f"{s.consecutive_failures} consecutive failures"
                 self._transition(_OPEN, reason, self._clock.now())
+        self._refresh_ticket()
 
     def _window_trips(self, window: _Window) -> str | None:
         calls = window.calls
@@ -823,6 +866,7 @@ class CircuitBreaker:
                 s.window.clear()
             if store is not None and share:
                 store.publish_closed()
+        self._refresh_ticket()
         if old is new:
             return
         level = logging.WARNING if new is _OPEN else logging.INFO

@@ -82,35 +82,39 @@ Three ways to call:
 
 from __future__ import annotations
 
+import dis
 import functools
+import types
 from collections.abc import Awaitable, Callable, Coroutine
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
 from headway._clock import LOOP_CLOCK, Clock, resolve_clock
 from headway.errors import ConfigurationError, RateLimitError
-from headway.events import EventListener
+from headway.events import GLOBAL_LISTENERS, EventListener
 from headway.resilience.breaker import BreakerTicket, CircuitBreaker
 from headway.resilience.retry import RetryPolicy
 from headway.resilience.retry.schedule import DEFAULT_MAX_SERVER_DELAY
-from headway.resilience.timeouts import Deadline
+from headway.resilience.timeouts import DeadlineTimer
 
 if TYPE_CHECKING:
     from headway.concurrency import AdaptiveConcurrency, ConcurrencyLimit
     from headway.limits import Limiter, Reservation
+    from headway.resilience.retry import RetryBudget
     from headway.resilience.retry.engine import RetryEngine
 
-    # retry engine, breaker, plain pool, measured pool, limiter, its try_take, timed?,
-    # attempt timeout, clock
+    # retry engine, its budget, breaker, plain pool, measured pool, limiter, its try_take,
+    # whether its on_success does anything, timed?, attempt deadlines, clock
     _Plan = tuple[
         RetryEngine | None,
+        RetryBudget | None,
         CircuitBreaker | None,
         ConcurrencyLimit | None,
         ConcurrencyLimit | None,
         Limiter | None,
         Callable[[float, float], bool],
         bool,
-        float | None,
+        bool,
+        DeadlineTimer | None,
         Clock,
     ]
 
@@ -221,12 +225,7 @@ class Lease(Generic[T]):
     async def __aenter__(self) -> Lease[T]:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         await self.aclose(exc)
 
     def __repr__(self) -> str:
@@ -245,6 +244,17 @@ async def _slot_of(limit: ConcurrencyLimit) -> Any:
     taking = limit.slot()
     await taking.__aenter__()
     return taking
+
+
+def _does_nothing(method: Callable[..., Any]) -> bool:
+    """Whether ``method`` is a plain function or method with an empty body (a docstring
+    at most), such as a fixed limit's ``on_success``: the pipeline leaves it out. A mock
+    or any other callable counts as doing something."""
+    func = getattr(method, "__func__", method)
+    if not isinstance(func, types.FunctionType):
+        return False
+    ops = [(i.opname, i.argval) for i in dis.get_instructions(func) if i.opname != "RESUME"]
+    return ops in ([("LOAD_CONST", None), ("RETURN_VALUE", None)], [("RETURN_CONST", None)])
 
 
 def _takes_nothing(requests: float, tokens: float) -> bool:
@@ -340,17 +350,33 @@ class Policy:
         self._rate_limits = rate_limits
         measured = conc is not None and conc.measures_calls
         full: Limiter | None = _as_limiter(limiter)
-        # What the loop needs, in one tuple (one attribute load per call).
+        # What the loop needs, in one tuple (one attribute load per call). A hook that
+        # does nothing (a fixed limit's on_success) is left out, not called per attempt.
+        engine = None if retry is None else retry.engine()
         self._plan: _Plan = (
-            None if retry is None else retry.engine(),
+            engine,
+            None if engine is None else engine.budget,
             breaker,
             None if measured else conc,
             conc if measured else None,
             full,
             _takes_nothing if full is None else getattr(full, "try_take", _takes_nothing),
+            full is not None and not _does_nothing(full.on_success),
             breaker is not None and breaker.slow_call_duration is not None,
-            attempt_timeout,
+            # One loop timer for every attempt's deadline, not one per attempt.
+            None
+            if attempt_timeout is None
+            else DeadlineTimer(
+                attempt_timeout, scope="attempt", source=name, listeners=self._listeners
+            ),
             self._clock,
+        )
+        # One loop timer for the total deadlines of all calls (same length, so they fall
+        # due in the order the calls started).
+        self._total_timer = (
+            None
+            if total_timeout is None
+            else DeadlineTimer(total_timeout, scope="total", source=name, listeners=self._listeners)
         )
         self._on_rate_limited = None if full is None else full.on_rate_limited
         self._rate_wait = rate_limits == "wait" and retry is not None and retry.max_retries > 0
@@ -497,10 +523,10 @@ class Policy:
         ctx: AttemptContext | None,
         keep: bool,
     ) -> Any:
-        async with Deadline(
-            self._total_timeout, scope="total", source=self._name, listeners=self._listeners
-        ) as dl:
-            return await self._call(fn, args, kwargs, requests, tokens, dl, ctx, keep)
+        timer = self._total_timer
+        assert timer is not None
+        when = LOOP_CLOCK.now() + timer.seconds  # when the timer's deadline falls due
+        return await timer.run(self._call(fn, args, kwargs, requests, tokens, when, ctx, keep))
 
     def wrap(self, func: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]:
         """Decorate ``func`` so that every call goes through the policy (signature kept).
@@ -534,19 +560,21 @@ class Policy:
         kwargs: dict[str, Any],
         requests: float,
         tokens: float,
-        total: Deadline | None,
+        total: float | None,
         ctx: AttemptContext | None,
         keep: bool,
     ) -> Any:
-        rt, breaker, pool, slots, limiter, take, timed, timeout, clock = self._plan
-        if rt is not None and rt.budget is not None:
-            rt.budget.record_request()
+        rt, budget, breaker, pool, slots, limiter, take, learns, timed, timer, clock = self._plan
+        if budget is not None:
+            budget.record_request()
         attempt, fails, waits, prev = 0, 0, 0, 0.0 if rt is None else rt.base_delay
         while True:
             attempt += 1
-            ticket, slot, reservation, held, called = None, None, None, False, False
+            slot, reservation, held, called = None, None, False, False
+            ticket: BreakerTicket | None = None
             try:
-                ticket = None if breaker is None else breaker.try_enter()
+                if breaker is not None:  # closed_ticket: a closed breaker's fast path
+                    ticket = breaker.closed_ticket or breaker.try_enter()
                 if pool is not None:
                     held = pool.try_acquire() or await _acquired(pool)
                 elif slots is not None:
@@ -559,13 +587,11 @@ class Policy:
                         await reservation.wait()
                 if ctx is not None:
                     ctx.attempt, ctx.reservation = attempt, reservation
-                started = clock.now() if timed else 0.0
-                called = True
-                if timeout is None:
+                started, called = clock.now() if timed else 0.0, True
+                if timer is None:
                     result = await fn(*args, **kwargs)
                 else:
-                    async with self._attempt_deadline(timeout):
-                        result = await fn(*args, **kwargs)
+                    result = await timer.run(fn(*args, **kwargs))
             except BaseException as exc:
                 spent = clock.now() - started if timed and called else None
                 _finish(pool if held else None, slot, breaker, ticket, exc, called, spent)
@@ -573,7 +599,7 @@ class Policy:
                 if delay is None:
                     raise
             else:
-                if limiter is not None:
+                if learns and limiter is not None:
                     limiter.on_success()
                 if keep:
                     return Lease(result, attempt, reservation, pool, slot, breaker, ticket)
@@ -581,14 +607,12 @@ class Policy:
                     pool.release()
                 elif slot is not None:
                     slot.release(None)
-                if ticket is not None and breaker is not None:
+                quiet = breaker is None or ticket == breaker.closed_ticket
+                if ticket is not None and breaker is not None and (GLOBAL_LISTENERS or not quiet):
                     breaker.record(ticket, None, clock.now() - started if timed else None)
                 return result
             if delay > 0.0:
                 await clock.sleep(delay)
-
-    def _attempt_deadline(self, seconds: float) -> Deadline:
-        return Deadline(seconds, scope="attempt", source=self._name, listeners=self._listeners)
 
     def _after_failure(
         self,
@@ -596,13 +620,14 @@ class Policy:
         failures: int,
         waits: int,
         previous: float,
-        total: Deadline | None,
+        total: float | None,
     ) -> tuple[float | None, int, int, float]:
         """After a failed attempt: the delay before the next one (``None``: give up) and
         the updated counts of failures and rate waits, and the last backoff delay.
 
         A rate 429 with ``rate_limits="wait"`` is a wait, not a failure: it draws no
-        budget and does not count towards ``max_retries``.
+        budget and does not count towards ``max_retries``. ``total``: the loop time at
+        which the total deadline falls due (``None``: none).
         """
         if not isinstance(exc, Exception):
             return None, failures, waits, previous  # cancellation: never retried
@@ -614,11 +639,7 @@ class Policy:
             self._on_rate_limited(delay, empty=exc.bucket_empty)
         if rt is None:
             return None, failures, waits, previous
-        remaining = None
-        if total is not None:
-            when = total.when()
-            if when is not None:
-                remaining = when - LOOP_CLOCK.now()
+        remaining = None if total is None else total - LOOP_CLOCK.now()
         if self._rate_wait and isinstance(exc, RateLimitError):
             waits += 1
             wait = rt.rate_delay(exc, waits, remaining, self._name, self._listeners)

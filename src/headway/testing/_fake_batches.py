@@ -244,7 +244,7 @@ class FakeBatches:
 
     # -- bookkeeping ----------------------------------------------------------------------
     def _now(self) -> float:
-        now = self.api._clock.now()
+        now = self.api.clock.now()
         if self._clock0 is None:
             self._clock0 = now
         return now
@@ -308,7 +308,7 @@ class FakeBatches:
                     "code": "server_error",
                 }
             }
-        handler = self.api._builtin.get(("POST", url))
+        handler = self.api.builtin_handler("POST", url)
         if handler is None or not isinstance(body, dict):
             return 400, {
                 "error": {

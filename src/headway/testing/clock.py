@@ -53,6 +53,19 @@ __all__ = ["VirtualClock"]
 DEFAULT_IO_GRACE = 0.0
 
 
+class _OffsetTime:
+    """A loop's real clock moved forward to where a :class:`VirtualClock` left it."""
+
+    __slots__ = ("offset", "real")
+
+    def __init__(self, real: Callable[[], float], offset: float) -> None:
+        self.real = real
+        self.offset = offset
+
+    def time(self) -> float:
+        return self.real() + self.offset
+
+
 class VirtualClock:
     """A loop clock that runs in virtual time; also a headway :class:`~headway.Clock`.
 
@@ -126,22 +139,38 @@ class VirtualClock:
         self._real_time = loop.time
         self._real_select = selector.select
         self._real_run_in_executor = loop.run_in_executor
-        self._now = self._start = loop.time() if self._start_arg is None else self._start_arg
-        self._shift_timers(self._now - self._real_time())
+        now = loop.time()
+        if self._start_arg is not None and self._start_arg != now:
+            if getattr(loop, "_scheduled", None):
+                raise RuntimeError(
+                    "VirtualClock(start=...) needs a loop without pending timers (they are "
+                    "set in the loop's time); leave start out to begin at the loop's time"
+                )
+            now = self._start_arg
+        self._now = self._start = now
         loop.time = self.now  # type: ignore[method-assign]
         selector.select = self._select  # type: ignore[method-assign]
         loop.run_in_executor = self._run_in_executor  # type: ignore[method-assign,assignment]
         return self
 
     def uninstall(self) -> None:
-        """Give the loop its real clock back; pending timers keep their remaining delay."""
+        """Give the loop a real clock back; pending timers keep their remaining delay.
+
+        The loop's time then runs at real speed on from the virtual time reached (real
+        time plus a fixed offset), so the timers set in virtual time stay in place.
+        """
         loop, selector = self._loop, self._selector
         if loop is None or selector is None:
             return
-        del loop.time
         del selector.select
         del loop.run_in_executor
-        self._shift_timers(loop.time() - self._now)
+        real = self._real_time
+        assert real is not None
+        bound = getattr(real, "__self__", None)
+        if isinstance(bound, _OffsetTime):
+            real = bound.real  # one offset, not one per install
+        offset = _OffsetTime(real, self._now - real())
+        loop.time = offset.time  # type: ignore[method-assign]
         self._loop = self._selector = None
 
     def __enter__(self) -> Self:
@@ -160,11 +189,6 @@ class VirtualClock:
         return f"VirtualClock(elapsed={self.elapsed:.6f}, {state})"
 
     # -- internals ------------------------------------------------------------------------
-    def _shift_timers(self, delta: float) -> None:
-        # Uniform shift keeps the heap order of the loop's timers.
-        for handle in getattr(self._loop, "_scheduled", ()):
-            handle._when += delta
-
     def _select(self, timeout: float | None = None) -> list[Any]:
         real_select = self._real_select
         assert real_select is not None

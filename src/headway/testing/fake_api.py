@@ -156,6 +156,18 @@ class FakeAPI(_AnswersMixin):
         # The Batch APIs (OpenAI files + batches, Anthropic message batches).
         self.batches = install_batches(self)
 
+    @property
+    def clock(self) -> Clock:
+        """The clock the server's latencies, limits and batch timings run on."""
+        return self._clock
+
+    def builtin_handler(
+        self, method: str, path: str
+    ) -> Callable[[dict[str, Any], str], Any] | None:
+        """The built-in answer of ``method path`` (``"POST"``, ``"/v1/chat/completions"``;
+        also embeddings, responses, messages), or ``None``."""
+        return self._builtin.get((method, path))
+
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> Self:
         """Start serving (``async with`` does it for you)."""

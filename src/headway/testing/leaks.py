@@ -205,7 +205,7 @@ class LeakGuard:
             else:
                 task = asyncio.Task(coro, loop=loop, **kwargs)
             if isinstance(task, asyncio.Task):
-                sites[task] = _site(sys._getframe(1))
+                sites[task] = _site(inspect.currentframe())
             return task
 
         loop.set_task_factory(factory)  # type: ignore[arg-type]
@@ -293,7 +293,7 @@ class LeakGuard:
 
         def __init__(obj: Any, *args: Any, **kwargs: Any) -> None:
             original(obj, *args, **kwargs)
-            sink.append((obj, _site(sys._getframe(1))))
+            sink.append((obj, _site(inspect.currentframe())))
 
         __init__.__wrapped__ = original  # type: ignore[attr-defined]
         type.__setattr__(cls, "__init__", __init__)

@@ -186,21 +186,13 @@ class AiohttpTransport:
 
     def _request(self, request: Request, timeout: float | None) -> Any:
         session = self._session or self._get_session(request)
-        if timeout is None:
-            return session.request(
-                request.method,
-                request.url,
-                headers=request.headers,
-                params=request.params,
-                data=_body(request),
-            )
         return session.request(
             request.method,
             request.url,
             headers=request.headers,
             params=request.params,
             data=_body(request),
-            timeout=self._client_timeout(timeout),
+            timeout=session.timeout if timeout is None else self._client_timeout(timeout),
         )
 
     def _error(self, request: Request, exc: BaseException) -> APIClientError | None:

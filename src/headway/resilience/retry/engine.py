@@ -174,15 +174,7 @@ class RetryEngine:
                 if mode == "full":
                     delay *= self.rand()
             else:
-                delay = _schedule_delay(
-                    mode,
-                    retry,
-                    previous,
-                    self.base_delay,
-                    self.backoff_factor,
-                    self.max_delay,
-                    self.rand,
-                )
+                delay = self.delay(retry, previous)
         if remaining is not None and delay >= remaining:
             _emit_gave_up(
                 exc,
