@@ -101,7 +101,7 @@ _REPORT = 0.02
 _TRACK_STEP = 1.0
 _TRACK_WEIGHT = 0.5
 _TRACK_LEVEL = 0.5
-_TRACK_CLOSE = 2.0
+_TRACK_CLOSE = 5.0
 #: The least share of an advertised limit the limiter keeps.
 _SHARE_MIN = 0.05
 #: A remaining count this recent (seconds), and at least this share of the most seen,

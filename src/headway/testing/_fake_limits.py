@@ -167,11 +167,7 @@ class Limits:
                 meter.refill(now)
                 if isinstance(meter, _Window):
                     meter._now_hint = now
-        self._drain(now)
         return self._meters
-
-    def _drain(self, now: float) -> None:
-        """What another client takes from the meters (the ``shared`` profile)."""
 
     def restart(self) -> None:
         """Start over with full meters (at the next request)."""
@@ -430,27 +426,33 @@ class SharedLimits(OpenAILimits):
         index = int((now - origin) // self.phase) % len(self.phases)
         return self.phases[index]
 
-    def _drain(self, now: float) -> None:
+    def meters(self, now: float) -> tuple[_Meter | None, _Meter | None]:
+        """The meters at ``now``: refilled, less what the other client took meanwhile.
+
+        Phase by phase, a bucket fills at the share of the limit the other client
+        leaves (up to its capacity), so a quiet spell between two requests is counted
+        as it happened, not as one refill followed by one drain.
+        """
+        if self._meters is None:
+            self._meters = self._make(now)
         if self._origin is None:
             self._origin = now
-        last = self._drained_to if self._drained_to is not None else now
-        self._drained_to = now
-        if now <= last or self._meters is None:
-            return
-        # Integrate the other client's share over (last, now], phase by phase.
-        taken = 0.0
-        t = last
+        t = self._drained_to if self._drained_to is not None else now
+        self._drained_to = max(t, now)
         while t < now:
             k = math.floor((t - self._origin) / self.phase) + 1
             boundary = self._origin + k * self.phase
             if boundary <= t:  # t sits on a boundary that rounding put one phase early
                 boundary = self._origin + (k + 1) * self.phase
             end = min(boundary, now)
-            taken += self.other_share(t) * (end - t)
+            left = 1.0 - self.other_share(t)
+            for meter in self._meters:
+                if isinstance(meter, _Bucket) and end > meter.stamp:
+                    gain = (end - max(t, meter.stamp)) * left * meter.limit / meter.period
+                    meter.level = min(meter.capacity, meter.level + gain)
+                    meter.stamp = end
             t = end
-        for meter in self._meters:
-            if isinstance(meter, _Bucket):
-                meter.level = max(min(meter.level, 0.0), meter.level - taken * meter.limit / 60.0)
+        return self._meters
 
     def restart(self) -> None:
         super().restart()
