@@ -414,6 +414,18 @@ class LearningLimiter:
         """Admit nobody for ``seconds`` from now: :meth:`pause_until` ``now + seconds``."""
         self.pause_until(self._clock.now() + seconds)
 
+    def sync(self, *args: Any, **kwargs: Any) -> None:
+        """``sync(unit, remaining, reset_after=None, limit=None)``: lower ``unit``'s level.
+
+        The level drops to the server's ``remaining`` figure (never rises): the
+        :class:`~headway.limits.Limiter` protocol's ``sync``, on the bucket in force.
+        """
+        self._pacer().sync(*args, **kwargs)
+
+    def _pacer(self) -> Any:  # pragma: no cover - every subclass has it
+        """The bucket (or buckets) the calls are paced on."""
+        raise NotImplementedError
+
     def _rate_limited_pause(
         self, delay: float | None, booked: float = 0.0, old: float = 0.0
     ) -> None:
@@ -599,15 +611,8 @@ class AdaptiveLimiter(LearningLimiter):
         """Admit nobody before clock time ``when``."""
         self._multi.pause_until(when)
 
-    def sync(
-        self,
-        unit: str,
-        remaining: float,
-        reset_after: float | None = None,
-        limit: float | None = None,
-    ) -> None:
-        """Lower the ``unit`` level to the server's ``remaining`` figure (never raise it)."""
-        self._multi.sync(unit, remaining, reset_after, limit)
+    def _pacer(self) -> MultiLimiter:
+        return self._multi
 
     # -- feedback ------------------------------------------------------------------------
     def on_success(self) -> None:
@@ -766,15 +771,8 @@ class SharedLearningLimiter(LearningLimiter):
         """Admit nobody, in any worker, before ``when`` (at most :attr:`max_shared_pause`)."""
         self.shared.pause_until(min(when, self._clock.now() + self.max_shared_pause))
 
-    def sync(
-        self,
-        unit: str,
-        remaining: float,
-        reset_after: float | None = None,
-        limit: float | None = None,
-    ) -> None:
-        """Lower the shared level of ``unit`` to the server's ``remaining`` figure."""
-        self.shared.sync(unit, remaining, reset_after, limit)
+    def _pacer(self) -> Any:
+        return self.shared
 
     def on_success(self) -> None:
         """An attempt was answered: probe upward (shared at the next sync)."""

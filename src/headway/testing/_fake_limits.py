@@ -219,19 +219,23 @@ class Limits:
                 out.update(_anthropic_unit(unit, limit, remaining, meter.reset_after()))
         return out
 
+    #: How a 429 says when to come back: ``"openai"`` (``retry-after`` and
+    #: ``retry-after-ms``), ``"seconds"`` (``retry-after``, whole seconds, at least 1),
+    #: ``"litellm"`` (``llm_provider-retry-after``) or ``""`` (not at all).
+    retry_style = "openai"
+    #: Anthropic's error body: always (``True``), never (``False``), or on Anthropic's
+    #: route only (``None``).
+    anthropic_body: bool | None = None
+
     def refusal(
         self, refused: Refusal, tokens: float, anthropic_route: bool
     ) -> tuple[bool, str, str, dict[str, str]]:
         """How to say 429: (Anthropic-shaped body?, message, error type, headers)."""
         message = _message(refused, tokens)
+        shaped = anthropic_route if self.anthropic_body is None else self.anthropic_body
         if math.isinf(refused.wait):
-            return anthropic_route, message, "tokens", {}
-        wait = refused.wait
-        headers = {
-            "retry-after": str(math.ceil(wait)),
-            "retry-after-ms": str(math.ceil(wait * 1000)),
-        }
-        return anthropic_route, message, refused.unit, headers
+            return shaped, message, "tokens", {}
+        return shaped, message, refused.unit, _retry_headers(self.retry_style, refused.wait)
 
     def error_body(self, message: str) -> dict[str, Any] | None:
         """A body replacing the usual error body of a 429 (``None``: the usual one)."""
@@ -248,6 +252,16 @@ def _anthropic_unit(unit: str, limit: str, remaining: str, reset_after: float) -
         f"anthropic-ratelimit-{unit}-remaining": remaining,
         f"anthropic-ratelimit-{unit}-reset": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+
+def _retry_headers(style: str, wait: float) -> dict[str, str]:
+    if style == "openai":
+        return {"retry-after": str(math.ceil(wait)), "retry-after-ms": str(math.ceil(wait * 1000))}
+    if style == "seconds":
+        return {"retry-after": str(max(1, math.ceil(wait)))}
+    if style == "litellm":
+        return {"llm_provider-retry-after": str(wait)}
+    return {}
 
 
 def _message(refused: Refusal, tokens: float) -> str:
@@ -278,6 +292,8 @@ class AzureLimits(Limits):
 
     name = "azure"
     tokens_at_admission = True
+    retry_style = "seconds"
+    anthropic_body = False
     frame = 10.0
 
     def _make(self, now: float) -> tuple[_Meter | None, _Meter | None]:
@@ -292,20 +308,14 @@ class AzureLimits(Limits):
             for unit, meter in self._units(now)
         }
 
-    def refusal(
-        self, refused: Refusal, tokens: float, anthropic_route: bool
-    ) -> tuple[bool, str, str, dict[str, str]]:
-        message = _message(refused, tokens)
-        if math.isinf(refused.wait):
-            return False, message, "tokens", {}
-        return False, message, refused.unit, {"retry-after": str(max(1, math.ceil(refused.wait)))}
-
 
 class AnthropicLimits(Limits):
     """``anthropic``: per-second continuous refill (capacity limit/60)."""
 
     name = "anthropic"
     tokens_at_admission = True
+    retry_style = "seconds"
+    anthropic_body = True
 
     def _make(self, now: float) -> tuple[_Meter | None, _Meter | None]:
         rm = tm = None
@@ -330,19 +340,13 @@ class AnthropicLimits(Limits):
             )
         return out
 
-    def refusal(
-        self, refused: Refusal, tokens: float, anthropic_route: bool
-    ) -> tuple[bool, str, str, dict[str, str]]:
-        message = _message(refused, tokens)
-        if math.isinf(refused.wait):
-            return True, message, "tokens", {}
-        return True, message, refused.unit, {"retry-after": str(max(1, math.ceil(refused.wait)))}
-
 
 class LiteLLMLimits(Limits):
     """``litellm``: fixed calendar-minute windows, LiteLLM's headers and 429 body."""
 
     name = "litellm"
+    retry_style = "litellm"
+    anthropic_body = False
 
     def _make(self, now: float) -> tuple[_Meter | None, _Meter | None]:
         rm = _Window(self.rpm, self.rpm, 60.0) if self.rpm else None
@@ -360,14 +364,6 @@ class LiteLLMLimits(Limits):
             "x-ratelimit-limit-requests": str(int(self._advertised(rm))),
         }
 
-    def refusal(
-        self, refused: Refusal, tokens: float, anthropic_route: bool
-    ) -> tuple[bool, str, str, dict[str, str]]:
-        message = _message(refused, tokens)
-        if math.isinf(refused.wait):
-            return False, message, "tokens", {}
-        return False, message, refused.unit, {"llm_provider-retry-after": str(refused.wait)}
-
     def error_body(self, message: str) -> dict[str, Any] | None:
         return {
             "error": {
@@ -383,15 +379,11 @@ class SilentLimits(AnthropicLimits):
     """``silent``: per-second continuous refill, no rate headers, 429 without a delay."""
 
     name = "silent"
+    retry_style = ""
+    anthropic_body = False
 
     def headers(self, now: float, status: int, anthropic_route: bool) -> dict[str, str]:
         return {}
-
-    def refusal(
-        self, refused: Refusal, tokens: float, anthropic_route: bool
-    ) -> tuple[bool, str, str, dict[str, str]]:
-        unit = "tokens" if math.isinf(refused.wait) else refused.unit
-        return False, _message(refused, tokens), unit, {}
 
 
 class SharedLimits(OpenAILimits):
