@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -102,6 +103,11 @@ _TRACK_STEP = 1.0
 _TRACK_WEIGHT = 0.5
 _TRACK_LEVEL = 0.5
 _TRACK_CLOSE = 5.0
+#: The rate delivered lately (what a probe falls back to after a 429 from a server that
+#: enforces in frames): answers counted about once a second, over up to this many
+#: samples, and over at least this many seconds.
+_DELIVERED_SAMPLES = 12
+_DELIVERED_SPAN = 5.0
 #: The least share of an advertised limit the limiter keeps.
 _SHARE_MIN = 0.05
 #: A remaining count this recent (seconds), and at least this share of the most seen,
@@ -237,8 +243,15 @@ class RateControl:
             self.learned = ceiling
         return self.update()
 
-    def rate_limited(self, now: float) -> bool:
-        """A rate 429 said the server's bucket is empty: decrease (once per hold)."""
+    def rate_limited(self, now: float, delivered: float | None = None) -> bool:
+        """A rate 429 said the server's bucket is empty: decrease (once per hold).
+
+        ``delivered`` is what the server let through over the last several seconds,
+        per minute, if known. Past slow start, probing drops to it when that is lower
+        than the multiplicative decrease: a server that enforces in frames (Azure's
+        10 s) admits a burst at the start of each frame, so a probe can climb far above
+        the enforced rate between two 429s; what got through is that rate.
+        """
         if now - self._cut_at < _HOLD:
             return False
         self._cut_at = now
@@ -247,10 +260,12 @@ class RateControl:
             self._back_at = now
             return self.update()
         current = min(self.learned, self.rate)
-        beta = _BETA_SLOW_START if self.slow_start else _BETA
+        cut = current * (_BETA_SLOW_START if self.slow_start else _BETA)
+        if delivered is not None and not self.slow_start and delivered < cut:
+            current = cut = delivered
         self.slow_start = False
         self.peak = current
-        self.learned = max(self.floor, current * beta)
+        self.learned = max(self.floor, cut)
         self._probe_at = now
         return self.update()
 
@@ -436,7 +451,7 @@ class LearningLimiter:
         pause grows for them to go at the new rate on average.
         """
         now = self._clock.now()
-        if self.requests.rate_limited(now):
+        if self.requests.rate_limited(now, self._delivered(now)):
             self._apply("requests", "rate_limited")
         rate = self.requests.rate
         if delay is None or not delay > 0.0:
@@ -444,6 +459,10 @@ class LearningLimiter:
         if booked > 0.0 and 0.0 < rate < old:
             delay += booked * 60.0 * (1.0 / rate - 1.0 / old)
         self.pause_until(now + delay)
+
+    def _delivered(self, now: float) -> float | None:
+        """Calls the server answered per minute lately, if this limiter counts them."""
+        return None
 
     def _apply(self, unit: str, reason: str) -> None:  # pragma: no cover - subclasses
         """Put the rate of ``unit``'s control in force; then :meth:`_report` it."""
@@ -542,6 +561,8 @@ class AdaptiveLimiter(LearningLimiter):
         self._multi = self._build()
         self._seen_limits: tuple[str | None, str | None] = (None, None)
         self._admitted = 0.0  # calls the server answered (it admitted them)
+        # (clock time, _admitted) about once a second, for the rate delivered lately
+        self._counts: deque[tuple[float, float]] = deque(maxlen=_DELIVERED_SAMPLES)
 
     # -- construction helpers -------------------------------------------------------
     def _token_bucket(self, rate: float) -> TokenBucketRateLimiter:
@@ -618,6 +639,10 @@ class AdaptiveLimiter(LearningLimiter):
     def on_success(self) -> None:
         """An attempt was answered: probe upward while callers are held back by the rate."""
         self._admitted += 1.0
+        counts = self._counts
+        now = self._clock.now()
+        if not counts or now - counts[-1][0] >= 1.0:
+            counts.append((now, self._admitted))
         control = self.requests
         if control.advertised is not None and control.share >= 1.0:
             return
@@ -625,8 +650,15 @@ class AdaptiveLimiter(LearningLimiter):
         # Probe only while the rate binds: the bucket is (nearly) empty.
         if bucket.tokens >= bucket.max_tokens * 0.5:
             return
-        if control.succeeded(self._clock.now()):
+        if control.succeeded(now):
             self._apply("requests", "probe")
+
+    def _delivered(self, now: float) -> float | None:
+        counts = self._counts
+        if not counts or now - counts[0][0] < _DELIVERED_SPAN:
+            return None
+        start, before = counts[0]
+        return (self._admitted - before) / (now - start) * 60.0
 
     def on_rate_limited(self, delay: float | None, *, empty: bool) -> None:
         """A rate 429: with ``empty`` the server's bucket is empty, so pause and slow down.
