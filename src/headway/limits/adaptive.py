@@ -654,8 +654,10 @@ class AdaptiveLimiter(LearningLimiter):
             self._apply("requests", "probe")
 
     def _delivered(self, now: float) -> float | None:
+        # Only for a server that reports remaining counts (frames do: Azure); after a
+        # silent server's 429 everyone paused, so what got through understates its rate.
         counts = self._counts
-        if not counts or now - counts[0][0] < _DELIVERED_SPAN:
+        if not counts or now - counts[0][0] < _DELIVERED_SPAN or not self.requests.capacity:
             return None
         start, before = counts[0]
         return (self._admitted - before) / (now - start) * 60.0
