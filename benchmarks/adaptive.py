@@ -16,7 +16,9 @@ Reported per case, from the server's journal (arrival times, as the server saw t
 
 * **achieved**: requests admitted per minute after the first ``--warmup`` seconds, as a
   fraction of the real limit (for ``shared``, of the limit: another client takes
-  0-80% of it by turns, so the fraction is bounded by what is left);
+  0-80% of it by turns, so the fraction is bounded by what is left: the refill the
+  other client leaves over the counted span, plus what the server's bucket held at its
+  start less what it holds at its end);
 * **429 share**: answers that were 429, of all answers;
 * **failed**: calls that raised (a line written as failed by ``headway run``);
 * **max/min**: the most admissions in any 60 s window scaled from the busiest 10 s one,
@@ -81,7 +83,15 @@ async def one_case(profile: str, ceiling: float | None, args: argparse.Namespace
                     except APIClientError:
                         failed += 1
 
+            async def level_at(when: float) -> float:
+                # The server's requests bucket at clock time `when` (the shared profile).
+                await asyncio.sleep(max(0.0, when - loop.time()))
+                meter = api.limits.meters(loop.time())[0]
+                return float(meter.level) if meter is not None else 0.0
+
+            levels = asyncio.gather(level_at(t0 + args.warmup), level_at(end))
             await asyncio.gather(*(worker() for _ in range(args.workers)))
+            level_start, level_end = await levels
             limiter = endpoint.policy.limiter
             in_force = limiter.rate_in_force() if limiter is not None else None  # type: ignore[attr-defined]
         entries = list(api.requests)
@@ -92,6 +102,10 @@ async def one_case(profile: str, ceiling: float | None, args: argparse.Namespace
                 t0 + args.warmup + i * 0.1 for i in range(int((args.seconds - args.warmup) * 10))
             ]
             available = sum(1.0 - other(t) for t in steps) / max(1, len(steps))
+            # What the bucket held at the start of the count and still holds at its end
+            # is available too (a few seconds' worth moves the share by much in 10 s).
+            span = args.seconds - args.warmup
+            available += (level_start - level_end) / (limit / 60.0 * span) if span > 0 else 0.0
         else:
             available = 1.0
     admitted = sorted(r.time - t0 for r in entries if r.status == 200)

@@ -8,6 +8,7 @@ its own; the Endpoint and ``headway run`` tests cover the wiring.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -302,3 +303,104 @@ async def test_reserve_slot_pause_sync_and_events() -> None:
     assert changed[0].data["limited_by"] == "server"
     assert limiter.rate_in_force() == (30.0, "server")
     assert limiter.rate_in_force("tokens") == (300.0, "server")
+
+
+@pytest.mark.virtual_time
+async def test_shared_bucket_is_followed_from_its_remaining_counts() -> None:
+    """Another client takes 0% -> 50% -> 80% -> 0% of a 5 s bucket: follow what it leaves."""
+    limit = 1200.0
+    async with FakeAPI(profile="shared", rpm=limit, burst=limit / 60.0 * 5.0) as api:
+        shared = api.limits
+        limiter = AdaptiveLimiter()
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 10.0  # after the start (probing begins at 60/min)
+
+        async def level_then() -> float:
+            await asyncio.sleep(10.0)
+            meter = shared.meters(loop.time())[0]
+            assert meter is not None
+            return meter.level
+
+        level_task = asyncio.create_task(level_then())
+        out = await drive(api, limiter, 1000, workers=32)
+        end = out.done_at[-1]
+        level_at_start = await level_task
+        meter = shared.meters(end)[0]
+        assert meter is not None
+        other = shared.other_share  # type: ignore[attr-defined]
+        steps = [start + 0.05 + i * 0.1 for i in range(int((end - start) / 0.1))]
+        # what the other client leaves, plus what the bucket held at the start and spent
+        available = sum(1.0 - other(t) for t in steps) / len(steps) * limit
+        available += (level_at_start - meter.level) / (end - start) * 60.0
+    assert out.failed == []
+    assert out.rate_limited <= 0.02 * (out.ok + out.rate_limited), out.rate_limited
+    achieved = len([t for t in out.done_at if t >= start]) / (end - start) * 60.0
+    assert achieved >= 0.9 * available, (achieved, available)
+    assert limiter.requests.others >= 0.0
+
+
+async def test_headerless_429_right_after_room_was_reported_backs_off_alone() -> None:
+    clock = ManualClock()
+    limiter = AdaptiveLimiter(rpm=3000, clock=clock)
+    full = {"x-ratelimit-limit-requests": "3000", "x-ratelimit-remaining-requests": "2990"}
+    limiter.observe_headers(full)
+    before = limiter.rate_in_force()
+    limiter.on_rate_limited(0.1, empty=True)  # a 429 with only Retry-After: chaos, not rate
+    assert limiter.rate_in_force() == before
+    assert limiter.limiters[0].paused_until is None
+    clock.advance(3.0)  # the room reported is stale now: the 429 speaks for the bucket
+    limiter.on_rate_limited(0.1, empty=True)
+    assert limiter.limiters[0].paused_until is not None
+    limiter.observe_headers({**full, "x-ratelimit-remaining-requests": "0"})
+    clock.advance(1.0)
+    limiter.on_rate_limited(None, empty=True)  # the server said 0 left: it is the bucket
+    assert limiter.rate_limited_count == 3
+    rate = limiter.rate_in_force()
+    assert rate is not None
+    assert rate[0] < 3000
+
+
+def test_tracking_needs_an_advertised_limit_and_a_refilling_bucket() -> None:
+    c = RateControl(ceiling=None, start=60.0)
+    assert not c.track(20.0, 0.0, None)  # a fixed window: only the level is noted
+    assert (c.left, c.capacity) == (20.0, 20.0)
+    assert not c.track(9.0, 0.0, 0.0)  # nothing advertised: nothing to follow
+    c.advertise(600.0, 0.0)
+    assert not c.track(9.0, 0.5, 1.0)  # less than a step since the mark
+    # one second: 10 refilled, we took 2, the level fell by 4: others took 12 (720/min)
+    assert c.track(5.0, 1.0, 2.0)
+    assert c.others == pytest.approx(0.5 * 720.0)
+    assert c.rate == pytest.approx(600.0 - 360.0 - 5.0 * 60.0 / 5.0)  # refill to half full
+    assert c.has_room(1.5) is True
+    assert c.has_room(10.0) is False  # stale
+
+
+@pytest.mark.virtual_time
+async def test_frame_server_without_headers_is_not_probed_far_above_its_limit() -> None:
+    """Azure admits limit/6 per 10 s frame and says no limit: a probe may climb between
+    two 429s (each frame starts with a burst); after a 429 it drops to what got through."""
+    limit = 1200.0
+    async with FakeAPI(profile="azure", rpm=limit) as api:
+        limiter = AdaptiveLimiter()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        rates: list[float] = []
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(5.0)
+                if loop.time() - t0 >= 40.0:
+                    rates.append(limiter.requests.rate)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            out = await drive(api, limiter, 1600, workers=32)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+    assert out.failed == []
+    assert out.rate_limited <= 0.02 * out.ok
+    assert rates
+    assert max(rates) <= 1.5 * limit, rates
+    assert rate_after(out, t0 + 20.0) >= 0.9 * limit

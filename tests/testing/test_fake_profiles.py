@@ -128,16 +128,30 @@ async def test_silent_profile_has_no_rate_headers() -> None:
 
 @pytest.mark.virtual_time
 async def test_shared_profile_other_client_drains_by_phase() -> None:
-    limits = SharedLimits(rpm=600, burst=600, phases=(0.0, 0.5), phase=10.0)
+    limits = SharedLimits(rpm=600, burst=20, phases=(0.0, 0.5), phase=10.0)
     assert limits.other_share(0.0) == 0.0
     async with FakeAPI(profile=limits) as api, aiohttp.ClientSession() as s:
         await post(s, api)  # starts the schedule
-        await asyncio.sleep(5.0)  # phase 0: nobody else; the bucket stays full
+        for _ in range(10):
+            await post(s, api)  # phase 0: only we draw
+        _, h0, _ = await post(s, api)
+        await asyncio.sleep(1.0)  # phase 0: the bucket refills at the whole 10/s
         _, h1, _ = await post(s, api)
-        await asyncio.sleep(10.0)  # 5 s of phase 1: the other takes 0.5 * 10/s * 5 s
+        await asyncio.sleep(9.0)  # phase 1 begins: full again
+        for _ in range(10):
+            await post(s, api)
         _, h2, _ = await post(s, api)
-    assert int(h1["x-ratelimit-remaining-requests"]) >= 597
-    assert int(h2["x-ratelimit-remaining-requests"]) == pytest.approx(597 - 25, abs=2)
+        await asyncio.sleep(1.0)  # the other client takes half the refill
+        _, h3, _ = await post(s, api)
+        await asyncio.sleep(30.0)  # a quiet spell: refill and draw as they happened
+        _, h4, _ = await post(s, api)
+
+    def left(h: Any) -> int:
+        return int(h["x-ratelimit-remaining-requests"])
+
+    assert left(h1) == pytest.approx(left(h0) + 10 - 1, abs=1)
+    assert left(h3) == pytest.approx(left(h2) + 5 - 1, abs=1)
+    assert left(h4) == 19  # full (20) less the request itself: a share < 1 never empties it
     assert limits.other_share(limits._origin + 15.0) == 0.5  # type: ignore[operator]
 
 

@@ -117,20 +117,7 @@ def check_exactly_once(input_path: Path, output_path: Path) -> tuple[int, list[s
 )
 @click.option("--summary-json", type=click.Path(dir_okay=False, path_type=Path))
 @_progress_options
-def demo(
-    n_requests: int,
-    rpm: float,
-    tpm: float | None,
-    concurrency: int,
-    max_attempts: int,
-    timeout: float,
-    chaos: bool,
-    seed: int,
-    workdir: Path | None,
-    summary_json: Path | None,
-    progress: str,
-    quiet: bool,
-) -> int:
+def demo(workdir: Path | None, summary_json: Path | None, **options: Any) -> int:
     """Run a batch against a local fake API: no network, no key, under a minute.
 
     Starts a fake OpenAI-compatible server on 127.0.0.1 with a rate limit and chaos (10%
@@ -142,21 +129,7 @@ def demo(
     if workdir is None:
         workdir = Path(tempfile.mkdtemp(prefix="headway-demo-"))
     try:
-        return _demo(
-            workdir,
-            temporary=temporary,
-            n_requests=n_requests,
-            rpm=rpm,
-            tpm=tpm,
-            concurrency=concurrency,
-            max_attempts=max_attempts,
-            timeout=timeout,
-            chaos=chaos,
-            seed=seed,
-            summary_json=summary_json,
-            progress=progress,
-            quiet=quiet,
-        )
+        return _demo(workdir, summary_json, temporary=temporary, **options)
     finally:
         if temporary:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -164,19 +137,13 @@ def demo(
 
 def _demo(
     workdir: Path,
+    summary_json: Path | None,
     *,
     temporary: bool,
     n_requests: int,
-    rpm: float,
-    tpm: float | None,
-    concurrency: int,
-    max_attempts: int,
-    timeout: float,
-    chaos: bool,
-    seed: int,
-    summary_json: Path | None,
     progress: str,
     quiet: bool,
+    **limits: Any,
 ) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     input_path = workdir / "requests.jsonl"
@@ -189,27 +156,17 @@ def _demo(
     console = Console()
     console.print(
         f"[bold]headway demo[/]: {n_requests} chat requests to a local fake API at "
-        f"{rpm:g} RPM" + (" with chaos (10% 429s, 5% 503s, 1% resets)" if chaos else "")
+        f"{limits['rpm']:g} RPM"
+        + (" with chaos (10% 429s, 5% 503s, 1% resets)" if limits["chaos"] else "")
     )
     runner = BatchRunner(
         _no_sender,
         input_path,
         output_path,
-        concurrency=concurrency,
+        concurrency=limits["concurrency"],
         progress=_make_progress(progress, quiet=quiet),
     )
-    asyncio.run(
-        _demo_async(
-            runner,
-            rpm=rpm,
-            tpm=tpm,
-            concurrency=concurrency,
-            max_attempts=max_attempts,
-            timeout=timeout,
-            chaos=chaos,
-            seed=seed,
-        )
-    )
+    asyncio.run(_demo_async(runner, **limits))
     return _report_demo(
         runner, console, input_path, output_path, n_requests, summary_json, temporary=temporary
     )

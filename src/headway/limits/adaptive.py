@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -53,7 +54,17 @@ from headway.limits._reservation import Reservation
 from headway.limits.bucket import TokenBucketRateLimiter
 from headway.limits.multi import MultiLimiter
 
-__all__ = ["RATE_CHANGED", "AdaptiveLimiter", "RateChanged", "RateControl"]
+__all__ = [
+    "RATE_CHANGED",
+    "STATE_FIELDS",
+    "AdaptiveLimiter",
+    "LearningLimiter",
+    "RateChanged",
+    "RateControl",
+    "SharedLearningLimiter",
+    "check_ceilings",
+    "limit_headers",
+]
 
 #: Event kind of :class:`RateChanged`, published on every change of the rate in force.
 RATE_CHANGED = "limiter.rate_changed"
@@ -84,6 +95,26 @@ _FLOOR_SHARE = 0.01
 _HORIZON = 0.5
 #: Relative change of the rate in force worth an event.
 _REPORT = 0.02
+#: Following a bucket the server reports (remaining counts): seconds between two
+#: estimates of what others draw, the weight of a new estimate, the level aimed at (a
+#: share of the most the bucket was seen to hold), and how many seconds a gap between
+#: that level and the one reported takes to close.
+_TRACK_STEP = 1.0
+_TRACK_WEIGHT = 0.5
+_TRACK_LEVEL = 0.5
+_TRACK_CLOSE = 5.0
+#: The rate delivered lately (what a probe falls back to after a 429 from a server that
+#: enforces in frames): answers counted about once a second, over up to this many
+#: samples, and over at least this many seconds.
+_DELIVERED_SAMPLES = 12
+_DELIVERED_SPAN = 5.0
+#: The least share of an advertised limit the limiter keeps.
+_SHARE_MIN = 0.05
+#: A remaining count this recent (seconds), and at least this share of the most seen,
+#: says the server's bucket has room: a 429 without rate headers then concerns that one
+#: request (it backs off alone), not the bucket.
+_FRESH = 2.0
+_ROOM = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +149,16 @@ class RateControl:
     __slots__ = (
         "_back_at",
         "_cut_at",
+        "_mark",
         "_probe_at",
         "advertised",
+        "capacity",
         "ceiling",
         "floor",
         "learned",
+        "left",
+        "left_at",
+        "others",
         "peak",
         "rate",
         "share",
@@ -140,6 +176,11 @@ class RateControl:
         self._cut_at = -math.inf
         self._probe_at: float | None = None
         self._back_at: float | None = None
+        self.capacity = 0.0  # the most the server's bucket was seen to hold
+        self.left = 0.0  # its latest remaining count, read at clock time left_at
+        self.left_at = -math.inf
+        self.others = 0.0  # what others draw from it, per minute (estimated)
+        self._mark: tuple[float, float, float] | None = None
         self.rate = self._target()
 
     def _target(self) -> float:
@@ -202,125 +243,159 @@ class RateControl:
             self.learned = ceiling
         return self.update()
 
-    def rate_limited(self, now: float) -> bool:
-        """A rate 429 said the server's bucket is empty: decrease (once per hold)."""
+    def rate_limited(self, now: float, delivered: float | None = None) -> bool:
+        """A rate 429 said the server's bucket is empty: decrease (once per hold).
+
+        ``delivered`` is what the server let through over the last several seconds,
+        per minute, if known. Past slow start, probing drops to it when that is lower
+        than the multiplicative decrease: a server that enforces in frames (Azure's
+        10 s) admits a burst at the start of each frame, so a probe can climb far above
+        the enforced rate between two 429s; what got through is that rate.
+        """
         if now - self._cut_at < _HOLD:
             return False
         self._cut_at = now
         if self.advertised is not None:
-            self.share = max(0.1, self.share * _SHARE_CUT)
+            self.share = max(_SHARE_MIN, self.share * _SHARE_CUT)
             self._back_at = now
             return self.update()
         current = min(self.learned, self.rate)
-        beta = _BETA_SLOW_START if self.slow_start else _BETA
+        cut = current * (_BETA_SLOW_START if self.slow_start else _BETA)
+        if delivered is not None and not self.slow_start and delivered < cut:
+            current = cut = delivered
         self.slow_start = False
         self.peak = current
-        self.learned = max(self.floor, current * beta)
+        self.learned = max(self.floor, cut)
         self._probe_at = now
         return self.update()
 
+    def has_room(self, now: float) -> bool:
+        """Whether a recent remaining count says the server's bucket has room."""
+        return (
+            now - self.left_at <= _FRESH and self.left >= 2.0 and self.left >= _ROOM * self.capacity
+        )
 
-class AdaptiveLimiter:
-    """Pace calls at the server's real limit, never above the user's ceiling.
+    def track(self, remaining: float, now: float, sent: float | None) -> bool:
+        """Follow the server's bucket: it holds ``remaining`` at ``now``.
 
-    Args:
-        rpm: requests per minute the user allows at most (a ceiling), or ``None``.
-        tpm: tokens per minute the user allows at most (a ceiling), or ``None``. Without
-            it, tokens are limited only once the server advertises a token limit.
-        start_rpm: where probing starts when the server advertises nothing (default 60,
-            or the ceiling if lower).
-        burst_seconds: the burst allowed, in seconds of the rate in force (at least one
-            request), once the server's limit is known (while probing: one request).
-            Providers enforce per second or per few seconds; keep it small.
-        clock: where time is read and slept (default: the running loop's clock).
-        name: shown in events.
-        listeners: called with a :class:`RateChanged` event on every change of the rate
-            in force (which also goes to the global listeners and the ``headway`` logger).
+        ``sent`` counts every call of ours the server admitted so far (``None``: the
+        bucket does not refill continuously; only its level is noted). Once a second,
+        what others draw from the same bucket is estimated from the refill the
+        advertised limit gives, our admissions and the change of the level; the share
+        of the limit in force becomes what they leave, corrected to keep the bucket
+        about half full (so neither a 429 nor an overflow wastes the limit). ``True``
+        if the rate moved.
+        """
+        if remaining > self.capacity:
+            self.capacity = remaining
+        self.left, self.left_at = remaining, now
+        limit = self.advertised
+        mark = self._mark
+        if sent is None:
+            return False
+        if limit is None or mark is None:
+            self._mark = (now, remaining, sent)
+            return False
+        start, before, sent_before = mark
+        elapsed = now - start
+        if elapsed < _TRACK_STEP:
+            return False
+        self._mark = (now, remaining, sent)
+        seen = (limit * elapsed / 60.0 - (sent - sent_before) - (remaining - before)) / elapsed
+        seen = max(0.0, seen * 60.0)
+        full = self.capacity - 1.0
+        if before >= full or remaining >= full:
+            seen = min(seen, self.others)  # the refill overflowed: only an upper bound
+        self.others += _TRACK_WEIGHT * (seen - self.others)
+        aim = _TRACK_LEVEL * self.capacity
+        rate = limit - self.others + (remaining - aim) * 60.0 / _TRACK_CLOSE
+        self.share = min(1.0, max(_SHARE_MIN, rate / limit))
+        self._back_at = now
+        return self.update()
 
-    Satisfies :class:`~headway.limits.Limiter`: a :class:`~headway.Policy` or an
-    :class:`~headway.http.Endpoint` takes it where a :class:`MultiLimiter` would go.
+
+def limit_headers(headers: Mapping[str, str]) -> tuple[str | None, ...]:
+    """The request and token figures of a response, as the server wrote them.
+
+    Returns ``(requests_limit, tokens_limit, requests_left, tokens_left,
+    requests_reset)`` from OpenAI's ``x-ratelimit-*`` or Anthropic's
+    ``anthropic-ratelimit-*`` headers, ``None`` where absent (a reset figure marks a
+    continuously refilled bucket). ``headers`` must be case-insensitive, or a ``dict``
+    with lower-case names.
+    """
+    get = headers.get
+    return (
+        get("x-ratelimit-limit-requests") or get("anthropic-ratelimit-requests-limit"),
+        get("x-ratelimit-limit-tokens") or get("anthropic-ratelimit-tokens-limit"),
+        get("x-ratelimit-remaining-requests") or get("anthropic-ratelimit-requests-remaining"),
+        get("x-ratelimit-remaining-tokens") or get("anthropic-ratelimit-tokens-remaining"),
+        get("x-ratelimit-reset-requests") or get("anthropic-ratelimit-requests-reset"),
+    )
+
+
+def check_ceilings(rpm: float | None, tpm: float | None, burst_seconds: float) -> None:
+    """Refuse ceilings that are not numbers > 0 (or ``None``) and a burst that is not > 0."""
+    for what, value in (("rpm", rpm), ("tpm", tpm)):
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise ConfigurationError(f"{what} must be a number > 0 or None, got {value!r}")
+    if not (burst_seconds > 0 and math.isfinite(burst_seconds)):
+        raise ConfigurationError(f"burst_seconds must be > 0, got {burst_seconds!r}")
+
+
+class LearningLimiter:
+    """What every limiter that learns the server's limit shares (local, Redis, Ray).
+
+    Holds a :class:`RateControl` per unit, the display methods, the burst rule and the
+    :class:`RateChanged` events. A subclass says how its buckets take a new rate
+    (:meth:`_apply`) and where pauses go (:meth:`pause_until`).
     """
 
-    def __init__(
+    name: str | None
+    burst_seconds: float
+    listeners: tuple[EventListener, ...]
+    requests: RateControl
+    tokens: RateControl | None
+    rate_limited_count: int
+    _clock: Clock
+    _reported: dict[str, float]
+
+    def _learn(
         self,
         *,
-        rpm: float | None = None,
-        tpm: float | None = None,
-        start_rpm: float = _START_RPM,
-        burst_seconds: float = 1.0,
-        clock: Clock | None = None,
-        name: str | None = None,
-        listeners: tuple[EventListener, ...] = (),
+        rpm: float | None,
+        tpm: float | None,
+        start_rpm: float,
+        burst_seconds: float,
+        clock: Clock | None,
+        name: str | None,
+        listeners: tuple[EventListener, ...],
     ) -> None:
-        for what, value in (("rpm", rpm), ("tpm", tpm)):
-            if value is not None and not (value > 0 and math.isfinite(value)):
-                raise ConfigurationError(f"{what} must be a number > 0 or None, got {value!r}")
+        check_ceilings(rpm, tpm, burst_seconds)
         if not (start_rpm > 0 and math.isfinite(start_rpm)):
             raise ConfigurationError(f"start_rpm must be a number > 0, got {start_rpm!r}")
-        if not (burst_seconds > 0 and math.isfinite(burst_seconds)):
-            raise ConfigurationError(f"burst_seconds must be > 0, got {burst_seconds!r}")
         self.name = name
         self.burst_seconds = float(burst_seconds)
         self._clock = resolve_clock(clock)
-        self.listeners: tuple[EventListener, ...] = tuple(listeners)
+        self.listeners = tuple(listeners)
         self.requests = RateControl(ceiling=rpm, start=start_rpm)
-        self.tokens: RateControl | None = (
-            None if tpm is None else RateControl(ceiling=tpm, start=tpm)
-        )
-        if self.tokens is not None:
-            self.tokens.learned = tpm  # type: ignore[assignment]  # tokens are not probed
-            self.tokens.rate = self.tokens._target()
-        self._rpm_bucket = TokenBucketRateLimiter(
-            self.requests.rate,
-            60.0,
-            max_tokens=self._burst(self.requests.rate),
-            clock=self._clock,
-            name="rpm",
-            unit="requests",
-        )
-        self._tpm_bucket: TokenBucketRateLimiter | None = None
-        if self.tokens is not None:
-            self._tpm_bucket = self._token_bucket(self.tokens.rate)
-        self._multi = self._build()
-        self._reported = {"requests": self.requests.rate}
-        if self.tokens is not None:
-            self._reported["tokens"] = self.tokens.rate
-        self._seen_limits: tuple[str | None, str | None] = (None, None)
+        self.tokens = None
+        if tpm is not None:  # tokens are not probed: the ceiling holds until advertised
+            self.tokens = RateControl(ceiling=tpm, start=tpm)
+            self._reported = {"tokens": self.tokens.rate}
+        else:
+            self._reported = {}
+        self._reported["requests"] = self.requests.rate
         self.rate_limited_count = 0
 
-    # -- construction helpers -------------------------------------------------------
     def _burst(self, rate: float) -> float:
         if self.requests.advertised is None:
             return 1.0  # probing: the rate is a guess, so no burst on top of it
         return max(1.0, rate / 60.0 * self.burst_seconds)
 
-    def _token_bucket(self, rate: float) -> TokenBucketRateLimiter:
-        # A token limit's capacity bounds the largest single call: a minute's worth.
-        return TokenBucketRateLimiter(
-            rate,
-            60.0,
-            max_tokens=rate,
-            initial_tokens=min(rate, max(rate / 60.0 * self.burst_seconds, 1.0)),
-            clock=self._clock,
-            name="tpm",
-            unit="tokens",
-        )
-
-    def _build(self) -> MultiLimiter:
-        limiters = [self._rpm_bucket]
-        if self._tpm_bucket is not None:
-            limiters.append(self._tpm_bucket)
-        return MultiLimiter(limiters, clock=self._clock, name=self.name)
-
     @property
     def clock(self) -> Clock:
         """The clock this limiter reads and sleeps through."""
         return self._clock
-
-    @property
-    def limiters(self) -> tuple[TokenBucketRateLimiter, ...]:
-        """The buckets in force (requests, and tokens once a token limit is known)."""
-        return self._multi.limiters
 
     # -- what a display needs ----------------------------------------------------------
     def rate_in_force(self, unit: str = "requests") -> tuple[float, Source] | None:
@@ -344,6 +419,174 @@ class AdaptiveLimiter:
             elif unit == "requests" and not control.slow_start:
                 out[unit] = control.learned
         return out
+
+    # -- pausing -------------------------------------------------------------------------
+    def pause_until(self, when: float) -> None:  # pragma: no cover - every subclass has it
+        """Admit nobody before clock time ``when``."""
+        raise NotImplementedError
+
+    def pause(self, seconds: float) -> None:
+        """Admit nobody for ``seconds`` from now: :meth:`pause_until` ``now + seconds``."""
+        self.pause_until(self._clock.now() + seconds)
+
+    def sync(self, *args: Any, **kwargs: Any) -> None:
+        """``sync(unit, remaining, reset_after=None, limit=None)``: lower ``unit``'s level.
+
+        The level drops to the server's ``remaining`` figure (never rises): the
+        :class:`~headway.limits.Limiter` protocol's ``sync``, on the bucket in force.
+        """
+        self._pacer().sync(*args, **kwargs)
+
+    def _pacer(self) -> Any:  # pragma: no cover - every subclass has it
+        """The bucket (or buckets) the calls are paced on."""
+        raise NotImplementedError
+
+    def _rate_limited_pause(
+        self, delay: float | None, booked: float = 0.0, old: float = 0.0
+    ) -> None:
+        """After a rate 429 that emptied the bucket: slow down, then pause everyone.
+
+        Without a ``delay`` from the server the pause lets one call's worth refill.
+        ``booked`` calls already booked at the ``old`` rate keep their spacing, so the
+        pause grows for them to go at the new rate on average.
+        """
+        now = self._clock.now()
+        if self.requests.rate_limited(now, self._delivered(now)):
+            self._apply("requests", "rate_limited")
+        rate = self.requests.rate
+        if delay is None or not delay > 0.0:
+            delay = 60.0 / rate
+        if booked > 0.0 and 0.0 < rate < old:
+            delay += booked * 60.0 * (1.0 / rate - 1.0 / old)
+        self.pause_until(now + delay)
+
+    def _delivered(self, now: float) -> float | None:
+        """Calls the server answered per minute lately, if this limiter counts them."""
+        return None
+
+    def _apply(self, unit: str, reason: str) -> None:  # pragma: no cover - subclasses
+        """Put the rate of ``unit``'s control in force; then :meth:`_report` it."""
+        raise NotImplementedError
+
+    def _report(self, unit: str, reason: str) -> None:
+        """Publish a :class:`RateChanged` for ``unit`` when worth it (small probes are not)."""
+        control = self.requests if unit == "requests" else self.tokens
+        assert control is not None
+        new = control.rate
+        old = self._reported.get(unit, new)
+        if reason == "probe" and abs(new - old) < _REPORT * old:
+            return
+        self._reported[unit] = new
+        if not events.enabled(logging.INFO, self.listeners):
+            return
+        limited_by = control.source
+        change = RateChanged(
+            RATE_CHANGED,
+            self.name,
+            {"unit": unit, "old": old, "new": new, "limited_by": limited_by, "reason": reason},
+            self._clock.now(),
+            logging.INFO,
+            unit=unit,
+            old=old,
+            new=new,
+            limited_by=limited_by,
+            reason=reason,
+        )
+        events.publish(change, self.listeners)
+
+    def __repr__(self) -> str:
+        rate, source = self.requests.rate, self.requests.source
+        who = f"{self.name!r}, " if self.name else ""
+        return f"{type(self).__name__}({who}rpm={rate:g} limited by {source})"
+
+
+class AdaptiveLimiter(LearningLimiter):
+    """Pace calls at the server's real limit, never above the user's ceiling.
+
+    Args:
+        rpm: requests per minute the user allows at most (a ceiling), or ``None``.
+        tpm: tokens per minute the user allows at most (a ceiling), or ``None``. Without
+            it, tokens are limited only once the server advertises a token limit.
+        start_rpm: where probing starts when the server advertises nothing (default 60,
+            or the ceiling if lower).
+        burst_seconds: the burst allowed, in seconds of the rate in force (at least one
+            request), once the server's limit is known (while probing: one request).
+            Providers enforce per second or per few seconds; keep it small.
+        clock: where time is read and slept (default: the running loop's clock).
+        name: shown in events.
+        listeners: called with a :class:`RateChanged` event on every change of the rate
+            in force (which also goes to the global listeners and the ``headway`` logger).
+
+    When the server reports what is left in its bucket (``x-ratelimit-remaining-*``)
+    and advertises its limit, the limiter follows that bucket: it estimates what other
+    clients of the same key draw and runs at what they leave, keeping the bucket about
+    half full, before any 429 comes. A 429 without rate headers right after the server
+    reported room is taken for that one request (it backs off alone).
+
+    Satisfies :class:`~headway.limits.Limiter`: a :class:`~headway.Policy` or an
+    :class:`~headway.http.Endpoint` takes it where a :class:`MultiLimiter` would go.
+    """
+
+    def __init__(
+        self,
+        *,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        start_rpm: float = _START_RPM,
+        burst_seconds: float = 1.0,
+        clock: Clock | None = None,
+        name: str | None = None,
+        listeners: tuple[EventListener, ...] = (),
+    ) -> None:
+        self._learn(
+            rpm=rpm,
+            tpm=tpm,
+            start_rpm=start_rpm,
+            burst_seconds=burst_seconds,
+            clock=clock,
+            name=name,
+            listeners=listeners,
+        )
+        self._rpm_bucket = TokenBucketRateLimiter(
+            self.requests.rate,
+            60.0,
+            max_tokens=self._burst(self.requests.rate),
+            clock=self._clock,
+            name="rpm",
+            unit="requests",
+        )
+        self._tpm_bucket: TokenBucketRateLimiter | None = None
+        if self.tokens is not None:
+            self._tpm_bucket = self._token_bucket(self.tokens.rate)
+        self._multi = self._build()
+        self._seen_limits: tuple[str | None, str | None] = (None, None)
+        self._admitted = 0.0  # calls the server answered (it admitted them)
+        # (clock time, _admitted) about once a second, for the rate delivered lately
+        self._counts: deque[tuple[float, float]] = deque(maxlen=_DELIVERED_SAMPLES)
+
+    # -- construction helpers -------------------------------------------------------
+    def _token_bucket(self, rate: float) -> TokenBucketRateLimiter:
+        # A token limit's capacity bounds the largest single call: a minute's worth.
+        return TokenBucketRateLimiter(
+            rate,
+            60.0,
+            max_tokens=rate,
+            initial_tokens=min(rate, max(rate / 60.0 * self.burst_seconds, 1.0)),
+            clock=self._clock,
+            name="tpm",
+            unit="tokens",
+        )
+
+    def _build(self) -> MultiLimiter:
+        limiters = [self._rpm_bucket]
+        if self._tpm_bucket is not None:
+            limiters.append(self._tpm_bucket)
+        return MultiLimiter(limiters, clock=self._clock, name=self.name)
+
+    @property
+    def limiters(self) -> tuple[TokenBucketRateLimiter, ...]:
+        """The buckets in force (requests, and tokens once a token limit is known)."""
+        return self._multi.limiters
 
     # -- reserving (the Limiter protocol) ----------------------------------------------
     def _queued(self) -> float:
@@ -389,23 +632,17 @@ class AdaptiveLimiter:
         """Admit nobody before clock time ``when``."""
         self._multi.pause_until(when)
 
-    def pause(self, seconds: float) -> None:
-        """Admit nobody for ``seconds`` from now."""
-        self._multi.pause(seconds)
-
-    def sync(
-        self,
-        unit: str,
-        remaining: float,
-        reset_after: float | None = None,
-        limit: float | None = None,
-    ) -> None:
-        """Lower the ``unit`` level to the server's ``remaining`` figure (never raise it)."""
-        self._multi.sync(unit, remaining, reset_after, limit)
+    def _pacer(self) -> MultiLimiter:
+        return self._multi
 
     # -- feedback ------------------------------------------------------------------------
     def on_success(self) -> None:
         """An attempt was answered: probe upward while callers are held back by the rate."""
+        self._admitted += 1.0
+        counts = self._counts
+        now = self._clock.now()
+        if not counts or now - counts[-1][0] >= 1.0:
+            counts.append((now, self._admitted))
         control = self.requests
         if control.advertised is not None and control.share >= 1.0:
             return
@@ -413,35 +650,33 @@ class AdaptiveLimiter:
         # Probe only while the rate binds: the bucket is (nearly) empty.
         if bucket.tokens >= bucket.max_tokens * 0.5:
             return
-        if control.succeeded(self._clock.now()):
+        if control.succeeded(now):
             self._apply("requests", "probe")
+
+    def _delivered(self, now: float) -> float | None:
+        # Only for a server that reports remaining counts (frames do: Azure); after a
+        # silent server's 429 everyone paused, so what got through understates its rate.
+        counts = self._counts
+        if not counts or now - counts[0][0] < _DELIVERED_SPAN or not self.requests.capacity:
+            return None
+        start, before = counts[0]
+        return (self._admitted - before) / (now - start) * 60.0
 
     def on_rate_limited(self, delay: float | None, *, empty: bool) -> None:
         """A rate 429: with ``empty`` the server's bucket is empty, so pause and slow down.
 
         ``delay`` is the server's wait (already capped by the caller), or ``None``. When
-        the bucket is not empty (``empty=False``) only that request backs off; the turn
-        it took is given back (the server did not count it).
+        the bucket is not empty (``empty=False``, or a 429 with no remaining count just
+        after the server reported room) only that request backs off; the turn it took is
+        given back (the server did not count it).
         """
         self.rate_limited_count += 1
         bucket = self._rpm_bucket
-        if not empty:
+        if not empty or self.requests.has_room(self._clock.now()):
             # The server refused this one call without counting it: its turn comes back.
             bucket.refund(1.0)
             return
-        now = self._clock.now()
-        old = bucket.rate
-        booked = -bucket.tokens  # calls already booked at the old rate
-        if self.requests.rate_limited(now):
-            self._apply("requests", "rate_limited")
-        if delay is None or not delay > 0.0:
-            # No word from the server: let the bucket refill one call's worth.
-            delay = 60.0 / self.requests.rate
-        if booked > 0.0 and bucket.rate < old:
-            # The calls booked keep their old spacing: pause longer, so that on average
-            # they go at the new rate.
-            delay += booked * 60.0 * (1.0 / bucket.rate - 1.0 / old)
-        self._multi.pause_until(now + delay)
+        self._rate_limited_pause(delay, -bucket.tokens, bucket.rate)
 
     def observe_headers(self, headers: Mapping[str, str]) -> None:
         """Read a response's limit headers: learn advertised limits, sync the levels.
@@ -449,23 +684,14 @@ class AdaptiveLimiter:
         ``headers`` should be case-insensitive (aiohttp's and httpx's are); a plain
         ``dict`` must use lower-case names. Cheap when nothing changed.
         """
-        get = headers.get
-        req_limit = get("x-ratelimit-limit-requests") or get("anthropic-ratelimit-requests-limit")
-        tok_limit = get("x-ratelimit-limit-tokens") or get("anthropic-ratelimit-tokens-limit")
+        req_limit, tok_limit, req_left, tok_left, req_reset = limit_headers(headers)
         if (req_limit, tok_limit) != self._seen_limits:
             self._seen_limits = (req_limit, tok_limit)
             self._advertised(req_limit, tok_limit)
-        req_left = get("x-ratelimit-remaining-requests") or get(
-            "anthropic-ratelimit-requests-remaining"
-        )
         if req_left is not None:
-            self._remaining("requests", req_left, req_limit)
-        if self._tpm_bucket is not None:
-            tok_left = get("x-ratelimit-remaining-tokens") or get(
-                "anthropic-ratelimit-tokens-remaining"
-            )
-            if tok_left is not None:
-                self._remaining("tokens", tok_left, tok_limit)
+            self._remaining("requests", req_left, req_limit, req_reset is not None)
+        if tok_left is not None and self._tpm_bucket is not None:
+            self._remaining("tokens", tok_left, tok_limit)
 
     def _advertised(self, req_limit: str | None, tok_limit: str | None) -> None:
         now = self._clock.now()
@@ -480,12 +706,18 @@ class AdaptiveLimiter:
             if self.tokens.advertise(value, now) or self._tpm_bucket is None:
                 self._apply("tokens", "advertised")
 
-    def _remaining(self, unit: str, left: str, limit: str | None) -> None:
+    def _remaining(self, unit: str, left: str, limit: str | None, refills: bool = False) -> None:
         remaining = _count(left)
         if remaining is None:
             return
-        total = _number(limit)
         control = self.requests if unit == "requests" else self.tokens
+        now = self._clock.now()
+        # Only a bucket that refills continuously (it says when it is full again) can be
+        # followed; a fixed window's count falls until the window ends.
+        sent = self._admitted if refills else None
+        if unit == "requests" and self.requests.track(remaining, now, sent):
+            self._apply(unit, "tracked")
+        total = _number(limit)
         if total is not None and remaining >= 0.5 * total:
             if control is not None and control.room():
                 self._apply(unit, "advertised")
@@ -499,7 +731,7 @@ class AdaptiveLimiter:
             remaining < 1.0
             and control is not None
             and control.advertised is not None
-            and control.rate_limited(self._clock.now())
+            and control.rate_limited(now)
         ):
             self._apply(unit, "rate_limited")
 
@@ -519,32 +751,140 @@ class AdaptiveLimiter:
             elif self._tpm_bucket.rate != control.rate:
                 self._tpm_bucket.rate = control.rate
                 self._tpm_bucket.max_tokens = control.rate
-        old = self._reported.get(unit, control.rate)
-        new = control.rate
-        if reason == "probe" and abs(new - old) < _REPORT * old:
-            return
-        self._reported[unit] = new
-        if not events.enabled(logging.INFO, self.listeners):
-            return
-        limited_by = control.source
-        change = RateChanged(
-            RATE_CHANGED,
-            self.name,
-            {"unit": unit, "old": old, "new": new, "limited_by": limited_by, "reason": reason},
-            self._clock.now(),
-            logging.INFO,
-            unit=unit,
-            old=old,
-            new=new,
-            limited_by=limited_by,
-            reason=reason,
-        )
-        events.publish(change, self.listeners)
+        self._report(unit, reason)
 
-    def __repr__(self) -> str:
-        rate, source = self.requests.rate, self.requests.source
-        who = f"{self.name!r}, " if self.name else ""
-        return f"AdaptiveLimiter({who}rpm={rate:g} limited by {source})"
+
+class SharedLearningLimiter(LearningLimiter):
+    """A :class:`LearningLimiter` whose bucket and learned rate many workers share.
+
+    The base of the Redis (and Ray) shared adaptive limiters: every worker runs the
+    requests control law on what it sees; what it learns is published, and every worker
+    adopts the newest state at most :attr:`sync_every` seconds later. A subclass holds
+    the shared bucket as :attr:`shared` (``reserve``, ``pause_until``, ``sync``) and
+    implements :meth:`_set_rate` and :meth:`sync_learned`.
+    """
+
+    #: The longest pause one 429 may impose on every worker (seconds).
+    max_shared_pause: float = 300.0
+    sync_every: float
+    shared: Any
+    _dirty: bool
+    _synced_at: float
+    _seen_limit: str | None
+
+    def _share(self, sync_every: float) -> None:
+        self.sync_every = float(sync_every)
+        self._dirty = False
+        self._synced_at = -math.inf
+        self._seen_limit = None
+
+    def rate_in_force(self, unit: str = "requests") -> tuple[float, Source] | None:
+        """The shared rate in force per minute and who sets it (requests only)."""
+        return super().rate_in_force() if unit == "requests" else None
+
+    def learned_limits(self) -> dict[str, float]:
+        """What the workers learned together, per minute (requests)."""
+        out = super().learned_limits()
+        out.pop("tokens", None)
+        return out
+
+    # -- the Limiter protocol ----------------------------------------------------------
+    def reserve_nowait(self, requests: float = 1.0, tokens: float = 0.0) -> None:
+        """Always ``None``: a shared reservation takes a round trip (await :meth:`reserve`)."""
+        return
+
+    async def reserve(
+        self, requests: float = 1.0, tokens: float = 0.0, *, max_wait: float | None = None
+    ) -> Any:
+        """Sync the learned rate (every ``sync_every`` s), then reserve on the shared bucket."""
+        if self._dirty or self._clock.now() - self._synced_at >= self.sync_every:
+            await self.sync_learned()
+        return await self.shared.reserve(requests, tokens, max_wait=max_wait)
+
+    def pause_until(self, when: float) -> None:
+        """Admit nobody, in any worker, before ``when`` (at most :attr:`max_shared_pause`)."""
+        self.shared.pause_until(min(when, self._clock.now() + self.max_shared_pause))
+
+    def _pacer(self) -> Any:
+        return self.shared
+
+    def on_success(self) -> None:
+        """An attempt was answered: probe upward (shared at the next sync)."""
+        c = self.requests
+        if c.advertised is not None and c.share >= 1.0:
+            return
+        if c.succeeded(self._clock.now()):
+            self._apply("requests", "probe")
+
+    def on_rate_limited(self, delay: float | None, *, empty: bool) -> None:
+        """A rate 429: when the server's bucket is empty, every worker pauses and slows."""
+        self.rate_limited_count += 1
+        if empty and not self.requests.has_room(self._clock.now()):
+            self._rate_limited_pause(delay)
+
+    def observe_headers(self, headers: Mapping[str, str]) -> None:
+        """Learn an advertised request limit; lower the shared level when little is left."""
+        limit, _, left_text, _, _ = limit_headers(headers)
+        if limit != self._seen_limit:
+            self._seen_limit = limit
+            value = _number(limit)
+            if value is not None and self.requests.advertise(value, self._clock.now()):
+                self._apply("requests", "advertised")
+        left = None if left_text is None else _count(left_text)
+        if left is None:
+            return
+        c = self.requests
+        if left > c.capacity:
+            c.capacity = left
+        c.left, c.left_at = left, self._clock.now()
+        total = _number(limit)
+        if total is None or left < 0.5 * total:
+            self.shared.sync("requests", left)
+
+    # -- sharing -------------------------------------------------------------------------
+    def _apply(self, unit: str, reason: str) -> None:
+        if reason != "shared":
+            self._dirty = True
+        c = self.requests
+        self._set_rate(c.rate, self._burst(c.rate))
+        self._report("requests", reason)
+
+    def _set_rate(self, rate: float, burst: float) -> None:  # pragma: no cover - subclasses
+        """Put ``rate`` per minute with ``burst`` in force on the shared bucket."""
+        raise NotImplementedError
+
+    async def sync_learned(self) -> None:  # pragma: no cover - subclasses
+        """Publish what this worker learned, or adopt what the others did."""
+        raise NotImplementedError
+
+    def learned_state(self) -> dict[str, str]:
+        """The requests control law's state, as text (what a worker publishes)."""
+        c = self.requests
+        return {
+            "adv": "" if c.advertised is None else repr(c.advertised),
+            "share": repr(c.share),
+            "learned": repr(c.learned),
+            "peak": repr(c.peak),
+            "slow": "1" if c.slow_start else "0",
+        }
+
+    def adopt(self, state: Mapping[str, str]) -> None:
+        """Take another worker's published state (from :meth:`learned_state`)."""
+        c = self.requests
+        adv = state.get("adv", "")
+        c.advertised = float(adv) if adv else None
+        c.share = float(state.get("share", "1"))
+        c.learned = float(state.get("learned", repr(c.learned)))
+        if c.ceiling is not None and c.learned > c.ceiling:
+            c.learned = c.ceiling
+        c.peak = float(state.get("peak", repr(c.peak)))
+        c.slow_start = state.get("slow", "1") == "1"
+        if c.update():
+            self._apply("requests", "shared")
+
+
+#: The fields of :meth:`SharedLearningLimiter.learned_state`.
+STATE_FIELDS = ("adv", "share", "learned", "peak", "slow")
 
 
 def _count(text: str) -> float | None:

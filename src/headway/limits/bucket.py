@@ -39,16 +39,14 @@ Giving back:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
-import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, Final, NoReturn, ParamSpec, TypeVar, overload
+from typing import Any, Final, NoReturn, ParamSpec, TypeVar
 
 from headway import events
-from headway._clock import LOOP_CLOCK, Clock, resolve_clock
+from headway._clock import Clock, now_function, resolve_clock
 from headway.errors import ConfigurationError, MaxWaitExceededError, RequestTooLargeError
 from headway.limits._reservation import (
     RATE_LIMITED_PAUSE,
@@ -70,17 +68,6 @@ _MAX_HOLES = 65_536
 UNITS: Final = ("requests", "tokens")
 
 _events_enabled = events.enabled
-_get_running_loop = asyncio.get_running_loop
-_monotonic = time.monotonic
-
-
-def _loop_now() -> float:
-    # LOOP_CLOCK.now() without the method call: the running loop's time (looked up now,
-    # so virtual time is seen), time.monotonic() outside a loop.
-    try:
-        return _get_running_loop().time()
-    except RuntimeError:
-        return _monotonic()
 
 
 def _positive(name: str, value: float) -> float:
@@ -196,7 +183,7 @@ class TokenBucketRateLimiter:
         self._is_requests = unit == "requests"
         self._rps = self._rate / self._period
         self._clock = resolve_clock(clock)
-        self._now = _loop_now if self._clock is LOOP_CLOCK else self._clock.now
+        self._now = now_function(self._clock)
         self._self = (self,)
         self._units = (self._is_requests,)
         self._level = level
@@ -217,10 +204,7 @@ class TokenBucketRateLimiter:
 
     @rate.setter
     def rate(self, value: float) -> None:
-        value = _positive("rate", value)
-        self._settle_time()
-        self._rate = value
-        self._rps = value / self._period
+        self._retime(_positive("rate", value), self._period)
 
     @property
     def period(self) -> float:
@@ -229,16 +213,16 @@ class TokenBucketRateLimiter:
 
     @period.setter
     def period(self, value: float) -> None:
-        value = _positive("period", value)
-        self._settle_time()
-        self._period = value
-        self._rps = self._rate / value
+        self._retime(self._rate, _positive("period", value))
 
-    def _settle_time(self) -> None:
-        # Bank the refill so far at the old rate before the rate changes.
+    def _retime(self, rate: float, period: float) -> None:
+        # Bank the refill so far at the old rate, then refill at the new one.
         now = self._now()
         self._level = self._refill(now)
         self._last = now
+        self._rate = rate
+        self._period = period
+        self._rps = rate / period
 
     @property
     def clock(self) -> Clock:
@@ -281,16 +265,24 @@ class TokenBucketRateLimiter:
         """
         if not 0.0 <= tokens <= self.max_tokens:
             self._refuse(tokens)
+        if self._take_at_once(tokens):
+            return 0.0
+        now = self._now()
+        return self._reserve_late(tokens, self._refill(now) - tokens, now, max_wait)
+
+    def _take_at_once(self, amount: float) -> bool:
+        # Take `amount` (0 <= amount <= max_tokens) if it may go now: the bucket holds
+        # it and nobody is queued.
         now = self._now()
         level = self._level + (now - self._last) * self._rps
         if level > self.max_tokens:
             level = self.max_tokens
-        level -= tokens
+        level -= amount
         if level >= 0.0 and now >= self._tail:
             self._level = level
             self._last = now
-            return 0.0
-        return self._reserve_late(tokens, level, now, max_wait)
+            return True
+        return False
 
     def _reserve_late(
         self, tokens: float, level: float, now: float, max_wait: float | None
@@ -463,16 +455,7 @@ class TokenBucketRateLimiter:
         amount = requests if self._is_requests else tokens
         if not 0.0 <= amount <= self.max_tokens or not (requests >= 0.0 and tokens >= 0.0):
             return False
-        now = self._now()
-        level = self._level + (now - self._last) * self._rps
-        if level > self.max_tokens:
-            level = self.max_tokens
-        level -= amount
-        if level >= 0.0 and now >= self._tail:
-            self._level = level
-            self._last = now
-            return True
-        return False
+        return self._take_at_once(amount)
 
     def reserve_nowait(
         self, requests: float = 1.0, tokens: float = 0.0, *, max_wait: float | None = None
@@ -487,17 +470,8 @@ class TokenBucketRateLimiter:
         if not (requests >= 0.0 and tokens >= 0.0):
             raise ValueError(f"requests and tokens must be >= 0, got {requests!r}, {tokens!r}")
         amount = requests if self._is_requests else tokens
-        if amount <= self.max_tokens:
-            # try_reserve()'s go-now path, inlined: the policy's hot path.
-            now = self._now()
-            level = self._level + (now - self._last) * self._rps
-            if level > self.max_tokens:
-                level = self.max_tokens
-            level -= amount
-            if level >= 0.0 and now >= self._tail:
-                self._level = level
-                self._last = now
-                return Granted(self, requests, tokens, amount)
+        if amount <= self.max_tokens and self._take_at_once(amount):
+            return Granted(self, requests, tokens, amount)
         delay = self.try_reserve(amount, max_wait=max_wait)
         if delay == 0.0:
             return Granted(self, requests, tokens, amount)
@@ -614,27 +588,6 @@ class TokenBucketRateLimiter:
 
     def on_success(self) -> None:
         """An attempt succeeded: nothing to learn for a fixed limit (a no-op)."""
-
-    @overload
-    def sync(
-        self,
-        remaining: float,
-        reset_after: float | None = None,
-        limit: float | None = None,
-        *,
-        in_flight: float = 0.0,
-    ) -> None: ...
-
-    @overload
-    def sync(
-        self,
-        unit: str,
-        remaining: float,
-        reset_after: float | None = None,
-        limit: float | None = None,
-        *,
-        in_flight: float = 0.0,
-    ) -> None: ...
 
     def sync(self, *args: Any, **kwargs: Any) -> None:
         """Lower the level to what the server says is left; never raise it.

@@ -167,11 +167,7 @@ class Limits:
                 meter.refill(now)
                 if isinstance(meter, _Window):
                     meter._now_hint = now
-        self._drain(now)
         return self._meters
-
-    def _drain(self, now: float) -> None:
-        """What another client takes from the meters (the ``shared`` profile)."""
 
     def restart(self) -> None:
         """Start over with full meters (at the next request)."""
@@ -223,19 +219,23 @@ class Limits:
                 out.update(_anthropic_unit(unit, limit, remaining, meter.reset_after()))
         return out
 
+    #: How a 429 says when to come back: ``"openai"`` (``retry-after`` and
+    #: ``retry-after-ms``), ``"seconds"`` (``retry-after``, whole seconds, at least 1),
+    #: ``"litellm"`` (``llm_provider-retry-after``) or ``""`` (not at all).
+    retry_style = "openai"
+    #: Anthropic's error body: always (``True``), never (``False``), or on Anthropic's
+    #: route only (``None``).
+    anthropic_body: bool | None = None
+
     def refusal(
         self, refused: Refusal, tokens: float, anthropic_route: bool
     ) -> tuple[bool, str, str, dict[str, str]]:
         """How to say 429: (Anthropic-shaped body?, message, error type, headers)."""
         message = _message(refused, tokens)
+        shaped = anthropic_route if self.anthropic_body is None else self.anthropic_body
         if math.isinf(refused.wait):
-            return anthropic_route, message, "tokens", {}
-        wait = refused.wait
-        headers = {
-            "retry-after": str(math.ceil(wait)),
-            "retry-after-ms": str(math.ceil(wait * 1000)),
-        }
-        return anthropic_route, message, refused.unit, headers
+            return shaped, message, "tokens", {}
+        return shaped, message, refused.unit, _retry_headers(self.retry_style, refused.wait)
 
     def error_body(self, message: str) -> dict[str, Any] | None:
         """A body replacing the usual error body of a 429 (``None``: the usual one)."""
@@ -252,6 +252,16 @@ def _anthropic_unit(unit: str, limit: str, remaining: str, reset_after: float) -
         f"anthropic-ratelimit-{unit}-remaining": remaining,
         f"anthropic-ratelimit-{unit}-reset": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+
+def _retry_headers(style: str, wait: float) -> dict[str, str]:
+    if style == "openai":
+        return {"retry-after": str(math.ceil(wait)), "retry-after-ms": str(math.ceil(wait * 1000))}
+    if style == "seconds":
+        return {"retry-after": str(max(1, math.ceil(wait)))}
+    if style == "litellm":
+        return {"llm_provider-retry-after": str(wait)}
+    return {}
 
 
 def _message(refused: Refusal, tokens: float) -> str:
@@ -282,6 +292,8 @@ class AzureLimits(Limits):
 
     name = "azure"
     tokens_at_admission = True
+    retry_style = "seconds"
+    anthropic_body = False
     frame = 10.0
 
     def _make(self, now: float) -> tuple[_Meter | None, _Meter | None]:
@@ -296,20 +308,14 @@ class AzureLimits(Limits):
             for unit, meter in self._units(now)
         }
 
-    def refusal(
-        self, refused: Refusal, tokens: float, anthropic_route: bool
-    ) -> tuple[bool, str, str, dict[str, str]]:
-        message = _message(refused, tokens)
-        if math.isinf(refused.wait):
-            return False, message, "tokens", {}
-        return False, message, refused.unit, {"retry-after": str(max(1, math.ceil(refused.wait)))}
-
 
 class AnthropicLimits(Limits):
     """``anthropic``: per-second continuous refill (capacity limit/60)."""
 
     name = "anthropic"
     tokens_at_admission = True
+    retry_style = "seconds"
+    anthropic_body = True
 
     def _make(self, now: float) -> tuple[_Meter | None, _Meter | None]:
         rm = tm = None
@@ -334,19 +340,13 @@ class AnthropicLimits(Limits):
             )
         return out
 
-    def refusal(
-        self, refused: Refusal, tokens: float, anthropic_route: bool
-    ) -> tuple[bool, str, str, dict[str, str]]:
-        message = _message(refused, tokens)
-        if math.isinf(refused.wait):
-            return True, message, "tokens", {}
-        return True, message, refused.unit, {"retry-after": str(max(1, math.ceil(refused.wait)))}
-
 
 class LiteLLMLimits(Limits):
     """``litellm``: fixed calendar-minute windows, LiteLLM's headers and 429 body."""
 
     name = "litellm"
+    retry_style = "litellm"
+    anthropic_body = False
 
     def _make(self, now: float) -> tuple[_Meter | None, _Meter | None]:
         rm = _Window(self.rpm, self.rpm, 60.0) if self.rpm else None
@@ -364,14 +364,6 @@ class LiteLLMLimits(Limits):
             "x-ratelimit-limit-requests": str(int(self._advertised(rm))),
         }
 
-    def refusal(
-        self, refused: Refusal, tokens: float, anthropic_route: bool
-    ) -> tuple[bool, str, str, dict[str, str]]:
-        message = _message(refused, tokens)
-        if math.isinf(refused.wait):
-            return False, message, "tokens", {}
-        return False, message, refused.unit, {"llm_provider-retry-after": str(refused.wait)}
-
     def error_body(self, message: str) -> dict[str, Any] | None:
         return {
             "error": {
@@ -387,15 +379,11 @@ class SilentLimits(AnthropicLimits):
     """``silent``: per-second continuous refill, no rate headers, 429 without a delay."""
 
     name = "silent"
+    retry_style = ""
+    anthropic_body = False
 
     def headers(self, now: float, status: int, anthropic_route: bool) -> dict[str, str]:
         return {}
-
-    def refusal(
-        self, refused: Refusal, tokens: float, anthropic_route: bool
-    ) -> tuple[bool, str, str, dict[str, str]]:
-        unit = "tokens" if math.isinf(refused.wait) else refused.unit
-        return False, _message(refused, tokens), unit, {}
 
 
 class SharedLimits(OpenAILimits):
@@ -430,27 +418,33 @@ class SharedLimits(OpenAILimits):
         index = int((now - origin) // self.phase) % len(self.phases)
         return self.phases[index]
 
-    def _drain(self, now: float) -> None:
+    def meters(self, now: float) -> tuple[_Meter | None, _Meter | None]:
+        """The meters at ``now``: refilled, less what the other client took meanwhile.
+
+        Phase by phase, a bucket fills at the share of the limit the other client
+        leaves (up to its capacity), so a quiet spell between two requests is counted
+        as it happened, not as one refill followed by one drain.
+        """
+        if self._meters is None:
+            self._meters = self._make(now)
         if self._origin is None:
             self._origin = now
-        last = self._drained_to if self._drained_to is not None else now
-        self._drained_to = now
-        if now <= last or self._meters is None:
-            return
-        # Integrate the other client's share over (last, now], phase by phase.
-        taken = 0.0
-        t = last
+        t = self._drained_to if self._drained_to is not None else now
+        self._drained_to = max(t, now)
         while t < now:
             k = math.floor((t - self._origin) / self.phase) + 1
             boundary = self._origin + k * self.phase
             if boundary <= t:  # t sits on a boundary that rounding put one phase early
                 boundary = self._origin + (k + 1) * self.phase
             end = min(boundary, now)
-            taken += self.other_share(t) * (end - t)
+            left = 1.0 - self.other_share(t)
+            for meter in self._meters:
+                if isinstance(meter, _Bucket) and end > meter.stamp:
+                    gain = (end - max(t, meter.stamp)) * left * meter.limit / meter.period
+                    meter.level = min(meter.capacity, meter.level + gain)
+                    meter.stamp = end
             t = end
-        for meter in self._meters:
-            if isinstance(meter, _Bucket):
-                meter.level = max(min(meter.level, 0.0), meter.level - taken * meter.limit / 60.0)
+        return self._meters
 
     def restart(self) -> None:
         super().restart()

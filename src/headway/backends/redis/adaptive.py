@@ -12,27 +12,15 @@ for all.
 
 from __future__ import annotations
 
-import logging
-import math
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from headway import events
-from headway._clock import Clock, resolve_clock
+from headway._clock import Clock
 from headway.backends._base import Limit
 from headway.backends.redis.limiter import MAX_PAUSE, RedisLimiter
-from headway.errors import ConfigurationError
 from headway.events import EventListener
-from headway.limits.adaptive import (
-    _START_RPM,
-    RATE_CHANGED,
-    RateChanged,
-    RateControl,
-    Source,
-    _number,
-)
+from headway.limits.adaptive import _START_RPM, STATE_FIELDS, SharedLearningLimiter
 
 if TYPE_CHECKING:
     from headway.backends.redis.backend import RedisBackend
@@ -42,10 +30,9 @@ __all__ = ["MAX_SHARED_PAUSE", "SharedAdaptiveLimiter"]
 
 #: The longest pause one 429 may impose on every worker (seconds).
 MAX_SHARED_PAUSE = MAX_PAUSE
-_FIELDS = ("adv", "share", "learned", "peak", "slow")
 
 
-class SharedAdaptiveLimiter:
+class SharedAdaptiveLimiter(SharedLearningLimiter):
     """An :class:`~headway.limits.AdaptiveLimiter` whose bucket and learned rate live in Redis.
 
     Args:
@@ -60,6 +47,9 @@ class SharedAdaptiveLimiter:
             every change of the shared rate this worker makes or adopts.
     """
 
+    max_shared_pause = MAX_SHARED_PAUSE
+    shared: RedisLimiter
+
     def __init__(
         self,
         backend: RedisBackend,
@@ -73,168 +63,33 @@ class SharedAdaptiveLimiter:
         clock: Clock | None = None,
         listeners: tuple[EventListener, ...] = (),
     ) -> None:
-        for what, value in (("rpm", rpm), ("tpm", tpm)):
-            if value is not None and not (value > 0 and math.isfinite(value)):
-                raise ConfigurationError(f"{what} must be a number > 0 or None, got {value!r}")
-        if not (burst_seconds > 0 and math.isfinite(burst_seconds)):
-            raise ConfigurationError(f"burst_seconds must be > 0, got {burst_seconds!r}")
+        self._learn(
+            rpm=rpm,
+            tpm=None,  # the token ceiling is the shared bucket's own limit
+            start_rpm=start_rpm,
+            burst_seconds=burst_seconds,
+            clock=clock if clock is not None else backend.clock,
+            name=name,
+            listeners=listeners,
+        )
+        self._share(sync_every)
         self.backend = backend
-        self.name = name
-        self.burst_seconds = float(burst_seconds)
-        self.sync_every = float(sync_every)
-        self._clock = resolve_clock(clock if clock is not None else backend.clock)
-        self.requests = RateControl(ceiling=rpm, start=start_rpm)
         limits = [Limit(self.requests.rate, 60.0, burst=self._burst(self.requests.rate))]
         if tpm is not None:
             limits.append(Limit(tpm, 60.0, unit="tokens"))
         self.shared = RedisLimiter(backend, name, limits, clock=self._clock)
         self._key = backend.key("learned", "{" + name + "}")
         self._version = -1
-        self._dirty = False
-        self._synced_at = -math.inf
-        self._seen_limit: str | None = None
-        self._reported = self.requests.rate
-        self.rate_limited_count = 0
-        self.listeners: tuple[EventListener, ...] = tuple(listeners)
-
-    def _burst(self, rate: float) -> float:
-        if self.requests.advertised is None:
-            return 1.0
-        return max(1.0, rate / 60.0 * self.burst_seconds)
-
-    # -- what a display needs ----------------------------------------------------------
-    def rate_in_force(self, unit: str = "requests") -> tuple[float, Source] | None:
-        """The shared rate in force per minute and who sets it (requests only)."""
-        if unit != "requests":
-            return None
-        return self.requests.rate, self.requests.source
-
-    def learned_limits(self) -> dict[str, float]:
-        """What the workers learned together, per minute."""
-        c = self.requests
-        if c.advertised is not None:
-            return {"requests": c.advertised * c.share}
-        return {} if c.slow_start else {"requests": c.learned}
-
-    # -- the Limiter protocol ----------------------------------------------------------
-    def reserve_nowait(self, requests: float = 1.0, tokens: float = 0.0) -> None:
-        """Always ``None``: a shared reservation takes a round trip (await :meth:`reserve`)."""
-        return
 
     async def reserve(
         self, requests: float = 1.0, tokens: float = 0.0, *, max_wait: float | None = None
     ) -> RedisReservation:
         """Sync the learned rate (every ``sync_every`` s), then reserve on the shared bucket."""
-        if self._clock.now() - self._synced_at >= self.sync_every or self._dirty:
-            await self.sync_learned()
-        return await self.shared.reserve(requests, tokens, max_wait=max_wait)
+        reservation: RedisReservation = await super().reserve(requests, tokens, max_wait=max_wait)
+        return reservation
 
-    def pause_until(self, when: float) -> None:
-        """Admit nobody, in any worker, before ``when`` (at most :data:`MAX_SHARED_PAUSE`)."""
-        self.shared.pause_until(min(when, self._clock.now() + MAX_SHARED_PAUSE))
-
-    def pause(self, seconds: float) -> None:
-        """:meth:`pause_until` ``now + seconds``."""
-        self.pause_until(self._clock.now() + seconds)
-
-    def sync(
-        self,
-        unit: str,
-        remaining: float,
-        reset_after: float | None = None,
-        limit: float | None = None,
-    ) -> None:
-        """Lower the shared level of ``unit`` to the server's ``remaining`` figure."""
-        self.shared.sync(unit, remaining, reset_after, limit)
-
-    def on_success(self) -> None:
-        """An attempt was answered: probe upward (shared at the next sync)."""
-        c = self.requests
-        if c.advertised is not None and c.share >= 1.0:
-            return
-        if c.succeeded(self._clock.now()):
-            self._changed("probe")
-
-    def on_rate_limited(self, delay: float | None, *, empty: bool) -> None:
-        """A rate 429: when the server's bucket is empty, every worker pauses and slows."""
-        self.rate_limited_count += 1
-        if not empty:
-            return
-        now = self._clock.now()
-        if self.requests.rate_limited(now):
-            self._changed("rate_limited")
-        if delay is None or not delay > 0.0:
-            delay = 60.0 / self.requests.rate
-        self.pause_until(now + delay)
-
-    def observe_headers(self, headers: Mapping[str, str]) -> None:
-        """Learn an advertised request limit; lower the shared level when little is left."""
-        get = headers.get
-        limit = get("x-ratelimit-limit-requests") or get("anthropic-ratelimit-requests-limit")
-        if limit != self._seen_limit:
-            self._seen_limit = limit
-            value = _number(limit)
-            if value is not None and self.requests.advertise(value, self._clock.now()):
-                self._changed("advertised")
-        left = _number(
-            get("x-ratelimit-remaining-requests") or get("anthropic-ratelimit-requests-remaining")
-        )
-        total = _number(limit)
-        if left is not None and (total is None or left < 0.5 * total):
-            self.shared.sync("requests", left)
-
-    # -- sharing -------------------------------------------------------------------------
-    def _changed(self, reason: str) -> None:
-        self._dirty = True
-        self._apply(reason)
-
-    def _apply(self, reason: str) -> None:
-        c = self.requests
-        self.shared.set_limit(0, Limit(c.rate, 60.0, burst=self._burst(c.rate)))
-        old, new = self._reported, c.rate
-        if reason == "probe" and abs(new - old) < 0.02 * old:
-            return
-        self._reported = new
-        if events.enabled(logging.INFO, self.listeners):
-            fields = {"unit": "requests", "old": old, "new": new, "limited_by": c.source}
-            events.publish(
-                RateChanged(
-                    RATE_CHANGED,
-                    self.name,
-                    {**fields, "reason": reason},
-                    self._clock.now(),
-                    logging.INFO,
-                    unit="requests",
-                    old=old,
-                    new=new,
-                    limited_by=c.source,
-                    reason=reason,
-                ),
-                self.listeners,
-            )
-
-    def _state(self) -> dict[Any, Any]:
-        c = self.requests
-        return {
-            "adv": "" if c.advertised is None else repr(c.advertised),
-            "share": repr(c.share),
-            "learned": repr(c.learned),
-            "peak": repr(c.peak),
-            "slow": "1" if c.slow_start else "0",
-        }
-
-    def _adopt(self, state: Mapping[str, str]) -> None:
-        c = self.requests
-        adv = state.get("adv", "")
-        c.advertised = float(adv) if adv else None
-        c.share = float(state.get("share", "1"))
-        c.learned = float(state.get("learned", repr(c.learned)))
-        if c.ceiling is not None and c.learned > c.ceiling:
-            c.learned = c.ceiling
-        c.peak = float(state.get("peak", repr(c.peak)))
-        c.slow_start = state.get("slow", "1") == "1"
-        if c.update():
-            self._apply("shared")
+    def _set_rate(self, rate: float, burst: float) -> None:
+        self.shared.set_limit(0, Limit(rate, 60.0, burst=burst))
 
     async def sync_learned(self) -> None:
         """Publish what this worker learned, or adopt what the others did (one round trip)."""
@@ -244,7 +99,7 @@ class SharedAdaptiveLimiter:
             if self._dirty:
                 self._dirty = False
                 async with client.pipeline(transaction=True) as pipe:
-                    pipe.hset(self._key, mapping=self._state())
+                    pipe.hset(self._key, mapping=self.learned_state())  # type: ignore[arg-type]
                     pipe.hincrby(self._key, "version", 1)
                     pipe.pexpire(self._key, 3_600_000)
                     result = await pipe.execute()
@@ -255,15 +110,9 @@ class SharedAdaptiveLimiter:
             return  # Redis away: keep the local view; the shared bucket copes on its own
         state = {_text(k): _text(v) for k, v in raw.items()}
         version = int(state.get("version", "-1") or -1)
-        if version > self._version and all(f in state for f in _FIELDS):
+        if version > self._version and all(f in state for f in STATE_FIELDS):
             self._version = version
-            self._adopt(state)
-
-    def __repr__(self) -> str:
-        return (
-            f"SharedAdaptiveLimiter({self.name!r}, rpm={self.requests.rate:g} "
-            f"limited by {self.requests.source})"
-        )
+            self.adopt(state)
 
 
 def _text(value: Any) -> str:
