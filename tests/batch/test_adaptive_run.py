@@ -70,7 +70,7 @@ async def test_rpm_half_the_real_limit_is_never_exceeded(profile: str, tmp_path:
     assert stats.failed == 0  # type: ignore[attr-defined]
     assert stats.rate_limited == 0  # type: ignore[attr-defined]
     assert most <= ceiling / 2 + 2  # the burst: a second's worth
-    assert limit_slot(stats) == "limit 120/min (you)"  # type: ignore[arg-type]
+    assert limit_slot(stats) == "limited by you: 120/min"  # type: ignore[arg-type]
 
 
 @pytest.mark.virtual_time

@@ -8,8 +8,9 @@ Elsewhere (``--progress plain``: CI logs, log files) one plain status line every
 plus one line per failure. Both read the runner's :class:`~headway.batch.summary.BatchStats`
 when the runner ticks them; they never slow a request down.
 
-The rate slot reads ``stats.limit_text`` and ``stats.limited_by``: ``limit 3,000/min (you)``
-for a limit from the flags, ``limited by server: 1,180/min`` once the server's is lower.
+The rate slot reads ``stats.limit_text`` and ``stats.limited_by``: ``limited by you:
+3,000/min`` for a limit from the flags, ``limited by server: 1,180/min`` once the server's
+is lower.
 
 >>> import io
 >>> out = io.StringIO()
@@ -117,17 +118,16 @@ def limit_slot(stats: BatchStats) -> str:
     'no limit'
     >>> s.limit_text, s.limited_by = "3,000/min", "you"
     >>> limit_slot(s)
-    'limit 3,000/min (you)'
+    'limited by you: 3,000/min'
     >>> s.limit_text, s.limited_by = "1,180/min", "server"
     >>> limit_slot(s)
     'limited by server: 1,180/min'
     """
     if stats.limit_text is None:
         return "no limit"
-    if stats.limited_by == "server":
-        return f"limited by server: {stats.limit_text}"
-    who = f" ({stats.limited_by})" if stats.limited_by else ""
-    return f"limit {stats.limit_text}{who}"
+    if stats.limited_by:
+        return f"limited by {stats.limited_by}: {stats.limit_text}"
+    return f"limit {stats.limit_text}"
 
 
 def _failure_text(code: str, custom_id: str, reason: str, width: int) -> str:
