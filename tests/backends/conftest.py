@@ -73,7 +73,9 @@ async def _cleanup(url: str, prefix: str) -> None:
 @pytest_asyncio.fixture
 async def backend(redis_url: str, prefix: str) -> AsyncIterator[RedisBackend]:
     """A backend on the shared Redis with this test's prefix; keys removed afterwards."""
-    b = RedisBackend(redis_url, prefix=prefix, timeout=1.0)
+    # a generous timeout: on a loaded machine a slow answer must not count as an outage
+    # (the outage tests run their own server and set their own)
+    b = RedisBackend(redis_url, prefix=prefix, timeout=5.0)
     try:
         yield b
     finally:
@@ -87,6 +89,7 @@ async def make_backend(redis_url: str, prefix: str) -> AsyncIterator[object]:
     made: list[RedisBackend] = []
 
     def make(**kw: object) -> RedisBackend:
+        kw.setdefault("timeout", 5.0)  # as for `backend`: a slow answer is no outage
         b = RedisBackend(kw.pop("url", redis_url), prefix=prefix, **kw)  # type: ignore[arg-type]
         made.append(b)
         return b
