@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,8 @@ __all__: list[str] = []  # internal: the headway group loads the file with _load
 def _load_config(path: Path, *, explicit: bool, group: click.Group) -> dict[str, dict[str, Any]]:
     try:
         with open(path, "rb") as f:
+            import tomllib  # only when there is a file to read
+
             data = tomllib.load(f)
     except FileNotFoundError:
         if explicit:

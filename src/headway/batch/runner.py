@@ -33,12 +33,20 @@ import signal
 from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from headway._clock import Clock, resolve_clock
-from headway.batch.jobs import DEFAULT_URL, BatchRequest, InvalidLine, count_lines, read_requests
+from headway.batch.jobs import (
+    DEFAULT_URL,
+    STDIO,
+    BatchRequest,
+    InvalidLine,
+    line_counts,
+    open_input,
+    read_requests,
+)
 from headway.batch.ledger import Ledger, Result, request_digest, result_from_error
 from headway.batch.outage import RunJudge, Verdict
 from headway.batch.output import shape_for
@@ -309,16 +317,24 @@ class BatchRunner:
         clock = self.clock
         stats = self.stats
         self._refuse_same_file()
-        stats.total = count_lines(self.input)
-        if self.owns is not None:
-            stats.total = None  # only this worker's share of the lines; known at the end
-        self.ledger.open()
+        # The total (for the display's ETA) is counted while the first requests go out.
+        # Only this worker's share of the lines with `owns`: known at the end.
+        counted: BinaryIO | None = None
+        if self.owns is None and self.input != STDIO:
+            counted = open_input(self.input)  # a missing input fails here, as before
+        try:
+            self.ledger.open()
+        except BaseException:
+            if counted is not None:
+                counted.close()
+            raise
         buffer = getattr(self.ledger, "buffer", None)
         if buffer is not None:  # a result counts once its line is written
             buffer.on_written = stats.record
             self._record = None
         t0 = clock.now()
         tasks: list[asyncio.Task[None]] = []
+        counter: asyncio.Task[None] | None = None
         ticker: asyncio.Task[None] | None = None
         watcher: asyncio.Task[None] | None = None
         flusher: asyncio.Task[None] | None = None
@@ -338,6 +354,8 @@ class BatchRunner:
             reader = self._reader = loop.create_task(self._read())
             workers = [loop.create_task(self._worker()) for _ in range(self.concurrency)]
             tasks = [reader, *workers]
+            if counted is not None:
+                counter = loop.create_task(self._count(counted))
             if self._stopping:  # stopped before it started
                 reader.cancel()
             await self._wait(reader, workers)
@@ -348,9 +366,16 @@ class BatchRunner:
                     self._write(result)
             if flusher is not None:
                 self.ledger.flush()  # every result counted before the total is set
+            if counter is not None:
+                await counter
             if not self._stopping:
                 stats.total = stats.done
         finally:
+            if counter is not None:
+                # not cancelled: an interrupted run's summary shows the input's total
+                await asyncio.gather(counter, return_exceptions=True)
+            if counted is not None:
+                counted.close()
             for task in tasks:
                 task.cancel()
             for extra in (ticker, self._grace_task, watcher, flusher):
@@ -364,6 +389,14 @@ class BatchRunner:
             finally:
                 self.progress.stop(stats, clock.now())
         return stats
+
+    async def _count(self, f: BinaryIO) -> None:
+        """Count the input's lines for the total, a chunk at a time between the requests."""
+        n = 0
+        for part in line_counts(f):
+            n += part
+            await asyncio.sleep(0)
+        self.stats.total = n
 
     def _write(self, result: Result) -> None:
         written = self.ledger.write(result)

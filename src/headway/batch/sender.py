@@ -20,10 +20,8 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
-
-from pydantic import SecretStr
 
 from headway._clock import Clock, resolve_clock
 from headway._secrets import looks_like_key, redact_url
@@ -33,6 +31,9 @@ from headway.errors import CircuitBreakerOpenError, ConfigurationError, RateLimi
 from headway.events import Event, RetryScheduled
 from headway.http.providers import PROVIDERS as _HTTP_PROVIDERS
 from headway.http.status import error_for_status
+
+if TYPE_CHECKING:  # pydantic is imported when a key is wrapped (and by the Policy's models)
+    from pydantic import SecretStr
 
 __all__ = [
     "PROVIDERS",
@@ -170,6 +171,8 @@ def resolve_target(
                 f"the API key variable {key_env} {state}; export it "
                 "(or name another with --api-key-env)"
             )
+        from pydantic import SecretStr
+
         key = SecretStr(value)
     auth: AuthType = info.auth if info is not None else "bearer"
     if key is None:

@@ -18,14 +18,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from headway._clock import Clock
 from headway.errors import ConfigurationError
-from headway.http.config import EndpointConfig
-from headway.http.endpoint import Endpoint
-from headway.http.headers import AuthType
-from headway.http.transports.base import Transport
+
+if TYPE_CHECKING:  # the models and the client are imported when a config is built
+    from headway._clock import Clock
+    from headway.http.config import EndpointConfig
+    from headway.http.endpoint import Endpoint
+    from headway.http.headers import AuthType
+    from headway.http.transports.base import Transport
 
 __all__ = ["PROVIDERS", "ProviderSpec", "match_endpoint", "provider_config"]
 
@@ -191,6 +193,8 @@ def provider_config(provider: str, endpoint: str, **overrides: Any) -> EndpointC
     if values["auth_type"] == "none":
         values["api_key_env"] = None
     values.update(overrides)
+    from headway.http.config import EndpointConfig
+
     return EndpointConfig(**values)
 
 
@@ -213,4 +217,6 @@ def match_endpoint(
     ``llamacpp``) for any OpenAI-compatible server given its ``base_url``.
     """
     config = provider_config(provider, endpoint, **overrides)
+    from headway.http.endpoint import Endpoint
+
     return Endpoint(config, policy=policy, transport=transport, clock=clock)

@@ -1,0 +1,78 @@
+"""Start-up: what ``import headway.cli`` loads, and the packages that load names on use.
+
+``headway run`` reaches its first request sooner when the console script imports only what
+every command needs: pydantic, rich, aiohttp, the HTTP client and the Batch API machinery
+are imported by the code that uses them. Each check runs in a fresh interpreter, because
+this test process has imported everything already.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import headway.batch
+import headway.http
+
+#: Modules that ``import headway.cli`` must not load (each is imported where it is used).
+HEAVY = (
+    "pydantic",
+    "rich",
+    "aiohttp",
+    "tomllib",
+    "headway.http.client",
+    "headway.http.config",
+    "headway.http.endpoint",
+    "headway.resilience",
+    "headway.batch.batchapi",
+)
+
+
+def _loaded_after(statement: str) -> set[str]:
+    code = f"import json, sys\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    return set(json.loads(out.stdout))
+
+
+def test_importing_the_cli_loads_no_heavy_module() -> None:
+    loaded = _loaded_after("import headway.cli")
+    assert "headway.cli" in loaded  # the check ran
+    assert sorted(m for m in HEAVY if m in loaded) == []
+
+
+def test_a_submodule_of_headway_http_does_not_load_the_client() -> None:
+    loaded = _loaded_after("import headway.http.tokens")
+    assert "headway.http.tokens" in loaded
+    assert "headway.http.client" not in loaded
+    assert "pydantic" not in loaded
+
+
+@pytest.mark.parametrize("package", [headway.http, headway.batch], ids=lambda p: p.__name__)
+def test_every_public_name_resolves(package: object) -> None:
+    names = package.__all__  # type: ignore[attr-defined]
+    for name in names:
+        value = getattr(package, name)
+        assert value is getattr(package, name)  # cached on first use
+    assert set(names) <= set(dir(package))
+
+
+@pytest.mark.parametrize("package", [headway.http, headway.batch], ids=lambda p: p.__name__)
+def test_an_unknown_name_is_an_attribute_error(package: object) -> None:
+    missing = "no_such_name"
+    with pytest.raises(AttributeError, match=missing):
+        getattr(package, missing)
+
+
+def test_names_come_from_their_modules() -> None:
+    from headway.batch.runner import BatchRunner
+    from headway.http.client import AsyncAPIClient
+    from headway.http.transports import Request
+
+    assert headway.http.AsyncAPIClient is AsyncAPIClient
+    assert headway.http.Request is Request
+    assert headway.batch.BatchRunner is BatchRunner
