@@ -566,6 +566,29 @@ async def test_an_advertised_limit_survives_a_probe_published_after_it() -> None
 
 
 @pytest.mark.virtual_time
+async def test_calls_are_not_booked_far_ahead_of_a_rate_that_may_rise() -> None:
+    # 40 calls at the 60/min start rate: booked at once they would wait 0..39 s. Booked
+    # at most the horizon ahead, they take the 1200/min learned after a second.
+    la = RayAdaptiveLimiter(RayBackend(actor=StubActor()), "api", sync_every=0.5)
+    clock = la.shared.clock
+    t0 = clock.now()
+    admitted: list[float] = []
+
+    async def one() -> None:
+        res = await la.reserve()
+        await res.wait()
+        admitted.append(clock.now() - t0)
+
+    calls = [asyncio.ensure_future(one()) for _ in range(40)]
+    await asyncio.sleep(1.0)
+    la.observe_headers({"x-ratelimit-limit-requests": "1200"})
+    await asyncio.gather(*calls)
+    assert len(admitted) == 40
+    assert max(admitted) < 6.0
+    await la.backend.aclose()
+
+
+@pytest.mark.virtual_time
 async def test_a_429_seen_by_one_worker_slows_and_pauses_all() -> None:
     actor = StubActor()
     a, b = RayBackend(actor=actor), RayBackend(actor=actor)

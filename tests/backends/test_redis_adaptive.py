@@ -6,11 +6,12 @@ import asyncio
 
 import pytest
 
+from headway import ManualClock
 from headway.backends import RedisBackend
 from headway.backends._base import Limit
 from headway.backends.redis.adaptive import MAX_SHARED_PAUSE, SharedAdaptiveLimiter
 from headway.backends.redis.limiter import MAX_PAUSE
-from headway.errors import ConfigurationError
+from headway.errors import ConfigurationError, MaxWaitExceededError
 
 
 async def test_learned_rate_is_shared_by_every_worker(make_backend: object) -> None:
@@ -84,3 +85,48 @@ async def test_set_limit_keeps_unit_and_period(backend: RedisBackend) -> None:
     with pytest.raises(ConfigurationError):
         SharedAdaptiveLimiter(backend, "bad", burst_seconds=0)
     await asyncio.sleep(0)
+
+
+async def test_an_advertised_limit_survives_a_probe_published_after_it(
+    make_backend: object,
+) -> None:
+    # Virtual time (a manual clock): a learns 1200/min from a header and publishes it;
+    # b, still probing (it has seen no header), publishes its probe after that. The
+    # advertised limit wins: a keeps it and publishes it again, and b ends up at it too.
+    make = make_backend  # type: ignore[assignment]
+    clock = ManualClock(1000.0)
+    a_backend: RedisBackend = make()  # type: ignore[operator]
+    b_backend: RedisBackend = make()  # type: ignore[operator]
+    async with a_backend, b_backend:
+        a = SharedAdaptiveLimiter(a_backend, "late", rpm=6000, clock=clock)
+        b = SharedAdaptiveLimiter(b_backend, "late", rpm=6000, clock=clock)
+        a.observe_headers({"x-ratelimit-limit-requests": "1200"})
+        await a.sync_learned()  # published: adv=1200
+        clock.advance(1.0)
+        b.on_success()
+        clock.advance(0.2)
+        b.on_success()  # a probe: b's state (no advertised limit) is to be published
+        await b.sync_learned()  # published after a's
+        assert b.rate_in_force() != (1200.0, "server")
+        await a.sync_learned()  # a adopts b's newer state, but it has heard the server
+        assert a.rate_in_force() == (1200.0, "server")
+        await a.sync_learned()  # and publishes it again
+        await b.sync_learned()
+        assert b.rate_in_force() == (1200.0, "server")
+
+
+async def test_a_call_is_booked_at_most_the_horizon_ahead(backend: RedisBackend) -> None:
+    # At the 60/min start rate the horizon is two intervals (2 s): three calls are booked
+    # (waits 0, 1, 2 s); a fourth is not booked 3 s ahead at a rate that may still rise,
+    # it waits holding nothing (the manual clock's sleep) and asks again.
+    clock = ManualClock(1000.0)
+    a = SharedAdaptiveLimiter(backend, "horizon", clock=clock)
+    waits = [(await a.reserve()).delay for _ in range(3)]
+    assert waits == pytest.approx([0.0, 1.0, 2.0], abs=0.2)
+    with pytest.raises(MaxWaitExceededError):
+        await a.reserve(max_wait=2.5)  # the server's clock stands still meanwhile
+    assert clock.sleeps
+    assert all(0.0 < s <= a.sync_every for s in clock.sleeps)
+    # a rate learned meanwhile applies to the call that waited
+    a.observe_headers({"x-ratelimit-limit-requests": "1200"})
+    assert (await a.reserve()).delay < 0.5

@@ -48,7 +48,7 @@ from typing import Any, Literal
 
 from headway import events
 from headway._clock import Clock, resolve_clock
-from headway.errors import ConfigurationError
+from headway.errors import ConfigurationError, MaxWaitExceededError
 from headway.events import Event, EventListener
 from headway.limits._reservation import Reservation
 from headway.limits.bucket import TokenBucketRateLimiter
@@ -63,6 +63,7 @@ __all__ = [
     "RateControl",
     "SharedLearningLimiter",
     "check_ceilings",
+    "describe_learned",
     "limit_headers",
 ]
 
@@ -757,26 +758,73 @@ class AdaptiveLimiter(LearningLimiter):
 class SharedLearningLimiter(LearningLimiter):
     """A :class:`LearningLimiter` whose bucket and learned rate many workers share.
 
-    The base of the Redis (and Ray) shared adaptive limiters: every worker runs the
-    requests control law on what it sees; what it learns is published, and every worker
-    adopts the newest state at most :attr:`sync_every` seconds later. A subclass holds
-    the shared bucket as :attr:`shared` (``reserve``, ``pause_until``, ``sync``) and
-    implements :meth:`_set_rate` and :meth:`sync_learned`.
+    The base of the shared adaptive limiters of every store (Redis, the Ray actor): every
+    worker on the same name paces on one shared bucket at one rate, the rate the workers
+    learned together. Each worker runs the requests control law on the headers and 429s
+    it sees; what it learns is published, and every worker adopts the newest state at
+    most :attr:`sync_every` seconds later. So a 429 seen by one worker slows all of
+    them, and a limit one worker reads in a header is the limit for all.
+
+    Args:
+        backend: the store's backend (its ``clock`` is the default clock).
+        name: the limit's name; workers with the same name share bucket and rate.
+        rpm, tpm: the user's ceilings (``None``: none). The token limit is shared only
+            when ``tpm`` is given (at ``tpm``: it is the shared bucket's own limit).
+        start_rpm, burst_seconds: as for :class:`AdaptiveLimiter`.
+        sync_every: seconds between reads of the shared state.
+        clock: where time is read and slept.
+        listeners: called with a :class:`RateChanged` event on every change of the
+            shared rate this worker makes or adopts.
+
+    A store's subclass builds the shared bucket (:meth:`_new_shared`: ``reserve``,
+    ``pause_until``, ``sync``) and implements :meth:`_set_rate` and :meth:`sync_learned`.
     """
 
     #: The longest pause one 429 may impose on every worker (seconds).
     max_shared_pause: float = 300.0
+    backend: Any
     sync_every: float
     shared: Any
     _dirty: bool
     _synced_at: float
     _seen_limit: str | None
 
-    def _share(self, sync_every: float) -> None:
+    def __init__(
+        self,
+        backend: Any,
+        name: str,
+        *,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        start_rpm: float = _START_RPM,
+        burst_seconds: float = 1.0,
+        sync_every: float = 0.5,
+        clock: Clock | None = None,
+        listeners: tuple[EventListener, ...] = (),
+    ) -> None:
+        check_ceilings(rpm, tpm, burst_seconds)
+        self._learn(
+            rpm=rpm,
+            tpm=None,  # the token ceiling is the shared bucket's own limit
+            start_rpm=start_rpm,
+            burst_seconds=burst_seconds,
+            clock=clock if clock is not None else backend.clock,
+            name=name,
+            listeners=listeners,
+        )
+        self.backend = backend
         self.sync_every = float(sync_every)
         self._dirty = False
         self._synced_at = -math.inf
         self._seen_limit = None
+        rate = self.requests.rate
+        self.shared = self._new_shared(rate, self._burst(rate), tpm)
+
+    def _new_shared(
+        self, rate: float, burst: float, tpm: float | None
+    ) -> Any:  # pragma: no cover - subclasses
+        """The shared bucket: ``rate`` per minute with ``burst``, and ``tpm`` if given."""
+        raise NotImplementedError
 
     def rate_in_force(self, unit: str = "requests") -> tuple[float, Source] | None:
         """The shared rate in force per minute and who sets it (requests only)."""
@@ -796,10 +844,32 @@ class SharedLearningLimiter(LearningLimiter):
     async def reserve(
         self, requests: float = 1.0, tokens: float = 0.0, *, max_wait: float | None = None
     ) -> Any:
-        """Sync the learned rate (every ``sync_every`` s), then reserve on the shared bucket."""
-        if self._dirty or self._clock.now() - self._synced_at >= self.sync_every:
-            await self.sync_learned()
-        return await self.shared.reserve(requests, tokens, max_wait=max_wait)
+        """Sync the learned rate (every ``sync_every`` s), then reserve on the shared bucket.
+
+        The rate may change any moment (a header, a 429, a probe, another worker's), so a
+        call is booked at most half a second (or two intervals of the rate) ahead, as
+        :class:`AdaptiveLimiter` does; past that it waits, holding nothing, and asks
+        again: a rate learned meanwhile applies to it. So 40 calls at the 60/min start
+        rate do not take waits of up to 39 s that outlive a higher learned rate.
+        """
+        clock = self._clock
+        while True:
+            if self._dirty or clock.now() - self._synced_at >= self.sync_every:
+                await self.sync_learned()
+            horizon = max(_HORIZON, 2.0 * 60.0 / self.requests.rate)
+            try:
+                return await self.shared.reserve(
+                    requests,
+                    tokens,
+                    max_wait=horizon if max_wait is None else min(horizon, max_wait),
+                )
+            except MaxWaitExceededError as exc:
+                if max_wait is not None and max_wait <= horizon:
+                    raise
+                ahead = (exc.retry_after or 0.0) - horizon
+                if max_wait is not None:
+                    max_wait = max(0.0, max_wait - ahead)
+                await clock.sleep(min(max(ahead, 0.01), max(self.sync_every, 0.01)))
 
     def pause_until(self, when: float) -> None:
         """Admit nobody, in any worker, before ``when`` (at most :attr:`max_shared_pause`)."""
@@ -854,7 +924,7 @@ class SharedLearningLimiter(LearningLimiter):
         raise NotImplementedError
 
     async def sync_learned(self) -> None:  # pragma: no cover - subclasses
-        """Publish what this worker learned, or adopt what the others did."""
+        """Publish what this worker learned, or adopt what the others did (one round trip)."""
         raise NotImplementedError
 
     def learned_state(self) -> dict[str, str]:
@@ -869,18 +939,50 @@ class SharedLearningLimiter(LearningLimiter):
         }
 
     def adopt(self, state: Mapping[str, str]) -> None:
-        """Take another worker's published state (from :meth:`learned_state`)."""
+        """Take another worker's published state (from :meth:`learned_state`).
+
+        An advertised limit wins: when the state has none (a worker that has not heard
+        the server yet published after one that had) but this worker read one in a
+        header, it keeps that limit and publishes it again, so every worker ends up at it.
+        """
         c = self.requests
-        adv = state.get("adv", "")
-        c.advertised = float(adv) if adv else None
-        c.share = float(state.get("share", "1"))
-        c.learned = float(state.get("learned", repr(c.learned)))
-        if c.ceiling is not None and c.learned > c.ceiling:
-            c.learned = c.ceiling
-        c.peak = float(state.get("peak", repr(c.peak)))
-        c.slow_start = state.get("slow", "1") == "1"
-        if c.update():
+        if _adopt_state(c, state):
             self._apply("requests", "shared")
+        seen = _number(self._seen_limit)
+        if c.advertised is None and seen is not None and c.advertise(seen, self._clock.now()):
+            self._apply("requests", "advertised")
+
+
+def _adopt_state(c: RateControl, state: Mapping[str, str]) -> bool:
+    """Set ``c`` to a published learned ``state``; ``True`` if its rate moved."""
+    adv = state.get("adv", "")
+    c.advertised = float(adv) if adv else None
+    c.share = float(state.get("share", "1"))
+    c.learned = float(state.get("learned", repr(c.learned)))
+    if c.ceiling is not None and c.learned > c.ceiling:
+        c.learned = c.ceiling
+    c.peak = float(state.get("peak", repr(c.peak)))
+    c.slow_start = state.get("slow", "1") == "1"
+    return c.update()
+
+
+def describe_learned(
+    state: Mapping[str, str], *, rpm: float | None, start_rpm: float = _START_RPM
+) -> tuple[float, Source, dict[str, float]]:
+    """What a published learned ``state`` means under the ceiling ``rpm``: the request
+    rate in force per minute, who sets it, and what was learned (for a summary).
+
+    >>> describe_learned({"adv": "1200.0", "share": "1.0", "learned": "60.0",
+    ...                   "peak": "60.0", "slow": "1"}, rpm=6000)
+    (1200.0, 'server', {'requests': 1200.0})
+    """
+    c = RateControl(ceiling=rpm, start=start_rpm)
+    _adopt_state(c, state)
+    if c.advertised is not None:
+        learned = {"requests": c.advertised * c.share}
+    else:
+        learned = {} if c.slow_start else {"requests": c.learned}
+    return c.rate, c.source, learned
 
 
 #: The fields of :meth:`SharedLearningLimiter.learned_state`.

@@ -13,13 +13,13 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from headway.backends._learned import describe
 from headway.batch.jobs import BatchRequest
 from headway.batch.ledger import Result
 from headway.batch.runner import BatchRunner, Response, note_rate, note_retry, signal_handlers
 from headway.batch.sender import SenderSettings
 from headway.errors import ConfigurationError
 from headway.http.config import EndpointConfig
+from headway.limits.adaptive import describe_learned
 from headway.ray._caller import Caller
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ class RaySender:
         except Exception:
             return  # shown, not needed
         if state:
-            rate, who, learned = describe(state, rpm=self.settings.rpm)
+            rate, who, learned = describe_learned(state, rpm=self.settings.rpm)
             note_rate(rate, who, learned)
 
     def close(self) -> None:

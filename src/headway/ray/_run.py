@@ -11,11 +11,11 @@ from typing import Any
 
 import orjson
 
-from headway.backends._learned import describe
 from headway.batch.ledger import Ledger, Result
 from headway.batch.progress import NullProgress, ProgressReporter
 from headway.batch.summary import BatchStats
 from headway.http.config import EndpointConfig
+from headway.limits.adaptive import describe_learned
 from headway.ray._caller import Caller, check_backend, default_limit_name
 
 __all__ = ["note_learned", "output_file", "result_of_row", "run", "to_parquet"]
@@ -135,7 +135,7 @@ def note_learned(stats: BatchStats, state: Mapping[str, str] | None, rpm: float 
     rate in force, who sets it and what was learned, as the local engine's summary has."""
     if not state:
         return
-    rate, who, learned = describe(state, rpm=rpm)
+    rate, who, learned = describe_learned(state, rpm=rpm)
     stats.limit_text = f"{rate:,.0f}/min"
     stats.limited_by = "you" if who == "user" else who
     stats.learned = learned

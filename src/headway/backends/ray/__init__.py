@@ -39,12 +39,11 @@ circuit — the same contract as :class:`~headway.backends.RedisBackend`, withou
 
 from __future__ import annotations
 
-from headway.backends._learned import MAX_SHARED_PAUSE
 from headway.backends._shared import BACKEND_RECOVERED, BACKEND_UNAVAILABLE
 from headway.backends.ray.adaptive import RayAdaptiveLimiter
 from headway.backends.ray.backend import RayBackend
 from headway.backends.ray.breaker import RayBreakerState
-from headway.backends.ray.limiter import RayLimiter, RayReservation
+from headway.backends.ray.limiter import MAX_SHARED_PAUSE, RayLimiter, RayReservation
 from headway.backends.ray.state import SharedState
 
 __all__ = [

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 
 from headway.backends._base import Limit
-from headway.backends._learned import SharedRateLearner
 from headway.backends.ray.backend import RayBackend
-from headway.backends.ray.limiter import RayLimiter
+from headway.backends.ray.limiter import MAX_SHARED_PAUSE, RayLimiter
+from headway.limits.adaptive import SharedLearningLimiter
 
 __all__ = ["RayAdaptiveLimiter"]
 
 
-class RayAdaptiveLimiter(SharedRateLearner):
+class RayAdaptiveLimiter(SharedLearningLimiter):
     """An :class:`~headway.limits.AdaptiveLimiter` whose bucket and learned rate live in
     the backend's actor: the cluster learns the server's limit together.
 
@@ -24,24 +24,31 @@ class RayAdaptiveLimiter(SharedRateLearner):
     most ``sync_every`` seconds later. So a 429 seen by one worker slows all of them, and
     a limit one worker reads in a header is the limit for all.
 
-    Takes the arguments of :class:`~headway.backends._learned.SharedRateLearner`, with
+    Takes the arguments of :class:`~headway.limits.adaptive.SharedLearningLimiter`, with
     a :class:`RayBackend`.
     """
 
+    max_shared_pause = MAX_SHARED_PAUSE
     backend: RayBackend
     shared: RayLimiter
     _version = ""  # the actor's version of the state last published or adopted
 
-    def new_shared(self, limits: list[Limit]) -> RayLimiter:
+    def _new_shared(self, rate: float, burst: float, tpm: float | None) -> RayLimiter:
         """A :class:`RayLimiter` whose rates the actor takes from this worker."""
-        shared = RayLimiter(self.backend, self.name, limits, clock=self._clock)
+        limits = [Limit(rate, 60.0, burst=burst)]
+        if tpm is not None:
+            limits.append(Limit(tpm, 60.0, unit="tokens"))
+        shared = RayLimiter(self.backend, str(self.name), limits, clock=self._clock)
         shared.retune = True
         return shared
+
+    def _set_rate(self, rate: float, burst: float) -> None:
+        self.shared.set_limit(0, Limit(rate, 60.0, burst=burst))
 
     async def sync_learned(self) -> None:
         """Publish what this worker learned, or adopt what the others did (one round trip)."""
         self._synced_at = self._clock.now()
-        publish = self._state() if self._dirty else None
+        publish = self.learned_state() if self._dirty else None
         self._dirty = False
         try:
             version, state = await self.backend.call("learned", self.name, publish)
@@ -57,4 +64,4 @@ class RayAdaptiveLimiter(SharedRateLearner):
             self._version = version
         elif version != self._version and state is not None:
             self._version = version
-            self._adopt(state)
+            self.adopt(state)

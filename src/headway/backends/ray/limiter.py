@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from headway.backends._base import Limit
-from headway.backends._learned import MAX_SHARED_PAUSE
 from headway.backends._shared import Request, SharedLimiter, SharedReservation
 from headway.errors import ConfigurationError
+
+#: The longest pause one 429 may impose on every worker (seconds).
+MAX_SHARED_PAUSE = 120.0
 
 if TYPE_CHECKING:
     from headway.backends.ray.backend import RayBackend
 
-__all__ = ["RayLimiter", "RayReservation"]
+__all__ = ["MAX_SHARED_PAUSE", "RayLimiter", "RayReservation"]
 
 
 class RayReservation(SharedReservation):

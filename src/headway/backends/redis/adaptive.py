@@ -16,11 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
-from headway._clock import Clock
 from headway.backends._base import Limit
 from headway.backends.redis.limiter import MAX_PAUSE, RedisLimiter
-from headway.events import EventListener
-from headway.limits.adaptive import _START_RPM, STATE_FIELDS, SharedLearningLimiter
+from headway.limits.adaptive import STATE_FIELDS, SharedLearningLimiter
 
 if TYPE_CHECKING:
     from headway.backends.redis.backend import RedisBackend
@@ -35,56 +33,29 @@ MAX_SHARED_PAUSE = MAX_PAUSE
 class SharedAdaptiveLimiter(SharedLearningLimiter):
     """An :class:`~headway.limits.AdaptiveLimiter` whose bucket and learned rate live in Redis.
 
-    Args:
-        backend: the :class:`~headway.backends.RedisBackend`.
-        name: the limit's name; workers with the same name share bucket and rate.
-        rpm, tpm: the user's ceilings (``None``: none). The token limit is shared only
-            when ``tpm`` is given.
-        start_rpm, burst_seconds: as for :class:`~headway.limits.AdaptiveLimiter`.
-        sync_every: seconds between reads of the shared state.
-        clock: where time is read and slept.
-        listeners: called with a :class:`~headway.limits.adaptive.RateChanged` event on
-            every change of the shared rate this worker makes or adopts.
+    Takes the arguments of :class:`~headway.limits.adaptive.SharedLearningLimiter`
+    (``backend``, ``name``, ``rpm``, ``tpm``, ``start_rpm``, ``burst_seconds``,
+    ``sync_every``, ``clock``, ``listeners``), with a
+    :class:`~headway.backends.RedisBackend`. The learned state is a Redis hash.
     """
 
     max_shared_pause = MAX_SHARED_PAUSE
+    backend: RedisBackend
     shared: RedisLimiter
+    _version = -1  # the hash's version last published or adopted
 
-    def __init__(
-        self,
-        backend: RedisBackend,
-        name: str,
-        *,
-        rpm: float | None = None,
-        tpm: float | None = None,
-        start_rpm: float = _START_RPM,
-        burst_seconds: float = 1.0,
-        sync_every: float = 0.5,
-        clock: Clock | None = None,
-        listeners: tuple[EventListener, ...] = (),
-    ) -> None:
-        self._learn(
-            rpm=rpm,
-            tpm=None,  # the token ceiling is the shared bucket's own limit
-            start_rpm=start_rpm,
-            burst_seconds=burst_seconds,
-            clock=clock if clock is not None else backend.clock,
-            name=name,
-            listeners=listeners,
-        )
-        self._share(sync_every)
-        self.backend = backend
-        limits = [Limit(self.requests.rate, 60.0, burst=self._burst(self.requests.rate))]
+    def _new_shared(self, rate: float, burst: float, tpm: float | None) -> RedisLimiter:
+        limits = [Limit(rate, 60.0, burst=burst)]
         if tpm is not None:
             limits.append(Limit(tpm, 60.0, unit="tokens"))
-        self.shared = RedisLimiter(backend, name, limits, clock=self._clock)
-        self._key = backend.key("learned", "{" + name + "}")
-        self._version = -1
+        self._key = self.backend.key("learned", "{" + str(self.name) + "}")
+        return RedisLimiter(self.backend, str(self.name), limits, clock=self._clock)
 
     async def reserve(
         self, requests: float = 1.0, tokens: float = 0.0, *, max_wait: float | None = None
     ) -> RedisReservation:
-        """Sync the learned rate (every ``sync_every`` s), then reserve on the shared bucket."""
+        """As :meth:`SharedLearningLimiter.reserve
+        <headway.limits.adaptive.SharedLearningLimiter.reserve>`, typed for Redis."""
         reservation: RedisReservation = await super().reserve(requests, tokens, max_wait=max_wait)
         return reservation
 
