@@ -436,6 +436,9 @@ async def test_a_lost_state_actor_is_found_again_or_created_anew(ray_session: An
     name = f"headway-test-{uuid.uuid4().hex[:8]}"
     backend = RayBackend(name, retry_interval=0.05, timeout=5.0)
     lim = backend.limiter("api", rps=1000, burst=1000)
+    # the actor is up first: starting its process may take longer than the backend's
+    # timeout on a loaded machine, and this test is about losing it, not starting it
+    ray_session.get(backend.actor.stats.remote(), timeout=120)
     assert (await lim.reserve()).shared
     ray_session.kill(backend.actor, no_restart=True)  # gone for good
     deadline = time.monotonic() + 60  # ray.kill returns before the actor is gone
@@ -444,9 +447,12 @@ async def test_a_lost_state_actor_is_found_again_or_created_anew(ray_session: An
             ray_session.get(backend.actor.stats.remote())
             await asyncio.sleep(0.05)
     assert not (await lim.reserve()).shared  # a local share meanwhile
-    await asyncio.sleep(0.06)
-    res = await lim.reserve()
-    assert res.shared  # the probe created the actor again
+    async with asyncio.timeout(120):  # a bound: the new actor's process has to start
+        while True:
+            await asyncio.sleep(0.06)
+            res = await lim.reserve()
+            if res.shared:  # the probe created the actor again
+                break
     assert res.delay > 0.0  # with the limit empty: the lost state may have used it all
     assert backend.outages == 1
     ray_session.kill(backend.actor, no_restart=False)  # Ray restarts it
