@@ -435,7 +435,9 @@ async def test_a_lost_state_actor_is_found_again_or_created_anew(ray_session: An
 
     name = f"headway-test-{uuid.uuid4().hex[:8]}"
     backend = RayBackend(name, retry_interval=0.05, timeout=5.0)
-    lim = backend.limiter("api", rps=1000, burst=1000)
+    # a slow refill (one every 10 s): an empty limit still reads empty however long the
+    # re-created actor's process takes to start on a loaded machine
+    lim = backend.limiter("api", rps=0.1, burst=1000)
     # the actor is up first: starting its process may take longer than the backend's
     # timeout on a loaded machine, and this test is about losing it, not starting it
     ray_session.get(backend.actor.stats.remote(), timeout=120)
@@ -464,7 +466,7 @@ async def test_a_lost_state_actor_is_found_again_or_created_anew(ray_session: An
         except ray_session.exceptions.RayError:
             pass  # dying or restarting
         await asyncio.sleep(0.05)
-    other = backend.limiter("other", rps=1000, burst=1000)  # never reserved before
+    other = backend.limiter("other", rps=0.1, burst=1000)  # never reserved before
     res = await other.reserve()
     assert res.shared
     assert res.delay > 0.0  # a restarted actor starts every limit empty

@@ -264,7 +264,10 @@ class Caller:
             return None
         from headway.backends.redis import RedisBackend
 
-        return RedisBackend(spec, prefix=self.backend_name.rstrip(":") + ":")
+        # the actor backend's bound on a round trip (2 s), not Redis's own 0.5 s: a Ray
+        # worker busy with its batches stalls now and then, and a stall is not an outage
+        # (an outage falls back to a local share, which four actors can overrun together)
+        return RedisBackend(spec, prefix=self.backend_name.rstrip(":") + ":", timeout=2.0)
 
     def _make_policy(self) -> Any:
         from headway.limits import MultiLimiter
