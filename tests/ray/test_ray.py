@@ -449,12 +449,16 @@ async def test_a_lost_state_actor_is_found_again_or_created_anew(ray_session: An
             ray_session.get(backend.actor.stats.remote())
             await asyncio.sleep(0.05)
     assert not (await lim.reserve()).shared  # a local share meanwhile
+    # Probes shorter than the new actor's start: they time out while it starts, and the
+    # handle that created it must be kept (dropped, Ray collects the actor it created).
+    backend.timeout = 0.05
     async with asyncio.timeout(120):  # a bound: the new actor's process has to start
         while True:
             await asyncio.sleep(0.06)
             res = await lim.reserve()
             if res.shared:  # the probe created the actor again
                 break
+    backend.timeout = 5.0
     assert res.delay > 0.0  # with the limit empty: the lost state may have used it all
     assert backend.outages == 1
     ray_session.kill(backend.actor, no_restart=False)  # Ray restarts it
@@ -466,6 +470,8 @@ async def test_a_lost_state_actor_is_found_again_or_created_anew(ray_session: An
         except ray_session.exceptions.RayError:
             pass  # dying or restarting
         await asyncio.sleep(0.05)
+    else:
+        pytest.fail("Ray did not restart the killed actor within 60 s")
     other = backend.limiter("other", rps=0.1, burst=1000)  # never reserved before
     res = await other.reserve()
     assert res.shared

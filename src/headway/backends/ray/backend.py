@@ -69,6 +69,7 @@ class RayBackend(SharedBackend[RayLimiter, RayBreakerState]):
         self.timeout = timeout
         self.trial_lease = trial_lease
         self._options: dict[str, Any] | None = None
+        self._dead = False  # the last trip found the actor dead (not slow, not restarting)
         if actor is None:
             self._options = {
                 "name": name,
@@ -104,15 +105,19 @@ class RayBackend(SharedBackend[RayLimiter, RayBreakerState]):
         :class:`~headway.errors.BackendUnavailableError`.
         """
         try:
-            if self._down and self._options is not None:
-                # A probe after a failure: the actor may be gone for good (a non-detached
-                # actor dies with the process that created it); look it up or create it.
+            if self._dead and self._options is not None:
+                # A probe after the actor died for good (a non-detached actor dies with
+                # the process that created it): look it up or create it anew. Only then:
+                # after a slow trip the handle is kept, as dropping the handle that created
+                # the actor would let Ray collect the actor while it starts.
+                self._dead = False
                 self.actor = self._named_actor()
             async with asyncio.timeout(self.timeout):
                 result = await getattr(self.actor, method).remote(*args)
         except ValueError:
             raise
         except Exception as exc:
+            self._dead = self._options is not None and _died(exc)
             self.mark_failed(exc)
             raise BackendUnavailableError(
                 f"the Ray actor {self.name!r} did not answer ({type(exc).__name__}: {exc})"
@@ -122,3 +127,11 @@ class RayBackend(SharedBackend[RayLimiter, RayBreakerState]):
 
     def __repr__(self) -> str:
         return f"RayBackend({self.name!r}, namespace={self.namespace!r})"
+
+
+def _died(exc: BaseException) -> bool:
+    """Whether ``exc`` says the actor is dead for good (Ray's ``ActorDiedError``), not
+    slow (a timeout) or restarting (``ActorUnavailableError``)."""
+    import ray.exceptions
+
+    return isinstance(exc, ray.exceptions.ActorDiedError)
