@@ -258,3 +258,39 @@ async def test_a_fallback_starts_after_the_shared_queue_and_recovery_caps_the_le
             assert hi2 - lo1 >= 1 / 10 - EPS
         with pytest.raises(MaxWaitExceededError):  # no turn now: nothing is reserved
             await lim.reserve(max_wait=0.0)
+
+
+async def test_a_start_up_ping_waits_out_a_slow_redis_but_not_a_refused_one(
+    redis_server: Any,
+) -> None:
+    # `headway run --redis-url` checks Redis at start with `ping(within=5)`: on a loaded
+    # machine connecting may take longer than one call's timeout, which is not an outage.
+    async with RedisBackend(redis_server.url, timeout=0.2) as b:
+        asked = [0]
+        real = b.client.ping
+
+        async def counted() -> Any:
+            asked[0] += 1
+            return await real()
+
+        b.client.ping = counted  # type: ignore[method-assign]
+        redis_server.freeze()
+        task = asyncio.create_task(b.ping(within=30.0))
+        async with asyncio.timeout(10):  # a bound: until one ask timed out and another went
+            while asked[0] < 2:
+                await asyncio.sleep(0.02)
+        assert not task.done()
+        redis_server.thaw()
+        async with asyncio.timeout(10):
+            assert await task
+        assert b.available
+        assert asked[0] >= 2
+        redis_server.freeze()
+        try:
+            assert not await b.ping()  # without `within`: one timeout is an answer
+        finally:
+            redis_server.thaw()
+    redis_server.stop()
+    async with RedisBackend(redis_server.url, timeout=0.2) as b:
+        async with asyncio.timeout(5):  # refused at once, not after `within`
+            assert not await b.ping(within=60.0)

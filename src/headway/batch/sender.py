@@ -424,6 +424,9 @@ async def open_sender(
             yield sender
 
 
+_REACH_REDIS = 5.0  # seconds a slow Redis may take to answer the start-up check
+
+
 @asynccontextmanager
 async def _open_backend(url: str, clock: Clock | None) -> AsyncIterator[Any]:
     try:
@@ -434,7 +437,7 @@ async def _open_backend(url: str, clock: Clock | None) -> AsyncIterator[Any]:
         ) from None
     backend = RedisBackend(url, clock=clock)
     async with backend:
-        if not await backend.ping():
+        if not await backend.ping(within=_REACH_REDIS):
             raise ConfigurationError(
                 f"cannot reach Redis at {redact_url(url)}; check --redis-url and that the "
                 "server is up"

@@ -107,8 +107,10 @@ class RedisBackend(SharedBackend[RedisLimiter, RedisBreakerState]):
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
         from redis.exceptions import RedisError
+        from redis.exceptions import TimeoutError as RedisTimeout
 
         self._errors: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+        self._slow: tuple[type[BaseException], ...] = (RedisTimeout, TimeoutError)
         if isinstance(url_or_client, str):
             self.client: Redis = aioredis.Redis.from_url(
                 url_or_client,
@@ -173,16 +175,26 @@ class RedisBackend(SharedBackend[RedisLimiter, RedisBreakerState]):
             return super().local_share()
         return float(share)
 
-    async def ping(self) -> bool:
-        """Whether Redis answers within ``timeout`` (and mark it up or down)."""
-        try:
-            async with asyncio.timeout(self.config.timeout):
-                await self.client.ping()
-        except self._errors as exc:
-            self.mark_failed(exc)
-            return False
-        self.mark_recovered()
-        return True
+    async def ping(self, *, within: float = 0.0) -> bool:
+        """Whether Redis answers within ``timeout`` (and mark it up or down).
+
+        ``within``: seconds to keep asking while the answer is only slow (a timeout): a
+        start-up check on a loaded machine may take longer than one call's ``timeout``
+        to connect. A refused connection or any other error answers at once.
+        """
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + within
+        while True:
+            try:
+                async with asyncio.timeout(self.config.timeout):
+                    await self.client.ping()
+            except self._errors as exc:
+                if isinstance(exc, self._slow) and loop.time() < give_up:
+                    continue
+                self.mark_failed(exc)
+                return False
+            self.mark_recovered()
+            return True
 
     # -- factories --------------------------------------------------------------------
 
