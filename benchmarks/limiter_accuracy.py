@@ -21,6 +21,9 @@ Scenarios, each run ``--runs`` times (the table shows the median of the runs):
   in any 1 s window (bound 201), the achieved rate (``admitted / seconds``), and how far
   late wake-ups moved the schedule back (``limiter.shift``: turns the loop could not
   serve on time are not made up, or the callers after them would arrive too close).
+  The FakeAPI runs on the client's event loop, or with ``--server-process`` in its own
+  process (then the client's loop runs only the client; arrival times are read from
+  the server's journal over HTTP, on the same monotonic clock).
 * **fairness**: 20 one-unit loopers on a 100/s limiter; after 1 s a caller asks for 50
   units at once. Reported: how long it waited (bound: 1.5 s). aiolimiter serves the
   smallest request first: the 50-unit caller is given up after ``--fair-timeout`` s.
@@ -160,16 +163,30 @@ async def fairness(make: Callable[[], Acquire], timeout: float) -> dict[str, flo
     return {"heavy_wait_s": waited}
 
 
-async def arrival(seconds: float) -> dict[str, float]:
-    """Admissions counted at the server: 200/s, ``max_tokens=1``, 50 workers."""
+async def arrival(seconds: float, server: str | None = None) -> dict[str, float]:
+    """Admissions counted at the server: 200/s, ``max_tokens=1``, 50 workers.
+
+    ``server``: the URL of a FakeAPI in another process (``--server-process``; its
+    journal is read over HTTP), else one runs on this event loop.
+    """
+    import contextlib
+
     import aiohttp
 
     from headway.testing import FakeAPI
 
     limiter = TokenBucketRateLimiter(200, 1.0, max_tokens=1)
     loop = asyncio.get_running_loop()
-    async with FakeAPI() as api, aiohttp.ClientSession() as session:
-        url = api.url + "/v1/models"
+    async with contextlib.AsyncExitStack() as stack:
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        api = None
+        if server is None:
+            api = await stack.enter_async_context(FakeAPI())
+            base = api.url
+        else:
+            base = server
+            await (await session.post(base + "/_reset")).read()
+        url = base + "/v1/models"
         end = loop.time() + seconds
 
         async def worker() -> None:
@@ -182,7 +199,11 @@ async def arrival(seconds: float) -> dict[str, float]:
 
         async with asyncio.timeout(seconds + 10.0):
             await asyncio.gather(*(worker() for _ in range(50)))
-        times = sorted(r.time for r in api.requests)
+        if api is not None:
+            times = sorted(r.time for r in api.requests)
+        else:  # the same monotonic clock in both processes
+            async with session.get(base + "/_journal") as resp:
+                times = sorted(await resp.json())
     span = times[-1] - times[0] if len(times) > 1 else seconds
     # Seconds the schedule moved back because callers woke late (nothing else pauses it
     # here): the process was not run on time, so those turns could not be used without
@@ -226,6 +247,36 @@ FAIR: dict[str, Callable[[], Acquire]] = {
 }
 
 
+def serve() -> None:
+    """A FakeAPI in this process for ``--server-process``: ``GET /_journal`` gives the
+    arrival times of ``/v1/models``, ``POST /_reset`` forgets them."""
+    import signal
+
+    from aiohttp import web
+
+    from headway.testing import FakeAPI
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        api = FakeAPI(journal_limit=None)
+
+        async def journal(_request: web.Request) -> web.Response:
+            return web.json_response([r.time for r in api.requests if r.path == "/v1/models"])
+
+        async def reset(_request: web.Request) -> web.Response:
+            api.reset()
+            return web.json_response({})
+
+        api.route("GET", "/_journal", journal)
+        api.route("POST", "/_reset", reset)
+        async with api:
+            print(f"listening on {api.url}", flush=True)
+            await stop.wait()
+
+    asyncio.run(run())
+
+
 def median(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     if len(present) < len(values):  # any run that timed out: the median is a timeout
@@ -239,7 +290,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     arrival_runs: list[dict[str, float]] = []
     for run in range(args.runs):
         print(f"run {run + 1}/{args.runs}: arrival side ...", file=sys.stderr, flush=True)
-        arrival_runs.append(await arrival(args.seconds))
+        arrival_runs.append(await arrival(args.seconds, args.server_url))
         for name, make in CASES.items():
             print(f"run {run + 1}/{args.runs}: {name} ...", file=sys.stderr, flush=True)
             steady_runs[name].append(await steady(make, args.seconds, BURST[name]))
@@ -310,6 +361,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
         "",
         "## What the server sees: 200/s, max_tokens=1, 50 workers, counted at the server",
         "",
+        "The server runs "
+        + ("in its own process." if result.get("server_process") else "on the client's loop."),
+        "",
         "*Moved back* is how far the schedule moved because callers woke late (more than",
         "half an interval): the time the process was not run when a caller was due.",
         "",
@@ -343,8 +397,38 @@ def main() -> None:
         "--json", type=Path, default=Path("benchmarks/results/limiter_accuracy.json")
     )
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument(
+        "--server-process",
+        action="store_true",
+        help="run the arrival side's FakeAPI in its own process (not on the client's loop)",
+    )
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    result = asyncio.run(main_async(args))
+    if args.serve:
+        serve()
+        return
+    args.server_url = None
+    proc = None
+    if args.server_process:
+        import re
+        import signal
+        import subprocess
+
+        argv = [sys.executable, __file__, "--serve"]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        match = re.search(r"(http://\S+)", proc.stdout.readline())
+        if match is None:
+            proc.kill()
+            raise SystemExit("the server process did not start")
+        args.server_url = match.group(1)
+    try:
+        result = asyncio.run(main_async(args))
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(15)
+    result["server_process"] = args.server_process
     command = "python benchmarks/limiter_accuracy.py " + " ".join(sys.argv[1:])
     result["command"] = command.strip()
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from rich.console import Console
 from headway.batch import BatchStats, NullProgress, PlainProgress, RichProgress, render_summary
 from headway.batch.ledger import Result
 from headway.batch.progress import Rates
-from headway.batch.summary import percentile
+from headway.batch.summary import percentile, summary_text
 
 
 def test_rates_over_a_sliding_window() -> None:
@@ -94,6 +94,31 @@ def test_summary_counts_and_table() -> None:
         "200 ms / 3.00 s / 3.00 s",
     ):
         assert fragment in text
+
+
+def test_summary_reports_requests_sent_against_the_request_limit() -> None:
+    stats = BatchStats(total=3, limit_text="60/min", limited_by="you", limit_rpm=60.0)
+    for cid in ("a", "b", "c"):
+        stats.record(Result.success(cid, 200, {}, latency=0.1))
+    stats.retries, stats.rate_limited = 3, 1  # 6 requests sent, one of them answered 429
+    s = stats.summary(elapsed=5.0)
+    assert s["requests_per_s"] == 0.6  # results
+    assert s["sent"] == {
+        "requests": 6,
+        "per_s": 1.2,
+        "besides_429_per_s": 1.0,
+        "limit_per_min": 60.0,
+        "limit_share": 1.0,
+    }
+    text = summary_text(s)
+    assert "0.6 results/s" in text
+    assert "6 (1.2/s)" in text
+    assert "100% of 60/min (1.0/s besides 429s)" in text
+    unlimited = BatchStats(total=1)
+    unlimited.record(Result.success("a", 200, {}, latency=0.1))
+    s = unlimited.summary(elapsed=1.0)
+    assert s["sent"] == {"requests": 1, "per_s": 1.0}
+    assert "of the request limit" not in summary_text(s)
 
 
 def test_empty_summary() -> None:

@@ -107,12 +107,11 @@ async def test_no_user_limit_every_profile_no_failed_line(profile: str) -> None:
     assert out.ok == 200
     assert out.rate_limited <= 0.08 * out.ok, out
     if profile != "shared":
-        achieved = rate_after(out, t0 + 15.0)
-        # azure enforces in 10 s frames and advertises no limit: over 200 requests the probe
-        # has not settled (benchmarks/README.md section 9: 80-143% per window), and socket
-        # answers interleave with virtual-time jumps differently on a loaded machine; what
-        # is checked there is that it does not collapse
-        floor = 0.8 if profile == "azure" else 0.85
+        # azure enforces in 10 s frames and advertises no limit: its frames are learned
+        # from two or three frame starts (about 30 s), and the rate before depends on
+        # where the frames fall (79-98% after 15 s, 94-97% after 30 s)
+        achieved = rate_after(out, t0 + (30.0 if profile == "azure" else 15.0))
+        floor = 0.9 if profile == "azure" else 0.85
         assert achieved >= floor * LIMIT, (achieved, out.rate_limited)
 
 
@@ -222,8 +221,18 @@ def test_control_law_ceiling_advertised_probe() -> None:
     assert p.rate_limited(2.0)
     assert p.rate == pytest.approx(45.0)
     assert not p.slow_start
+    # far below the rate of the 429: back fast (after slow start, to 60% of it)
     assert p.succeeded(3.0)
-    assert p.rate == pytest.approx(45.0 + 0.015 * 90.0)
+    assert p.rate == pytest.approx(45.0 + 0.1 * 90.0)
+    assert p.succeeded(13.0)  # then slowly (one second counts at most)
+    assert p.rate == pytest.approx(0.6 * 90.0 + 0.015 * 90.0)
+    assert p.rate_limited(14.0)  # past slow start: down by 15%, back fast to 90%
+    peak = 0.6 * 90.0 + 0.015 * 90.0
+    assert p.rate == pytest.approx(0.85 * peak)
+    assert p.succeeded(14.5)
+    assert p.rate == pytest.approx(0.85 * peak + 0.05 * peak)
+    assert p.succeeded(15.5)
+    assert p.rate == pytest.approx(0.9 * peak)
 
 
 @settings(max_examples=60, deadline=None)
@@ -381,9 +390,10 @@ def test_tracking_needs_an_advertised_limit_and_a_refilling_bucket() -> None:
 
 
 @pytest.mark.virtual_time
-async def test_frame_server_without_headers_is_not_probed_far_above_its_limit() -> None:
-    """Azure admits limit/6 per 10 s frame and says no limit: a probe may climb between
-    two 429s (each frame starts with a burst); after a 429 it drops to what got through."""
+async def test_frame_server_without_a_limit_header_is_learned_from_its_counts() -> None:
+    """Azure admits limit/6 per 10 s frame and says no limit, only what is left: the
+    frames are learned from the count jumping back up (length, allowance), and the rate
+    settles just under the frame's allowance with about no 429."""
     limit = 1200.0
     async with FakeAPI(profile="azure", rpm=limit) as api:
         limiter = AdaptiveLimiter()
@@ -394,18 +404,70 @@ async def test_frame_server_without_headers_is_not_probed_far_above_its_limit() 
         async def watch() -> None:
             while True:
                 await asyncio.sleep(5.0)
-                if loop.time() - t0 >= 40.0:
+                if loop.time() - t0 >= 45.0:
                     rates.append(limiter.requests.rate)
 
         watcher = asyncio.create_task(watch())
         try:
-            out = await drive(api, limiter, 1600, workers=32)
+            out = await drive(api, limiter, 1400, workers=32)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
     assert out.failed == []
-    assert out.rate_limited <= 0.02 * out.ok
+    assert out.rate_limited <= 0.01 * out.ok
     assert rates
-    assert max(rates) <= 1.5 * limit, rates
-    assert rate_after(out, t0 + 20.0) >= 0.9 * limit
+    # the allowance less one per frame (199 of 200 a frame: 1,194/min), to within 2.5%
+    # (the longest frame length the starts seen allow, so never above it)
+    assert all(0.97 * limit <= rate <= 1194.0 for rate in rates), rates
+    frame = limiter.requests.frame
+    assert frame is not None
+    assert frame == pytest.approx(10.0, rel=0.025)
+    assert rate_after(out, t0 + 30.0) >= 0.95 * limit
+
+
+def test_frames_are_measured_from_count_jumps_and_a_429s_delay() -> None:
+    c = RateControl(ceiling=None, start=60.0)
+    assert not c.track(199.0, 0.0, None)  # the first count: nothing jumped
+    assert not c.track(150.0, 4.0, None)
+    assert not c.track(199.0, 4.1, None)  # a frame starts in (4.0, 4.1]: one start
+    assert c.frame is None
+    assert not c.track(0.0, 8.0, None)
+    c.frame_ends(8.0, 3.0)  # a 429: come back in 3 s (whole seconds: the end in (10, 11])
+    assert not c.track(10.0, 8.5, None)  # a small rise: answers out of order, no jump
+    assert c.track(198.0, 14.0, None)  # paused until 14 s, but the 429 said (10, 11]
+    assert c.frame is not None
+    low, high = c._frame_range
+    assert (low, high) == pytest.approx((5.9, 7.0))
+    assert c.frame == pytest.approx(7.0)  # the longest: never above the allowance
+    assert c.rate == pytest.approx(199.0 * 60.0 / 7.0)
+    assert c.source == "server"
+    # a later start narrows it: 2 frames from the first, within (4.0, 4.1) + (16, 16.1)
+    assert not c.track(5.0, 15.98, None)
+    assert c.track(199.0, 16.06, None)
+    assert c._frame_range == pytest.approx(((15.98 - 4.1) / 2, (16.06 - 4.0) / 2))
+    assert c.frame == pytest.approx(6.03)
+    # a 429 once the frames are known: wait for the next frame, not for a rounded delay
+    assert c.counts_frames
+    assert c.frame_wait(17.0, 60.0) == pytest.approx(16.06 + 6.03 - 17.0)
+    assert c.frame_wait(17.0, 0.5) is None  # the server says sooner: its word holds
+    assert not c.rate_limited(17.0)  # frames: the rate learned holds, nobody slows
+    # starts that fit no common length: measured again from the latest
+    assert not c.track(0.0, 17.5, None)
+    assert not c.track(199.0, 17.6, None)
+    assert c._frame_range == (0.0, math.inf)
+
+
+def test_frames_are_not_learned_where_a_limit_is_advertised() -> None:
+    c = RateControl(ceiling=None, start=60.0)
+    c.advertise(1200.0, 0.0)
+    c.frame_ends(1.0, 2.0)
+    assert c._frame_hint is None
+    assert not c.track(100.0, 0.0, None)
+    assert not c.track(0.0, 1.0, None)
+    assert not c.track(199.0, 2.0, None)
+    assert not c.track(0.0, 3.0, None)
+    assert not c.track(199.0, 4.0, None)
+    assert c.frame is None
+    assert c.frame_wait(5.0, None) is None
+    assert c.rate == 1200.0

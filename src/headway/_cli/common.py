@@ -315,6 +315,7 @@ async def _run_batch(runner: BatchRunner, settings: SenderSettings) -> None:
     if stats.limit_text is None:  # the rate in force: the flags' until the server says less
         stats.limit_text = _limit_text(settings.rpm, settings.tpm)
         stats.limited_by = "you" if stats.limit_text else None
+        stats.limit_rpm = settings.rpm
 
     limited = settings.rpm is not None or settings.tpm is not None
     if limited:

@@ -170,6 +170,7 @@ def note_rate(rate: float, limited_by: str, learned: Mapping[str, float]) -> Non
     if job is None:
         return
     job.stats.limit_text = f"{rate:,.0f}/min"
+    job.stats.limit_rpm = rate
     job.stats.limited_by = "you" if limited_by == "user" else limited_by
     job.stats.learned = dict(learned)
 

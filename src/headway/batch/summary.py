@@ -71,6 +71,7 @@ class BatchStats:
             ``(number, code, custom_id, one-line reason)`` for the live display.
         limit_text / limited_by: the rate in force (``"3,000/min"``) and who sets it
             (``"you"`` for the flags, ``"server"`` once the server's enforced limit is lower).
+        limit_rpm: the request rate in force per minute, as a number (``None``: no limit).
         learned: what the server advertised or probing found, per minute, by unit.
         stopped: why the run stopped early (a quota exhausted), if it did.
         answered / answered_404: of the first answers, how many; how many were 404s.
@@ -105,6 +106,7 @@ class BatchStats:
     )
     limit_text: str | None = None
     limited_by: str | None = None
+    limit_rpm: float | None = None
     learned: dict[str, float] = field(default_factory=dict)
     stopped: str | None = None
     answered: int = 0
@@ -187,6 +189,7 @@ class BatchStats:
         waits = array("d", sorted(self.waits))
         server = array("d", sorted(a - w for a, w in zip(self.latencies, self.waits, strict=True)))
         sent = self.written - self.invalid
+        attempts = sent + self.retries
         return {
             "total": self.done if self.total is None else max(self.total, self.done),
             "succeeded": self.succeeded,
@@ -221,6 +224,7 @@ class BatchStats:
             "rate_limit": {"in_force": self.limit_text, "limited_by": self.limited_by},
             "elapsed_s": round(elapsed, 3),
             "requests_per_s": round(sent / elapsed, 2) if elapsed > 0 else None,
+            "sent": self._sent(attempts, elapsed),
             "tokens": self.tokens,
             "tokens_split": {
                 "prompt": self.prompt_tokens,
@@ -229,6 +233,25 @@ class BatchStats:
             },
             "tokens_per_min": round(self.tokens / elapsed * 60, 1) if elapsed > 0 else None,
         }
+
+    def _sent(self, attempts: int, elapsed: float) -> dict[str, Any]:
+        """The requests sent (every attempt) and, with a request limit, its use.
+
+        The limit bounds requests sent, retries included; a 429 is left out of its use
+        (the server refused it, and when its bucket still had room the limiter gave the
+        turn back).
+        """
+        out: dict[str, Any] = {
+            "requests": attempts,
+            "per_s": round(attempts / elapsed, 2) if elapsed > 0 else None,
+        }
+        limit = self.limit_rpm
+        if limit and elapsed > 0:
+            counted = max(0, attempts - self.rate_limited)
+            out["besides_429_per_s"] = round(counted / elapsed, 2)
+            out["limit_per_min"] = limit
+            out["limit_share"] = round(counted / elapsed * 60.0 / limit, 4)
+        return out
 
 
 def _code_of_reason(reason: str) -> str:
@@ -308,7 +331,19 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("stopped", str(summary["stopped"]), "red"))
     rps = summary["requests_per_s"]
     rows.append(("elapsed", f"{summary['elapsed_s']:.1f} s", ""))
-    rows.append(("throughput", "-" if rps is None else f"{rps:,.1f} req/s", ""))
+    rows.append(("throughput", "-" if rps is None else f"{rps:,.1f} results/s", ""))
+    sent = summary.get("sent") or {}
+    if sent.get("per_s") is not None:
+        rows.append(("requests sent", f"{sent['requests']:,} ({sent['per_s']:,.1f}/s)", ""))
+    if sent.get("limit_share") is not None:
+        rows.append(
+            (
+                "  of the request limit",
+                f"{sent['limit_share']:.0%} of {sent['limit_per_min']:,.0f}/min "
+                f"({sent['besides_429_per_s']:,.1f}/s besides 429s)",
+                "",
+            )
+        )
     rows.append(("tokens", f"{summary['tokens']:,}", ""))
     split = summary.get("tokens_split")
     if split and summary["tokens"]:

@@ -79,8 +79,13 @@ _GROWTH = 1.5
 #: Multiplicative decrease: after slow start, and while slow-starting.
 _BETA = 0.85
 _BETA_SLOW_START = 0.5
-#: Additive increase: this share of the rate at the last decrease, per second.
+#: Additive increase: this share of the rate at the last decrease, per second; below
+#: _RECOVER of that rate (where the server surely has room) _ALPHA_FAST. Slow start
+#: overshoots by more before its first 429: the quick return goes to _RECOVER_SLOW_START.
 _ALPHA = 0.015
+_ALPHA_FAST = 0.1
+_RECOVER = 0.9
+_RECOVER_SLOW_START = 0.6
 #: How much an advertised limit is lowered per rate 429 that says the bucket is empty,
 #: and how fast it comes back (share of the advertised limit per second).
 _SHARE_CUT = 0.85
@@ -109,6 +114,13 @@ _TRACK_CLOSE = 5.0
 #: samples, and over at least this many seconds.
 _DELIVERED_SAMPLES = 12
 _DELIVERED_SPAN = 5.0
+#: A server that reports remaining counts but no limit and no reset time (Azure) may
+#: count in fixed frames: a count that jumps back up by at least this many, to at least
+#: this share of the most seen, marks a new frame; two such marks give its length.
+_FRAME_JUMP = 3.0
+_FRAME_FULL = 0.8
+#: How many frame starts are kept to measure the frame length.
+_FRAME_STARTS = 16
 #: The least share of an advertised limit the limiter keeps.
 _SHARE_MIN = 0.05
 #: A remaining count this recent (seconds), and at least this share of the most seen,
@@ -150,12 +162,17 @@ class RateControl:
     __slots__ = (
         "_back_at",
         "_cut_at",
+        "_frame_hint",
+        "_frame_range",
+        "_frame_starts",
         "_mark",
         "_probe_at",
+        "_recover",
         "advertised",
         "capacity",
         "ceiling",
         "floor",
+        "frame",
         "learned",
         "left",
         "left_at",
@@ -174,6 +191,7 @@ class RateControl:
         self.peak = self.learned  # the rate at the last decrease (probing's yardstick)
         self.share = 1.0  # of the advertised limit, lowered by 429s of a shared key
         self.slow_start = True
+        self._recover = 0.0  # probing comes back fast up to this rate after a decrease
         self._cut_at = -math.inf
         self._probe_at: float | None = None
         self._back_at: float | None = None
@@ -182,6 +200,11 @@ class RateControl:
         self.left_at = -math.inf
         self.others = 0.0  # what others draw from it, per minute (estimated)
         self._mark: tuple[float, float, float] | None = None
+        self.frame: float | None = None  # the length of the server's fixed frames, if learned
+        # frame starts seen: (number, clock time of the count before, of the jump)
+        self._frame_starts: list[tuple[int, float, float]] = []
+        self._frame_range = (0.0, math.inf)  # the frame lengths they allow
+        self._frame_hint: tuple[float, float] | None = None  # where a 429 said one ends
         self.rate = self._target()
 
     def _target(self) -> float:
@@ -238,6 +261,8 @@ class RateControl:
         dt = min(now - last, 1.0)
         if self.slow_start:
             self.learned *= _GROWTH**dt
+        elif self.learned < self._recover:
+            self.learned = min(self.learned + _ALPHA_FAST * self.peak * dt, self._recover)
         else:
             self.learned += _ALPHA * self.peak * dt
         if ceiling is not None and self.learned > ceiling:
@@ -253,7 +278,10 @@ class RateControl:
         10 s) admits a burst at the start of each frame, so a probe can climb far above
         the enforced rate between two 429s; what got through is that rate.
         """
-        if now - self._cut_at < _HOLD:
+        if now - self._cut_at < _HOLD or self.frame is not None:
+            # A server counting in fixed frames refuses the rest of a frame once its
+            # allowance is used, whoever used it: the pause until the frame ends is the
+            # answer; the rate learned from the frames holds.
             return False
         self._cut_at = now
         if self.advertised is not None:
@@ -262,8 +290,9 @@ class RateControl:
             return self.update()
         current = min(self.learned, self.rate)
         cut = current * (_BETA_SLOW_START if self.slow_start else _BETA)
+        self._recover = current * (_RECOVER_SLOW_START if self.slow_start else _RECOVER)
         if delivered is not None and not self.slow_start and delivered < cut:
-            current = cut = delivered
+            current = cut = self._recover = delivered
         self.slow_start = False
         self.peak = current
         self.learned = max(self.floor, cut)
@@ -289,10 +318,18 @@ class RateControl:
         """
         if remaining > self.capacity:
             self.capacity = remaining
+        before_left, before_at = self.left, self.left_at
         self.left, self.left_at = remaining, now
         limit = self.advertised
         mark = self._mark
         if sent is None:
+            if (
+                before_at > -math.inf
+                and remaining >= before_left + _FRAME_JUMP
+                and remaining >= _FRAME_FULL * self.capacity
+                and (limit is None or self.frame is not None)
+            ):
+                return self._new_frame(before_at, now)
             return False
         if limit is None or mark is None:
             self._mark = (now, remaining, sent)
@@ -312,6 +349,79 @@ class RateControl:
         rate = limit - self.others + (remaining - aim) * 60.0 / _TRACK_CLOSE
         self.share = min(1.0, max(_SHARE_MIN, rate / limit))
         self._back_at = now
+        return self.update()
+
+    def frame_ends(self, now: float, delay: float) -> None:
+        """A rate 429 at ``now`` said to come back in ``delay`` seconds.
+
+        For a server counting in fixed frames that is when the frame ends: the next frame
+        start is then known within the delay's precision (a whole number of seconds is
+        taken as rounded up), not only within the pause it causes.
+        """
+        if not (delay > 0.0 and math.isfinite(delay)):
+            return
+        if self.advertised is not None and self.frame is None:
+            return  # a limit the server advertises: no frames to learn
+        end = now + delay
+        self._frame_hint = (end - 1.0 if delay == math.floor(delay) else end - 0.001, end)
+
+    @property
+    def counts_frames(self) -> bool:
+        """Whether the server seems to count in fixed frames (a 429 said when one ends)."""
+        return self.frame is not None or self._frame_hint is not None
+
+    def frame_wait(self, now: float, delay: float | None) -> float | None:
+        """How long a rate 429 at ``now`` should pause everyone, at most ``delay``.
+
+        With the server's frames learned, the pause ends when the next frame starts at
+        the latest (the frame length and the latest start are known to a few hundredths
+        of a second once measured; a server's whole-second Retry-After may be up to a
+        second longer). ``None`` if no better than ``delay``.
+        """
+        starts, high = self._frame_starts, self._frame_range[1]
+        if self.frame is None or not starts or not math.isfinite(high):
+            return None
+        hi = starts[-1][2]
+        k = max(1, math.floor((now - hi) / high) + 1)
+        wait = hi + k * high - now
+        return wait if delay is None or wait < delay else None
+
+    def _new_frame(self, after: float, now: float) -> bool:
+        """The remaining count jumped back up: a fixed frame started between clock times
+        ``after`` (the count before) and ``now``.
+
+        Calls go all the time, so each jump is the next frame: any two starts, ``n``
+        frames apart, bound the frame length between the nearest and the farthest ends
+        of their spans, divided by ``n``. Every start narrows the range. The limit is
+        the most the frame was seen to hold (less the call that reported it: a late call
+        or the frame's phase then does not put one call too many into a frame) per the
+        *longest* frame length in the range, so never above what the server allows.
+        """
+        hint, self._frame_hint = self._frame_hint, None
+        if hint is not None and hint[0] < now and hint[1] > after:
+            after, now = max(after, hint[0]), min(now, hint[1])
+        starts = self._frame_starts
+        index = starts[-1][0] + 1 if starts else 0
+        low, high = self._frame_range
+        for i, lo_i, hi_i in starts:
+            n = index - i
+            low = max(low, (after - hi_i) / n)
+            high = min(high, (now - lo_i) / n)
+        if low > high:  # not frames of one length after all: measure again from here
+            starts.clear()
+            starts.append((0, after, now))
+            self._frame_range = (0.0, math.inf)
+            return False
+        starts.append((index, after, now))
+        if len(starts) > _FRAME_STARTS:
+            del starts[0]
+        self._frame_range = (low, high)
+        if not math.isfinite(high) or high <= 0.0:
+            return False
+        if high == self.frame:
+            return False
+        self.frame = high
+        self.advertised = max(self.capacity, 1.0) * 60.0 / high
         return self.update()
 
 
@@ -673,11 +783,22 @@ class AdaptiveLimiter(LearningLimiter):
         """
         self.rate_limited_count += 1
         bucket = self._rpm_bucket
-        if not empty or self.requests.has_room(self._clock.now()):
+        now = self._clock.now()
+        if delay is not None and self.requests.capacity:
+            self.requests.frame_ends(now, delay)
+        if not empty or self.requests.has_room(now):
             # The server refused this one call without counting it: its turn comes back.
             bucket.refund(1.0)
             return
-        self._rate_limited_pause(delay, -bucket.tokens, bucket.rate)
+        control = self.requests
+        wait = control.frame_wait(now, delay)
+        if wait is not None:  # the frame is used up: everyone waits for the next one
+            self.pause_until(now + wait)
+            return
+        # Calls booked at the old rate are spread out after the pause, unless the server
+        # counts in frames: there the next frame's allowance is what bounds them.
+        booked = 0.0 if control.counts_frames else -bucket.tokens
+        self._rate_limited_pause(delay, booked, bucket.rate)
 
     def observe_headers(self, headers: Mapping[str, str]) -> None:
         """Read a response's limit headers: learn advertised limits, sync the levels.
