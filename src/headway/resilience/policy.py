@@ -92,14 +92,15 @@ from headway._clock import LOOP_CLOCK, Clock, resolve_clock
 from headway.errors import ConfigurationError, RateLimitError
 from headway.events import GLOBAL_LISTENERS, EventListener
 from headway.resilience.breaker import BreakerTicket, CircuitBreaker
-from headway.resilience.retry import RetryPolicy
 from headway.resilience.retry.schedule import DEFAULT_MAX_SERVER_DELAY
+from headway.resilience.retry.settings import RetrySettings
 from headway.resilience.timeouts import DeadlineTimer
 
 if TYPE_CHECKING:
     from headway.concurrency import AdaptiveConcurrency, ConcurrencyLimit
     from headway.limits import Limiter, Reservation
-    from headway.resilience.retry import RetryBudget
+    from headway.resilience.retry.budget import RetryBudget
+    from headway.resilience.retry.config import RetryPolicy
     from headway.resilience.retry.engine import RetryEngine
 
     # retry engine, its budget, breaker, plain pool, measured pool, limiter, its try_take,
@@ -293,6 +294,8 @@ class Policy:
 
     Args:
         retry: a :class:`RetryPolicy`; by default ``RetryPolicy()``; ``None`` never retries.
+            (A :class:`~headway.resilience.retry.settings.RetrySettings` is taken too: the
+            same fields without pydantic, for code that checked them itself.)
         limiter: a :class:`~headway.limits.MultiLimiter`,
             :class:`~headway.limits.TokenBucketRateLimiter` or any
             :class:`~headway.limits.Limiter`; shared by everyone using it.
@@ -316,7 +319,7 @@ class Policy:
     def __init__(
         self,
         *,
-        retry: RetryPolicy | None = DEFAULT,
+        retry: RetryPolicy | RetrySettings | None = DEFAULT,
         limiter: Limiter | None = None,
         concurrency: ConcurrencyLimit | AdaptiveConcurrency | int | None = None,
         breaker: CircuitBreaker | None = None,
@@ -328,9 +331,15 @@ class Policy:
         rate_limits: RateLimits = "wait",
     ) -> None:
         if retry is DEFAULT:
+            from headway.resilience.retry.config import RetryPolicy
+
             retry = RetryPolicy(clock=clock, name=name)
-        elif retry is not None and not isinstance(retry, RetryPolicy):
-            raise ConfigurationError(f"retry must be a RetryPolicy or None, got {retry!r}")
+        elif retry is not None and not isinstance(retry, RetrySettings):
+            # RetryPolicy's module (and pydantic) is loaded already if ``retry`` is one
+            from headway.resilience.retry.config import RetryPolicy
+
+            if not isinstance(retry, RetryPolicy):
+                raise ConfigurationError(f"retry must be a RetryPolicy or None, got {retry!r}")
         for what, value in (("attempt_timeout", attempt_timeout), ("total_timeout", total_timeout)):
             if value is not None and not value > 0:
                 raise ConfigurationError(f"{what} must be > 0 seconds or None, got {value!r}")
@@ -385,7 +394,7 @@ class Policy:
         )
 
     @property
-    def retry(self) -> RetryPolicy | None:
+    def retry(self) -> RetryPolicy | RetrySettings | None:
         """The retry policy (``None``: no retries)."""
         return self._retry
 
