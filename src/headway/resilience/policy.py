@@ -148,7 +148,9 @@ class AttemptContext:
 
     Attributes:
         attempt: 1 for the first attempt, 2 for the next one, ...
-        reservation: the limiter reservation of this attempt (``None`` without a limiter).
+        reservation: the limiter reservation of this attempt (``None`` without a limiter,
+            or when the limiter let the call go without one: an adaptive limiter with no
+            tokens limit, for a call without a token estimate, has nothing to settle).
         limiter: the policy's limiter, to ``sync`` from rate-limit headers or pause.
         policy: the policy running the call.
 
@@ -387,6 +389,7 @@ class Policy:
             if total_timeout is None
             else DeadlineTimer(total_timeout, scope="total", source=name, listeners=self._listeners)
         )
+        self._take_unsettled = full is not None and getattr(full, "takes_unsettled", False) is True
         self._on_rate_limited = None if full is None else full.on_rate_limited
         self._rate_wait = rate_limits == "wait" and retry is not None and retry.max_retries > 0
         self._max_server_delay = (
@@ -574,6 +577,7 @@ class Policy:
         keep: bool,
     ) -> Any:
         rt, budget, breaker, pool, slots, limiter, take, learns, timed, timer, clock = self._plan
+        free = self._take_unsettled  # take() serves run()'s attempts too (nothing to settle)
         if budget is not None:
             budget.record_request()
         attempt, fails, waits, prev = 0, 0, 0, 0.0 if rt is None else rt.base_delay
@@ -588,7 +592,9 @@ class Policy:
                     held = pool.try_acquire() or await _acquired(pool)
                 elif slots is not None:
                     slot = await _slot_of(slots)
-                if limiter is not None and (ctx is not None or not take(requests, tokens)):
+                if limiter is not None and (
+                    (ctx is not None and not free) or not take(requests, tokens)
+                ):
                     reservation = limiter.reserve_nowait(requests, tokens)
                     if reservation is None:
                         reservation = await limiter.reserve(requests, tokens)
