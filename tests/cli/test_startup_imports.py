@@ -16,6 +16,8 @@ import pytest
 
 import headway.batch
 import headway.http
+import headway.resilience
+import headway.resilience.retry  # the subpackage, in sys.modules
 
 #: Modules that ``import headway.cli`` must not load (each is imported where it is used).
 HEAVY = (
@@ -52,7 +54,30 @@ def test_a_submodule_of_headway_http_does_not_load_the_client() -> None:
     assert "pydantic" not in loaded
 
 
-@pytest.mark.parametrize("package", [headway.http, headway.batch], ids=lambda p: p.__name__)
+def test_the_run_path_loads_no_pydantic() -> None:
+    """``headway run`` without a key builds its client and Policy without pydantic."""
+    loaded = _loaded_after(
+        "from headway.batch.sender import SenderSettings, Target, build_policy\n"
+        "from headway.http.client import AsyncAPIClient\n"
+        "import headway.http.transports, headway.resilience\n"
+        "policy = build_policy(SenderSettings(Target('http://127.0.0.1:1')))\n"
+        "AsyncAPIClient('http://127.0.0.1:1', policy=policy, auth_type='none')"
+    )
+    assert "headway.resilience.policy" in loaded  # the check ran
+    assert "pydantic" not in loaded
+
+
+#: Packages whose names load on first use (``headway.resilience.retry`` is also the name
+#: of the decorator in ``headway.resilience``: the subpackage is taken from sys.modules).
+PACKAGES = [
+    headway.http,
+    headway.batch,
+    headway.resilience,
+    sys.modules["headway.resilience.retry"],
+]
+
+
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
 def test_every_public_name_resolves(package: object) -> None:
     names = package.__all__  # type: ignore[attr-defined]
     for name in names:
@@ -61,7 +86,7 @@ def test_every_public_name_resolves(package: object) -> None:
     assert set(names) <= set(dir(package))
 
 
-@pytest.mark.parametrize("package", [headway.http, headway.batch], ids=lambda p: p.__name__)
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
 def test_an_unknown_name_is_an_attribute_error(package: object) -> None:
     missing = "no_such_name"
     with pytest.raises(AttributeError, match=missing):

@@ -471,3 +471,37 @@ def test_frames_are_not_learned_where_a_limit_is_advertised() -> None:
     assert c.frame is None
     assert c.frame_wait(5.0, None) is None
     assert c.rate == 1200.0
+
+
+async def test_try_take_serves_a_policy_attempt_only_when_nothing_is_left_to_settle() -> None:
+    from headway import Policy
+
+    seen: list[object] = []
+
+    async def attempt(ctx: Any) -> None:
+        seen.append(ctx.reservation)
+
+    limiter = AdaptiveLimiter(start_rpm=6_000, burst_seconds=60.0, clock=ManualClock())
+    policy = Policy(retry=None, limiter=limiter)
+    before = limiter.limiters[0].tokens
+    await policy.run(attempt)  # no tokens limit, no estimate: the turn is taken, no object
+    assert seen == [None]
+    assert limiter.limiters[0].tokens == pytest.approx(before - 1)
+    await policy.run(attempt, tokens=50)  # an estimate is recorded on a reservation
+    assert seen[1] is not None
+
+    with_tpm = AdaptiveLimiter(tpm=100_000)
+    assert not with_tpm.try_take()  # a tokens limit: reserve, so that settle() counts
+
+    class Own(AdaptiveLimiter):
+        def reserve_nowait(self, *args: Any, **kwargs: Any) -> Any:
+            return super().reserve_nowait(*args, **kwargs)
+
+    assert not Own(start_rpm=6_000).try_take()  # its own reserving is not bypassed
+
+
+def test_try_take_refuses_a_call_that_would_wait() -> None:
+    limiter = AdaptiveLimiter(rpm=60, burst_seconds=1.0, clock=ManualClock())
+    assert limiter.try_take()
+    assert not limiter.try_take()  # the burst is spent: reserve_nowait says how long
+    assert limiter.reserve_nowait() is not None

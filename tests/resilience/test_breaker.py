@@ -556,6 +556,23 @@ async def test_ratio_window_is_cleared_when_closing(clock: ManualClock) -> None:
     assert b.state is CLOSED
 
 
+def test_a_windowed_breaker_judges_tickets_without_permits(clock: ManualClock) -> None:
+    b = make(clock, failure_rate_threshold=0.5, minimum_calls=4)
+    tickets = [b.try_enter() for _ in range(4)]
+    assert all(type(t) is int for t in tickets)  # closed: no permit objects
+    b.record(tickets[0], Boom("down"))
+    b.record(tickets[1], Boom("down"))
+    b.record(tickets[2], asyncio.CancelledError())  # no verdict: not counted
+    b.record(tickets[2])
+    assert b.state is CLOSED  # 3 calls judged, fewer than minimum_calls
+    b.record(tickets[3])  # 2 failures of 4: the success completes the count, and it trips
+    assert b.state is OPEN
+    b.reset()
+    b.record(tickets[0], Boom("down"))  # a ticket of the old circuit no longer counts
+    b.record(b.try_enter(), Boom("down"))
+    assert b.state is CLOSED  # 1 failure of 1: below minimum_calls
+
+
 # -- slow calls -------------------------------------------------------------------------
 
 

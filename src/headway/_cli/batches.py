@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
@@ -115,6 +116,8 @@ def _settings(
 
 def refuse_live_batches(output: Path) -> None:
     """Stop ``--via online`` on an OUT whose batches still run (it would pay twice)."""
+    if not os.path.exists(f"{os.fspath(output)}.batches.json"):  # batchapi.state.state_path
+        return  # no state file: the Batch API machinery need not be imported
     from headway.batch.batchapi.state import BatchState
 
     if BatchState.exists(output) and BatchState.load(output).live:

@@ -37,6 +37,7 @@ import json
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from random import getrandbits as _getrandbits
 from typing import Any, Self
 
 import orjson
@@ -44,7 +45,7 @@ import orjson
 from headway._json import dumps
 from headway.batch.output import is_success, result_record
 from headway.errors import APIClientError, error_code
-from headway.http.tokens import usage_tokens
+from headway.http.tokens import TokenUsage, usage_split, usage_tokens
 
 __all__ = [
     "FLUSH_BYTES",
@@ -73,7 +74,9 @@ def tokens_used(body: Any) -> int:
 
 
 def _new_id() -> str:
-    return "batch_req_" + os.urandom(12).hex()
+    # 96 random bits, as before, from the process's generator (seeded from os.urandom)
+    # rather than a system call per result.
+    return f"batch_req_{_getrandbits(96):024x}"
 
 
 def request_digest(method: str, url: str, body: Any, target: str = "") -> str | None:
@@ -133,6 +136,7 @@ class Result:
     shape: str = "openai"  # the line's shape: "openai" or "anthropic" (headway.batch.output)
     metadata: Any = None  # the input line's metadata, copied to the result line
     waited: float = 0.0
+    usage: TokenUsage | None = None  # the body's usage, split (read once, for the summary)
 
     @property
     def ok(self) -> bool:
@@ -156,8 +160,11 @@ class Result:
         attempts: int = 1,
     ) -> Result:
         """A successful result; its tokens are read from the body's ``usage``."""
-        tokens = tokens_used(body)
-        return cls(custom_id, status_code, request_id, body, None, latency, attempts, tokens)
+        usage = usage_split(body)  # once: the summary reads it from the result
+        total = 0 if usage is None else usage.total
+        return cls(
+            custom_id, status_code, request_id, body, None, latency, attempts, total, usage=usage
+        )
 
     @classmethod
     def failure(

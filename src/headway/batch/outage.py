@@ -213,11 +213,14 @@ class RunJudge:
         ``hint``: the request's last retry reason, the cause named when the result itself
         only says that the breaker is open.
         """
-        kind = self.classify(result)
+        kind = None if result.error is None else self.classify(result)
         if kind != "outage":
             self._end_outage()
         if kind is None:
             self._answered = True
+            streaks = self._streaks
+            if not (streaks["auth"].count or streaks["outage"].count or streaks["not_found"].count):
+                return [result]  # the common case: nothing held (a streak holds what it counts)
             return [
                 result,
                 *self._release("auth"),
@@ -271,6 +274,15 @@ class RunJudge:
             out.extend(h.result for h in self._streaks[kind].held)
             self._streaks[kind] = _Streak()
         return out
+
+    def gate_nowait(self) -> Literal["send", "stop"] | None:
+        """:meth:`gate`'s answer when it needs no wait (outside an outage), else ``None``.
+
+        The runner asks this first: the usual answer costs no coroutine.
+        """
+        if self.verdict is not None or self._stopped:
+            return "stop"
+        return None if self._in_outage else "send"
 
     async def gate(self) -> Literal["send", "probe", "stop"]:
         """Wait until a request may be sent: ``send``, ``probe``, or ``stop`` (the run ends).

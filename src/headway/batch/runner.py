@@ -37,7 +37,7 @@ from typing import Any, BinaryIO, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from headway._clock import Clock, resolve_clock
+from headway._clock import LOOP_CLOCK, Clock, resolve_clock
 from headway.batch.jobs import (
     DEFAULT_URL,
     STDIO,
@@ -536,7 +536,9 @@ class BatchRunner:
         self._released = True
 
     async def _worker(self) -> None:
-        queue, stats, clock, write = self._queue, self.stats, self.clock, self._write
+        queue, stats, write = self._queue, self.stats, self._write
+        # The loop clock read without looking the loop up each time (a worker lives in one).
+        now = asyncio.get_running_loop().time if self.clock is LOOP_CLOCK else self.clock.now
         send, output_format = self.sender, self.output_format
         judge = self.judge
         target = self.target
@@ -554,14 +556,14 @@ class BatchRunner:
                 request = item
             probe = False
             if judge is not None:
-                gate = await judge.gate()
+                gate = judge.gate_nowait() or await judge.gate()
                 if gate == "stop":
                     return  # the run is over: this request is left for the resume
                 probe = gate == "probe"
             job = _Job(stats, judge=judge)
             token = _CURRENT.set(job)
             stats.in_flight += 1
-            t0 = clock.now()
+            t0 = now()
             try:
                 response = await send(request)
             except QuotaExceededError as exc:
@@ -577,16 +579,16 @@ class BatchRunner:
                     request.custom_id,
                     "invalid_response",
                     "the answer (or the request) nests too deeply to handle (RecursionError)",
-                    latency=clock.now() - t0,
+                    latency=now() - t0,
                     attempts=job.retries + 1,
                 )
             except Exception as exc:
                 result = result_from_error(
-                    request.custom_id, exc, latency=clock.now() - t0, attempts=job.retries + 1
+                    request.custom_id, exc, latency=now() - t0, attempts=job.retries + 1
                 )
             else:
                 try:
-                    result = self._result(request, response, clock.now() - t0, job.retries + 1)
+                    result = self._result(request, response, now() - t0, job.retries + 1)
                 except Exception as exc:  # a sender's odd answer costs its line, not the run
                     result = Result.failure(
                         request.custom_id,

@@ -243,7 +243,7 @@ def build_policy(
     from headway.limits.adaptive import AdaptiveLimiter
     from headway.resilience.breaker import CircuitBreaker
     from headway.resilience.policy import Policy
-    from headway.resilience.retry import RetryPolicy
+    from headway.resilience.retry.settings import RetrySettings
 
     # The server's real limit, learned; --rpm/--tpm are ceilings. The burst: a second's
     # worth, or --burst requests.
@@ -278,7 +278,8 @@ def build_policy(
             name="batch",
         )
     limiter.listeners = (_on_rate(limiter),)
-    retry = RetryPolicy(
+    # The flags were checked: a plain record, no pydantic model to import and build.
+    retry = RetrySettings(
         max_retries=settings.max_attempts - 1,
         base_delay=settings.base_delay,
         max_delay=max(settings.max_delay, settings.base_delay),

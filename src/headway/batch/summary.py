@@ -149,7 +149,9 @@ class BatchStats:
             self.answered_404 += status == 404
         if result.error is None:
             self.succeeded += 1
-            split = usage_split(result.body)
+            split = result.usage
+            if split is None:
+                split = usage_split(result.body)
             if split is not None:
                 self.tokens += split.total
                 self.prompt_tokens += split.prompt

@@ -15,8 +15,6 @@ import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, TypeVar
 
-from pydantic import SecretStr
-
 from headway._resources import ClosesOnExit
 from headway._resources import track as _track
 from headway._resources import untrack as _untrack
@@ -32,6 +30,7 @@ from headway.http.transports.base import Request, Response, StreamResponse, Tran
 
 if TYPE_CHECKING:
     import aiohttp
+    from pydantic import SecretStr
 
     from headway.resilience.policy import Lease
 

@@ -16,11 +16,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
-
-from pydantic import SecretStr
+from typing import TYPE_CHECKING, Literal
 
 from headway.errors import ConfigurationError
+
+if TYPE_CHECKING:  # not imported at run time: a key that is not a str is a SecretStr
+    from pydantic import SecretStr
 
 __all__ = ["AuthType", "HeaderFactory", "merge_headers"]
 
@@ -80,7 +81,9 @@ class HeaderFactory:
         if content_type:
             headers["Content-Type"] = content_type
         if auth_type != "none":
-            key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+            key = api_key
+            if key is not None and not isinstance(key, str):
+                key = key.get_secret_value()
             if not key:
                 raise ConfigurationError(
                     f"auth_type={auth_type!r} needs an API key and none was given: pass "

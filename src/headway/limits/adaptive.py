@@ -670,6 +670,8 @@ class AdaptiveLimiter(LearningLimiter):
         if self.tokens is not None:
             self._tpm_bucket = self._token_bucket(self.tokens.rate)
         self._multi = self._build()
+        # A subclass that reserves its own way is not bypassed by try_take().
+        self._subclassed = type(self).reserve_nowait is not AdaptiveLimiter.reserve_nowait
         self._seen_limits: tuple[str | None, str | None] = (None, None)
         self._admitted = 0.0  # calls the server answered (it admitted them)
         # (clock time, _admitted) about once a second, for the rate delivered lately
@@ -722,6 +724,26 @@ class AdaptiveLimiter(LearningLimiter):
         if self._queued() > self._horizon():
             return None
         return self._multi.reserve_nowait(requests, tokens, max_wait=max_wait)
+
+    #: :meth:`try_take` never takes what a reservation would have to settle later, so a
+    #: :class:`~headway.Policy` may use it for the attempts of ``run`` too.
+    takes_unsettled = True
+
+    def try_take(self, requests: float = 1.0, tokens: float = 0.0) -> bool:
+        """Take one call's requests if it may go at once and there is nothing to settle.
+
+        The allocation-free form of :meth:`reserve_nowait`: ``True`` took the call's
+        turn on the requests bucket; ``False`` took nothing (a tokens limit is in force
+        or the call brings a token estimate, so a :class:`Reservation` must record it;
+        or the call would wait), and the caller reserves as usual.
+
+        >>> limiter = AdaptiveLimiter(rpm=60, burst_seconds=1.0)
+        >>> limiter.try_take(), limiter.try_take()
+        (True, False)
+        """
+        if tokens or self._tpm_bucket is not None or self._subclassed:
+            return False
+        return self._rpm_bucket.try_take(requests, 0.0)
 
     async def reserve(
         self, requests: float = 1.0, tokens: float = 0.0, *, max_wait: float | None = None

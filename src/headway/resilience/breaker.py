@@ -508,6 +508,15 @@ class CircuitBreaker:
             and slow_call_duration is None
             and type(self).acquire is CircuitBreaker.acquire
         )
+        # The same for a breaker that judges by its window (failure rate): while closed,
+        # try_enter() hands out the generation, and record() adds the outcome to the
+        # window without a permit object.
+        self._lean_window = (
+            store is None
+            and state.window is not None
+            and slow_call_duration is None
+            and type(self).acquire is CircuitBreaker.acquire
+        )
         # ... and nothing replaced the pipeline's methods: closed_ticket may stand in.
         self._fast = (
             self._lean
@@ -621,7 +630,7 @@ class CircuitBreaker:
         :class:`BreakerPermit` (no object per call). Raises
         :class:`~headway.errors.CircuitBreakerOpenError` when open.
         """
-        if self._lean:
+        if self._lean or self._lean_window:
             s = self._s
             if s.state is _CLOSED:
                 return s.generation
@@ -644,6 +653,11 @@ class CircuitBreaker:
                 ticket.record_success(duration)
             else:
                 ticket.record_failure(outcome, duration)
+        elif self._s.window is not None:  # a windowed breaker's closed-state ticket
+            if outcome is None:
+                self._closed_outcome(ticket, _SUCCESS)
+            elif isinstance(outcome, Exception):
+                self._closed_outcome(ticket, self._classify(outcome))
         elif outcome is None:
             s = self._s
             if s.consecutive_failures and s.generation == ticket:
@@ -760,14 +774,23 @@ class CircuitBreaker:
             if self._store is not None:
                 self._store.release_trial()  # ended without a verdict, or one more to go
             return
-        if outcome == _IGNORED:
-            return
+        if outcome != _IGNORED:
+            self._judge(outcome, slow)
+
+    def _closed_outcome(self, generation: int, outcome: int) -> None:
+        """:meth:`_finish` of a closed windowed breaker's permit, without the permit."""
+        if generation == self._s.generation and outcome != _IGNORED:
+            self._judge(outcome, False)
+
+    def _judge(self, outcome: int, slow: bool) -> None:
+        """A closed breaker with a window learns one call's outcome; it may trip."""
+        s = self._s
         if outcome == _FAILURE:
             s.consecutive_failures += 1
         else:
             s.consecutive_failures = 0
         window = s.window
-        assert window is not None  # no window: handled above
+        assert window is not None  # no window: handled by _count()
         now = self._clock.now()
         window.add(now, outcome == _FAILURE, slow)
         trip = self._window_trips(window)

@@ -92,14 +92,15 @@ from headway._clock import LOOP_CLOCK, Clock, resolve_clock
 from headway.errors import ConfigurationError, RateLimitError
 from headway.events import GLOBAL_LISTENERS, EventListener
 from headway.resilience.breaker import BreakerTicket, CircuitBreaker
-from headway.resilience.retry import RetryPolicy
 from headway.resilience.retry.schedule import DEFAULT_MAX_SERVER_DELAY
+from headway.resilience.retry.settings import RetrySettings
 from headway.resilience.timeouts import DeadlineTimer
 
 if TYPE_CHECKING:
     from headway.concurrency import AdaptiveConcurrency, ConcurrencyLimit
     from headway.limits import Limiter, Reservation
-    from headway.resilience.retry import RetryBudget
+    from headway.resilience.retry.budget import RetryBudget
+    from headway.resilience.retry.config import RetryPolicy
     from headway.resilience.retry.engine import RetryEngine
 
     # retry engine, its budget, breaker, plain pool, measured pool, limiter, its try_take,
@@ -147,7 +148,9 @@ class AttemptContext:
 
     Attributes:
         attempt: 1 for the first attempt, 2 for the next one, ...
-        reservation: the limiter reservation of this attempt (``None`` without a limiter).
+        reservation: the limiter reservation of this attempt (``None`` without a limiter,
+            or when the limiter let the call go without one: an adaptive limiter with no
+            tokens limit, for a call without a token estimate, has nothing to settle).
         limiter: the policy's limiter, to ``sync`` from rate-limit headers or pause.
         policy: the policy running the call.
 
@@ -293,6 +296,8 @@ class Policy:
 
     Args:
         retry: a :class:`RetryPolicy`; by default ``RetryPolicy()``; ``None`` never retries.
+            (A :class:`~headway.resilience.retry.settings.RetrySettings` is taken too: the
+            same fields without pydantic, for code that checked them itself.)
         limiter: a :class:`~headway.limits.MultiLimiter`,
             :class:`~headway.limits.TokenBucketRateLimiter` or any
             :class:`~headway.limits.Limiter`; shared by everyone using it.
@@ -316,7 +321,7 @@ class Policy:
     def __init__(
         self,
         *,
-        retry: RetryPolicy | None = DEFAULT,
+        retry: RetryPolicy | RetrySettings | None = DEFAULT,
         limiter: Limiter | None = None,
         concurrency: ConcurrencyLimit | AdaptiveConcurrency | int | None = None,
         breaker: CircuitBreaker | None = None,
@@ -328,9 +333,15 @@ class Policy:
         rate_limits: RateLimits = "wait",
     ) -> None:
         if retry is DEFAULT:
+            from headway.resilience.retry.config import RetryPolicy
+
             retry = RetryPolicy(clock=clock, name=name)
-        elif retry is not None and not isinstance(retry, RetryPolicy):
-            raise ConfigurationError(f"retry must be a RetryPolicy or None, got {retry!r}")
+        elif retry is not None and not isinstance(retry, RetrySettings):
+            # RetryPolicy's module (and pydantic) is loaded already if ``retry`` is one
+            from headway.resilience.retry.config import RetryPolicy
+
+            if not isinstance(retry, RetryPolicy):
+                raise ConfigurationError(f"retry must be a RetryPolicy or None, got {retry!r}")
         for what, value in (("attempt_timeout", attempt_timeout), ("total_timeout", total_timeout)):
             if value is not None and not value > 0:
                 raise ConfigurationError(f"{what} must be > 0 seconds or None, got {value!r}")
@@ -378,6 +389,7 @@ class Policy:
             if total_timeout is None
             else DeadlineTimer(total_timeout, scope="total", source=name, listeners=self._listeners)
         )
+        self._take_unsettled = full is not None and getattr(full, "takes_unsettled", False) is True
         self._on_rate_limited = None if full is None else full.on_rate_limited
         self._rate_wait = rate_limits == "wait" and retry is not None and retry.max_retries > 0
         self._max_server_delay = (
@@ -385,7 +397,7 @@ class Policy:
         )
 
     @property
-    def retry(self) -> RetryPolicy | None:
+    def retry(self) -> RetryPolicy | RetrySettings | None:
         """The retry policy (``None``: no retries)."""
         return self._retry
 
@@ -565,6 +577,7 @@ class Policy:
         keep: bool,
     ) -> Any:
         rt, budget, breaker, pool, slots, limiter, take, learns, timed, timer, clock = self._plan
+        free = self._take_unsettled  # take() serves run()'s attempts too (nothing to settle)
         if budget is not None:
             budget.record_request()
         attempt, fails, waits, prev = 0, 0, 0, 0.0 if rt is None else rt.base_delay
@@ -579,7 +592,9 @@ class Policy:
                     held = pool.try_acquire() or await _acquired(pool)
                 elif slots is not None:
                     slot = await _slot_of(slots)
-                if limiter is not None and (ctx is not None or not take(requests, tokens)):
+                if limiter is not None and (
+                    (ctx is not None and not free) or not take(requests, tokens)
+                ):
                     reservation = limiter.reserve_nowait(requests, tokens)
                     if reservation is None:
                         reservation = await limiter.reserve(requests, tokens)

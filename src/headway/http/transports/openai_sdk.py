@@ -8,9 +8,7 @@ same :mod:`headway.errors` classes as the HTTP transports. Requires ``headway[op
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
-
-from pydantic import SecretStr
+from typing import TYPE_CHECKING, Any
 
 from headway.errors import APIClientError
 from headway.http.status import error_for_status
@@ -22,6 +20,9 @@ from headway.http.transports.base import (
     connection_error,
     timeout_error,
 )
+
+if TYPE_CHECKING:  # a key that is not a str is a SecretStr: pydantic is not imported here
+    from pydantic import SecretStr
 
 __all__ = ["OpenAISDKTransport"]
 
@@ -70,7 +71,9 @@ class OpenAISDKTransport(HttpxResponseTransport):
         self._openai = openai
         self._owns = client is None
         if client is None:
-            key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+            key = api_key
+            if key is not None and not isinstance(key, str):
+                key = key.get_secret_value()
             client = openai.AsyncOpenAI(
                 api_key=key or "unused",
                 base_url=base_url,

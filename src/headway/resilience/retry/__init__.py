@@ -55,10 +55,15 @@ Events: ``retry.scheduled`` (attempt, delay, reason), ``retry.gave_up`` (attempt
 
 from __future__ import annotations
 
-from headway.resilience.retry.budget import RetryBudget
-from headway.resilience.retry.config import RetryPolicy
-from headway.resilience.retry.decorator import RetryDecorator, retry, retry_with_backoff
-from headway.resilience.retry.schedule import DEFAULT_MAX_SERVER_DELAY, JitterMode
+from typing import TYPE_CHECKING
+
+from headway._lazy import lazy_names
+
+if TYPE_CHECKING:
+    from headway.resilience.retry.budget import RetryBudget
+    from headway.resilience.retry.config import RetryPolicy
+    from headway.resilience.retry.decorator import RetryDecorator, retry, retry_with_backoff
+    from headway.resilience.retry.schedule import DEFAULT_MAX_SERVER_DELAY, JitterMode
 
 __all__ = [
     "DEFAULT_MAX_SERVER_DELAY",
@@ -69,3 +74,16 @@ __all__ = [
     "retry",
     "retry_with_backoff",
 ]
+
+# Names are imported on first use (PEP 562): a submodule (the engine, the budget) can be
+# imported without pydantic, which RetryPolicy's module loads.
+_WHERE = {
+    "DEFAULT_MAX_SERVER_DELAY": "headway.resilience.retry.schedule",
+    "JitterMode": "headway.resilience.retry.schedule",
+    "RetryBudget": "headway.resilience.retry.budget",
+    "RetryDecorator": "headway.resilience.retry.decorator",
+    "RetryPolicy": "headway.resilience.retry.config",
+    "retry": "headway.resilience.retry.decorator",
+    "retry_with_backoff": "headway.resilience.retry.decorator",
+}
+__getattr__, __dir__ = lazy_names(__name__, _WHERE, globals())

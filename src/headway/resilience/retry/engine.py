@@ -39,6 +39,7 @@ from headway.resilience.retry.schedule import (
 
 if TYPE_CHECKING:
     from headway.resilience.retry.config import RetryPolicy
+    from headway.resilience.retry.settings import RetrySettings
 
 __all__ = ["RetryEngine"]
 
@@ -46,7 +47,9 @@ T = TypeVar("T")
 
 
 class RetryEngine:
-    """The compiled form of a :class:`RetryPolicy`: plain slots, cheap on the hot path."""
+    """The compiled form of a :class:`RetryPolicy` (or of a
+    :class:`~headway.resilience.retry.settings.RetrySettings`): plain slots, cheap on the
+    hot path."""
 
     __slots__ = (
         "backoff_factor",
@@ -68,7 +71,7 @@ class RetryEngine:
         "types",
     )
 
-    def __init__(self, policy: RetryPolicy) -> None:
+    def __init__(self, policy: RetryPolicy | RetrySettings) -> None:
         self.owner = policy
         self.max_retries = policy.max_retries
         self.base_delay = policy.base_delay
