@@ -572,8 +572,7 @@ class Policy:
         attempt, counts, started = 0, _NO_FAILURES, 0.0
         while True:
             attempt += 1
-            held: ConcurrencyLimit | None = None
-            slot = reservation = ticket = None
+            slot = reservation = ticket = held = None
             called = False
             try:
                 if breaker is not None:  # closed_ticket: a closed breaker's fast path
@@ -590,9 +589,7 @@ class Policy:
                         await reservation.wait()
                 if ctx is not None:
                     ctx.attempt, ctx.reservation = attempt, reservation
-                if timed:
-                    started = clock.now()
-                called = True
+                started, called = clock.now() if timed else started, True
                 call = fn(*args, **kwargs) if kwargs else fn(*args)  # no empty dict copied
                 result = await (call if timer is None else timer.run(call))
             except BaseException as exc:
@@ -610,11 +607,8 @@ class Policy:
                     held.release()
                 elif slot is not None:
                     slot.release(None)
-                if (  # a closed breaker's success changes nothing but global listeners' news
-                    ticket is not None
-                    and breaker is not None
-                    and (GLOBAL_LISTENERS or ticket != breaker.closed_ticket)
-                ):
+                quiet = breaker is None or ticket == breaker.closed_ticket  # nothing to record
+                if ticket is not None and breaker is not None and (GLOBAL_LISTENERS or not quiet):
                     breaker.record(ticket, None, clock.now() - started if timed else None)
                 return result
             if delay > 0.0:
