@@ -18,9 +18,12 @@ True
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
+import weakref
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["LOOP_CLOCK", "Clock", "LoopClock", "ManualClock", "resolve_clock"]
 
@@ -48,11 +51,7 @@ class LoopClock:
     __slots__ = ()
 
     def now(self) -> float:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return time.monotonic()
-        return loop.time()
+        return _loop_now()
 
     async def sleep(self, seconds: float) -> None:
         # Looked up at call time so that patching ``asyncio.sleep`` is honoured.
@@ -112,15 +111,81 @@ def resolve_clock(clock: Clock | None) -> Clock:
 
 
 _get_running_loop = asyncio.get_running_loop
+_get_asyncgen_hooks = sys.get_asyncgen_hooks
 _monotonic = time.monotonic
 
 
-def _loop_now() -> float:
-    # LOOP_CLOCK.now() without the method call (the running loop is looked up now).
-    try:
-        return _get_running_loop().time()
-    except RuntimeError:
-        return _monotonic()
+def _forgotten() -> None:
+    return None
+
+
+# Which loop is running, cheaply. Before Python 3.12, ``asyncio.get_running_loop()``
+# makes a ``getpid()`` system call on every read (its fork check), often the largest part
+# of a limiter's fast path. The event loop installs its own asyncgen ``firstiter`` hook (a
+# bound method of the loop, a new object each time ``run_forever`` starts) in the
+# running thread for the whole run and restores the previous hooks when the run ends.
+# So while the hook seen beside a running loop is still this thread's hook, that loop's
+# run goes on in this thread: it is the running loop. A weak reference keeps no loop
+# alive; a fork forgets it (the child has no running loop, as asyncio says). Any other
+# hook (another run, another thread, none) takes the exact, slow way.
+_seen: Callable[[], Any] = _forgotten
+
+
+def _remember(hook: Any, loop: asyncio.AbstractEventLoop) -> None:
+    global _seen
+    if getattr(hook, "__self__", None) is loop:
+        _seen = weakref.ref(hook)
+
+
+def _forget() -> None:
+    global _seen
+    _seen = _forgotten
+
+
+if sys.version_info >= (3, 12):  # pragma: no cover - no system call there
+    running_loop = asyncio.get_running_loop
+
+    def _loop_now() -> float:
+        try:
+            return _get_running_loop().time()
+        except RuntimeError:
+            return _monotonic()
+
+else:
+    if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+        os.register_at_fork(after_in_child=_forget)
+
+    def running_loop() -> asyncio.AbstractEventLoop:
+        """``asyncio.get_running_loop()`` without its system call on the fast path.
+
+        Raises :class:`RuntimeError` outside a running loop, as asyncio does.
+
+        >>> async def main() -> bool:
+        ...     return running_loop() is asyncio.get_running_loop()
+        >>> asyncio.run(main())
+        True
+        """
+        hook: Any = _get_asyncgen_hooks()[0]
+        if hook is _seen() and hook is not None:
+            loop: asyncio.AbstractEventLoop = hook.__self__
+            return loop
+        loop = _get_running_loop()
+        _remember(hook, loop)
+        return loop
+
+    def _loop_now() -> float:
+        # LOOP_CLOCK.now() without the method call: the running loop's time() (looked up
+        # now, so a patched loop.time is honoured), else time.monotonic().
+        hook: Any = _get_asyncgen_hooks()[0]
+        if hook is _seen() and hook is not None:
+            now: float = hook.__self__.time()
+            return now
+        try:
+            loop = _get_running_loop()
+        except RuntimeError:
+            return _monotonic()
+        _remember(hook, loop)
+        return loop.time()
 
 
 def now_function(clock: Clock) -> Callable[[], float]:

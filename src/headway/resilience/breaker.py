@@ -544,7 +544,7 @@ class CircuitBreaker:
             and s.state is _CLOSED
             and not s.consecutive_failures
             and not self._listeners
-            and not any(name in self.__dict__ for name in _PIPELINE_METHODS)
+            and self.__dict__.keys().isdisjoint(_PIPELINE_METHODS)
         )
         object.__setattr__(self, "closed_ticket", s.generation if fast else None)
 

@@ -88,7 +88,7 @@ import types
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, TypeVar
 
-from headway._clock import LOOP_CLOCK, Clock, resolve_clock
+from headway._clock import LOOP_CLOCK, Clock, now_function, resolve_clock
 from headway.errors import ConfigurationError, RateLimitError
 from headway.events import GLOBAL_LISTENERS, EventListener
 from headway.resilience.breaker import BreakerTicket, CircuitBreaker
@@ -101,12 +101,10 @@ if TYPE_CHECKING:
     from headway.limits import Limiter, Reservation
     from headway.resilience.retry.budget import RetryBudget
     from headway.resilience.retry.config import RetryPolicy
-    from headway.resilience.retry.engine import RetryEngine
 
-    # retry engine, its budget, breaker, plain pool, measured pool, limiter, its try_take,
+    # the retry budget, breaker, plain pool, measured pool, limiter, its try_take,
     # whether its on_success does anything, timed?, attempt deadlines, clock
     _Plan = tuple[
-        RetryEngine | None,
         RetryBudget | None,
         CircuitBreaker | None,
         ConcurrencyLimit | None,
@@ -119,12 +117,17 @@ if TYPE_CHECKING:
         Clock,
     ]
 
+    # after failed attempts: (failures, rate waits, the last backoff delay)
+    _Counts = tuple[int, int, float]
+
 __all__ = ["AttemptContext", "Lease", "Policy"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_NO_KWARGS: dict[str, Any] = {}  # never mutated: ``fn(*args, **{})`` copies it
+_NO_KWARGS: dict[str, Any] = {}  # never mutated (and never passed on: falsy)
+_NO_FAILURES: _Counts = (0, 0, 0.0)
+_loop_time = now_function(LOOP_CLOCK)
 
 #: How a :class:`Policy` treats rate 429s: ``"wait"`` (not failures; only the total
 #: deadline ends them) or ``"retry"`` (ordinary retries, counted and budgeted).
@@ -363,9 +366,8 @@ class Policy:
         full: Limiter | None = _as_limiter(limiter)
         # What the loop needs, in one tuple (one attribute load per call). A hook that
         # does nothing (a fixed limit's on_success) is left out, not called per attempt.
-        engine = None if retry is None else retry.engine()
+        engine = self._engine = None if retry is None else retry.engine()
         self._plan: _Plan = (
-            engine,
             None if engine is None else engine.budget,
             breaker,
             None if measured else conc,
@@ -537,7 +539,7 @@ class Policy:
     ) -> Any:
         timer = self._total_timer
         assert timer is not None
-        when = LOOP_CLOCK.now() + timer.seconds  # when the timer's deadline falls due
+        when = _loop_time() + timer.seconds  # when the timer's deadline falls due
         return await timer.run(self._call(fn, args, kwargs, requests, tokens, when, ctx, keep))
 
     def wrap(self, func: Callable[P, Awaitable[T]], /) -> Callable[P, Coroutine[Any, Any, T]]:
@@ -576,20 +578,20 @@ class Policy:
         ctx: AttemptContext | None,
         keep: bool,
     ) -> Any:
-        rt, budget, breaker, pool, slots, limiter, take, learns, timed, timer, clock = self._plan
+        budget, breaker, pool, slots, limiter, take, learns, timed, timer, clock = self._plan
         free = self._take_unsettled  # take() serves run()'s attempts too (nothing to settle)
         if budget is not None:
             budget.record_request()
-        attempt, fails, waits, prev = 0, 0, 0, 0.0 if rt is None else rt.base_delay
+        attempt, counts, started = 0, _NO_FAILURES, 0.0
         while True:
             attempt += 1
-            slot, reservation, held, called = None, None, False, False
-            ticket: BreakerTicket | None = None
+            slot = reservation = ticket = held = None
+            called = False
             try:
                 if breaker is not None:  # closed_ticket: a closed breaker's fast path
                     ticket = breaker.closed_ticket or breaker.try_enter()
                 if pool is not None:
-                    held = pool.try_acquire() or await _acquired(pool)
+                    held = pool if pool.try_acquire() or await _acquired(pool) else None
                 elif slots is not None:
                     slot = await _slot_of(slots)
                 if limiter is not None and (
@@ -602,27 +604,25 @@ class Policy:
                         await reservation.wait()
                 if ctx is not None:
                     ctx.attempt, ctx.reservation = attempt, reservation
-                started, called = clock.now() if timed else 0.0, True
-                if timer is None:
-                    result = await fn(*args, **kwargs)
-                else:
-                    result = await timer.run(fn(*args, **kwargs))
+                started, called = clock.now() if timed else started, True
+                call = fn(*args, **kwargs) if kwargs else fn(*args)  # no empty dict copied
+                result = await (call if timer is None else timer.run(call))
             except BaseException as exc:
                 spent = clock.now() - started if timed and called else None
-                _finish(pool if held else None, slot, breaker, ticket, exc, called, spent)
-                delay, fails, waits, prev = self._after_failure(exc, fails, waits, prev, total)
+                _finish(held, slot, breaker, ticket, exc, called, spent)
+                delay, counts = self._after_failure(exc, counts, total)
                 if delay is None:
                     raise
             else:
                 if learns and limiter is not None:
                     limiter.on_success()
                 if keep:
-                    return Lease(result, attempt, reservation, pool, slot, breaker, ticket)
-                if held and pool is not None:
-                    pool.release()
+                    return Lease(result, attempt, reservation, held, slot, breaker, ticket)
+                if held is not None:
+                    held.release()
                 elif slot is not None:
                     slot.release(None)
-                quiet = breaker is None or ticket == breaker.closed_ticket
+                quiet = breaker is None or ticket == breaker.closed_ticket  # nothing to record
                 if ticket is not None and breaker is not None and (GLOBAL_LISTENERS or not quiet):
                     breaker.record(ticket, None, clock.now() - started if timed else None)
                 return result
@@ -630,40 +630,38 @@ class Policy:
                 await clock.sleep(delay)
 
     def _after_failure(
-        self,
-        exc: BaseException,
-        failures: int,
-        waits: int,
-        previous: float,
-        total: float | None,
-    ) -> tuple[float | None, int, int, float]:
+        self, exc: BaseException, counts: _Counts, total: float | None
+    ) -> tuple[float | None, _Counts]:
         """After a failed attempt: the delay before the next one (``None``: give up) and
-        the updated counts of failures and rate waits, and the last backoff delay.
+        the new ``counts``: (failures, rate waits, the last backoff delay).
 
         A rate 429 with ``rate_limits="wait"`` is a wait, not a failure: it draws no
         budget and does not count towards ``max_retries``. ``total``: the loop time at
         which the total deadline falls due (``None``: none).
         """
         if not isinstance(exc, Exception):
-            return None, failures, waits, previous  # cancellation: never retried
-        rt = self._plan[0]
+            return None, counts  # cancellation: never retried
+        rt = self._engine
         if isinstance(exc, RateLimitError) and self._on_rate_limited is not None:
             delay = exc.retry_after
             if delay is not None and delay > self._max_server_delay:
                 delay = self._max_server_delay
             self._on_rate_limited(delay, empty=exc.bucket_empty)
         if rt is None:
-            return None, failures, waits, previous
-        remaining = None if total is None else total - LOOP_CLOCK.now()
+            return None, counts
+        failures, waits, previous = counts
+        remaining = None if total is None else total - _loop_time()
         if self._rate_wait and isinstance(exc, RateLimitError):
             waits += 1
             wait = rt.rate_delay(exc, waits, remaining, self._name, self._listeners)
-            return wait, failures, waits, previous
+            return wait, (failures, waits, previous)
+        if not failures:
+            previous = rt.base_delay
         failures += 1
         after = rt.next_delay(exc, failures, previous, remaining, self._name, self._listeners)
         if after is not None:
             previous = after if after > 0.0 else rt.base_delay
-        return after, failures, waits, previous
+        return after, (failures, waits, previous)
 
     def __repr__(self) -> str:
         parts = []

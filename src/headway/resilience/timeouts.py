@@ -32,6 +32,7 @@ from collections.abc import Awaitable
 from types import TracebackType
 from typing import Literal, TypeVar
 
+from headway._clock import running_loop
 from headway.errors import APITimeoutError
 from headway.events import TIMEOUT, EventListener, emit, enabled
 
@@ -212,7 +213,7 @@ class DeadlineTimer:
         return result
 
     def _enter(self) -> _Entry:
-        loop = asyncio.get_running_loop()
+        loop = running_loop()
         task = asyncio.current_task(loop)
         if task is None:  # pragma: no cover - a coroutine awaited outside any task
             raise RuntimeError("a deadline needs to run inside a task")
