@@ -17,6 +17,7 @@ from headway.batch.sender import SenderSettings, Target
 from headway.errors import ConfigurationError
 from headway.ray import RESULT_COLUMNS, Caller, output_file, request_of, result_of_row
 from headway.ray._engine import endpoint_config
+from headway.ray._run import _fleet
 from headway.testing import FakeAPI
 
 
@@ -166,6 +167,18 @@ def test_request_of_and_configuration_errors() -> None:
     )
     backend = caller._make_backend()
     assert backend.config.prefix == "p:"
+    assert backend.config.local_share == "auto"  # one over the workers seen live
+    fleet = Caller(
+        {"base_url": "http://127.0.0.1:1/v1", "auth_type": "none"},
+        backend="redis://127.0.0.1:6379/0",
+        fleet=4,
+    )
+    # in a Redis outage each of 4 actors keeps a quarter: together within the limit
+    assert fleet._make_backend().local_share() == 0.25
+    fleet.__del__()
+    with pytest.raises(ValueError, match="fleet must be at least 1"):
+        Caller({"base_url": "http://127.0.0.1:1/v1", "auth_type": "none"}, fleet=0)
+    assert (_fleet(3), _fleet((1, 6))) == (3, 6)  # run() passes its pool's maximum
     assert "Caller" in repr(caller)
     caller.__del__()  # never opened: nothing to close
 

@@ -208,6 +208,10 @@ class Caller:
             :class:`~headway.backends.redis.adaptive.SharedAdaptiveLimiter` for Redis,
             :class:`~headway.limits.AdaptiveLimiter` for ``"memory"``). Off by default:
             the limit is then exactly ``rpm``/``tpm``.
+        fleet: the most actors sharing the limit (:func:`headway.ray.run` passes its
+            pool's maximum). During a Redis outage each actor keeps ``1/fleet`` of the
+            global rate, so the fleet together stays within it; default: one over the
+            workers Redis saw live, which an outage at start-up does not know yet.
     """
 
     def __init__(
@@ -225,7 +229,10 @@ class Caller:
         burst: float | None = None,
         max_breaker_wait: float = 600.0,
         adaptive: bool = False,
+        fleet: int | None = None,
     ) -> None:
+        if fleet is not None and fleet < 1:
+            raise ValueError(f"fleet must be at least 1 actor, got {fleet!r}")
         config = (
             endpoint
             if isinstance(endpoint, EndpointConfig)
@@ -245,6 +252,7 @@ class Caller:
         self.burst = burst
         self.max_breaker_wait = max_breaker_wait
         self.adaptive = adaptive
+        self.fleet = fleet
         self.clock = resolve_clock(None)
         self.backend: Any = None
         self._policy: Any = None
@@ -267,7 +275,12 @@ class Caller:
         # the actor backend's bound on a round trip (2 s), not Redis's own 0.5 s: a Ray
         # worker busy with its batches stalls now and then, and a stall is not an outage
         # (an outage falls back to a local share, which four actors can overrun together)
-        return RedisBackend(spec, prefix=self.backend_name.rstrip(":") + ":", timeout=2.0)
+        return RedisBackend(
+            spec,
+            prefix=self.backend_name.rstrip(":") + ":",
+            timeout=2.0,
+            local_share="auto" if self.fleet is None else 1.0 / self.fleet,
+        )
 
     def _make_policy(self) -> Any:
         from headway.limits import MultiLimiter

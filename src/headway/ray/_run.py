@@ -151,6 +151,16 @@ def _state(read: Any) -> Any:
         return None
 
 
+def _fleet(actors: int | tuple[int, int]) -> int:
+    """The most actors the pool runs at once (each keeps a share of the limit in an
+    outage of a Redis backend: one over this).
+
+    >>> _fleet(4), _fleet((2, 8))
+    (4, 8)
+    """
+    return actors[1] if isinstance(actors, tuple) else actors
+
+
 def _pool(actors: int | tuple[int, int]) -> Any:
     from ray.data import ActorPoolStrategy
 
@@ -248,6 +258,7 @@ def run(
                 "backend": backend,
                 "backend_name": backend_name,
                 "id_column": id_column,
+                "fleet": _fleet(actors),
                 **caller_options,
             },
             batch_format="pyarrow",
