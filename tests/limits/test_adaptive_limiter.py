@@ -414,16 +414,70 @@ async def test_frame_server_without_a_limit_header_is_learned_from_its_counts() 
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+        admitted = [r.time for r in api.requests if r.status == 200]
     assert out.failed == []
     assert out.rate_limited <= 0.01 * out.ok
     assert rates
-    # the allowance less one per frame (199 of 200 a frame: 1,194/min), to within 2.5%
-    # (the longest frame length the starts seen allow, so never above it)
-    assert all(0.97 * limit <= rate <= 1194.0 for rate in rates), rates
+    # each frame's allowance (200) paced over the time the frame may have left: about
+    # the frame's rate, faster while its length or phase is still uncertain
+    assert all(0.97 * limit <= rate <= 1.5 * limit for rate in rates), rates
     frame = limiter.requests.frame
     assert frame is not None
     assert frame == pytest.approx(10.0, rel=0.025)
     assert rate_after(out, t0 + 30.0) >= 0.95 * limit
+    # once learned, every frame the server counted is used up to its allowance (less one)
+    per_frame: dict[int, int] = {}
+    for t in admitted:
+        per_frame[math.floor(t / 10.0)] = per_frame.get(math.floor(t / 10.0), 0) + 1
+    full = [n for k, n in sorted(per_frame.items()) if k * 10.0 >= t0 + 40.0][:-1]
+    assert full, per_frame
+    assert all(n >= 199 for n in full), per_frame
+
+
+def test_a_frames_allowance_is_paced_over_the_time_it_may_have_left() -> None:
+    """A wide range of frame lengths does not cost a part of every frame: the allowance
+    goes at the pace that uses it by an end halfway between the earliest and the latest
+    this frame may have."""
+    c = RateControl(ceiling=None, start=60.0)
+    c.track(199.0, 0.0, None)
+    c.track(150.0, 4.0, None)
+    assert not c.track(199.0, 4.01, None)  # a start in (4.0, 4.01]
+    c.track(0.0, 8.0, None)
+    c.frame_ends(8.0, 7.0)  # a whole-second Retry-After: the frame ends in (14, 15]
+    assert c.track(199.0, 15.0, None)  # a start in (14, 15]: lengths in (9.99, 11.0]
+    low, high = c._frame_range
+    assert (low, high) == pytest.approx((9.99, 11.0))
+    assert c.frame == pytest.approx(11.0)
+    # ends between 14 + 9.99 and 15 + 11.0: aims at the middle, 9.995 s from now
+    assert c.rate == pytest.approx(199.0 * 60.0 / 9.995)
+    # a start seen at last late in its frame: no faster than over half the longest length
+    c.track(0.0, 25.0, None)
+    assert c.track(199.0, 40.0, None)
+    assert c.rate == pytest.approx(199.0 * 60.0 / (0.5 * c._frame_range[1]))
+
+
+@pytest.mark.virtual_time
+async def test_a_used_frame_pauses_everyone_until_the_next_one() -> None:
+    """The count reaching zero once the frames are known: nobody goes (no 429) before
+    the latest the next frame may start."""
+    clock = ManualClock()
+    limiter = AdaptiveLimiter(clock=clock)
+    for left, at in ((199.0, 0.0), (150.0, 4.0), (199.0, 4.01), (0.0, 8.0)):
+        clock.advance(at - clock.now())
+        limiter.observe_headers({"x-ratelimit-remaining-requests": str(int(left))})
+    assert limiter.requests.frame is None  # one start: nothing to wait for yet
+    limiter.on_rate_limited(7.0, empty=True)  # paused until 15 s, the frame ends in (14, 15]
+    clock.advance(15.0 - clock.now())
+    limiter.observe_headers({"x-ratelimit-remaining-requests": "199"})
+    assert limiter.requests.frame == pytest.approx(11.0)
+    clock.advance(24.0 - clock.now())
+    limiter.observe_headers({"x-ratelimit-remaining-requests": "0"})
+    assert limiter.reserve_nowait() is None  # nobody goes now
+    # the latest the next frame may start: 15 s + the longest length, 11 s
+    clock.advance(26.0 - clock.now())
+    reservation = limiter.reserve_nowait()
+    assert reservation is not None
+    assert reservation.delay == pytest.approx(0.0, abs=0.1)
 
 
 def test_frames_are_measured_from_count_jumps_and_a_429s_delay() -> None:
@@ -439,14 +493,16 @@ def test_frames_are_measured_from_count_jumps_and_a_429s_delay() -> None:
     assert c.frame is not None
     low, high = c._frame_range
     assert (low, high) == pytest.approx((5.9, 7.0))
-    assert c.frame == pytest.approx(7.0)  # the longest: never above the allowance
-    assert c.rate == pytest.approx(199.0 * 60.0 / 7.0)
+    assert c.frame == pytest.approx(7.0)  # the longest the starts allow
+    # the frame's allowance paced over less than the longest length, half of it at least
+    assert 199.0 * 60.0 / 7.0 < c.rate <= 199.0 * 60.0 / 3.5
     assert c.source == "server"
     # a later start narrows it: 2 frames from the first, within (4.0, 4.1) + (16, 16.1)
     assert not c.track(5.0, 15.98, None)
     assert c.track(199.0, 16.06, None)
     assert c._frame_range == pytest.approx(((15.98 - 4.1) / 2, (16.06 - 4.0) / 2))
     assert c.frame == pytest.approx(6.03)
+    assert 199.0 * 60.0 / 6.03 < c.rate <= 199.0 * 60.0 / (0.5 * 6.03)
     # a 429 once the frames are known: wait for the next frame, not for a rounded delay
     assert c.counts_frames
     assert c.frame_wait(17.0, 60.0) == pytest.approx(16.06 + 6.03 - 17.0)

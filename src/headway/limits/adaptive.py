@@ -121,6 +121,13 @@ _FRAME_JUMP = 3.0
 _FRAME_FULL = 0.8
 #: How many frame starts are kept to measure the frame length.
 _FRAME_STARTS = 16
+#: A frame's allowance is paced over the time the frame surely has left, but over no less
+#: than this share of the longest frame length (a late-seen start must not burst).
+_FRAME_PACE_SHARE = 0.5
+#: Where in the frame ends the range allows (0: the earliest, 1: the latest) the pace aims
+#: to have used the allowance: an end sooner loses a little of it, but the calls still
+#: going then see the next start closely (the range narrows); an end later pauses.
+_FRAME_AIM = 0.5
 #: The least share of an advertised limit the limiter keeps.
 _SHARE_MIN = 0.05
 #: A remaining count this recent (seconds), and at least this share of the most seen,
@@ -392,10 +399,14 @@ class RateControl:
 
         Calls go all the time, so each jump is the next frame: any two starts, ``n``
         frames apart, bound the frame length between the nearest and the farthest ends
-        of their spans, divided by ``n``. Every start narrows the range. The limit is
-        the most the frame was seen to hold (less the call that reported it: a late call
-        or the frame's phase then does not put one call too many into a frame) per the
-        *longest* frame length in the range, so never above what the server allows.
+        of their spans, divided by ``n``. Every start narrows the range. The pace for
+        the frame just started is the most a frame was seen to hold (less the call that
+        reported it) over the time between now and an end this frame may have, halfway
+        between the earliest and the latest the range allows: while the range is wide,
+        the allowance is then about all used before the frame ends (at the longest
+        length a part of it would be lost every frame); calls past it are not sent, the
+        count reaching zero pauses everyone until the next frame. :attr:`frame` is the
+        longest length the range allows.
         """
         hint, self._frame_hint = self._frame_hint, None
         if hint is not None and hint[0] < now and hint[1] > after:
@@ -412,16 +423,21 @@ class RateControl:
             starts.append((0, after, now))
             self._frame_range = (0.0, math.inf)
             return False
+        # The earliest this frame can have started, from every start before it.
+        first = max([after] + [lo_i + (index - i) * low for i, lo_i, _ in starts])
         starts.append((index, after, now))
         if len(starts) > _FRAME_STARTS:
             del starts[0]
         self._frame_range = (low, high)
         if not math.isfinite(high) or high <= 0.0:
             return False
-        if high == self.frame:
-            return False
         self.frame = high
-        self.advertised = max(self.capacity, 1.0) * 60.0 / high
+        # This frame's allowance, paced to be used by an end halfway between the
+        # earliest and the latest this frame may have (never faster than over half the
+        # longest length: a start seen late must not become a burst).
+        early = first + low - now
+        left = max(early + _FRAME_AIM * (high - early), _FRAME_PACE_SHARE * high)
+        self.advertised = max(self.capacity, 1.0) * 60.0 / min(left, high)
         return self.update()
 
 
@@ -834,6 +850,13 @@ class AdaptiveLimiter(LearningLimiter):
             self._advertised(req_limit, tok_limit)
         if req_left is not None:
             self._remaining("requests", req_left, req_limit, req_reset is not None)
+            control = self.requests
+            if control.frame is not None and control.left < 1.0:
+                # The frame's allowance is used: nobody goes before the next frame.
+                now = self._clock.now()
+                wait = control.frame_wait(now, None)
+                if wait is not None:
+                    self.pause_until(now + wait)
         if tok_left is not None and self._tpm_bucket is not None:
             self._remaining("tokens", tok_left, tok_limit)
 
