@@ -67,6 +67,24 @@ def test_the_run_path_loads_no_pydantic() -> None:
     assert "pydantic" not in loaded
 
 
+def test_a_keyed_run_path_loads_no_pydantic() -> None:
+    """With an API key the run wraps it in headway's own redacting ``Secret``, not pydantic's."""
+    loaded = _loaded_after(
+        "import asyncio, headway.cli\n"
+        "from headway._cli.run import run\n"
+        "from headway.batch.sender import SenderSettings, open_sender, resolve_target\n"
+        "target = resolve_target(provider=None, base_url='http://127.0.0.1:1/v1', endpoint=None,\n"
+        "                        api_key_env='K', environ={'K': 'sk-start-up-0000'})\n"
+        "assert 'sk-start-up' not in repr(target) and target.key() == 'sk-start-up-0000'\n"
+        "async def main():\n"
+        "    async with open_sender(SenderSettings(target)):\n"
+        "        pass\n"
+        "asyncio.run(main())"
+    )
+    assert "headway.http.client" in loaded  # the check ran
+    assert "pydantic" not in loaded
+
+
 #: Packages whose names load on first use (``headway.resilience.retry`` is also the name
 #: of the decorator in ``headway.resilience``: the subpackage is taken from sys.modules).
 PACKAGES = [

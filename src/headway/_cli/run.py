@@ -470,7 +470,8 @@ def _run(
         key_env=key_env if target.api_key is not None else None,
         notify=lambda message: click.echo(f"headway: {message}", err=True),
     )
-    secrets = () if target.api_key is None else (target.api_key.get_secret_value(),)
+    key = target.key()
+    secrets = () if key is None else (key,)
     ledger: Any = None
     if to_stdout:
         from headway.batch.ledger import mask_secrets

@@ -20,20 +20,17 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from headway._clock import Clock, resolve_clock
-from headway._secrets import looks_like_key, redact_url
+from headway._secrets import Secret, looks_like_key, redact_url
 from headway.batch.jobs import DEFAULT_URL, BatchRequest
 from headway.batch.runner import Response, Sender, note_rate, note_retry, note_wait
 from headway.errors import CircuitBreakerOpenError, ConfigurationError, RateLimitError
 from headway.events import Event, RetryScheduled
 from headway.http.providers import PROVIDERS as _HTTP_PROVIDERS
 from headway.http.status import error_for_status
-
-if TYPE_CHECKING:  # pydantic is imported when a key is wrapped (and by the Policy's models)
-    from pydantic import SecretStr
 
 __all__ = [
     "PROVIDERS",
@@ -97,11 +94,20 @@ class Target:
     """
 
     base_url: str
-    api_key: SecretStr | None = None
+    api_key: Secret | None = None
     auth: AuthType = "bearer"
     headers: dict[str, str] = field(default_factory=dict)
     default_url: str = DEFAULT_URL
     v1_paths: bool = True
+
+    def key(self) -> str | None:
+        """The API key itself, or None (the attribute keeps it masked in reprs).
+
+        >>> t = Target("http://x", Secret("sk-123456789"))
+        >>> t.key(), "sk-1234" in repr(t)
+        ('sk-123456789', False)
+        """
+        return None if self.api_key is None else self.api_key.get_secret_value()
 
     def path(self, url: str) -> str:
         """The path to send a line's ``url`` to.
@@ -162,7 +168,7 @@ def resolve_target(
             raise ConfigurationError(f"--base-url must be an http(s) URL, got {base_url!r}")
     base = _strip_v1(base_url if base_url is not None else info.base_url)  # type: ignore[union-attr]
     key_env = api_key_env if api_key_env is not None else (info.key_env if info else None)
-    key: SecretStr | None = None
+    key: Secret | None = None
     if key_env:
         value = env.get(key_env)
         if not value:
@@ -171,9 +177,7 @@ def resolve_target(
                 f"the API key variable {key_env} {state}; export it "
                 "(or name another with --api-key-env)"
             )
-        from pydantic import SecretStr
-
-        key = SecretStr(value)
+        key = Secret(value)
     auth: AuthType = info.auth if info is not None else "bearer"
     if key is None:
         auth = "none"
@@ -457,7 +461,7 @@ async def _open_client(
         target.base_url,
         timeout=settings.timeout,
         headers=target.headers,
-        auth=target.api_key,
+        auth=target.key(),
         auth_type=target.auth,
         policy=build_policy(settings, clock=clock, backend=backend),
         max_connections=settings.concurrency,
