@@ -19,11 +19,11 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from headway._clock import Clock, resolve_clock
+from headway._record import Record
 from headway._secrets import Secret, looks_like_key, redact_url
 from headway.batch.jobs import DEFAULT_URL, BatchRequest
 from headway.batch.runner import Response, Sender, note_rate, note_retry, note_wait
@@ -45,15 +45,24 @@ __all__ = [
 AuthType = Literal["bearer", "x-api-key", "none"]
 
 
-@dataclass(slots=True, frozen=True)
-class ProviderInfo:
+class ProviderInfo(Record):
     """Where a known provider lives and how it wants its key."""
 
-    base_url: str
-    key_env: str | None
-    auth: AuthType = "bearer"
-    default_url: str = DEFAULT_URL
-    headers: Mapping[str, str] = field(default_factory=dict)
+    __slots__ = _fields = ("base_url", "key_env", "auth", "default_url", "headers")
+
+    def __init__(
+        self,
+        base_url: str,
+        key_env: str | None,
+        auth: AuthType = "bearer",
+        default_url: str = DEFAULT_URL,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.base_url = base_url
+        self.key_env = key_env
+        self.auth: AuthType = auth
+        self.default_url = default_url
+        self.headers: Mapping[str, str] = {} if headers is None else headers
 
 
 def _from_http_spec(spec: Any) -> ProviderInfo:
@@ -84,8 +93,7 @@ PROVIDERS: dict[str, ProviderInfo] = {
 }
 
 
-@dataclass(slots=True)
-class Target:
+class Target(Record):
     """Where requests go: base URL, key, auth style, extra headers, path for bare bodies.
 
     ``v1_paths``: whether the server's paths start with ``/v1``. When they do not (as
@@ -93,12 +101,23 @@ class Target:
     format) is sent without the ``/v1``.
     """
 
-    base_url: str
-    api_key: Secret | None = None
-    auth: AuthType = "bearer"
-    headers: dict[str, str] = field(default_factory=dict)
-    default_url: str = DEFAULT_URL
-    v1_paths: bool = True
+    __slots__ = _fields = ("base_url", "api_key", "auth", "headers", "default_url", "v1_paths")
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: Secret | None = None,
+        auth: AuthType = "bearer",
+        headers: dict[str, str] | None = None,
+        default_url: str = DEFAULT_URL,
+        v1_paths: bool = True,
+    ) -> None:
+        self.base_url = base_url
+        self.api_key = api_key
+        self.auth: AuthType = auth
+        self.headers: dict[str, str] = {} if headers is None else headers
+        self.default_url = default_url
+        self.v1_paths = v1_paths
 
     def key(self) -> str | None:
         """The API key itself, or None (the attribute keeps it masked in reprs).
@@ -190,23 +209,54 @@ def resolve_target(
     return Target(base, key, auth, headers, default_url, v1_paths)
 
 
-@dataclass(slots=True)
-class SenderSettings:
+class SenderSettings(Record):
     """Everything :func:`open_sender` needs (``run``'s flags, resolved)."""
 
-    target: Target
-    rpm: float | None = None
-    tpm: float | None = None
-    concurrency: int = 64
-    max_attempts: int = 6
-    timeout: float = 120.0
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-    burst: float | None = None
-    breaker_recovery: float = 5.0
-    max_breaker_wait: float = 30.0
-    redis_url: str | None = None
-    limit_name: str | None = None
+    __slots__ = _fields = (
+        "target",
+        "rpm",
+        "tpm",
+        "concurrency",
+        "max_attempts",
+        "timeout",
+        "base_delay",
+        "max_delay",
+        "burst",
+        "breaker_recovery",
+        "max_breaker_wait",
+        "redis_url",
+        "limit_name",
+    )
+
+    def __init__(
+        self,
+        target: Target,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        concurrency: int = 64,
+        max_attempts: int = 6,
+        timeout: float = 120.0,
+        base_delay: float = 0.5,
+        max_delay: float = 30.0,
+        burst: float | None = None,
+        breaker_recovery: float = 5.0,
+        max_breaker_wait: float = 30.0,
+        redis_url: str | None = None,
+        limit_name: str | None = None,
+    ) -> None:
+        self.target = target
+        self.rpm = rpm
+        self.tpm = tpm
+        self.concurrency = concurrency
+        self.max_attempts = max_attempts
+        self.timeout = timeout
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.burst = burst
+        self.breaker_recovery = breaker_recovery
+        self.max_breaker_wait = max_breaker_wait
+        self.redis_url = redis_url
+        self.limit_name = limit_name
 
     @property
     def shared_name(self) -> str:
