@@ -83,6 +83,9 @@ def test_a_keyed_run_path_loads_no_pydantic() -> None:
     )
     assert "headway.http.client" in loaded  # the check ran
     assert "pydantic" not in loaded
+    # Loaded when they are used: a stream, a gzip-compressed input.
+    assert "headway.http.streaming" not in loaded
+    assert "gzip" not in loaded
 
 
 #: Packages whose names load on first use (``headway.resilience.retry`` is also the name
