@@ -86,6 +86,7 @@ def test_a_keyed_run_path_loads_no_pydantic() -> None:
     # Loaded when they are used: a stream, a gzip-compressed input.
     assert "headway.http.streaming" not in loaded
     assert "gzip" not in loaded
+    assert "headway._event_types" not in loaded  # the typed events: when one is built
 
 
 #: Packages whose names load on first use (``headway.resilience.retry`` is also the name

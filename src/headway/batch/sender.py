@@ -22,13 +22,14 @@ from contextlib import asynccontextmanager
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from headway import events
 from headway._clock import Clock, resolve_clock
 from headway._record import Record
 from headway._secrets import Secret, looks_like_key, redact_url
 from headway.batch.jobs import DEFAULT_URL, BatchRequest
 from headway.batch.runner import Response, Sender, note_rate, note_retry, note_wait
 from headway.errors import CircuitBreakerOpenError, ConfigurationError, RateLimitError
-from headway.events import Event, RetryScheduled
+from headway.events import Event
 from headway.http.providers import PROVIDERS as _HTTP_PROVIDERS
 from headway.http.status import error_for_status
 
@@ -270,7 +271,7 @@ UNPACED_RPM = 6_000_000.0
 
 
 def _on_event(event: Event) -> None:
-    if isinstance(event, RetryScheduled):
+    if isinstance(event, events.RetryScheduled):
         # the exception names the cause an outage message shows
         note_retry(event.exception, rate_limited=isinstance(event.exception, RateLimitError))
         note_wait(event.delay)

@@ -59,6 +59,7 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+from headway import events
 from headway._clock import LOOP_CLOCK, Clock, resolve_clock
 from headway.errors import (
     APIClientError,
@@ -73,9 +74,6 @@ from headway.events import (
     BREAKER_REJECTED,
     BREAKER_STATE_CHANGED,
     GLOBAL_LISTENERS,
-    BreakerCallRecorded,
-    BreakerOpened,
-    BreakerStateChanged,
     EventListener,
     emit,
     enabled,
@@ -690,7 +688,7 @@ class CircuitBreaker:
     def _call_event(self, outcome: BaseException | None) -> None:
         failure = outcome is not None and self._classify(outcome) == _FAILURE
         data = {"exception": outcome, "failure": failure}
-        event = BreakerCallRecorded(
+        event = events.BreakerCallRecorded(
             BREAKER_CALL_RECORDED,
             self.name,
             data,
@@ -913,7 +911,7 @@ class CircuitBreaker:
             return
         level = logging.WARNING if new is _OPEN else logging.INFO
         if enabled(level, self._listeners):
-            cls = BreakerOpened if new is _OPEN else BreakerStateChanged
+            cls = events.BreakerOpened if new is _OPEN else events.BreakerStateChanged
             data = {"old": old, "new": new, "reason": reason}
             event = cls(
                 BREAKER_STATE_CHANGED,
