@@ -30,6 +30,8 @@ HEAVY = (
     "headway.http.endpoint",
     "headway.resilience",
     "headway.batch.batchapi",
+    "headway._cli.demo",  # demo and serve-fake: imported when called or listed
+    "headway._cli.serve",
 )
 
 
@@ -123,3 +125,20 @@ def test_names_come_from_their_modules() -> None:
     assert headway.http.AsyncAPIClient is AsyncAPIClient
     assert headway.http.Request is Request
     assert headway.batch.BatchRunner is BatchRunner
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("headway.cli", "check_exactly_once"),
+        ("headway.events", "RetryScheduled"),
+        ("headway.http.client", "EventStream"),
+    ],
+)
+def test_names_loaded_on_use_resolve_and_others_do_not(module: str, name: str) -> None:
+    import importlib
+
+    mod = importlib.import_module(module)
+    assert getattr(mod, name).__name__ == name
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = mod.no_such_name

@@ -59,7 +59,9 @@ def _config_callback(ctx: click.Context, _param: click.Parameter, value: Path | 
 
     group = ctx.parent.command if ctx.parent is not None else None
     if isinstance(group, click.Group):
-        ctx.default_map = _load_config(value, explicit=True, group=group).get(ctx.info_name or "")
+        ctx.default_map = _load_config(value, explicit=True, group=group, ctx=ctx).get(
+            ctx.info_name or ""
+        )
 
 
 @click.command()
