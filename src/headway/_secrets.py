@@ -18,6 +18,7 @@ __all__ = [
     "MASK",
     "SECRET_HEADERS",
     "SECRET_PARAMS",
+    "Secret",
     "is_secret_header",
     "looks_like_key",
     "mask_headers",
@@ -53,6 +54,46 @@ SECRET_PARAMS: frozenset[str] = frozenset(
 SECRET_NAME_PARTS = ("key", "token", "secret", "auth", "cookie", "password", "signature")
 
 _USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+
+
+class Secret:
+    """A credential that never shows itself: its ``repr`` and ``str`` are masked.
+
+    What :class:`pydantic.SecretStr` does for a key, without importing pydantic (the
+    start-up of ``headway run``). The value comes back only from :meth:`get_secret_value`.
+
+    >>> key = Secret("sk-123456789")
+    >>> key, str(key), f"{key}"
+    (Secret('**********'), '**********', '**********')
+    >>> key.get_secret_value()
+    'sk-123456789'
+    >>> key == Secret("sk-123456789"), len(key)
+    (True, 12)
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        """The credential itself (send it; never print it)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __len__(self) -> int:
+        return len(self._value)
 
 
 def is_secret_header(name: str, extra: Collection[str] = ()) -> bool:

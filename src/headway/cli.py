@@ -12,10 +12,11 @@ one-line message, never a traceback); 130 interrupted.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -25,17 +26,37 @@ from headway._cli.batches import batches
 from headway._cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from headway._cli.common import UsageError as UsageError
 from headway._cli.config import _load_config
-from headway._cli.demo import check_exactly_once as check_exactly_once
-from headway._cli.demo import demo
-from headway._cli.demo import demo_chaos as demo_chaos
-from headway._cli.demo import write_demo_input as write_demo_input
 from headway._cli.run import run
-from headway._cli.serve import _serve as _serve
-from headway._cli.serve import serve_fake
 from headway.errors import ConfigurationError
 
-# The ``import X as X`` names above live in headway._cli and stay importable from here.
+if TYPE_CHECKING:
+    from headway._cli.demo import check_exactly_once as check_exactly_once
+    from headway._cli.demo import demo_chaos as demo_chaos
+    from headway._cli.demo import write_demo_input as write_demo_input
+    from headway._cli.serve import _serve as _serve
+
 __all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "cli", "main"]
+
+#: Commands imported when they are called or listed (``headway run`` needs neither):
+#: name -> (module, attribute).
+_LAZY_COMMANDS = {
+    "demo": ("headway._cli.demo", "demo"),
+    "serve-fake": ("headway._cli.serve", "serve_fake"),
+}
+
+#: Names that live in headway._cli and stay importable from here (loaded on use).
+_REEXPORTS = {
+    "check_exactly_once": "headway._cli.demo",
+    "demo_chaos": "headway._cli.demo",
+    "write_demo_input": "headway._cli.demo",
+    "_serve": "headway._cli.serve",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _REEXPORTS:
+        return getattr(importlib.import_module(_REEXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _Group(click.Group):
@@ -79,6 +100,15 @@ class _Group(click.Group):
             sys.exit(EXIT_INTERRUPTED)
         sys.exit(rv if isinstance(rv, int) else EXIT_OK)
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *_LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in _LAZY_COMMANDS:
+            module, attr = _LAZY_COMMANDS[cmd_name]
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
 
 @click.group("headway", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="headway")
@@ -97,12 +127,10 @@ def cli(ctx: click.Context, config_path: Path | None) -> None:
     """
     explicit = config_path is not None
     path = config_path if config_path is not None else Path("headway.toml")
-    ctx.default_map = _load_config(path, explicit=explicit, group=cli)
+    ctx.default_map = _load_config(path, explicit=explicit, group=cli, ctx=ctx)
 
 
 cli.add_command(run)
-cli.add_command(demo)
-cli.add_command(serve_fake)
 cli.add_command(batches)
 
 

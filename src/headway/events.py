@@ -21,7 +21,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headway._clock import LOOP_CLOCK
 
@@ -98,55 +98,41 @@ class Event:
         return f"{who}{self.kind} {fields}".rstrip()
 
 
-@dataclass(slots=True, frozen=True)
-class RetryScheduled(Event):
-    """A retry was scheduled: ``attempt`` failed with ``exception``; the next one goes
-    after ``delay`` seconds. ``rate_limited``: a rate 429 waited out, not counted."""
+# The typed events below Event live in headway._event_types and load on first use (PEP
+# 562): building a dataclass compiles its methods at import, which ``headway run`` would
+# pay before its first request. They are built only when someone listens.
+_TYPED = (
+    "BreakerCallRecorded",
+    "BreakerOpened",
+    "BreakerStateChanged",
+    "RateLimited",
+    "RetryGaveUp",
+    "RetryScheduled",
+)
 
-    attempt: int = 0
-    delay: float = 0.0
-    exception: BaseException | None = None
-    rate_limited: bool = False
-
-
-@dataclass(slots=True, frozen=True)
-class RateLimited(RetryScheduled):
-    """A rate 429 (:class:`~headway.RateLimitError`) is waited out before going again."""
-
-
-@dataclass(slots=True, frozen=True)
-class RetryGaveUp(Event):
-    """The call gives up after ``attempts`` attempts; ``exception`` is raised."""
-
-    attempts: int = 0
-    exception: BaseException | None = None
-
-
-@dataclass(slots=True, frozen=True)
-class BreakerStateChanged(Event):
-    """A circuit breaker moved from ``old`` to ``new`` (state names) for ``reason``."""
-
-    old: str = ""
-    new: str = ""
-    reason: str = ""
+if TYPE_CHECKING:
+    from headway._event_types import (
+        BreakerCallRecorded,
+        BreakerOpened,
+        BreakerStateChanged,
+        RateLimited,
+        RetryGaveUp,
+        RetryScheduled,
+    )
 
 
-@dataclass(slots=True, frozen=True)
-class BreakerOpened(BreakerStateChanged):
-    """A circuit breaker opened: calls are rejected until it lets a trial through."""
+def __getattr__(name: str) -> Any:
+    if name in _TYPED:
+        from headway import _event_types
+
+        for typed in _TYPED:
+            globals()[typed] = getattr(_event_types, typed)  # later look-ups skip this
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@dataclass(slots=True, frozen=True)
-class BreakerCallRecorded(Event):
-    """A call through a circuit breaker ended: ``exception`` is ``None`` on success.
-
-    ``failure`` says whether the breaker counted it as a failure (an excluded error or
-    one its predicate accepts is not). Built only when a listener is registered (the
-    breaker's or a global one), to keep the per-call path free otherwise; it then also
-    reaches the logger at DEBUG."""
-
-    exception: BaseException | None = None
-    failure: bool = False
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
 
 
 EventListener = Callable[[Event], None]

@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 
+from headway._secrets import Secret
 from headway.batch import BatchRequest, BatchRunner
 from headway.batch.sender import (
     PROVIDERS,
@@ -40,9 +40,11 @@ def test_provider_target_reads_the_key_from_its_variable() -> None:
     )
     assert t.base_url == "https://api.anthropic.com"
     assert t.auth == "x-api-key"
-    assert isinstance(t.api_key, SecretStr)
-    assert t.api_key.get_secret_value() == "sk-ant"
+    assert isinstance(t.api_key, Secret)
+    assert t.api_key.get_secret_value() == t.key() == "sk-ant"
     assert "sk-ant" not in repr(t)
+    assert "sk-ant" not in str(t.api_key)
+    assert "sk-ant" not in f"{t.api_key!r} {t.api_key}"
     assert t.headers == {"anthropic-version": "2023-06-01"}
     assert t.default_url == "/v1/messages"
 

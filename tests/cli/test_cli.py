@@ -140,6 +140,19 @@ def test_config_unknown_setting_and_table(tmp_path: Path) -> None:
     one_line_error(invoke(["--config", str(cfg), "run", "--help"]), "unknown setting 'colour'")
 
 
+def test_config_tables_of_commands_loaded_on_use(tmp_path: Path) -> None:
+    """``demo`` and ``serve-fake`` are imported when used; their tables are still checked."""
+    cfg = tmp_path / "headway.toml"
+    cfg.write_text("[demo]\nconcurrency = 4\n[serve-fake]\nrpm = 60\n")
+    assert invoke(["--config", str(cfg), "run", "--help"]).exit_code == 0
+    cfg.write_text("[serve-fake]\nrpmm = 60\n")
+    one_line_error(
+        invoke(["--config", str(cfg), "run", "--help"]), "unknown setting 'rpmm' in [serve-fake]"
+    )
+    listed = invoke(["--help"]).output
+    assert all(name in listed for name in ("batches", "demo", "run", "serve-fake"))
+
+
 def test_serve_fake_bad_rates() -> None:
     one_line_error(
         invoke(["serve-fake", "--rate-limit", "0.8", "--server-error", "0.5"]), "fault rates"

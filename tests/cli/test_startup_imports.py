@@ -30,6 +30,8 @@ HEAVY = (
     "headway.http.endpoint",
     "headway.resilience",
     "headway.batch.batchapi",
+    "headway._cli.demo",  # demo and serve-fake: imported when called or listed
+    "headway._cli.serve",
 )
 
 
@@ -67,6 +69,28 @@ def test_the_run_path_loads_no_pydantic() -> None:
     assert "pydantic" not in loaded
 
 
+def test_a_keyed_run_path_loads_no_pydantic() -> None:
+    """With an API key the run wraps it in headway's own redacting ``Secret``, not pydantic's."""
+    loaded = _loaded_after(
+        "import asyncio, headway.cli\n"
+        "from headway._cli.run import run\n"
+        "from headway.batch.sender import SenderSettings, open_sender, resolve_target\n"
+        "target = resolve_target(provider=None, base_url='http://127.0.0.1:1/v1', endpoint=None,\n"
+        "                        api_key_env='K', environ={'K': 'sk-start-up-0000'})\n"
+        "assert 'sk-start-up' not in repr(target) and target.key() == 'sk-start-up-0000'\n"
+        "async def main():\n"
+        "    async with open_sender(SenderSettings(target)):\n"
+        "        pass\n"
+        "asyncio.run(main())"
+    )
+    assert "headway.http.client" in loaded  # the check ran
+    assert "pydantic" not in loaded
+    # Loaded when they are used: a stream, a gzip-compressed input.
+    assert "headway.http.streaming" not in loaded
+    assert "gzip" not in loaded
+    assert "headway._event_types" not in loaded  # the typed events: when one is built
+
+
 #: Packages whose names load on first use (``headway.resilience.retry`` is also the name
 #: of the decorator in ``headway.resilience``: the subpackage is taken from sys.modules).
 PACKAGES = [
@@ -101,3 +125,20 @@ def test_names_come_from_their_modules() -> None:
     assert headway.http.AsyncAPIClient is AsyncAPIClient
     assert headway.http.Request is Request
     assert headway.batch.BatchRunner is BatchRunner
+
+
+@pytest.mark.parametrize(
+    ("module", "name"),
+    [
+        ("headway.cli", "check_exactly_once"),
+        ("headway.events", "RetryScheduled"),
+        ("headway.http.client", "EventStream"),
+    ],
+)
+def test_names_loaded_on_use_resolve_and_others_do_not(module: str, name: str) -> None:
+    import importlib
+
+    mod = importlib.import_module(module)
+    assert getattr(mod, name).__name__ == name
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = mod.no_such_name

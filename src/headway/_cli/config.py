@@ -12,7 +12,9 @@ from headway._cli.common import _fail
 __all__: list[str] = []  # internal: the headway group loads the file with _load_config
 
 
-def _load_config(path: Path, *, explicit: bool, group: click.Group) -> dict[str, dict[str, Any]]:
+def _load_config(
+    path: Path, *, explicit: bool, group: click.Group, ctx: click.Context
+) -> dict[str, dict[str, Any]]:
     try:
         with open(path, "rb") as f:
             import tomllib  # only when there is a file to read
@@ -26,7 +28,11 @@ def _load_config(path: Path, *, explicit: bool, group: click.Group) -> dict[str,
         _fail(f"cannot read config file {path}: {exc.strerror or exc}")
     except tomllib.TOMLDecodeError as exc:
         _fail(f"config file {path} is not valid TOML: {exc}")
-    commands = dict(group.commands)
+    commands: dict[str, click.Command] = {}
+    for name in group.list_commands(ctx):  # every command, those loaded on use too
+        command = group.get_command(ctx, name)
+        if command is not None:
+            commands[name] = command
     out: dict[str, dict[str, Any]] = {}
     shared = {k: v for k, v in data.items() if not isinstance(v, dict)}
     for key, value in data.items():

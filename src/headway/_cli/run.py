@@ -59,7 +59,9 @@ def _config_callback(ctx: click.Context, _param: click.Parameter, value: Path | 
 
     group = ctx.parent.command if ctx.parent is not None else None
     if isinstance(group, click.Group):
-        ctx.default_map = _load_config(value, explicit=True, group=group).get(ctx.info_name or "")
+        ctx.default_map = _load_config(value, explicit=True, group=group, ctx=ctx).get(
+            ctx.info_name or ""
+        )
 
 
 @click.command()
@@ -470,7 +472,8 @@ def _run(
         key_env=key_env if target.api_key is not None else None,
         notify=lambda message: click.echo(f"headway: {message}", err=True),
     )
-    secrets = () if target.api_key is None else (target.api_key.get_secret_value(),)
+    key = target.key()
+    secrets = () if key is None else (key,)
     ledger: Any = None
     if to_stdout:
         from headway.batch.ledger import mask_secrets

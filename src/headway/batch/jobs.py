@@ -25,7 +25,6 @@ on the fly. Nothing is held in memory but the current line.
 
 from __future__ import annotations
 
-import gzip
 import io
 import json
 import os
@@ -173,11 +172,15 @@ def open_input(path: str | os.PathLike[str]) -> BinaryIO:
     if os.fspath(path) == STDIO:
         stream = io.BufferedReader(_Unclosed(sys.stdin.buffer))
         if stream.peek(2)[:2] == b"\x1f\x8b":
+            import gzip  # only for a compressed input (start-up)
+
             return gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[return-value]
         return stream
     with open(path, "rb") as probe:
         head = probe.read(2)
     if head == b"\x1f\x8b":
+        import gzip
+
         return gzip.open(path, "rb")  # type: ignore[return-value]
     return open(path, "rb")
 
@@ -199,7 +202,7 @@ def read_requests(
             if not raw.strip():
                 continue
             yield parse_line(raw, n, default_url=default_url)
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
         # A truncated or corrupt .gz: report it where the file stops making sense.
         raise OSError(f"cannot read {os.fspath(path)}: {exc}") from exc
     finally:

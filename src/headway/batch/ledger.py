@@ -264,13 +264,15 @@ def _is_success(record: Any) -> bool:
     return is_success(record)
 
 
-@dataclass(slots=True)
 class _Scan:
-    succeeded: set[str] = field(default_factory=set)
-    failed: set[str] = field(default_factory=set)
-    notes: list[str] = field(default_factory=list)
-    digests: dict[str, str] = field(default_factory=dict)
-    bad: int = 0
+    __slots__ = ("bad", "digests", "failed", "notes", "succeeded")
+
+    def __init__(self) -> None:
+        self.succeeded: set[str] = set()
+        self.failed: set[str] = set()
+        self.notes: list[str] = []
+        self.digests: dict[str, str] = {}
+        self.bad = 0
 
 
 def _scan(path: str, scan: _Scan) -> None:

@@ -33,7 +33,6 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Literal
 
 from headway._clock import Clock, resolve_clock
@@ -64,13 +63,36 @@ _OUTAGE_ERRORS = ("ConnectionError", "TimeoutError", "ServerError", "CircuitBrea
 Kind = Literal["outage", "auth", "not_found"]
 
 
-@dataclass(slots=True, frozen=True)
 class Verdict:
-    """Why a run was stopped: ``reason`` (``outage``/``rejected``), a message, an exit code."""
+    """Why a run was stopped: ``reason`` (``outage``/``rejected``), a message, an exit code.
 
-    reason: Literal["outage", "rejected"]
-    message: str
-    exit_code: int
+    A plain class, not a dataclass (cheaper to import on the way to the first request).
+    """
+
+    __slots__ = ("exit_code", "message", "reason")
+
+    def __init__(self, reason: Literal["outage", "rejected"], message: str, exit_code: int):
+        self.reason = reason
+        self.message = message
+        self.exit_code = exit_code
+
+    def __repr__(self) -> str:
+        return (
+            f"Verdict(reason={self.reason!r}, message={self.message!r}, "
+            f"exit_code={self.exit_code!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Verdict):
+            return NotImplemented
+        return (self.reason, self.message, self.exit_code) == (
+            other.reason,
+            other.message,
+            other.exit_code,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.reason, self.message, self.exit_code))
 
 
 _REFUSED = re.compile(
@@ -114,17 +136,21 @@ def _describe(result: Result) -> str:
     return message or code
 
 
-@dataclass(slots=True)
 class _Held:
-    request: BatchRequest
-    result: Result
-    kind: Kind
+    __slots__ = ("kind", "request", "result")
+
+    def __init__(self, request: BatchRequest, result: Result, kind: Kind) -> None:
+        self.request = request
+        self.result = result
+        self.kind = kind
 
 
-@dataclass(slots=True)
 class _Streak:
-    count: int = 0
-    held: list[_Held] = field(default_factory=list)
+    __slots__ = ("count", "held")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.held: list[_Held] = []
 
 
 class RunJudge:

@@ -100,13 +100,15 @@ class Sender(Protocol):
     async def __call__(self, request: BatchRequest, /) -> Response: ...
 
 
-@dataclass(slots=True)
 class _Job:
-    stats: BatchStats
-    retries: int = 0
-    reason: str | None = None
-    judge: RunJudge | None = None
-    waited: float = 0.0  # seconds spent waiting for the rate limit (and backoff)
+    __slots__ = ("judge", "reason", "retries", "stats", "waited")
+
+    def __init__(self, stats: BatchStats, judge: RunJudge | None = None) -> None:
+        self.stats = stats
+        self.retries = 0
+        self.reason: str | None = None
+        self.judge = judge
+        self.waited = 0.0  # seconds spent waiting for the rate limit (and backoff)
 
 
 _CURRENT: ContextVar[_Job | None] = ContextVar("headway_batch_job", default=None)

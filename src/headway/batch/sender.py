@@ -19,21 +19,19 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from headway import events
 from headway._clock import Clock, resolve_clock
-from headway._secrets import looks_like_key, redact_url
+from headway._record import Record
+from headway._secrets import Secret, looks_like_key, redact_url
 from headway.batch.jobs import DEFAULT_URL, BatchRequest
 from headway.batch.runner import Response, Sender, note_rate, note_retry, note_wait
 from headway.errors import CircuitBreakerOpenError, ConfigurationError, RateLimitError
-from headway.events import Event, RetryScheduled
+from headway.events import Event
 from headway.http.providers import PROVIDERS as _HTTP_PROVIDERS
 from headway.http.status import error_for_status
-
-if TYPE_CHECKING:  # pydantic is imported when a key is wrapped (and by the Policy's models)
-    from pydantic import SecretStr
 
 __all__ = [
     "PROVIDERS",
@@ -48,15 +46,24 @@ __all__ = [
 AuthType = Literal["bearer", "x-api-key", "none"]
 
 
-@dataclass(slots=True, frozen=True)
-class ProviderInfo:
+class ProviderInfo(Record):
     """Where a known provider lives and how it wants its key."""
 
-    base_url: str
-    key_env: str | None
-    auth: AuthType = "bearer"
-    default_url: str = DEFAULT_URL
-    headers: Mapping[str, str] = field(default_factory=dict)
+    __slots__ = _fields = ("base_url", "key_env", "auth", "default_url", "headers")
+
+    def __init__(
+        self,
+        base_url: str,
+        key_env: str | None,
+        auth: AuthType = "bearer",
+        default_url: str = DEFAULT_URL,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.base_url = base_url
+        self.key_env = key_env
+        self.auth: AuthType = auth
+        self.default_url = default_url
+        self.headers: Mapping[str, str] = {} if headers is None else headers
 
 
 def _from_http_spec(spec: Any) -> ProviderInfo:
@@ -87,8 +94,7 @@ PROVIDERS: dict[str, ProviderInfo] = {
 }
 
 
-@dataclass(slots=True)
-class Target:
+class Target(Record):
     """Where requests go: base URL, key, auth style, extra headers, path for bare bodies.
 
     ``v1_paths``: whether the server's paths start with ``/v1``. When they do not (as
@@ -96,12 +102,32 @@ class Target:
     format) is sent without the ``/v1``.
     """
 
-    base_url: str
-    api_key: SecretStr | None = None
-    auth: AuthType = "bearer"
-    headers: dict[str, str] = field(default_factory=dict)
-    default_url: str = DEFAULT_URL
-    v1_paths: bool = True
+    __slots__ = _fields = ("base_url", "api_key", "auth", "headers", "default_url", "v1_paths")
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: Secret | None = None,
+        auth: AuthType = "bearer",
+        headers: dict[str, str] | None = None,
+        default_url: str = DEFAULT_URL,
+        v1_paths: bool = True,
+    ) -> None:
+        self.base_url = base_url
+        self.api_key = api_key
+        self.auth: AuthType = auth
+        self.headers: dict[str, str] = {} if headers is None else headers
+        self.default_url = default_url
+        self.v1_paths = v1_paths
+
+    def key(self) -> str | None:
+        """The API key itself, or None (the attribute keeps it masked in reprs).
+
+        >>> t = Target("http://x", Secret("sk-123456789"))
+        >>> t.key(), "sk-1234" in repr(t)
+        ('sk-123456789', False)
+        """
+        return None if self.api_key is None else self.api_key.get_secret_value()
 
     def path(self, url: str) -> str:
         """The path to send a line's ``url`` to.
@@ -162,7 +188,7 @@ def resolve_target(
             raise ConfigurationError(f"--base-url must be an http(s) URL, got {base_url!r}")
     base = _strip_v1(base_url if base_url is not None else info.base_url)  # type: ignore[union-attr]
     key_env = api_key_env if api_key_env is not None else (info.key_env if info else None)
-    key: SecretStr | None = None
+    key: Secret | None = None
     if key_env:
         value = env.get(key_env)
         if not value:
@@ -171,9 +197,7 @@ def resolve_target(
                 f"the API key variable {key_env} {state}; export it "
                 "(or name another with --api-key-env)"
             )
-        from pydantic import SecretStr
-
-        key = SecretStr(value)
+        key = Secret(value)
     auth: AuthType = info.auth if info is not None else "bearer"
     if key is None:
         auth = "none"
@@ -186,23 +210,54 @@ def resolve_target(
     return Target(base, key, auth, headers, default_url, v1_paths)
 
 
-@dataclass(slots=True)
-class SenderSettings:
+class SenderSettings(Record):
     """Everything :func:`open_sender` needs (``run``'s flags, resolved)."""
 
-    target: Target
-    rpm: float | None = None
-    tpm: float | None = None
-    concurrency: int = 64
-    max_attempts: int = 6
-    timeout: float = 120.0
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-    burst: float | None = None
-    breaker_recovery: float = 5.0
-    max_breaker_wait: float = 30.0
-    redis_url: str | None = None
-    limit_name: str | None = None
+    __slots__ = _fields = (
+        "target",
+        "rpm",
+        "tpm",
+        "concurrency",
+        "max_attempts",
+        "timeout",
+        "base_delay",
+        "max_delay",
+        "burst",
+        "breaker_recovery",
+        "max_breaker_wait",
+        "redis_url",
+        "limit_name",
+    )
+
+    def __init__(
+        self,
+        target: Target,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        concurrency: int = 64,
+        max_attempts: int = 6,
+        timeout: float = 120.0,
+        base_delay: float = 0.5,
+        max_delay: float = 30.0,
+        burst: float | None = None,
+        breaker_recovery: float = 5.0,
+        max_breaker_wait: float = 30.0,
+        redis_url: str | None = None,
+        limit_name: str | None = None,
+    ) -> None:
+        self.target = target
+        self.rpm = rpm
+        self.tpm = tpm
+        self.concurrency = concurrency
+        self.max_attempts = max_attempts
+        self.timeout = timeout
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.burst = burst
+        self.breaker_recovery = breaker_recovery
+        self.max_breaker_wait = max_breaker_wait
+        self.redis_url = redis_url
+        self.limit_name = limit_name
 
     @property
     def shared_name(self) -> str:
@@ -216,7 +271,7 @@ UNPACED_RPM = 6_000_000.0
 
 
 def _on_event(event: Event) -> None:
-    if isinstance(event, RetryScheduled):
+    if isinstance(event, events.RetryScheduled):
         # the exception names the cause an outage message shows
         note_retry(event.exception, rate_limited=isinstance(event.exception, RateLimitError))
         note_wait(event.delay)
@@ -457,7 +512,7 @@ async def _open_client(
         target.base_url,
         timeout=settings.timeout,
         headers=target.headers,
-        auth=target.api_key,
+        auth=target.key(),
         auth_type=target.auth,
         policy=build_policy(settings, clock=clock, backend=backend),
         max_connections=settings.concurrency,

@@ -26,9 +26,9 @@ UrlPlan(base_url='http://h', endpoint='/v1/embeddings', request_path=None, note=
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
+from headway._record import Record
 from headway.batch.sender import Target
 from headway.errors import ConfigurationError
 
@@ -49,8 +49,7 @@ ENDPOINT_NAMES = (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class UrlPlan:
+class UrlPlan(Record):
     """What :func:`join_urls` decided.
 
     Attributes:
@@ -61,10 +60,15 @@ class UrlPlan:
         note: a sentence for the user when a URL was read in a way worth saying.
     """
 
-    base_url: str | None
-    endpoint: str | None
-    request_path: str | None
-    note: str | None
+    __slots__ = _fields = ("base_url", "endpoint", "request_path", "note")
+
+    def __init__(
+        self, base_url: str | None, endpoint: str | None, request_path: str | None, note: str | None
+    ) -> None:
+        self.base_url = base_url
+        self.endpoint = endpoint
+        self.request_path = request_path
+        self.note = note
 
 
 def _check(url: str, flag: str) -> None:

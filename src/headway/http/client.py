@@ -23,7 +23,6 @@ from headway.errors import ConfigurationError
 from headway.http._attempt import _Attempt, _StreamAttempt, open_checked
 from headway.http.headers import AuthType, HeaderFactory, merge_headers
 from headway.http.status import error_for_status
-from headway.http.streaming import EventStream, StreamMode, iterate
 from headway.http.tokens import TokenMethod, estimate_tokens, usage_tokens
 from headway.http.transports.aiohttp import AiohttpTransport
 from headway.http.transports.base import Request, Response, StreamResponse, Transport
@@ -32,9 +31,22 @@ if TYPE_CHECKING:
     import aiohttp
     from pydantic import SecretStr
 
+    from headway.http.streaming import EventStream, StreamMode
     from headway.resilience.policy import Lease
 
 __all__ = ["AsyncAPIClient", "EventStream", "PolicyLike", "StreamMode"]
+
+
+def __getattr__(name: str) -> Any:
+    # The streaming module is imported when a stream is opened (not by ``headway run``).
+    if name in ("EventStream", "StreamMode"):
+        from headway.http import streaming
+
+        value = getattr(streaming, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 T = TypeVar("T")
 
@@ -479,6 +491,8 @@ headers={'Authorization': 'Bearer ***'})
             tokens=tokens,
             stream=True,
         )
+        from headway.http.streaming import EventStream
+
         return EventStream(self._stream(request, mode, require_end))
 
     async def _open_stream(
@@ -495,6 +509,8 @@ headers={'Authorization': 'Bearer ***'})
     async def _stream(
         self, request: Request, mode: StreamMode, require_end: bool
     ) -> AsyncIterator[Any]:
+        from headway.http.streaming import iterate
+
         transport = self._transport
         temp: Transport | None = None
         if transport is None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from pydantic import SecretStr
+
 from headway.batch.jobs import BatchRequest
 from headway.batch.ledger import Result
 from headway.batch.runner import BatchRunner, Response, note_rate, note_retry, signal_handlers
@@ -44,10 +46,11 @@ class CallerActor:
 def endpoint_config(settings: SenderSettings, actors: int) -> EndpointConfig:
     """The endpoint every actor uses for ``run``'s resolved flags."""
     target = settings.target
+    key = target.key()
     return EndpointConfig(
         name="headway-batch",
         base_url=target.base_url,
-        api_key=target.api_key,
+        api_key=None if key is None else SecretStr(key),
         auth_type=target.auth,
         default_headers=dict(target.headers),
         timeout=settings.timeout,

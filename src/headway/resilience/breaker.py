@@ -56,10 +56,10 @@ import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ParamSpec, Protocol, TypeVar
 
+from headway import events
 from headway._clock import LOOP_CLOCK, Clock, resolve_clock
 from headway.errors import (
     APIClientError,
@@ -74,9 +74,6 @@ from headway.events import (
     BREAKER_REJECTED,
     BREAKER_STATE_CHANGED,
     GLOBAL_LISTENERS,
-    BreakerCallRecorded,
-    BreakerOpened,
-    BreakerStateChanged,
     EventListener,
     emit,
     enabled,
@@ -150,24 +147,33 @@ _FAILURE = 1
 _IGNORED = 2
 
 
-@dataclass(slots=True)
+# The records below are plain ``__slots__`` classes, not dataclasses: building a dataclass
+# compiles its generated methods at import, a cost ``headway run`` pays before its first
+# request.
+
+
 class _Bucket:
-    start: float
-    calls: int = 0
-    failures: int = 0
-    slow: int = 0
+    __slots__ = ("calls", "failures", "slow", "start")
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.calls = 0
+        self.failures = 0
+        self.slow = 0
 
 
-@dataclass(slots=True)
 class _Window:
     """Call outcomes of the last ``span`` seconds, in ``WINDOW_BUCKETS`` time buckets."""
 
-    span: float
-    width: float
-    buckets: deque[_Bucket] = field(default_factory=deque)
-    calls: int = 0
-    failures: int = 0
-    slow: int = 0
+    __slots__ = ("buckets", "calls", "failures", "slow", "span", "width")
+
+    def __init__(self, span: float, width: float) -> None:
+        self.span = span
+        self.width = width
+        self.buckets: deque[_Bucket] = deque()
+        self.calls = 0
+        self.failures = 0
+        self.slow = 0
 
     def add(self, now: float, failed: bool, slow: bool) -> None:
         self.evict(now)
@@ -249,18 +255,29 @@ class BreakerBackend(Protocol):
         ...
 
 
-@dataclass(slots=True)
 class _BreakerState:
     """Everything about a breaker that changes, as this breaker sees it."""
 
-    state: CircuitState = _CLOSED
-    generation: int = 1  # bumped at every transition; permits of older ones are ignored
-    open_until: float = 0.0  # OPEN: when trial calls may start
-    forced: bool = False  # opened by force_open(): only reset() closes it
-    consecutive_failures: int = 0
-    trials_in_flight: int = 0
-    trial_successes: int = 0
-    window: _Window | None = None
+    __slots__ = (
+        "consecutive_failures",
+        "forced",
+        "generation",
+        "open_until",
+        "state",
+        "trial_successes",
+        "trials_in_flight",
+        "window",
+    )
+
+    def __init__(self) -> None:
+        self.state: CircuitState = _CLOSED
+        self.generation = 1  # bumped at every transition; permits of older ones are ignored
+        self.open_until = 0.0  # OPEN: when trial calls may start
+        self.forced = False  # opened by force_open(): only reset() closes it
+        self.consecutive_failures = 0
+        self.trials_in_flight = 0
+        self.trial_successes = 0
+        self.window: _Window | None = None
 
 
 class BreakerPermit:
@@ -671,7 +688,7 @@ class CircuitBreaker:
     def _call_event(self, outcome: BaseException | None) -> None:
         failure = outcome is not None and self._classify(outcome) == _FAILURE
         data = {"exception": outcome, "failure": failure}
-        event = BreakerCallRecorded(
+        event = events.BreakerCallRecorded(
             BREAKER_CALL_RECORDED,
             self.name,
             data,
@@ -894,7 +911,7 @@ class CircuitBreaker:
             return
         level = logging.WARNING if new is _OPEN else logging.INFO
         if enabled(level, self._listeners):
-            cls = BreakerOpened if new is _OPEN else BreakerStateChanged
+            cls = events.BreakerOpened if new is _OPEN else events.BreakerStateChanged
             data = {"old": old, "new": new, "reason": reason}
             event = cls(
                 BREAKER_STATE_CHANGED,

@@ -197,7 +197,7 @@ async def open_remote(
     common: dict[str, Any] = {
         "timeout": settings.timeout,
         "headers": target.headers,
-        "auth": target.api_key,
+        "auth": target.key(),
         "auth_type": target.auth,
         "transport": transport,
         "token_estimator": None,

@@ -7,6 +7,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from headway import events
 from headway._clock import LOOP_CLOCK, resolve_clock
 from headway.errors import (
     APIClientError,
@@ -21,9 +22,6 @@ from headway.events import (
     RETRY_GAVE_UP,
     RETRY_SCHEDULED,
     EventListener,
-    RateLimited,
-    RetryGaveUp,
-    RetryScheduled,
     emit,
     enabled,
     publish,
@@ -202,7 +200,7 @@ class RetryEngine:
             return None
         listeners = listeners or self.listeners
         if enabled(logging.INFO, listeners):
-            _scheduled(RetryScheduled, exc, retry, delay, source or self.name, listeners)
+            _scheduled(events.RetryScheduled, exc, retry, delay, source or self.name, listeners)
         return delay
 
     def server_delay(self, exc: RateLimitError) -> float | None:
@@ -235,7 +233,7 @@ class RetryEngine:
             return None
         listeners = listeners or self.listeners
         if enabled(logging.INFO, listeners):
-            _scheduled(RateLimited, exc, waits, delay, source or self.name, listeners)
+            _scheduled(events.RateLimited, exc, waits, delay, source or self.name, listeners)
         return delay
 
     async def call(
@@ -330,7 +328,7 @@ def _emit_gave_up(
     # INFO, not WARNING: the caller gets the error itself; this is context for the logs.
     if enabled(logging.INFO, listeners):
         reason = f"{why}; last error {_reason(exc)}"
-        event = RetryGaveUp(
+        event = events.RetryGaveUp(
             RETRY_GAVE_UP,
             source,
             {"attempts": retry, "reason": reason},
@@ -343,14 +341,14 @@ def _emit_gave_up(
 
 
 def _scheduled(
-    cls: type[RetryScheduled],
+    cls: type[events.RetryScheduled],
     exc: BaseException,
     attempt: int,
     delay: float,
     source: str | None,
     listeners: tuple[EventListener, ...],
 ) -> None:
-    rate = cls is RateLimited
+    rate = cls is events.RateLimited
     data: dict[str, Any] = {"attempt": attempt, "delay": delay, "reason": _reason(exc)}
     if rate:
         data["rate_limited"] = True
