@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -130,3 +131,29 @@ def test_cancelled_error_is_never_retried(n_failures: int, jitter: bool | Jitter
 
     asyncio.run(main())
     assert len(calls) == n_failures + 1
+
+
+@given(
+    ops=st.lists(st.tuples(st.integers(0, 70), st.floats(0.0, 3.0)), max_size=60),
+)
+def test_record_requests_counts_as_many_record_request_calls(
+    ops: list[tuple[int, float]],
+) -> None:
+    clock = ManualClock()
+    one_by_one = RetryBudget(ratio=0.3, min_retries_per_second=1.0, window=10.0, clock=clock)
+    batched = RetryBudget(ratio=0.3, min_retries_per_second=1.0, window=10.0, clock=clock)
+    for n, dt in ops:
+        clock.advance(dt)
+        for _ in range(n):
+            one_by_one.record_request()
+        batched.record_requests(n)
+        assert batched.requests == one_by_one.requests
+        assert batched.available == one_by_one.available
+
+
+def test_record_requests_refuses_a_negative_count() -> None:
+    budget = RetryBudget(clock=ManualClock())
+    with pytest.raises(ValueError, match="n >= 0"):
+        budget.record_requests(-1)
+    budget.record_requests(0)
+    assert budget.requests == 0
