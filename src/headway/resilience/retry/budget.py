@@ -25,6 +25,10 @@ class RetryBudget:
 
     One budget is shared by every call of a :class:`RetryPolicy` (and of a
     :class:`~headway.Policy`); share one object between policies to share the budget.
+    A :class:`~headway.Policy` counts its calls itself and hands them over with
+    :meth:`record_requests` every 16 calls and before each retry it asks for: the
+    budget may see up to 15 calls of each other policy sharing it late (booked when
+    handed over).
 
     >>> from headway import ManualClock
     >>> budget = RetryBudget(ratio=0.5, min_retries_per_second=0.0, window=10.0,
