@@ -6,14 +6,16 @@ import asyncio
 import contextlib
 from typing import Any, Literal
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from headway import APIConnectionError, RateLimitError, ServerError
+from headway import APIConnectionError, ManualClock, RateLimitError, ServerError
 from headway.concurrency import AdaptiveConcurrency, ConcurrencyLimit
 from headway.limits import Reservation, TokenBucketRateLimiter
 from headway.resilience import AttemptContext, CircuitBreaker, Policy
-from headway.resilience.retry import RetryPolicy
+from headway.resilience.policy import BOOK_EVERY
+from headway.resilience.retry import RetryBudget, RetryPolicy
 from headway.testing import VirtualClock
 
 
@@ -136,5 +138,50 @@ def test_cancellation_at_random_points_restores_everything(
             # no half-open trial permit leaked: after recovery, a trial is allowed
             await asyncio.sleep(1.0)
             breaker.acquire().release()
+
+    asyncio.run(main())
+
+
+@given(
+    st.integers(1, 3),
+    st.lists(st.tuples(st.integers(0, 2), st.booleans()), max_size=120),
+)
+def test_policies_sharing_a_budget_count_every_call(
+    n_policies: int, calls: list[tuple[int, bool]]
+) -> None:
+    """Every call reaches the shared budget: at most BOOK_EVERY - 1 per policy late, and
+    all of a policy's calls before it asks the budget for anything (after a failure)."""
+    clock = ManualClock()
+    budget = RetryBudget(ratio=0.5, min_retries_per_second=0.0, clock=clock)
+    policies = [
+        Policy(retry=RetryPolicy(max_retries=1, base_delay=0, budget=budget, clock=clock))
+        for _ in range(n_policies)
+    ]
+    late = BOOK_EVERY - 1
+
+    async def ok() -> None:
+        return None
+
+    async def bad() -> None:
+        raise ValueError("not retried")
+
+    async def main() -> None:
+        made = [0] * n_policies
+        for index, fails in calls:
+            policy = index % n_policies
+            made[policy] += 1
+            if fails:
+                with pytest.raises(ValueError):
+                    await policies[policy].execute(bad)
+                # the failing policy handed over all it counted; the others may lag
+                assert budget.requests >= sum(made) - late * (n_policies - 1)
+            else:
+                await policies[policy].execute(ok)
+            assert sum(made) - late * n_policies <= budget.requests <= sum(made)
+        for policy in policies:  # a failure each: everything is booked
+            with pytest.raises(ValueError):
+                await policy.execute(bad)
+        assert budget.requests == sum(made) + n_policies
+        assert budget.retries == 0
 
     asyncio.run(main())

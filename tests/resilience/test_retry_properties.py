@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -130,3 +131,36 @@ def test_cancelled_error_is_never_retried(n_failures: int, jitter: bool | Jitter
 
     asyncio.run(main())
     assert len(calls) == n_failures + 1
+
+
+@given(
+    ops=st.lists(st.tuples(st.integers(0, 70), st.floats(0.0, 3.0)), max_size=60),
+)
+def test_record_requests_counts_like_record_request_and_never_too_recent(
+    ops: list[tuple[int, float]],
+) -> None:
+    """``record_requests(n)`` loses no call and, like ``n`` ``record_request()`` calls,
+    never counts one as more recent than it is (only calls of the last window count)."""
+    clock = ManualClock()
+    one_by_one = RetryBudget(ratio=0.3, min_retries_per_second=1.0, window=10.0, clock=clock)
+    batched = RetryBudget(ratio=0.3, min_retries_per_second=1.0, window=10.0, clock=clock)
+    history: list[float] = []
+    for n, dt in ops:
+        clock.advance(dt)
+        for _ in range(n):
+            one_by_one.record_request()
+        batched.record_requests(n)
+        history.extend([clock.now()] * n)
+        recent = sum(1 for t in history if t > clock.now() - 10.0 - 1e-6)
+        assert batched.requests <= recent
+        assert one_by_one.requests <= recent
+        if clock.now() < 1.0:  # still in the first slice: nothing expired, all counted
+            assert batched.requests == one_by_one.requests == len(history)
+
+
+def test_record_requests_refuses_a_negative_count() -> None:
+    budget = RetryBudget(clock=ManualClock())
+    with pytest.raises(ValueError, match="n >= 0"):
+        budget.record_requests(-1)
+    budget.record_requests(0)
+    assert budget.requests == 0

@@ -82,8 +82,9 @@ class ConcurrencyLimit:
 
     def try_acquire(self) -> bool:
         """Take a slot if one is free and nobody is queued; never waits."""
-        if self._in_use < self._limit and not self._waiters:
-            self._in_use += 1
+        in_use = self._in_use
+        if in_use < self._limit and not self._waiters:
+            self._in_use = in_use + 1
             return True
         return False
 
@@ -108,9 +109,10 @@ class ConcurrencyLimit:
 
     def release(self) -> None:
         """Give a slot back; the oldest waiter gets it."""
-        if self._in_use <= 0:
+        in_use = self._in_use - 1
+        if in_use < 0:
             raise RuntimeError("release() called more times than acquire()")
-        self._in_use -= 1
+        self._in_use = in_use
         if self._waiters:
             self._wake()
 

@@ -103,7 +103,8 @@ if TYPE_CHECKING:
     from headway.resilience.retry.config import RetryPolicy
 
     # the retry budget, breaker, plain pool, measured pool, limiter, its try_take,
-    # whether its on_success does anything, timed?, attempt deadlines, clock
+    # whether try_take serves run()'s attempts too, whether its on_success does
+    # anything, timed?, attempt deadlines, clock
     _Plan = tuple[
         RetryBudget | None,
         CircuitBreaker | None,
@@ -111,6 +112,7 @@ if TYPE_CHECKING:
         ConcurrencyLimit | None,
         Limiter | None,
         Callable[[float, float], bool],
+        bool,
         bool,
         bool,
         DeadlineTimer | None,
@@ -128,6 +130,10 @@ T = TypeVar("T")
 _NO_KWARGS: dict[str, Any] = {}  # never mutated (and never passed on: falsy)
 _NO_FAILURES: _Counts = (0, 0, 0.0)
 _loop_time = now_function(LOOP_CLOCK)
+
+#: A :class:`Policy` hands the calls it counted to its retry budget every this many
+#: calls (and before each retry it asks the budget for), not one by one.
+BOOK_EVERY = 16
 
 #: How a :class:`Policy` treats rate 429s: ``"wait"`` (not failures; only the total
 #: deadline ends them) or ``"retry"`` (ordinary retries, counted and budgeted).
@@ -202,6 +208,7 @@ class Lease(Generic[T]):
         breaker: CircuitBreaker | None,
         ticket: BreakerTicket | None,
     ) -> None:
+        # ``slot``: what to release (``pool`` itself, or a measured slot), or None
         self.value = value
         self.attempt = attempt
         self.reservation = reservation
@@ -226,7 +233,7 @@ class Lease(Generic[T]):
         if not self._open:
             return
         self._open = False
-        _finish(self._pool, self._slot, self._breaker, self._ticket, exc, True, None)
+        _finish(self._slot, self._pool, self._breaker, self._ticket, exc, True, None)
 
     async def __aenter__(self) -> Lease[T]:
         return self
@@ -269,20 +276,22 @@ def _takes_nothing(requests: float, tokens: float) -> bool:
 
 
 def _finish(
-    pool: ConcurrencyLimit | None,
     slot: Any,
+    pool: ConcurrencyLimit | None,
     breaker: CircuitBreaker | None,
     ticket: BreakerTicket | None,
     outcome: BaseException | None,
     judged: bool,
     duration: float | None,
 ) -> None:
-    """Give back what an attempt held: its slot (a measured slot learns the outcome) and
-    its breaker ticket (judged by ``outcome`` if the call was made, else given back)."""
-    if slot is not None:
+    """Give back what an attempt held: its slot (``pool`` itself, or a measured slot that
+    learns the outcome) and its breaker ticket (judged by ``outcome`` if the call was
+    made, else given back)."""
+    if slot is pool:
+        if pool is not None:
+            pool.release()
+    elif slot is not None:
         slot.release(outcome if outcome is None or isinstance(outcome, Exception) else None)
-    elif pool is not None:
-        pool.release()
     if ticket is not None and breaker is not None:
         if judged and (outcome is None or isinstance(outcome, Exception)):
             breaker.record(ticket, outcome, duration)
@@ -374,6 +383,8 @@ class Policy:
             conc if measured else None,
             full,
             _takes_nothing if full is None else getattr(full, "try_take", _takes_nothing),
+            # try_take() serves run()'s attempts too (they have nothing to settle)
+            full is not None and getattr(full, "takes_unsettled", False) is True,
             full is not None and not _does_nothing(full.on_success),
             breaker is not None and breaker.slow_call_duration is not None,
             # One loop timer for every attempt's deadline, not one per attempt.
@@ -391,7 +402,7 @@ class Policy:
             if total_timeout is None
             else DeadlineTimer(total_timeout, scope="total", source=name, listeners=self._listeners)
         )
-        self._take_unsettled = full is not None and getattr(full, "takes_unsettled", False) is True
+        self._unbooked = 0  # calls not yet handed to the retry budget (see _book)
         self._on_rate_limited = None if full is None else full.on_rate_limited
         self._rate_wait = rate_limits == "wait" and retry is not None and retry.max_retries > 0
         self._max_server_delay = (
@@ -578,20 +589,21 @@ class Policy:
         ctx: AttemptContext | None,
         keep: bool,
     ) -> Any:
-        budget, breaker, pool, slots, limiter, take, learns, timed, timer, clock = self._plan
-        free = self._take_unsettled  # take() serves run()'s attempts too (nothing to settle)
-        if budget is not None:
-            budget.record_request()
+        budget, breaker, pool, slots, limiter, take, free, learns, timed, timer, clock = self._plan
+        if budget is not None:  # counted here, handed to the budget in batches (_book)
+            self._unbooked = unbooked = self._unbooked + 1
+            if unbooked >= BOOK_EVERY:
+                self._book()
         attempt, counts, started = 0, _NO_FAILURES, 0.0
         while True:
             attempt += 1
-            slot = reservation = ticket = held = None
+            slot = reservation = ticket = None  # slot: the pool itself or a measured slot
             called = False
             try:
                 if breaker is not None:  # closed_ticket: a closed breaker's fast path
                     ticket = breaker.closed_ticket or breaker.try_enter()
                 if pool is not None:
-                    held = pool if pool.try_acquire() or await _acquired(pool) else None
+                    slot = pool if pool.try_acquire() or await _acquired(pool) else None
                 elif slots is not None:
                     slot = await _slot_of(slots)
                 if limiter is not None and (
@@ -609,7 +621,7 @@ class Policy:
                 result = await (call if timer is None else timer.run(call))
             except BaseException as exc:
                 spent = clock.now() - started if timed and called else None
-                _finish(held, slot, breaker, ticket, exc, called, spent)
+                _finish(slot, pool, breaker, ticket, exc, called, spent)
                 delay, counts = self._after_failure(exc, counts, total)
                 if delay is None:
                     raise
@@ -617,11 +629,9 @@ class Policy:
                 if learns and limiter is not None:
                     limiter.on_success()
                 if keep:
-                    return Lease(result, attempt, reservation, held, slot, breaker, ticket)
-                if held is not None:
-                    held.release()
-                elif slot is not None:
-                    slot.release(None)
+                    return Lease(result, attempt, reservation, pool, slot, breaker, ticket)
+                if slot is not None:
+                    slot.release()
                 quiet = breaker is None or ticket == breaker.closed_ticket  # nothing to record
                 if ticket is not None and breaker is not None and (GLOBAL_LISTENERS or not quiet):
                     breaker.record(ticket, None, clock.now() - started if timed else None)
@@ -641,6 +651,8 @@ class Policy:
         """
         if not isinstance(exc, Exception):
             return None, counts  # cancellation: never retried
+        if self._unbooked:
+            self._book()  # the budget sees this policy's calls before any withdrawal
         rt = self._engine
         if isinstance(exc, RateLimitError) and self._on_rate_limited is not None:
             delay = exc.retry_after
@@ -662,6 +674,13 @@ class Policy:
         if after is not None:
             previous = after if after > 0.0 else rt.base_delay
         return after, (failures, waits, previous)
+
+    def _book(self) -> None:
+        """Hand the calls counted since the last time to the retry budget."""
+        unbooked, self._unbooked = self._unbooked, 0
+        budget = self._plan[0]
+        if budget is not None:
+            budget.record_requests(unbooked)
 
     def __repr__(self) -> str:
         parts = []

@@ -25,6 +25,10 @@ class RetryBudget:
 
     One budget is shared by every call of a :class:`RetryPolicy` (and of a
     :class:`~headway.Policy`); share one object between policies to share the budget.
+    A :class:`~headway.Policy` counts its calls itself and hands them over with
+    :meth:`record_requests` every 16 calls and before each retry it asks for: the
+    budget may see up to 15 calls of each other policy sharing it late (booked when
+    handed over).
 
     >>> from headway import ManualClock
     >>> budget = RetryBudget(ratio=0.5, min_retries_per_second=0.0, window=10.0,
@@ -126,6 +130,30 @@ class RetryBudget:
         if self._epoch is None:
             self._slot()  # the first deposit reads the clock
         pending = self._pending + 1
+        self._pending = pending
+        if pending >= self._batch:
+            self._slot()
+
+    def record_requests(self, n: int) -> None:
+        """Count ``n`` calls at once, as ``n`` :meth:`record_request` calls would.
+
+        For a caller that counts its own calls and hands them over in batches (as
+        :class:`~headway.Policy` does): they are booked like any pending deposits, in
+        the slice of the last clock reading.
+
+        >>> from headway import ManualClock
+        >>> budget = RetryBudget(ratio=0.5, min_retries_per_second=0.0, clock=ManualClock())
+        >>> budget.record_requests(4)
+        >>> budget.requests, budget.available
+        (4, 2.0)
+        """
+        if not n > 0:
+            if n == 0:
+                return
+            raise ValueError(f"record_requests() needs n >= 0, got {n!r}")
+        if self._epoch is None:
+            self._slot()  # the first deposit reads the clock
+        pending = self._pending + n
         self._pending = pending
         if pending >= self._batch:
             self._slot()
