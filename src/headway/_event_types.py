@@ -12,16 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from headway.events import Event
+from headway.events import TYPED_EVENTS, Event
 
-__all__ = [
-    "BreakerCallRecorded",
-    "BreakerOpened",
-    "BreakerStateChanged",
-    "RateLimited",
-    "RetryGaveUp",
-    "RetryScheduled",
-]
+__all__ = list(TYPED_EVENTS)  # the names headway.events loads from here
 
 
 @dataclass(slots=True, frozen=True)

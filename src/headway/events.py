@@ -101,7 +101,7 @@ class Event:
 # The typed events below Event live in headway._event_types and load on first use (PEP
 # 562): building a dataclass compiles its methods at import, which ``headway run`` would
 # pay before its first request. They are built only when someone listens.
-_TYPED = (
+TYPED_EVENTS = (
     "BreakerCallRecorded",
     "BreakerOpened",
     "BreakerStateChanged",
@@ -122,10 +122,10 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    if name in _TYPED:
+    if name in TYPED_EVENTS:
         from headway import _event_types
 
-        for typed in _TYPED:
+        for typed in TYPED_EVENTS:
             globals()[typed] = getattr(_event_types, typed)  # later look-ups skip this
         return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

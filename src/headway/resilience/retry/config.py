@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Annotated, Any, ParamSpec, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -18,6 +18,7 @@ from headway.resilience.retry.schedule import (
     DEFAULT_MAX_SERVER_DELAY,
     ExceptionTypes,
     JitterMode,
+    RetryDelays,
     RetryPredicate,
     _exception_types,
     _jitter_mode,
@@ -29,7 +30,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class RetryPolicy(BaseModel):
+class RetryPolicy(RetryDelays, BaseModel):
     """A reusable retry configuration: schedule, what to retry, server delays and budget.
 
     Args:
@@ -131,27 +132,6 @@ class RetryPolicy(BaseModel):
     def jitter_mode(self) -> JitterMode:
         """The jitter strategy in words: ``"none"``, ``"full"``, ``"equal"``, ``"decorrelated"``."""
         return self.engine().mode
-
-    def delay(self, retry: int, previous: float | None = None) -> float:
-        """Delay before retry number ``retry`` (1-based), jittered by the policy's strategy.
-
-        ``previous`` is the delay before the previous retry (decorrelated jitter grows
-        from it; it defaults to ``base_delay``).
-        """
-        if retry < 1:
-            raise ValueError("retry numbers start at 1")
-        return self.engine().delay(retry, self.base_delay if previous is None else previous)
-
-    def delays(self) -> Iterator[float]:
-        """The delays before each of the ``max_retries`` retries (one random draw)."""
-        previous = self.base_delay
-        for n in range(1, self.max_retries + 1):
-            previous = self.delay(n, previous)
-            yield previous
-
-    def should_retry(self, exc: BaseException) -> bool:
-        """Whether ``exc`` is of a kind this policy retries (ignoring counts and budget)."""
-        return self.engine().should_retry(exc)
 
     # -- running ---------------------------------------------------------------------------
     async def call(self, func: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:

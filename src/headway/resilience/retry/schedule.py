@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, Literal
 
 from headway.errors import ConfigurationError, HeadwayError
+
+if TYPE_CHECKING:
+    from headway.resilience.retry.engine import RetryEngine
 
 __all__ = ["DEFAULT_MAX_SERVER_DELAY", "JitterMode"]
 
@@ -19,6 +22,42 @@ DEFAULT_MAX_SERVER_DELAY = 120.0
 _ANY_EXCEPTION: ExceptionTypes = (Exception,)
 
 _JITTER_MODES: frozenset[str] = frozenset({"none", "full", "equal", "decorrelated"})
+
+
+class RetryDelays:
+    """The schedule's reading of a retry configuration (``RetryPolicy`` and
+    ``RetrySettings`` both): its delays and what it retries, from its compiled engine."""
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+        base_delay: float
+        max_retries: int
+
+        def engine(self) -> RetryEngine: ...
+
+    def delay(self, retry: int, previous: float | None = None) -> float:
+        """Delay before retry number ``retry`` (1-based), jittered by the configuration's
+        strategy.
+
+        ``previous`` is the delay before the previous retry (decorrelated jitter grows
+        from it; it defaults to ``base_delay``).
+        """
+        if retry < 1:
+            raise ValueError("retry numbers start at 1")
+        return self.engine().delay(retry, self.base_delay if previous is None else previous)
+
+    def delays(self) -> Iterator[float]:
+        """The delays before each of the ``max_retries`` retries (one random draw)."""
+        previous = self.base_delay
+        for n in range(1, self.max_retries + 1):
+            previous = self.delay(n, previous)
+            yield previous
+
+    def should_retry(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is of a kind this configuration retries (ignoring counts and
+        budget)."""
+        return self.engine().should_retry(exc)
 
 
 def _jitter_mode(jitter: bool | str) -> JitterMode:

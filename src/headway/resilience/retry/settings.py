@@ -18,7 +18,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from headway.resilience.retry.schedule import (
     DEFAULT_MAX_SERVER_DELAY,
     ExceptionTypes,
     JitterMode,
+    RetryDelays,
     RetryPredicate,
     _jitter_mode,
 )
@@ -39,7 +40,7 @@ __all__ = ["RetrySettings"]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class RetrySettings:
+class RetrySettings(RetryDelays):
     """The fields of :class:`~headway.resilience.retry.RetryPolicy`, without pydantic.
 
     ``retry_on`` and ``exclude`` take a tuple of exception types (or a predicate for
@@ -82,20 +83,3 @@ class RetrySettings:
         """The compiled form the retry loop runs (one per settings object)."""
         assert self._engine is not None
         return self._engine
-
-    def delay(self, retry: int, previous: float | None = None) -> float:
-        """Delay before retry number ``retry`` (1-based); as ``RetryPolicy.delay``."""
-        if retry < 1:
-            raise ValueError("retry numbers start at 1")
-        return self.engine().delay(retry, self.base_delay if previous is None else previous)
-
-    def delays(self) -> Iterator[float]:
-        """The delays before each of the ``max_retries`` retries (one random draw)."""
-        previous = self.base_delay
-        for n in range(1, self.max_retries + 1):
-            previous = self.delay(n, previous)
-            yield previous
-
-    def should_retry(self, exc: BaseException) -> bool:
-        """Whether ``exc`` is of a kind these settings retry (ignoring counts and budget)."""
-        return self.engine().should_retry(exc)
