@@ -208,7 +208,7 @@ class RateControl:
         self.others = 0.0  # what others draw from it, per minute (estimated)
         self._mark: tuple[float, float, float] | None = None
         self.frame: float | None = None  # the length of the server's fixed frames, if learned
-        # frame starts seen: (number, clock time of the count before, of the jump)
+        # frame starts seen: (number, the earliest and the latest clock time it can have)
         self._frame_starts: list[tuple[int, float, float]] = []
         self._frame_range = (0.0, math.inf)  # the frame lengths they allow
         self._frame_hint: tuple[float, float] | None = None  # where a 429 said one ends
@@ -328,7 +328,6 @@ class RateControl:
         before_left, before_at = self.left, self.left_at
         self.left, self.left_at = remaining, now
         limit = self.advertised
-        mark = self._mark
         if sent is None:
             if (
                 before_at > -math.inf
@@ -338,6 +337,7 @@ class RateControl:
             ):
                 return self._new_frame(before_at, now)
             return False
+        mark = self._mark
         if limit is None or mark is None:
             self._mark = (now, remaining, sent)
             return False
@@ -425,7 +425,9 @@ class RateControl:
             return False
         # The earliest this frame can have started, from every start before it.
         first = max([after] + [lo_i + (index - i) * low for i, lo_i, _ in starts])
-        starts.append((index, after, now))
+        # ... and the latest.
+        last = min([now] + [hi_i + (index - i) * high for i, _, hi_i in starts])
+        starts.append((index, first, last))
         if len(starts) > _FRAME_STARTS:
             del starts[0]
         self._frame_range = (low, high)
@@ -436,8 +438,9 @@ class RateControl:
         # earliest and the latest this frame may have (never faster than over half the
         # longest length: a start seen late must not become a burst).
         early = first + low - now
-        left = max(early + _FRAME_AIM * (high - early), _FRAME_PACE_SHARE * high)
-        self.advertised = max(self.capacity, 1.0) * 60.0 / min(left, high)
+        late = max(last + high - now, early)
+        left = min(max(early + _FRAME_AIM * (late - early), _FRAME_PACE_SHARE * high), high)
+        self.advertised = max(self.capacity, 1.0) * 60.0 / left
         return self.update()
 
 
