@@ -19,6 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from headway import ManualClock
+from headway._clock import resolve_clock
+from headway.backends.ray import RayAdaptiveLimiter, RayBackend, SharedState
+from headway.batch.sender import UNPACED_RPM
 from headway.errors import ConfigurationError, QuotaExceededError, RateLimitError
 from headway.http.status import error_for_status
 from headway.limits import AdaptiveLimiter, Limiter
@@ -565,3 +568,58 @@ def test_try_take_refuses_a_call_that_would_wait() -> None:
     assert limiter.try_take()
     assert not limiter.try_take()  # the burst is spent: reserve_nowait says how long
     assert limiter.reserve_nowait() is not None
+
+
+class _Remote:
+    """``handle.method.remote(...)`` of a Ray actor, run in this process after a short trip."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def remote(self, *args: Any) -> Any:
+        async def trip() -> Any:
+            await asyncio.sleep(0.001)
+            return self.fn(*args)
+
+        return trip()
+
+
+class _LocalActor:
+    """The named actor's :class:`SharedState`, in this process (no Ray needed)."""
+
+    def __init__(self) -> None:
+        state = SharedState(now=resolve_clock(None).now)
+        self.reserve = _Remote(state.reserve)
+        self.breaker = _Remote(state.breaker)
+        self.learned = _Remote(state.learned)
+
+
+@pytest.mark.virtual_time
+async def test_workers_sharing_a_limit_learn_a_frame_server_together() -> None:
+    """Two workers on one shared limit, starting unpaced as ``headway run`` without
+    ``--rpm`` does, against Azure's frames: they learn the frames (not only halve on
+    429s), share the frame's pace, and use about every frame up with few 429s."""
+    limit = 1200.0
+    actor = _LocalActor()
+    async with FakeAPI(profile="azure", rpm=limit) as api:
+        backends = [RayBackend(actor=actor), RayBackend(actor=actor)]
+        limiters = [RayAdaptiveLimiter(b, "az", start_rpm=UNPACED_RPM) for b in backends]
+        t0 = asyncio.get_running_loop().time()
+        outs = await asyncio.gather(*(drive(api, lim, 1200, workers=16) for lim in limiters))
+        admitted = [r.time for r in api.requests if r.status == 200]
+        for b in backends:
+            await b.aclose()
+    ok = sum(out.ok for out in outs)
+    assert ok == 2400
+    assert [out.failed for out in outs] == [[], []]
+    assert sum(out.rate_limited for out in outs) <= 0.005 * ok
+    for lim in limiters:
+        assert lim.requests.frame == pytest.approx(10.0, rel=0.025)
+        assert 0.95 * limit <= lim.requests.rate <= 1.1 * limit
+    per_frame: dict[int, int] = {}
+    for t in admitted:
+        per_frame[math.floor(t / 10.0)] = per_frame.get(math.floor(t / 10.0), 0) + 1
+    full = [n for k, n in sorted(per_frame.items()) if k * 10.0 >= t0 + 20.0][:-1]
+    assert full, per_frame
+    assert sum(full) >= 0.975 * 200 * len(full), per_frame
+    assert all(n >= 180 for n in full), per_frame

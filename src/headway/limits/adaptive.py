@@ -329,13 +329,8 @@ class RateControl:
         self.left, self.left_at = remaining, now
         limit = self.advertised
         if sent is None:
-            if (
-                before_at > -math.inf
-                and remaining >= before_left + _FRAME_JUMP
-                and remaining >= _FRAME_FULL * self.capacity
-                and (limit is None or self.frame is not None)
-            ):
-                return self._new_frame(before_at, now)
+            if limit is None or self.frame is not None:
+                return self._frame_jump(before_left, before_at, remaining, now)
             return False
         mark = self._mark
         if limit is None or mark is None:
@@ -357,6 +352,27 @@ class RateControl:
         self.share = min(1.0, max(_SHARE_MIN, rate / limit))
         self._back_at = now
         return self.update()
+
+    def follow_frames(self, remaining: float, now: float) -> bool:
+        """Note ``remaining`` at ``now`` from a server that gives no limit and no reset
+        time, and learn its fixed frames from the count jumping back up, whatever rate is
+        in force (a worker sharing a limit may have taken another worker's pace).
+        ``True`` if the rate moved.
+        """
+        if remaining > self.capacity:
+            self.capacity = remaining
+        before_left, before_at = self.left, self.left_at
+        self.left, self.left_at = remaining, now
+        return self._frame_jump(before_left, before_at, remaining, now)
+
+    def _frame_jump(self, before: float, before_at: float, remaining: float, now: float) -> bool:
+        if (
+            before_at > -math.inf
+            and remaining >= before + _FRAME_JUMP
+            and remaining >= _FRAME_FULL * self.capacity
+        ):
+            return self._new_frame(before_at, now)
+        return False
 
     def frame_ends(self, now: float, delay: float) -> None:
         """A rate 429 at ``now`` said to come back in ``delay`` seconds.
@@ -1058,24 +1074,46 @@ class SharedLearningLimiter(LearningLimiter):
     def on_rate_limited(self, delay: float | None, *, empty: bool) -> None:
         """A rate 429: when the server's bucket is empty, every worker pauses and slows."""
         self.rate_limited_count += 1
-        if empty and not self.requests.has_room(self._clock.now()):
+        c = self.requests
+        now = self._clock.now()
+        if delay is not None and c.capacity:
+            c.frame_ends(now, delay)
+        if empty and not c.has_room(now):
+            wait = c.frame_wait(now, delay)
+            if wait is not None:  # the frame is used up: every worker waits for the next
+                self.pause_until(now + wait)
+                return
             self._rate_limited_pause(delay)
 
     def observe_headers(self, headers: Mapping[str, str]) -> None:
-        """Learn an advertised request limit; lower the shared level when little is left."""
-        limit, _, left_text, _, _ = limit_headers(headers)
+        """Learn an advertised request limit; lower the shared level when little is left.
+
+        A server that reports remaining counts but no limit and no reset time (Azure's
+        fixed frames) has its frames learned as :class:`AdaptiveLimiter` does; the pace
+        they give is shared, and a frame used up pauses every worker until the next.
+        """
+        limit, _, left_text, _, reset = limit_headers(headers)
+        now = self._clock.now()
         if limit != self._seen_limit:
             self._seen_limit = limit
             value = _number(limit)
-            if value is not None and self.requests.advertise(value, self._clock.now()):
+            if value is not None and self.requests.advertise(value, now):
                 self._apply("requests", "advertised")
         left = None if left_text is None else _count(left_text)
         if left is None:
             return
         c = self.requests
-        if left > c.capacity:
-            c.capacity = left
-        c.left, c.left_at = left, self._clock.now()
+        if limit is None and reset is None:
+            if c.follow_frames(left, now):
+                self._apply("requests", "tracked")
+            if c.frame is not None and left < 1.0:
+                wait = c.frame_wait(now, None)
+                if wait is not None:
+                    self.pause_until(now + wait)
+        else:
+            if left > c.capacity:
+                c.capacity = left
+            c.left, c.left_at = left, now
         total = _number(limit)
         if total is None or left < 0.5 * total:
             self.shared.sync("requests", left)
