@@ -331,6 +331,21 @@ async def test_pause_holds_back_waiting_and_new_callers(seen: list[Event]) -> No
 
 
 @pytest.mark.virtual_time
+async def test_a_burst_of_pauses_is_announced_once(seen: list[Event]) -> None:
+    """Each 429 of a burst pauses a little later than the last: one event, not thirty;
+    a pause that extends the one in force by a second or more is news again."""
+    loop = asyncio.get_running_loop()
+    limiter = TokenBucketRateLimiter(10, name="api")
+    for _ in range(30):
+        limiter.pause(10.0)
+        await asyncio.sleep(0.001)
+    limiter.pause(12.0)
+    paused = [e for e in seen if e.kind == events.LIMITER_PAUSED]
+    assert [round(e.data["seconds"]) for e in paused] == [10, 12]
+    assert limiter.paused_until == pytest.approx(loop.time() + 12.0)
+
+
+@pytest.mark.virtual_time
 async def test_pause_empties_the_bucket_and_extends() -> None:
     loop = asyncio.get_running_loop()
     limiter = TokenBucketRateLimiter(10, max_tokens=10)

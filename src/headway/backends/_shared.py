@@ -46,6 +46,7 @@ from headway.events import (
     enabled,
 )
 from headway.limits import RATE_LIMITED_PAUSE, Reservation
+from headway.limits.bucket import PAUSE_NEWS
 
 __all__ = ["SharedBackend", "SharedCircuit", "SharedLimiter", "SharedReservation"]
 
@@ -841,7 +842,8 @@ class SharedLimiter:
             self._pause_until = when
             self._shift += when - start
             self._own_shift += when - start
-            if enabled(logging.INFO):
+            # a burst of 429s each pauses a little later than the last: said once
+            if (start == now or when - start >= PAUSE_NEWS) and enabled(logging.INFO):
                 emit(
                     LIMITER_PAUSED,
                     source=self.name,

@@ -64,6 +64,10 @@ T = TypeVar("T")
 #: the oldest half is forgotten (their units do not come back: safe, a little slower).
 _MAX_HOLES = 65_536
 
+#: A pause that only extends the one in force by less than this (seconds) is not
+#: announced again (the ``limiter.paused`` event): each 429 of a burst pauses a little later.
+PAUSE_NEWS: Final = 1.0
+
 #: What a limiter can count: each call is charged its requests or its (LLM) tokens.
 UNITS: Final = ("requests", "tokens")
 
@@ -549,7 +553,8 @@ class TokenBucketRateLimiter:
         self._shift += delta
         if self._tail > now:
             self._tail += delta
-        if events.enabled(logging.INFO):
+        # A burst of 429s each pauses a little later than the last: said once, not each
+        if (start == now or delta >= PAUSE_NEWS) and events.enabled(logging.INFO):
             events.emit(
                 events.LIMITER_PAUSED,
                 source=self.name,
