@@ -163,3 +163,26 @@ async def test_an_overloaded_refusal_is_looked_up_once(tmp_path: Path, kind: str
         lists[step] = len(api.calls("GET", create_path(kind)))
     assert lists["reset"] > lists.get("503", lists.get("529", 0)) + 3
     assert lists.get("503", lists.get("529")) == (2 if kind == "anthropic" else 1)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_stop_while_looking_detaches_and_the_next_run_adopts(
+    tmp_path: Path, kind: str
+) -> None:
+    import asyncio
+
+    inp = write_input(tmp_path / "in.jsonl", 6, kind=kind)
+    out = tmp_path / "out.jsonl"
+    async with FakeAPI() as api:
+        api.script("POST", create_path(kind), [Fault.late(listed_after=700.0)])
+        engine = batchapi.ProviderBatchRun(settings(api, kind), out)
+        task = asyncio.create_task(engine.run(inp))
+        await asyncio.sleep(620)  # the create timed out at 600 s: the run is looking
+        engine.stop()
+        outcome = await task
+        assert outcome.detached
+        assert BatchState.load(out).parts[0].status == "creating"
+        outcome = await batchapi.run(inp, out, settings(api, kind))
+        assert len(made(api, kind)) == 1
+        assert outcome.stats.succeeded == 6
+    assert_exactly_once(out, 6)

@@ -533,7 +533,11 @@ class ProviderBatchRun:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _look(self, lookup: Callable[[], Awaitable[T | None]], window: float) -> T | None:
-        """Look up what an attempt made, again and again for ``window`` seconds."""
+        """Look up what an attempt made, again and again for ``window`` seconds.
+
+        Raises :class:`_StoppedLooking` if the run is stopped meanwhile: the step stays
+        unresolved in the state, and the next run looks again before sending it.
+        """
         clock = self.clock
         end = clock.now() + window
         pause = 2.0
@@ -544,7 +548,8 @@ class ProviderBatchRun:
             left = end - clock.now()
             if left <= 0:
                 return None
-            await clock.sleep(min(pause, left))
+            if await self._nap(min(pause, left)):
+                raise _StoppedLooking
             pause = min(pause * 2, 15.0)
 
     async def _submit(self, remote: OpenAIBatches | AnthropicBatches, part: Part) -> bool:
@@ -627,6 +632,9 @@ class ProviderBatchRun:
             made = await self._careful(
                 create, find_batch, look_first=look_first, watch=watch, first_watch=first
             )
+        except _StoppedLooking:
+            self._resumed.add(part.key)  # look before creating, whenever it goes on
+            return False
         except RateLimitError as exc:
             # A queue limit (Anthropic) or the provider's own pacing: try again later.
             if part.status == "creating":
@@ -899,6 +907,10 @@ class ProviderBatchRun:
             self._ledger = None
             state.save()
         return state
+
+
+class _StoppedLooking(Exception):
+    """The run was stopped while it looked for what an unanswered create made."""
 
 
 @contextlib.contextmanager
