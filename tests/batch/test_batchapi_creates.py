@@ -186,3 +186,32 @@ async def test_stop_while_looking_detaches_and_the_next_run_adopts(
         assert len(made(api, kind)) == 1
         assert outcome.stats.succeeded == 6
     assert_exactly_once(out, 6)
+
+
+async def test_a_stranger_batch_taken_for_a_lost_create_is_given_back(tmp_path: Path) -> None:
+    # The create made nothing (reset before the route), and meanwhile someone else made
+    # a batch of the same size: the look-up cannot tell them apart, so it adopts that
+    # batch; its results carry none of the part's custom_ids, so the part goes again.
+    import asyncio
+
+    import aiohttp
+
+    inp = write_input(tmp_path / "in.jsonl", 5, kind="anthropic")
+    out = tmp_path / "out.jsonl"
+    msgs = [{"role": "user", "content": "x"}]
+    params = {"model": "claude-x", "max_tokens": 5, "messages": msgs}
+    theirs = {"requests": [{"custom_id": f"t{i}", "params": params} for i in range(5)]}
+    async with FakeAPI() as api, aiohttp.ClientSession() as session:
+        api.script("POST", "/v1/messages/batches", ["reset"])
+        task = asyncio.create_task(batchapi.run(inp, out, settings(api, "anthropic")))
+        await asyncio.sleep(0.5)
+        assert len(api.calls("POST", "/v1/messages/batches")) == 1  # ours, reset
+        async with session.post(f"{api.url}/v1/messages/batches", json=theirs) as resp:
+            assert resp.status == 200
+        outcome = await task
+        stranger, ours = api.batches.anthropic_batches
+        assert stranger.ids[0] == "t0"
+        assert BatchState.load(out).parts[0].batch_id == ours.id
+        assert any("not" in note and "submitted again" in note for note in outcome.notes)
+    assert outcome.stats.succeeded == 5
+    assert_exactly_once(out, 5)

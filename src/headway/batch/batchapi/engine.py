@@ -820,8 +820,13 @@ class ProviderBatchRun:
                 self._write(Result.failure(cid, code, message), part.shape)
         else:
             written: set[str] = set()
+            ours = foreign = 0
             async for result in remote.results(got):
                 cid = result.custom_id
+                if cid in ids:
+                    ours += 1
+                else:
+                    foreign += 1
                 if cid not in ids or cid in self._done or cid in written:
                     continue
                 written.add(cid)
@@ -830,6 +835,17 @@ class ProviderBatchRun:
                     part.unfinished[cid] = code
                     continue
                 self._write(result, part.shape)
+            if foreign and not ours:
+                # Not this part's batch at all (adopted after an unanswered create, it was
+                # someone else's of the same size): submit the part again.
+                part.old_batches.append(part.batch_id)
+                part.batch_id, part.status, part.remote = None, "uploaded", None
+                self.notes.append(
+                    f"{got.id}: its results are not {part.key}'s lines (a batch of the "
+                    "same size taken for a lost create); the part is submitted again"
+                )
+                state.save()
+                return
             missing_code = _MISSING.get((remote.kind, got.status), "invalid_response")
             for cid in part.ids:
                 if cid in self._done or cid in written:
