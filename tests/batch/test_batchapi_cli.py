@@ -219,7 +219,10 @@ def test_kill_9_mid_poll_then_resume_submits_nothing_again(tmp_path: Path) -> No
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate(timeout=10)
         assert proc.returncode == -signal.SIGKILL
-        resume = start(inp, out, slow.url, "--batch-max-requests", "20")
+        # The second part may have died while creating: the resume looks for its batch
+        # (this server lists it at once) for a short window before creating it.
+        window = ("--batch-lookup-window", "2")
+        resume = start(inp, out, slow.url, "--batch-max-requests", "20", *window)
         _, stderr = resume.communicate(timeout=60)
         assert resume.returncode == 0, stderr
         once(out, n)

@@ -233,3 +233,66 @@ async def test_faults_apply_to_batch_routes() -> None:
             assert resp.status == 404
         faults = [r.fault for r in api.calls("GET", "/v1/batches/{batch_id}")]
         assert faults[:3] == ["503", "reset", None]
+
+
+@pytest.mark.virtual_time
+async def test_lost_and_late_creates_make_the_batch() -> None:
+    from headway.testing import Fault
+
+    connector = aiohttp.TCPConnector(force_close=True)
+    timeout = aiohttp.ClientTimeout(total=60)
+    body = {"requests": [{"custom_id": "a", "params": {"model": "m", "max_tokens": 3}}]}
+    body["requests"][0]["params"]["messages"] = [{"role": "user", "content": "hi"}]
+    url_list = "/v1/messages/batches"
+    async with (
+        FakeAPI() as api,
+        aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
+    ):
+        api.script("POST", url_list, [Fault.lost(listed_after=30), Fault.late(), "late:100"])
+        with pytest.raises(aiohttp.ClientError):  # reset after the batch was made
+            await session.post(f"{api.url}{url_list}", json=body)
+        async with session.get(f"{api.url}{url_list}") as resp:
+            assert (await resp.json())["data"] == []  # not listed yet
+        first = api.batches.anthropic_batches[0].id
+        async with session.get(f"{api.url}{url_list}/{first}") as resp:
+            assert resp.status == 200  # but there, by its id
+        await asyncio.sleep(30)
+        async with session.get(f"{api.url}{url_list}") as resp:
+            assert [b["id"] for b in (await resp.json())["data"]] == [first]
+        with pytest.raises(asyncio.TimeoutError):  # held past the client's timeout
+            await session.post(f"{api.url}{url_list}", json=body)
+        patient = aiohttp.ClientTimeout(total=200)
+        async with session.post(f"{api.url}{url_list}", json=body, timeout=patient) as resp:
+            assert resp.status == 200  # answered, 100 s late
+            third = (await resp.json())["id"]
+        assert len(api.batches.anthropic_batches) == 3
+        calls = api.calls("POST", url_list)
+        assert [(c.fault, c.status) for c in calls] == [
+            ("lost", None),
+            ("late", None),  # held until the server closes
+            ("late", 200),
+        ]
+        # before_id pages towards newer batches, after_id towards older ones
+        async with session.get(f"{api.url}{url_list}", params={"before_id": first}) as resp:
+            newer = [b["id"] for b in (await resp.json())["data"]]
+        second = api.batches.anthropic_batches[1].id
+        assert newer == [third, second]
+        async with session.get(f"{api.url}{url_list}", params={"after_id": third}) as resp:
+            assert first in [b["id"] for b in (await resp.json())["data"]]
+        async with session.get(f"{api.url}{url_list}", params={"before_id": "nope"}) as resp:
+            assert resp.status == 404
+
+
+@pytest.mark.virtual_time
+async def test_clock_skew_moves_the_timestamps() -> None:
+    import datetime
+
+    async with FakeAPI() as api, aiohttp.ClientSession() as session:
+        api.batches.clock_skew = -3600.0
+        body = {"requests": [{"custom_id": "a", "params": {"model": "m", "max_tokens": 3}}]}
+        async with session.post(f"{api.url}/v1/messages/batches", json=body) as resp:
+            created = (await resp.json())["created_at"]
+        when = datetime.datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
+        import time
+
+        assert time.time() - 3700 < when < time.time() - 3500

@@ -49,7 +49,26 @@ def test_parse_with_arguments() -> None:
     assert Fault.parse("stream_error:3").after == 3
 
 
-@pytest.mark.parametrize("text", ["", "teapot", "200", "429:x", "429:1:weird", "reset:1", "status"])
+def test_parse_lost_and_late() -> None:
+    import math
+
+    assert Fault.parse("lost") == Fault.lost()
+    assert Fault.parse("lost:30").listed_after == 30.0
+    assert math.isinf(Fault.parse("late").delay)
+    assert Fault.parse("late:700") == Fault.late(700.0)
+    late = Fault.parse("late:700:30")
+    assert (late.kind, late.delay, late.listed_after) == ("late", 700.0, 30.0)
+    assert math.isinf(Fault.parse("late::30").delay)
+    with pytest.raises(ValueError):
+        Fault.late(-1.0)
+    with pytest.raises(ValueError):
+        Fault.lost(listed_after=-1.0)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "teapot", "200", "429:x", "429:1:weird", "reset:1", "status", "lost:1:2", "late:1:2:3"],
+)
 def test_parse_rejects_nonsense(text: str) -> None:
     with pytest.raises(ValueError):
         Fault.parse(text)

@@ -86,6 +86,13 @@ def batch_options(func: F) -> F:
             default=120.0,
             help="Longest wait between polls, in seconds.",
         ),
+        option(
+            "--batch-lookup-window",
+            type=click.FloatRange(min=0),
+            default=120.0,
+            help="Seconds a batch create that got no answer is looked for at the provider "
+            "before it is sent again (a batch is never paid for twice).",
+        ),
     ]
     for decorate in reversed(options):
         func = decorate(func)
@@ -110,8 +117,13 @@ def _settings(
         max_tokens=opts.get("batch_max_tokens"),
         poll_interval=opts.get("poll_interval") or 5.0,
         max_poll_interval=opts.get("max_poll_interval") or 120.0,
+        lookup_window=_or(opts.get("batch_lookup_window"), 120.0),
         environ=environ,
     )
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else float(value)
 
 
 def refuse_live_batches(output: Path) -> None:

@@ -24,7 +24,12 @@ body the online route rejects gets a 400 line); :attr:`FakeBatches.fail` makes c
 custom_ids fail with a 500. The enqueued-token limit is answered as OpenAI does: the
 batch is created, then fails validation with ``token_limit_exceeded``; Anthropic's
 queue limit answers ``429`` at creation. Faults and chaos apply to these routes like to
-any other (``api.script("POST", "/v1/files", [503, "reset"])``).
+any other (``api.script("POST", "/v1/files", [503, "reset"])``). A create played a
+:meth:`~headway.testing.faults.Fault.lost` or :meth:`~headway.testing.faults.Fault.late`
+fault makes its batch and loses (or delays) the answer; with ``listed_after`` the batch
+shows in the listings only that many seconds later. :attr:`FakeBatches.clock_skew`
+moves every timestamp the server reports (a server clock ahead of or behind the
+client's).
 
 >>> FakeBatches.openai_line_error("a", "batch_expired")["error"]["code"]
 'batch_expired'
@@ -223,6 +228,8 @@ class FakeBatches:
             create over it is answered ``429``.
         max_requests, max_bytes: OpenAI's per-file limits (50,000 requests, 200 MB).
         anthropic_max_requests, anthropic_max_bytes: Anthropic's (100,000, 256 MB).
+        clock_skew: seconds added to every timestamp the server reports (``created_at``
+            ...): negative for a server whose clock is behind the client's.
     """
 
     def __init__(self, api: FakeAPI) -> None:
@@ -238,6 +245,8 @@ class FakeBatches:
         self.files: dict[str, _File] = {}
         self.batches: dict[str, _Batch] = {}
         self.deleted_files = 0
+        self.clock_skew = 0.0
+        self._listed_at: dict[str, float] = {}
         self._n = 0
         self._wall0 = time.time()
         self._clock0: float | None = None
@@ -254,7 +263,7 @@ class FakeBatches:
             return None
         if self._clock0 is None:
             self._clock0 = t
-        return int(self._wall0 + (t - self._clock0))
+        return int(self._wall0 + self.clock_skew + (t - self._clock0))
 
     def _new_id(self, prefix: str) -> str:
         self._n += 1
@@ -274,6 +283,16 @@ class FakeBatches:
     def uploads(self) -> list[_File]:
         """The files uploaded (not the generated output files), deleted ones excluded."""
         return [f for f in self.files.values() if f.batch is None]
+
+    def _made(self, batch: _Batch, request: web.Request) -> None:
+        """Keep a new batch; out of the listings for a while under a ``listed_after`` fault."""
+        self.batches[batch.id] = batch
+        fault = self.api.request_fault(request)
+        if fault is not None and fault.listed_after > 0:
+            self._listed_at[batch.id] = batch.created + fault.listed_after
+
+    def _listed(self, batch: _Batch, now: float) -> bool:
+        return now >= self._listed_at.get(batch.id, -math.inf)
 
     def install(self) -> None:
         """Register the routes on the FakeAPI."""
@@ -531,7 +550,7 @@ class FakeBatches:
         if f is None or f.purpose != "batch":
             return _openai_error(404, "No such File object", None, "input_file_id")
         batch = self._openai_batch(f, endpoint, body.get("metadata") or {})
-        self.batches[batch.id] = batch
+        self._made(batch, request)
         return _json(self._batch_object(batch))
 
     def _openai_batch(self, f: _File, endpoint: str, metadata: dict[str, Any]) -> _Batch:
@@ -643,7 +662,8 @@ class FakeBatches:
     async def _list(self, request: web.Request) -> web.Response:
         limit = int(request.query.get("limit", "20"))
         after = request.query.get("after")
-        items = list(reversed(self.openai_batches))
+        now = self._now()
+        items = [b for b in reversed(self.openai_batches) if self._listed(b, now)]
         if after is not None:
             ids = [b.id for b in items]
             items = items[ids.index(after) + 1 :] if after in ids else []
@@ -726,7 +746,7 @@ class FakeBatches:
             failing.append(status != "succeeded")
         timing = BatchTiming(**{k: getattr(self.timing, k) for k in BatchTiming.__slots__})
         batch = _Batch(self._new_id("msgbatch_"), True, now, lines, ids, failing, timing=timing)
-        self.batches[batch.id] = batch
+        self._made(batch, request)
         return _json(self._a_object(batch, request))
 
     def _a_answer(self, params: Any, custom_id: str, rid: str) -> tuple[str, Any]:
@@ -802,16 +822,29 @@ class FakeBatches:
 
     async def _a_list(self, request: web.Request) -> web.Response:
         limit = int(request.query.get("limit", "20"))
-        items = list(reversed(self.anthropic_batches))
+        if not 1 <= limit <= 1000:
+            return _anthropic_error(400, "invalid_request_error", "limit: from 1 to 1000")
+        now = self._now()
+        items = [b for b in reversed(self.anthropic_batches) if self._listed(b, now)]
         after = request.query.get("after_id")
-        if after is not None:
-            ids = [b.id for b in items]
+        before = request.query.get("before_id")
+        for cursor in (after, before):
+            if cursor is not None and cursor not in self.batches:
+                return _anthropic_error(404, "not_found_error", f"no message batch {cursor!r}")
+        ids = [b.id for b in items]
+        if after is not None:  # older than the cursor (the list is newest first)
             items = items[ids.index(after) + 1 :] if after in ids else []
-        data = [self._a_object(b, request) for b in items[:limit]]
+            page, more = items[:limit], len(items) > limit
+        elif before is not None:  # newer than the cursor: the page right before it
+            items = items[: ids.index(before)] if before in ids else []
+            page, more = items[-limit:], len(items) > limit
+        else:
+            page, more = items[:limit], len(items) > limit
+        data = [self._a_object(b, request) for b in page]
         return _json(
             {
                 "data": data,
-                "has_more": len(items) > limit,
+                "has_more": more,
                 "first_id": data[0]["id"] if data else None,
                 "last_id": data[-1]["id"] if data else None,
             }

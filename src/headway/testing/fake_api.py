@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json as jsonlib
+import math
 import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -84,6 +85,7 @@ __all__ = ["PROFILES", "FakeAPI", "Limits", "RecordedRequest", "Route", "Script"
 _RequestKey: Any = getattr(web, "RequestKey", None)
 _ENTRY_KEY: Any = _RequestKey("headway_entry", object) if _RequestKey else "headway_entry"
 _PARAMS_KEY: Any = _RequestKey("headway_params", dict) if _RequestKey else "headway_params"
+_FAULT_KEY: Any = _RequestKey("headway_fault", object) if _RequestKey else "headway_fault"
 
 
 class FakeAPI(_AnswersMixin):
@@ -365,6 +367,17 @@ class FakeAPI(_AnswersMixin):
         params = request.get(_PARAMS_KEY)
         return dict(params) if isinstance(params, dict) else {}
 
+    @staticmethod
+    def request_fault(request: web.Request) -> Fault | None:
+        """The ``lost`` or ``late`` fault playing on ``request``, if any (in a handler).
+
+        The Batch API routes read its :attr:`~headway.testing.faults.Fault.listed_after`
+        to keep a batch they create out of listings for a while; a route of your own can
+        do the same.
+        """
+        fault = request.get(_FAULT_KEY)
+        return fault if isinstance(fault, Fault) else None
+
     def script(self, method: str, path: str, steps: str | Iterable[FaultLike]) -> Script:
         """Play ``steps`` on ``method path``, one per request, then answer normally.
 
@@ -401,7 +414,7 @@ class FakeAPI(_AnswersMixin):
     # -- request handling -----------------------------------------------------------------
     async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
         entry = request.get(_ENTRY_KEY)
-        if isinstance(entry, RecordedRequest) and entry.fault not in ("reset", "hang"):
+        if isinstance(entry, RecordedRequest) and entry.fault not in ("reset", "hang", "lost"):
             entry.status = response.status
             response.headers.setdefault("x-request-id", f"req_{self._rid(entry)}")
             response.headers.setdefault("request-id", f"req_{self._rid(entry)}")  # Anthropic's
@@ -493,6 +506,8 @@ class FakeAPI(_AnswersMixin):
                 assert self._closing is not None
                 await self._closing.wait()
                 return self._reset(request)
+            elif fault.kind in ("lost", "late"):
+                request[_FAULT_KEY] = fault  # the route does its work, then the answer is lost
 
         rid = self._rid(entry)
         if route is not None:
@@ -527,6 +542,15 @@ class FakeAPI(_AnswersMixin):
         limited = self.limits.admit(clock.now(), tokens)
         if limited is not None:
             return self._refuse(limited, tokens, anthropic)
+        if fault is not None and fault.kind in ("lost", "late"):
+            if fault.kind == "late" and math.isfinite(fault.delay):
+                await clock.sleep(fault.delay)  # then answered, if the client still waits
+            else:
+                if fault.kind == "late":
+                    assert self._closing is not None
+                    await self._closing.wait()  # held until the server closes: never sent
+                entry.fault = "lost"
+                return self._reset(request)
         return await self._send(request, answer, fault, anthropic)
 
     def _refuse(self, refused: Refusal, tokens: int, anthropic: bool) -> web.Response:

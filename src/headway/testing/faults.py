@@ -2,7 +2,8 @@
 
 A :class:`Fault` is one thing the server does instead of (or before) its normal answer:
 an error status, a 429 with ``Retry-After``, a dropped connection, a hang, a truncated
-or malformed body, a slow stream. A *script* is a list of faults a route plays in
+or malformed body, a slow stream, or an answer made (a batch created) but lost or sent
+too late. A *script* is a list of faults a route plays in
 order, one per request, before it answers normally again. :class:`Chaos` picks faults
 at random (seeded, so every run is the same) with the probabilities you give.
 
@@ -52,6 +53,8 @@ FaultKind = Literal[
     "deep_json",
     "error_200",
     "echo_key",
+    "lost",
+    "late",
 ]
 RetryAfterStyle = Literal["seconds", "http-date", "ms", "none"]
 
@@ -76,6 +79,9 @@ class Fault:
             of a ``dribble`` stream.
         after: how many stream chunks a ``stream_error`` sends before the error event.
         message: the error message in the body (a sensible default otherwise).
+        listed_after: for ``lost`` and ``late``: seconds before what the request made
+            shows in listings (the Batch API routes honour it: ``GET /v1/batches``,
+            ``GET /v1/messages/batches``); retrieving it by id works at once.
     """
 
     kind: FaultKind
@@ -85,6 +91,7 @@ class Fault:
     delay: float = 0.0
     after: int = 2
     message: str | None = None
+    listed_after: float = 0.0
 
     @classmethod
     def ok(cls) -> Self:
@@ -163,6 +170,28 @@ class Fault:
         return cls("echo_key", 401)
 
     @classmethod
+    def lost(cls, *, listed_after: float = 0.0) -> Self:
+        """Do the work (a create creates), then drop the connection without the answer.
+
+        The client sees a connection error although the request took effect: an
+        unknown outcome, as when a provider's answer is lost on the way back.
+        ``listed_after`` hides what was made from listings for that many seconds.
+        """
+        return cls("lost", listed_after=_non_negative(listed_after))
+
+    @classmethod
+    def late(cls, seconds: float | None = None, *, listed_after: float = 0.0) -> Self:
+        """Do the work (a create creates), then hold the answer ``seconds`` (loop clock).
+
+        ``None`` holds it until the server closes: a client gives up at its timeout
+        although the request took effect. ``listed_after`` hides what was made from
+        listings for that many seconds (a create still in progress, or a listing that
+        lags behind).
+        """
+        delay = math.inf if seconds is None else _non_negative(seconds)
+        return cls("late", delay=delay, listed_after=_non_negative(listed_after))
+
+    @classmethod
     def dribble(cls, interval: float = 0.05) -> Self:
         """Answer normally but slowly: ``interval`` seconds between stream pieces."""
         return cls("dribble", delay=_non_negative(interval))
@@ -183,7 +212,8 @@ class Fault:
         ``"429:1500:ms"``, ``"latency:0.5"``, ``"dribble:0.1"``, ``"stream_error:3"``,
         or a bare kind: ``"reset"``, ``"hang"``, ``"truncate"``, ``"malformed"``,
         ``"insufficient_quota"``, ``"overloaded"``, ``"deep_json"``, ``"error_200"``,
-        ``"echo_key"``.
+        ``"echo_key"``; ``"lost"``, ``"lost:30"`` (listed 30 s later), ``"late"`` (never
+        answered), ``"late:700"`` (answered 700 s later), ``"late:700:30"``.
         """
         head, _, rest = text.strip().partition(":")
         head = head.strip().lower()
@@ -208,6 +238,12 @@ class Fault:
                 return Fault.dribble(float(args[0]) if args else 0.05)
             if head == "stream_error":
                 return Fault.stream_error(int(args[0]) if args else 2)
+            if head == "lost" and len(args) <= 1:
+                return Fault.lost(listed_after=float(args[0]) if args else 0.0)
+            if head == "late" and len(args) <= 2:
+                seconds = float(args[0]) if args and args[0] else None
+                listed = float(args[1]) if len(args) > 1 else 0.0
+                return Fault.late(seconds, listed_after=listed)
         except (ValueError, IndexError) as exc:
             raise ValueError(f"cannot parse fault {text!r}: {exc}") from None
         if head in _KINDS and head != "status" and not args:
@@ -215,7 +251,8 @@ class Fault:
         raise ValueError(
             f"cannot parse fault {text!r}: use a status (503, 429:2), ok, reset, hang, "
             "truncate, malformed, insufficient_quota, overloaded, deep_json, error_200, "
-            "echo_key, latency:S, dribble:S or stream_error:N"
+            "echo_key, latency:S, dribble:S, stream_error:N, lost[:LISTED] or "
+            "late[:S[:LISTED]]"
         )
 
 

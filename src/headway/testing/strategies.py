@@ -183,7 +183,9 @@ def faults(*, kinds: Sequence[str] | None = None) -> st.SearchStrategy[Fault]:
     """Single :class:`~headway.testing.faults.Fault` values.
 
     ``kinds`` restricts them (``"status"``, ``"reset"``, ``"hang"``...); by default
-    every kind but ``hang`` (which needs a client timeout to end).
+    every kind but ``hang`` (which needs a client timeout to end) and ``lost`` and
+    ``late`` (the request takes effect although the client sees a failure: ask for
+    them by name).
     """
     seconds = st.floats(0, 5, allow_nan=False)
     options: dict[str, st.SearchStrategy[Fault]] = {
@@ -205,8 +207,11 @@ def faults(*, kinds: Sequence[str] | None = None) -> st.SearchStrategy[Fault]:
         "malformed": st.just(Fault.malformed()),
         "dribble": st.builds(Fault.dribble, st.floats(0, 0.5, allow_nan=False)),
         "stream_error": st.builds(Fault.stream_error, st.integers(0, 5)),
+        "lost": st.builds(Fault.lost, listed_after=seconds),
+        "late": st.builds(Fault.late, st.one_of(st.none(), seconds), listed_after=seconds),
     }
-    chosen = [k for k in options if k != "hang"] if kinds is None else list(kinds)
+    optional = ("hang", "lost", "late")
+    chosen = [k for k in options if k not in optional] if kinds is None else list(kinds)
     unknown = set(chosen) - set(options)
     if unknown:
         raise ValueError(f"unknown fault kinds: {sorted(unknown)}")

@@ -78,6 +78,7 @@ def batch_settings(
     max_tokens: int | None = None,
     poll_interval: float = 5.0,
     max_poll_interval: float = 120.0,
+    lookup_window: float = 120.0,
     environ: Mapping[str, str] | None = None,
 ) -> BatchAPISettings:
     """Settings for a provider (``"openai"``, ``"anthropic"``) or an OpenAI-compatible URL.
@@ -110,6 +111,7 @@ def batch_settings(
         limits=limits,
         poll_interval=poll_interval,
         max_poll_interval=max_poll_interval,
+        lookup_window=lookup_window,
     )
 
 

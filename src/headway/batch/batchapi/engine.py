@@ -83,6 +83,10 @@ class BatchAPISettings:
             limit is submitted again.
         max_attempts: attempts of each remote step before it counts as failed.
         timeout: seconds per HTTP attempt (uploads and downloads can be large).
+        lookup_window: seconds a batch create whose outcome is unknown (no answer, a
+            timeout, a 5xx other than 503/529) is looked for at the provider before it
+            is sent again: long enough for a create still in progress, or a listing
+            that lags, to show the batch the first attempt made.
     """
 
     target: Target
@@ -95,6 +99,7 @@ class BatchAPISettings:
     requeue_delay: float = 60.0
     max_attempts: int = 8
     timeout: float = 600.0
+    lookup_window: float = 120.0
 
     def resolved_limits(self) -> BatchLimits:
         return self.limits or BatchLimits.for_provider(self.kind)
@@ -494,13 +499,21 @@ class ProviderBatchRun:
         lookup: Callable[[], Awaitable[T | None]],
         *,
         look_first: bool,
+        watch: float = 0.0,
+        first_watch: float = 0.0,
     ) -> T:
-        """Run a creating step; after an unknown outcome, adopt what it made, else retry."""
+        """Run a creating step; after an unknown outcome, adopt what it made, else retry.
+
+        ``watch``: seconds to keep looking for what an attempt with no answer made before
+        sending it again (a create still in progress, a listing that lags);
+        ``first_watch``: the same for the first look of a resumed step (``look_first``).
+        """
         delay = 1.0
         attempts = self.settings.max_attempts
+        window = first_watch
         for attempt in range(attempts):
             if look_first or attempt:
-                found = await lookup()
+                found = await self._look(lookup, window)
                 if found is not None:
                     return found
             try:
@@ -510,10 +523,34 @@ class ProviderBatchRun:
                     raise
                 if attempt + 1 >= attempts:
                     raise
+                # A provider that said it is unavailable or overloaded took nothing in:
+                # one look is enough. Any other failure may hide a batch being made.
+                refused = isinstance(exc, APIClientError) and exc.status_code in (503, 529)
+                window = 0.0 if refused else watch
                 wait = max(delay, float(getattr(exc, "retry_after", 0.0) or 0.0))
                 await self.clock.sleep(wait)
                 delay = min(delay * 2, 60.0)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _look(self, lookup: Callable[[], Awaitable[T | None]], window: float) -> T | None:
+        """Look up what an attempt made, again and again for ``window`` seconds.
+
+        Raises :class:`_StoppedLooking` if the run is stopped meanwhile: the step stays
+        unresolved in the state, and the next run looks again before sending it.
+        """
+        clock = self.clock
+        end = clock.now() + window
+        pause = 2.0
+        while True:
+            found = await lookup()
+            if found is not None:
+                return found
+            left = end - clock.now()
+            if left <= 0:
+                return None
+            if await self._nap(min(pause, left)):
+                raise _StoppedLooking
+            pause = min(pause * 2, 15.0)
 
     async def _submit(self, remote: OpenAIBatches | AnthropicBatches, part: Part) -> bool:
         """Take ``part`` as far as a created batch; False if it must wait."""
@@ -565,6 +602,8 @@ class ProviderBatchRun:
             ):
                 return False  # the model's enqueued-token limit: wait for earlier batches
             if part.status == "uploaded":
+                # What the provider lists before the create: what it makes comes after.
+                part.create_mark = await remote.mark()
                 part.status = "creating"
                 part.created_after = time.time()  # wall time: recognises the batch later
                 state.save()
@@ -576,12 +615,26 @@ class ProviderBatchRun:
                 return await remote.create(part.file_id or "", part.endpoint, part.key, payload)
 
             async def find_batch() -> Remote | None:
-                found = await remote.find_batch(part.file_id, size, after)
-                if found is not None and found.id in self._claimed(part):
-                    return None
-                return found
+                return await remote.find_batch(
+                    part.file_id,
+                    size,
+                    after,
+                    key=part.key,
+                    mark=part.create_mark,
+                    exclude=self._claimed(part),
+                )
 
-            made = await self._careful(create, find_batch, look_first=look_first)
+            watch = first = self.settings.lookup_window
+            if look_first and part.created_after is not None:
+                # A run that died while creating: what it sent may still be in the making,
+                # for what is left of the window since it was sent.
+                first = min(watch, max(0.0, part.created_after + watch - time.time()))
+            made = await self._careful(
+                create, find_batch, look_first=look_first, watch=watch, first_watch=first
+            )
+        except _StoppedLooking:
+            self._resumed.add(part.key)  # look before creating, whenever it goes on
+            return False
         except RateLimitError as exc:
             # A queue limit (Anthropic) or the provider's own pacing: try again later.
             if part.status == "creating":
@@ -767,8 +820,13 @@ class ProviderBatchRun:
                 self._write(Result.failure(cid, code, message), part.shape)
         else:
             written: set[str] = set()
+            ours = foreign = 0
             async for result in remote.results(got):
                 cid = result.custom_id
+                if cid in ids:
+                    ours += 1
+                else:
+                    foreign += 1
                 if cid not in ids or cid in self._done or cid in written:
                     continue
                 written.add(cid)
@@ -777,6 +835,17 @@ class ProviderBatchRun:
                     part.unfinished[cid] = code
                     continue
                 self._write(result, part.shape)
+            if foreign and not ours:
+                # Not this part's batch at all (adopted after an unanswered create, it was
+                # someone else's of the same size): submit the part again.
+                part.old_batches.append(part.batch_id)
+                part.batch_id, part.status, part.remote = None, "uploaded", None
+                self.notes.append(
+                    f"{got.id}: its results are not {part.key}'s lines (a batch of the "
+                    "same size taken for a lost create); the part is submitted again"
+                )
+                state.save()
+                return
             missing_code = _MISSING.get((remote.kind, got.status), "invalid_response")
             for cid in part.ids:
                 if cid in self._done or cid in written:
@@ -854,6 +923,10 @@ class ProviderBatchRun:
             self._ledger = None
             state.save()
         return state
+
+
+class _StoppedLooking(Exception):
+    """The run was stopped while it looked for what an unanswered create made."""
 
 
 @contextlib.contextmanager

@@ -8,6 +8,15 @@ client whose :class:`~headway.resilience.policy.Policy` retries what is transien
 batch) are never retried blindly: after a failure whose outcome is unknown, the
 adapter first looks for what the failed attempt may have created (:meth:`find_file`,
 :meth:`find_batch`) and adopts it.
+
+How a batch is recognised: an OpenAI batch by its input file (and the ``headway_part``
+metadata headway gives it). An Anthropic message batch has no metadata, and its results
+(which carry the custom_ids) only exist once it has ended, so it is recognised by its
+request count among the batches created *after a mark*: just before the first create,
+:meth:`AnthropicBatches.mark` notes the newest batch in the listing, and the look-up
+lists what came after it (``before_id``: the listing is newest first). Both sides of
+that comparison are the provider's, so no clock skew between the client and the
+provider can hide the batch or date it out of a time window.
 """
 
 from __future__ import annotations
@@ -224,16 +233,45 @@ class OpenAIBatches:
         }
         return self._remote(await self.once.request("POST", "/v1/batches", json=body))
 
-    async def find_batch(self, file_id: str | None, size: int, after: float) -> Remote | None:
-        """The batch created from ``file_id``, if a create reached the provider."""
-        del size, after
+    async def mark(self) -> dict[str, Any] | None:
+        """Nothing to note before a create: the batch is recognised by its input file."""
+        return None
+
+    async def find_batch(
+        self,
+        file_id: str | None,
+        size: int,
+        after: float,
+        *,
+        key: str | None = None,
+        mark: dict[str, Any] | None = None,
+        exclude: frozenset[str] | set[str] = frozenset(),
+    ) -> Remote | None:
+        """The batch created from ``file_id`` (for part ``key``), if a create reached the
+        provider; batches in ``exclude`` are someone else's.
+
+        Pages back through the listing (newest first) to an hour before ``after``
+        (wall time), at most :data:`_MAX_PAGES` pages.
+        """
+        del size, mark
         if file_id is None:
             return None
-        listing = await self.client.request("GET", "/v1/batches", params={"limit": 100})
-        for b in listing.get("data", []):
-            if b.get("input_file_id") == file_id:
-                return self._remote(b)
-        return None
+        params: dict[str, Any] = {"limit": 100}
+        found: Remote | None = None
+        for _ in range(_MAX_PAGES):
+            listing = await self.client.request("GET", "/v1/batches", params=params)
+            data = listing.get("data") or []
+            for b in data:
+                meta = b.get("metadata") or {}
+                theirs = key is not None and meta.get("headway_part") not in (None, key)
+                if b.get("input_file_id") == file_id and not theirs and b["id"] not in exclude:
+                    found = self._remote(b)  # keep going: the oldest one is the first create
+            oldest = data[-1].get("created_at") if data else None
+            old = isinstance(oldest, (int, float)) and oldest < after - 3600.0
+            if found is not None or not data or not listing.get("has_more") or old:
+                return found
+            params = {"limit": 100, "after": data[-1]["id"]}
+        return found
 
     async def retrieve(self, batch_id: str) -> Remote:
         """``GET /v1/batches/{id}``."""
@@ -280,6 +318,16 @@ def _record(raw: str) -> dict[str, Any] | None:
     return record
 
 
+#: Pages a look-up for a lost create reads at most.
+_MAX_PAGES = 10
+
+
+def _anthropic_total(b: dict[str, Any]) -> int:
+    """The requests in an Anthropic batch (its counts always add up to them)."""
+    counts = b.get("request_counts") or {}
+    return sum(int(v or 0) for v in counts.values())
+
+
 def _iso_seconds(text: Any) -> float | None:
     if not isinstance(text, str):
         return None
@@ -308,22 +356,92 @@ class AnthropicBatches:
         )
         return self._remote(resp.parsed())
 
-    async def find_batch(self, file_id: str | None, size: int, after: float) -> Remote | None:
-        """A batch of ``size`` requests created since ``after`` (wall time), if any.
+    async def mark(self) -> dict[str, Any]:
+        """Note the newest batch before a create (``{"id": None}``: there is none yet).
+
+        A batch the create makes is listed after it: :meth:`find_batch` looks there.
+        """
+        path = "/v1/messages/batches"
+        listing = await self.client.request("GET", path, params={"limit": 1})
+        data = listing.get("data") or []
+        if not data:
+            return {"id": None, "created_at": None}
+        return {"id": str(data[0]["id"]), "created_at": data[0].get("created_at")}
+
+    async def find_batch(
+        self,
+        file_id: str | None,
+        size: int,
+        after: float,
+        *,
+        key: str | None = None,
+        mark: dict[str, Any] | None = None,
+        exclude: frozenset[str] | set[str] = frozenset(),
+    ) -> Remote | None:
+        """The first batch of ``size`` requests created after ``mark`` (see :meth:`mark`)
+        and not in ``exclude``, if any.
 
         Anthropic's batches carry no metadata: a create whose answer was lost is
-        recognised by its request count and creation time.
+        recognised by its request count and its place in the listing. Without a mark
+        (a state written by an older headway) the creation time is compared with
+        ``after`` (our wall time before the first create), with a minute's slack.
         """
-        del file_id
-        listing = await self.client.request("GET", "/v1/messages/batches", params={"limit": 100})
-        for b in listing.get("data", []):
-            created = _iso_seconds(b.get("created_at"))
-            counts = b.get("request_counts") or {}
-            total = sum(int(v or 0) for v in counts.values())
-            # A minute's slack for the difference between our clock and the provider's.
-            if created is not None and created >= after - 60.0 and total == size:
-                return self._remote(b)
-        return None
+        del file_id, key
+        candidates = [
+            b
+            async for b in self._created_since(mark, after)
+            if _anthropic_total(b) == size and str(b.get("id")) not in exclude
+        ]
+        # The listing is newest first: the oldest candidate is the first create's batch.
+        return self._remote(candidates[-1]) if candidates else None
+
+    async def _created_since(
+        self, mark: dict[str, Any] | None, after: float
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The batches listed after ``mark``, newest first (at most :data:`_MAX_PAGES`)."""
+        from headway.errors import BadRequestError, ResourceNotFoundError
+
+        path = "/v1/messages/batches"
+        marked = mark.get("id") if mark is not None else None
+        if isinstance(marked, str):
+            pages: list[list[dict[str, Any]]] = []
+            cursor, deleted = marked, False
+            try:
+                for _ in range(_MAX_PAGES):  # before_id: the page of newer batches
+                    query = {"limit": 1000, "before_id": cursor}
+                    listing = await self.client.request("GET", path, params=query)
+                    data = listing.get("data") or []
+                    pages.append(data)
+                    if not data or not listing.get("has_more"):
+                        break
+                    cursor = str(data[0]["id"])
+            except (ResourceNotFoundError, BadRequestError):
+                deleted = True  # the marked batch is gone: compare creation times instead
+            if not deleted:
+                for data in reversed(pages):
+                    for b in data:
+                        yield b
+                return
+        if mark is None:
+            since: float | None = after - 60.0  # our clock against the provider's
+        elif isinstance(marked, str):
+            since = _iso_seconds(mark.get("created_at"))
+        else:
+            since = None  # there were no batches at all: every one is newer
+        params: dict[str, Any] = {"limit": 1000}
+        for _ in range(_MAX_PAGES):
+            listing = await self.client.request("GET", path, params=params)
+            data = listing.get("data") or []
+            for b in data:
+                created = _iso_seconds(b.get("created_at"))
+                if b.get("id") == marked:
+                    return
+                if since is not None and (created is None or created < since):
+                    return
+                yield b
+            if not data or not listing.get("has_more"):
+                return
+            params = {"limit": 1000, "after_id": str(data[-1]["id"])}
 
     async def retrieve(self, batch_id: str) -> Remote:
         """``GET /v1/messages/batches/{id}``."""
@@ -337,7 +455,7 @@ class AnthropicBatches:
     @staticmethod
     def _remote(b: dict[str, Any]) -> Remote:
         counts = b.get("request_counts") or {}
-        total = sum(int(v or 0) for v in counts.values())
+        total = _anthropic_total(b)
         done = total - int(counts.get("processing") or 0)
         status = str(b.get("processing_status"))
         return Remote(str(b["id"]), status, done, total, status == "ended", [], b)

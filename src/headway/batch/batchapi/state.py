@@ -63,6 +63,8 @@ class Part:
         counts: (done, total) the provider last reported.
         since: when this run saw the batch start (its clock), for the ETA.
         created_after: wall time just before a create was attempted (to find it again).
+        create_mark: what the provider listed just before the create (Anthropic: its
+            newest batch), so a batch whose create went unanswered is found after it.
         retry_at: wall time before which a requeued create waits.
         old_batches: batches of this part the provider failed (e.g. token limit).
         unfinished: custom_id -> code of lines the batch left undone (expired,
@@ -83,6 +85,7 @@ class Part:
     counts: list[int] = field(default_factory=lambda: [0, 0])
     since: list[float] | None = None
     created_after: float | None = None
+    create_mark: dict[str, Any] | None = None
     retry_at: float | None = None
     old_batches: list[str] = field(default_factory=list)
     unfinished: dict[str, str] = field(default_factory=dict)
