@@ -24,8 +24,8 @@ killed is not in the file: its request is sent again, like one still in flight.)
 >>> with Ledger(out) as ledger:
 ...     _ = ledger.write(Result.success("a", 200, {"ok": True}))
 >>> with Ledger(out) as ledger:
-...     ledger.skip
-{'a'}
+...     "a" in ledger.skip, len(ledger.skip)
+(True, 1)
 """
 
 from __future__ import annotations
@@ -35,13 +35,14 @@ import errno
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from random import getrandbits as _getrandbits
 from typing import Any, Self
 
 import orjson
 
+from headway._idset import IdSet
 from headway._json import dumps
 from headway.batch.output import is_success, result_record
 from headway.errors import APIClientError, error_code
@@ -265,11 +266,11 @@ def _is_success(record: Any) -> bool:
 
 
 class _Scan:
-    __slots__ = ("bad", "digests", "failed", "notes", "succeeded")
+    __slots__ = ("bad", "digests", "ids", "notes", "succeeded")
 
-    def __init__(self) -> None:
-        self.succeeded: set[str] = set()
-        self.failed: set[str] = set()
+    def __init__(self, dir: str | None) -> None:
+        self.ids = IdSet(dir=dir)  # every custom_id with a result
+        self.succeeded = IdSet(dir=dir)  # those with a success
         self.notes: list[str] = []
         self.digests: dict[str, str] = {}
         self.bad = 0
@@ -304,11 +305,9 @@ def _scan(path: str, scan: _Scan) -> None:
             digest = record.get("request_digest")
             if isinstance(digest, str):
                 scan.digests[cid] = digest
+            scan.ids.add(cid)
             if _is_success(record):
                 scan.succeeded.add(cid)
-                scan.failed.discard(cid)
-            elif cid not in scan.succeeded:
-                scan.failed.add(cid)
         if last_raw and not last_raw.endswith(b"\n"):
             # A crash in the middle of a write: the last line is cut short (or whole but
             # without its newline). Cut it off; that request is sent again.
@@ -514,7 +513,9 @@ class Ledger:
 
     After :meth:`open` (or entering the context), :attr:`skip` holds the custom_ids that
     must not be sent again, :attr:`succeeded_before` / :attr:`failed_before` count them,
-    and :attr:`notes` says what was repaired.
+    and :attr:`notes` says what was repaired. :attr:`skip` is an
+    :class:`~headway._idset.IdSet`: past a million ids it moves to a temporary SQLite
+    file beside the output, so memory stays bounded; :meth:`close` drops it.
     """
 
     def __init__(
@@ -533,7 +534,7 @@ class Ledger:
             self.errors = None
         self.retry_failed = retry_failed
         self.fsync = fsync
-        self.skip: set[str] = set()
+        self.skip = IdSet()
         self.succeeded_before = 0
         self.failed_before = 0
         self.notes: list[str] = []
@@ -546,31 +547,67 @@ class Ledger:
 
     def open(self) -> Self:
         """Read earlier results, repair, and open the files for appending."""
-        scan = _Scan()
+        scan = _Scan(self.scratch_dir)
         paths = [self.output] if self.errors is None else [self.output, self.errors]
-        for path in paths:
-            _scan(path, scan)
+        try:
+            for path in paths:
+                _scan(path, scan)
+        except BaseException:
+            scan.ids.close()
+            scan.succeeded.close()
+            raise
         self.notes = scan.notes
         self.digests = scan.digests
         self.succeeded_before = len(scan.succeeded)
+        failed = len(scan.ids) - self.succeeded_before  # ids with no success line
+        self.skip.close()
         if self.retry_failed:
-            removed = 0
-            if scan.failed or scan.bad:  # nothing to remove: no rewrite
-                removed = sum(_rewrite_without_failures(p) for p in paths)
-            if removed:
-                self.notes.append(f"removed {removed} failed result(s) to retry them")
-            self.failed_before = 0
+            scan.ids.close()
             self.skip = scan.succeeded
+            self.failed_before = 0
         else:
-            self.failed_before = len(scan.failed)
-            self.skip = scan.succeeded | scan.failed
-        for path in paths:
-            parent = os.path.dirname(os.path.abspath(path))
-            os.makedirs(parent, exist_ok=True)
-        self._out_fd = _open_append(self.output)
-        if self.errors is not None:
-            self._err_fd = _open_append(self.errors)
+            scan.succeeded.close()
+            self.failed_before = failed
+            self.skip = scan.ids
+        try:
+            if self.retry_failed:
+                removed = 0
+                if failed or scan.bad:  # nothing to remove: no rewrite
+                    removed = sum(_rewrite_without_failures(p) for p in paths)
+                if removed:
+                    self.notes.append(f"removed {removed} failed result(s) to retry them")
+            for path in paths:
+                parent = os.path.dirname(os.path.abspath(path))
+                os.makedirs(parent, exist_ok=True)
+            self._out_fd = _open_append(self.output)
+            if self.errors is not None:
+                self._err_fd = _open_append(self.errors)
+        except BaseException:
+            self.close()  # the files opened so far and the ids
+            raise
         return self
+
+    @property
+    def scratch_dir(self) -> str:
+        """Where sets of custom_ids too large for memory go: beside the output."""
+        return os.path.dirname(os.path.abspath(self.output))
+
+    def done_ids(self) -> Iterator[str]:
+        """The custom_ids in :attr:`skip`, read back from the result files (after :meth:`open`).
+
+        An id may come more than once when a file holds it more than once.
+        """
+        paths = [self.output] if self.errors is None else [self.output, self.errors]
+        skip = self.skip
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+                for raw in f:
+                    try:
+                        cid = orjson.loads(raw)["custom_id"]
+                    except (orjson.JSONDecodeError, KeyError, TypeError):
+                        continue
+                    if isinstance(cid, str) and cid in skip:
+                        yield cid
 
     def write(self, result: Result) -> Result:
         """Append ``result`` as one line with one write (and fsync if asked).
@@ -612,10 +649,11 @@ class Ledger:
                 self.written += buffer.written - before
 
     def close(self) -> None:
-        """Write what is buffered, then close the files (idempotent)."""
+        """Write what is buffered, then close the files and :attr:`skip` (idempotent)."""
         try:
             self.flush()
         finally:
+            self.skip.close()
             for name in ("_out_fd", "_err_fd"):
                 fd = getattr(self, name)
                 if fd is not None:
