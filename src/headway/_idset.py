@@ -13,7 +13,9 @@ practice the set stays exact. The table (``WITHOUT ROWID``, keyed by the digest)
 a temporary file in ``dir`` (default: :func:`tempfile.gettempdir`), which is unlinked
 as soon as it is opened (on POSIX: nothing is left behind even by a killed process) and
 in any case removed by :meth:`IdSet.close`. Changes are buffered and written in one
-transaction per :data:`BUFFER` of them; a lookup checks the buffer, then the table.
+transaction per :data:`BUFFER` of them; a lookup checks a 16 MiB Bloom filter of the
+ids added (most absent ids stop there), then the buffer, then the table. So a set on disk
+holds at most some 35 MiB of memory (the filter, SQLite's page cache, the buffer).
 
 >>> ids = IdSet(threshold=2)
 >>> for i in "abc":
@@ -44,6 +46,9 @@ SPILL_AT = 1_000_000
 BUFFER = 16_384
 #: SQLite's page cache for the table (KiB).
 _CACHE_KIB = 16_384
+#: The filter of ids surely absent: 2**27 bits (16 MiB), two per id.
+_FILTER_BITS = 27
+_FILTER_MASK = (1 << _FILTER_BITS) - 1
 
 
 def _digest(id: str) -> bytes:
@@ -64,7 +69,17 @@ class IdSet:
     leaving a ``with`` block) drops the table and its file and leaves the set empty.
     """
 
-    __slots__ = ("_adds", "_count", "_db", "_dels", "_path", "_set", "dir", "threshold")
+    __slots__ = (
+        "_adds",
+        "_bits",
+        "_count",
+        "_db",
+        "_dels",
+        "_path",
+        "_set",
+        "dir",
+        "threshold",
+    )
 
     def __init__(
         self, ids: Iterable[str] = (), *, threshold: int | None = None, dir: str | None = None
@@ -81,6 +96,9 @@ class IdSet:
         self._adds: set[bytes] = set()  # digests to insert (disjoint from _dels)
         self._dels: set[bytes] = set()  # digests to delete
         self._count = 0  # ids in the table
+        # On disk: two bits per id ever added (a Bloom filter, never cleared), so that
+        # most lookups of an absent id need no query.
+        self._bits = bytearray()
         for id in ids:
             self.add(id)
 
@@ -98,10 +116,18 @@ class IdSet:
                 self._spill(ids)
             return
         digest = _digest(id)
+        self._mark(digest)
         self._dels.discard(digest)
         self._adds.add(digest)
         if len(self._adds) + len(self._dels) >= BUFFER:
             self._flush()
+
+    def _mark(self, digest: bytes) -> None:
+        bits = self._bits
+        i = int.from_bytes(digest[:4], "little") & _FILTER_MASK
+        bits[i >> 3] |= 1 << (i & 7)
+        i = int.from_bytes(digest[4:8], "little") & _FILTER_MASK
+        bits[i >> 3] |= 1 << (i & 7)
 
     def discard(self, id: str) -> None:
         """Remove ``id`` if present."""
@@ -122,6 +148,13 @@ class IdSet:
         if not isinstance(id, str):
             return False
         digest = _digest(id)
+        bits = self._bits
+        i = int.from_bytes(digest[:4], "little") & _FILTER_MASK
+        if not bits[i >> 3] & (1 << (i & 7)):
+            return False  # never added
+        i = int.from_bytes(digest[4:8], "little") & _FILTER_MASK
+        if not bits[i >> 3] & (1 << (i & 7)):
+            return False
         if digest in self._adds:
             return True
         if digest in self._dels or self._db is None:
@@ -158,7 +191,10 @@ class IdSet:
             self._path = None
         except OSError:  # pragma: no cover - Windows: removed by close()
             pass
+        self._bits = bytearray(1 << (_FILTER_BITS - 3))
         self._adds = {_digest(id) for id in ids}
+        for digest in self._adds:
+            self._mark(digest)
         self._set = None
         self._flush()
 
@@ -186,6 +222,7 @@ class IdSet:
         self._db = self._path = None
         self._set = set()
         self._adds, self._dels = set(), set()
+        self._bits = bytearray()
         self._count = 0
         try:
             if db is not None:

@@ -527,8 +527,7 @@ class BatchRunner:
                     continue  # another worker's line (repeats hash alike, so they stay here)
                 if stats.repeated(seen, cid, item.line):
                     continue
-                if cid in skip:
-                    skip.discard(cid)
+                if cid in skip:  # kept there: `seen` catches the id from now on
                     stats.skipped += 1
                     continue
                 if isinstance(item, InvalidLine):
