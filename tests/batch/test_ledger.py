@@ -257,3 +257,31 @@ def test_resume_after_crashes_leaves_each_id_exactly_once(
             counts.update(r["custom_id"] for r in _records(path))
     assert set(counts) == set(ids)
     assert all(n == 1 for n in counts.values()), counts
+
+
+@pytest.mark.parametrize("spill_at", [0, 2, 1_000_000])
+@pytest.mark.parametrize("retry_failed", [False, True])
+def test_resume_counts_alike_with_the_ids_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spill_at: int, retry_failed: bool
+) -> None:
+    import headway._idset as idset_module
+
+    monkeypatch.setattr(idset_module, "SPILL_AT", spill_at)
+    out, err = tmp_path / "out.jsonl", tmp_path / "err.jsonl"
+    with Ledger(out, err) as ledger:
+        ledger.write(Result.success("a", 200, {}))
+        ledger.write(Result.failure("b", "server_error", "boom"))
+        ledger.write(Result.failure("c", "timeout", "slow"))
+        ledger.write(Result.success("b", 200, {}))  # a repeat: the success wins
+        ledger.write(Result.failure("d", "timeout", "slow"))
+        ledger.write(Result.failure("d", "timeout", "again"))
+    with Ledger(out, err, retry_failed=retry_failed) as ledger:
+        assert ledger.succeeded_before == 2
+        if retry_failed:
+            assert _skip(ledger) == {"a", "b"}
+            assert ledger.failed_before == 0
+            assert "removed 4 failed result(s)" in ledger.notes[0]
+        else:
+            assert _skip(ledger) == {"a", "b", "c", "d"}
+            assert ledger.failed_before == 2
+    assert [p.name for p in tmp_path.iterdir() if "headway-ids" in p.name] == []

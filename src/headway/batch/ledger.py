@@ -266,11 +266,12 @@ def _is_success(record: Any) -> bool:
 
 
 class _Scan:
-    __slots__ = ("bad", "digests", "ids", "notes", "succeeded")
+    __slots__ = ("bad", "digests", "failed", "ids", "notes", "succeeded")
 
     def __init__(self, dir: str | None) -> None:
         self.ids = IdSet(dir=dir)  # every custom_id with a result
-        self.succeeded = IdSet(dir=dir)  # those with a success
+        self.failed = IdSet(dir=dir)  # those with no success line (so far)
+        self.succeeded = 0  # ids with a success line
         self.notes: list[str] = []
         self.digests: dict[str, str] = {}
         self.bad = 0
@@ -305,9 +306,15 @@ def _scan(path: str, scan: _Scan) -> None:
             digest = record.get("request_digest")
             if isinstance(digest, str):
                 scan.digests[cid] = digest
-            scan.ids.add(cid)
-            if _is_success(record):
-                scan.succeeded.add(cid)
+            if cid not in scan.ids:
+                scan.ids.add(cid)
+                if _is_success(record):
+                    scan.succeeded += 1
+                else:
+                    scan.failed.add(cid)
+            elif cid in scan.failed and _is_success(record):  # a repeat: success wins
+                scan.failed.discard(cid)
+                scan.succeeded += 1
         if last_raw and not last_raw.endswith(b"\n"):
             # A crash in the middle of a write: the last line is cut short (or whole but
             # without its newline). Cut it off; that request is sent again.
@@ -328,10 +335,11 @@ def _scan(path: str, scan: _Scan) -> None:
             scan.notes.append(f"{path}: ignored unreadable line(s) {shown}{more}")
 
 
-def _rewrite_without_failures(path: str) -> int:
+def _rewrite_without_failures(path: str, on_removed: Callable[[Any], None]) -> int:
     """Atomically rewrite ``path`` keeping only success lines; return lines removed.
 
-    The temporary file is removed whatever happens (a full disk included).
+    ``on_removed`` is called with each removed record that could be read. The temporary
+    file is removed whatever happens (a full disk included).
     """
     if not os.path.exists(path):
         return 0
@@ -349,6 +357,7 @@ def _rewrite_without_failures(path: str) -> int:
                     dst.write(raw)
                 else:
                     removed += 1
+                    on_removed(record)
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(tmp, path)
@@ -554,26 +563,27 @@ class Ledger:
                 _scan(path, scan)
         except BaseException:
             scan.ids.close()
-            scan.succeeded.close()
+            scan.failed.close()
             raise
         self.notes = scan.notes
         self.digests = scan.digests
-        self.succeeded_before = len(scan.succeeded)
-        failed = len(scan.ids) - self.succeeded_before  # ids with no success line
+        self.succeeded_before = scan.succeeded
+        failed = scan.failed
         self.skip.close()
-        if self.retry_failed:
-            scan.ids.close()
-            self.skip = scan.succeeded
-            self.failed_before = 0
-        else:
-            scan.succeeded.close()
-            self.failed_before = failed
-            self.skip = scan.ids
+        self.skip = scan.ids
+        self.failed_before = 0 if self.retry_failed else len(failed)
         try:
             if self.retry_failed:
                 removed = 0
                 if failed or scan.bad:  # nothing to remove: no rewrite
-                    removed = sum(_rewrite_without_failures(p) for p in paths)
+                    skip = self.skip
+
+                    def forget(record: Any) -> None:  # a failed id is sent again
+                        cid = record.get("custom_id") if isinstance(record, dict) else None
+                        if isinstance(cid, str) and cid in failed:
+                            skip.discard(cid)
+
+                    removed = sum(_rewrite_without_failures(p, forget) for p in paths)
                 if removed:
                     self.notes.append(f"removed {removed} failed result(s) to retry them")
             for path in paths:
@@ -585,6 +595,8 @@ class Ledger:
         except BaseException:
             self.close()  # the files opened so far and the ids
             raise
+        finally:
+            failed.close()
         return self
 
     @property
