@@ -192,10 +192,15 @@ class IdSet:
         except OSError:  # pragma: no cover - Windows: removed by close()
             pass
         self._bits = bytearray(1 << (_FILTER_BITS - 3))
-        self._adds = {_digest(id) for id in ids}
-        for digest in self._adds:
-            self._mark(digest)
         self._set = None
+        adds = self._adds
+        for id in ids:  # a buffer at a time: no second copy of them all in memory
+            digest = _digest(id)
+            self._mark(digest)
+            adds.add(digest)
+            if len(adds) >= BUFFER:
+                self._flush()
+                adds = self._adds
         self._flush()
 
     def _flush(self) -> None:
@@ -206,10 +211,10 @@ class IdSet:
         db.execute("BEGIN")
         try:
             if dels:
-                cur = db.executemany("DELETE FROM ids WHERE d = ?", [(d,) for d in dels])
+                cur = db.executemany("DELETE FROM ids WHERE d = ?", ((d,) for d in dels))
                 self._count -= cur.rowcount
             if adds:
-                rows = [(d,) for d in sorted(adds)]
+                rows = ((d,) for d in sorted(adds))
                 cur = db.executemany("INSERT OR IGNORE INTO ids VALUES (?)", rows)
                 self._count += cur.rowcount
         finally:
