@@ -27,6 +27,13 @@ CHAT = "/v1/chat/completions"
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
+def _skip(ledger: Ledger) -> set[str]:
+    """The ids of ``ledger.skip`` (read back from its files, which hold them all)."""
+    ids = set(ledger.done_ids())
+    assert len(ids) == len(ledger.skip)
+    return ids
+
+
 def write_input(path: Path, n: int, *, body: dict[str, Any] | None = None) -> Path:
     with path.open("w") as f:
         for i in range(n):
@@ -275,10 +282,10 @@ def test_ledger_scan_survives_a_deep_line(tmp_path: Path) -> None:
     ok = Result.success("a", 200, {"x": 1}).to_line()
     out.write_bytes(ok + b'{"custom_id": "b", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}\n")
     with Ledger(out) as ledger:
-        assert ledger.skip == {"a"}
+        assert _skip(ledger) == {"a"}
     assert any("unreadable" in n for n in ledger.notes)
     with Ledger(out, retry_failed=True) as ledger:
-        assert ledger.skip == {"a"}
+        assert _skip(ledger) == {"a"}
     assert out.read_bytes() == ok
 
 

@@ -6,11 +6,13 @@ import io
 import json
 from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import headway._idset as idset_module
 from headway.batch import (
     BatchRequest,
     BatchRunner,
@@ -372,3 +374,72 @@ def test_stops_at_random_points_then_resume_is_exactly_once(
 
     asyncio.run(main())
     assert read_ids(out) == Counter({f"r{i}": 1 for i in range(n)})
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    n=st.integers(1, 30),
+    stops=st.lists(st.integers(0, 35), max_size=3),
+    repeats=st.lists(st.integers(0, 29), max_size=5),
+    fail_every=st.integers(0, 4),
+    threshold=st.integers(0, 4),
+)
+def test_resume_is_exactly_once_with_the_ids_on_disk(
+    tmp_path_factory: pytest.TempPathFactory,
+    n: int,
+    stops: list[int],
+    repeats: list[int],
+    fail_every: int,
+    threshold: int,
+) -> None:
+    """Past the (tiny) spill threshold the runner's and the ledger's sets of custom_ids
+    live in SQLite files: stopped runs, repeated lines and a retry of the failures still
+    leave each custom_id in the output exactly once, and no file behind."""
+    d = tmp_path_factory.mktemp("spill")
+    lines = ({"custom_id": f"r{i % n}", "body": {"i": i % n}} for i in repeats)
+    extra = "".join(json.dumps(line) + "\n" for line in lines)
+    inp = write_input(d / "in.jsonl", n, extra=extra)
+    out = d / "out.jsonl"
+    spills = 0
+    spill = idset_module.IdSet._spill
+
+    def counting_spill(self: idset_module.IdSet, ids: set[str]) -> None:
+        nonlocal spills
+        spills += 1
+        spill(self, ids)
+
+    async def one_run(stop_at: int | None, retry_failed: bool) -> BatchRunner:
+        runner: BatchRunner
+        calls = 0
+
+        async def sender(request: BatchRequest) -> Response:
+            nonlocal calls
+            calls += 1
+            if stop_at is not None and calls == stop_at:
+                runner.stop()
+            await asyncio.sleep(0.5 + (calls % 3))
+            if fail_every and calls % fail_every == 0 and not retry_failed:
+                raise ServerError("boom", status_code=502)
+            return Response(200, {})
+
+        runner = BatchRunner(sender, inp, out, concurrency=3, grace=2, retry_failed=retry_failed)
+        await runner.run()
+        return runner
+
+    async def main() -> BatchRunner:
+        with VirtualClock():
+            for stop_at in stops:
+                await one_run(stop_at, retry_failed=False)
+            await one_run(None, retry_failed=False)
+            return await one_run(None, retry_failed=True)
+
+    with (
+        mock.patch.object(idset_module, "SPILL_AT", threshold),
+        mock.patch.object(idset_module.IdSet, "_spill", counting_spill),
+    ):
+        last = asyncio.run(main())
+    assert read_ids(out) == Counter({f"r{i}": 1 for i in range(n)})
+    assert all(json.loads(line)["error"] is None for line in out.read_text().splitlines())
+    assert last.stats.duplicates == len(repeats)
+    assert spills > 0 or n <= threshold
+    assert sorted(p.name for p in d.iterdir()) == ["in.jsonl", "out.jsonl"]

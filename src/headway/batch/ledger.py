@@ -24,8 +24,8 @@ killed is not in the file: its request is sent again, like one still in flight.)
 >>> with Ledger(out) as ledger:
 ...     _ = ledger.write(Result.success("a", 200, {"ok": True}))
 >>> with Ledger(out) as ledger:
-...     ledger.skip
-{'a'}
+...     "a" in ledger.skip, len(ledger.skip)
+(True, 1)
 """
 
 from __future__ import annotations
@@ -35,13 +35,14 @@ import errno
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from random import getrandbits as _getrandbits
 from typing import Any, Self
 
 import orjson
 
+from headway._idset import IdSet
 from headway._json import dumps
 from headway.batch.output import is_success, result_record
 from headway.errors import APIClientError, error_code
@@ -265,11 +266,12 @@ def _is_success(record: Any) -> bool:
 
 
 class _Scan:
-    __slots__ = ("bad", "digests", "failed", "notes", "succeeded")
+    __slots__ = ("bad", "digests", "failed", "ids", "notes", "succeeded")
 
-    def __init__(self) -> None:
-        self.succeeded: set[str] = set()
-        self.failed: set[str] = set()
+    def __init__(self, dir: str | None) -> None:
+        self.ids = IdSet(dir=dir)  # every custom_id with a result
+        self.failed = IdSet(dir=dir)  # those with no success line (so far)
+        self.succeeded = 0  # ids with a success line
         self.notes: list[str] = []
         self.digests: dict[str, str] = {}
         self.bad = 0
@@ -304,11 +306,15 @@ def _scan(path: str, scan: _Scan) -> None:
             digest = record.get("request_digest")
             if isinstance(digest, str):
                 scan.digests[cid] = digest
-            if _is_success(record):
-                scan.succeeded.add(cid)
+            if cid not in scan.ids:
+                scan.ids.add(cid)
+                if _is_success(record):
+                    scan.succeeded += 1
+                else:
+                    scan.failed.add(cid)
+            elif cid in scan.failed and _is_success(record):  # a repeat: success wins
                 scan.failed.discard(cid)
-            elif cid not in scan.succeeded:
-                scan.failed.add(cid)
+                scan.succeeded += 1
         if last_raw and not last_raw.endswith(b"\n"):
             # A crash in the middle of a write: the last line is cut short (or whole but
             # without its newline). Cut it off; that request is sent again.
@@ -329,10 +335,11 @@ def _scan(path: str, scan: _Scan) -> None:
             scan.notes.append(f"{path}: ignored unreadable line(s) {shown}{more}")
 
 
-def _rewrite_without_failures(path: str) -> int:
+def _rewrite_without_failures(path: str, on_removed: Callable[[Any], None]) -> int:
     """Atomically rewrite ``path`` keeping only success lines; return lines removed.
 
-    The temporary file is removed whatever happens (a full disk included).
+    ``on_removed`` is called with each removed record that could be read. The temporary
+    file is removed whatever happens (a full disk included).
     """
     if not os.path.exists(path):
         return 0
@@ -350,6 +357,7 @@ def _rewrite_without_failures(path: str) -> int:
                     dst.write(raw)
                 else:
                     removed += 1
+                    on_removed(record)
             dst.flush()
             os.fsync(dst.fileno())
         os.replace(tmp, path)
@@ -514,7 +522,9 @@ class Ledger:
 
     After :meth:`open` (or entering the context), :attr:`skip` holds the custom_ids that
     must not be sent again, :attr:`succeeded_before` / :attr:`failed_before` count them,
-    and :attr:`notes` says what was repaired.
+    and :attr:`notes` says what was repaired. :attr:`skip` is an
+    :class:`~headway._idset.IdSet`: past a million ids it moves to a temporary SQLite
+    file beside the output, so memory stays bounded; :meth:`close` drops it.
     """
 
     def __init__(
@@ -533,7 +543,7 @@ class Ledger:
             self.errors = None
         self.retry_failed = retry_failed
         self.fsync = fsync
-        self.skip: set[str] = set()
+        self.skip = IdSet()
         self.succeeded_before = 0
         self.failed_before = 0
         self.notes: list[str] = []
@@ -546,31 +556,70 @@ class Ledger:
 
     def open(self) -> Self:
         """Read earlier results, repair, and open the files for appending."""
-        scan = _Scan()
+        scan = _Scan(self.scratch_dir)
         paths = [self.output] if self.errors is None else [self.output, self.errors]
-        for path in paths:
-            _scan(path, scan)
+        try:
+            for path in paths:
+                _scan(path, scan)
+        except BaseException:
+            scan.ids.close()
+            scan.failed.close()
+            raise
         self.notes = scan.notes
         self.digests = scan.digests
-        self.succeeded_before = len(scan.succeeded)
-        if self.retry_failed:
-            removed = 0
-            if scan.failed or scan.bad:  # nothing to remove: no rewrite
-                removed = sum(_rewrite_without_failures(p) for p in paths)
-            if removed:
-                self.notes.append(f"removed {removed} failed result(s) to retry them")
-            self.failed_before = 0
-            self.skip = scan.succeeded
-        else:
-            self.failed_before = len(scan.failed)
-            self.skip = scan.succeeded | scan.failed
-        for path in paths:
-            parent = os.path.dirname(os.path.abspath(path))
-            os.makedirs(parent, exist_ok=True)
-        self._out_fd = _open_append(self.output)
-        if self.errors is not None:
-            self._err_fd = _open_append(self.errors)
+        self.succeeded_before = scan.succeeded
+        failed = scan.failed
+        self.skip.close()
+        self.skip = scan.ids
+        self.failed_before = 0 if self.retry_failed else len(failed)
+        try:
+            if self.retry_failed:
+                removed = 0
+                if failed or scan.bad:  # nothing to remove: no rewrite
+                    skip = self.skip
+
+                    def forget(record: Any) -> None:  # a failed id is sent again
+                        cid = record.get("custom_id") if isinstance(record, dict) else None
+                        if isinstance(cid, str) and cid in failed:
+                            skip.discard(cid)
+
+                    removed = sum(_rewrite_without_failures(p, forget) for p in paths)
+                if removed:
+                    self.notes.append(f"removed {removed} failed result(s) to retry them")
+            for path in paths:
+                parent = os.path.dirname(os.path.abspath(path))
+                os.makedirs(parent, exist_ok=True)
+            self._out_fd = _open_append(self.output)
+            if self.errors is not None:
+                self._err_fd = _open_append(self.errors)
+        except BaseException:
+            self.close()  # the files opened so far and the ids
+            raise
+        finally:
+            failed.close()
         return self
+
+    @property
+    def scratch_dir(self) -> str:
+        """Where sets of custom_ids too large for memory go: beside the output."""
+        return os.path.dirname(os.path.abspath(self.output))
+
+    def done_ids(self) -> Iterator[str]:
+        """The custom_ids in :attr:`skip`, read back from the result files (after :meth:`open`).
+
+        An id may come more than once when a file holds it more than once.
+        """
+        paths = [self.output] if self.errors is None else [self.output, self.errors]
+        skip = self.skip
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+                for raw in f:
+                    try:
+                        cid = orjson.loads(raw)["custom_id"]
+                    except (orjson.JSONDecodeError, KeyError, TypeError):
+                        continue
+                    if isinstance(cid, str) and cid in skip:
+                        yield cid
 
     def write(self, result: Result) -> Result:
         """Append ``result`` as one line with one write (and fsync if asked).
@@ -612,10 +661,11 @@ class Ledger:
                 self.written += buffer.written - before
 
     def close(self) -> None:
-        """Write what is buffered, then close the files (idempotent)."""
+        """Write what is buffered, then close the files and :attr:`skip` (idempotent)."""
         try:
             self.flush()
         finally:
+            self.skip.close()
             for name in ("_out_fd", "_err_fd"):
                 fd = getattr(self, name)
                 if fd is not None:

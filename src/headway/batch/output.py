@@ -30,6 +30,8 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
+from headway._idset import IdSet
+
 if TYPE_CHECKING:
     from headway.batch.ledger import Result
 
@@ -185,7 +187,7 @@ class StreamLedger:
         self.output: str | None = None  # nothing to read back: no resume, no same-file check
         self.digests: dict[str, str] = {}
         self.written = 0
-        self.skip: set[str] = set()
+        self.skip = IdSet()  # nothing to skip: a stream is not read back
         self.notes: list[str] = []
         self.succeeded_before = 0
         self.failed_before = 0

@@ -1,6 +1,7 @@
 """The batch runner: input file in, result ledger out, exactly once.
 
-The runner streams the input (nothing but the set of custom_ids grows with its size),
+The runner streams the input (nothing but the set of custom_ids grows with its size, and
+that moves to disk past a million ids: see :mod:`headway._idset`),
 skips what an earlier run already wrote, hands each request to a *sender* from a fixed
 pool of ``concurrency`` workers, and writes each result the moment it completes.
 
@@ -38,6 +39,7 @@ from typing import Any, BinaryIO, Protocol
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from headway._clock import LOOP_CLOCK, Clock, resolve_clock
+from headway._idset import IdSet
 from headway.batch.jobs import (
     DEFAULT_URL,
     STDIO,
@@ -509,27 +511,31 @@ class BatchRunner:
         stats, ledger, queue = self.stats, self.ledger, self._queue
         skip = ledger.skip
         owns = self.owns
-        seen: set[str] = set()
+        # Every custom_id read so far, for repeats: on disk beside the output past a
+        # million of them (see headway._idset), so memory stays bounded.
+        seen = IdSet(dir=getattr(ledger, "scratch_dir", None))
         n = 0
-        for item in read_requests(self.input, default_url=self.default_url):
-            if self._stopping:
-                break
-            n += 1
-            if n & 1023 == 0:
-                await self.clock.sleep(0)  # let the workers and the ticker breathe
-            cid = item.custom_id
-            if owns is not None and not owns(cid):
-                continue  # another worker's line (repeats hash alike, so they stay here)
-            if stats.repeated(seen, cid, item.line):
-                continue
-            if cid in skip:
-                skip.discard(cid)
-                stats.skipped += 1
-                continue
-            if isinstance(item, InvalidLine):
-                self._write(Result.failure(cid, "invalid_request", item.message))
-                continue
-            await queue.put(item)
+        try:
+            for item in read_requests(self.input, default_url=self.default_url):
+                if self._stopping:
+                    break
+                n += 1
+                if n & 1023 == 0:
+                    await self.clock.sleep(0)  # let the workers and the ticker breathe
+                cid = item.custom_id
+                if owns is not None and not owns(cid):
+                    continue  # another worker's line (repeats hash alike, so they stay here)
+                if stats.repeated(seen, cid, item.line):
+                    continue
+                if cid in skip:  # kept there: `seen` catches the id from now on
+                    stats.skipped += 1
+                    continue
+                if isinstance(item, InvalidLine):
+                    self._write(Result.failure(cid, "invalid_request", item.message))
+                    continue
+                await queue.put(item)
+        finally:
+            seen.close()
         if self._stopping:
             self._release_workers()
             return

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from headway import errors
+from headway._idset import IdSet
 from headway.batch.ledger import Result
 from headway.errors import _CODES, error_code
 from headway.http.tokens import usage_split
@@ -127,7 +128,7 @@ class BatchStats:
         """True when the first answers (:data:`FIRST_ANSWERS` of them) were all 404s."""
         return self.answered >= FIRST_ANSWERS and self.answered_404 == self.answered
 
-    def repeated(self, seen: set[str], custom_id: str, line: int) -> bool:
+    def repeated(self, seen: IdSet | set[str], custom_id: str, line: int) -> bool:
         """``True`` (and counted) when ``custom_id`` came earlier in the input (in ``seen``);
         else it is added to ``seen``."""
         if custom_id in seen:

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 
+from headway._idset import IdSet
 from headway.batch.ledger import Ledger, Result
 from headway.batch.progress import NullProgress, ProgressReporter
 from headway.batch.summary import BatchStats
@@ -122,6 +124,22 @@ def to_parquet(
     return count
 
 
+def _id_array(ids: Iterable[str], chunk: int = 65_536) -> Any:
+    """The ids as an Arrow string array (chunked), built a chunk at a time: no Python list
+    of them all, and no 2 GiB limit of one string array.
+
+    >>> _id_array(iter(["a", "b", "c"]), chunk=2).to_pylist()  # doctest: +SKIP
+    ['a', 'b', 'c']
+    """
+    import pyarrow as pa
+
+    ids = iter(ids)
+    parts = []
+    while part := list(itertools.islice(ids, chunk)):
+        parts.append(pa.array(part, type=pa.string()))
+    return pa.chunked_array(parts, type=pa.string())
+
+
 def _drop_done(batch: Any, done: Any, id_column: str) -> Any:
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -216,8 +234,6 @@ def run(
                                      "rpm": 5000, "tpm": 2_000_000},
                                 output="results/")
     """
-    import pyarrow as pa
-
     import ray
 
     config = (
@@ -233,6 +249,9 @@ def run(
     reporter: ProgressReporter = progress or NullProgress()
     t0 = time.monotonic()
     owner = None
+    # The ids written by this run: on disk beside the output past a million of them (as
+    # the ledger's `skip`: see headway._idset), so the driver's memory stays bounded.
+    written = IdSet(dir=ledger.scratch_dir)
     try:
         done = ledger.skip
         stats.skipped = len(done)
@@ -240,10 +259,7 @@ def run(
         if done:
             pending = ds.map_batches(
                 _drop_done,
-                fn_kwargs={
-                    "done": pa.array(sorted(done), type=pa.string()),
-                    "id_column": id_column,
-                },
+                fn_kwargs={"done": _id_array(ledger.done_ids()), "id_column": id_column},
                 batch_format="pyarrow",
             )
         if backend == "actor":
@@ -266,7 +282,6 @@ def run(
             compute=_pool(actors),
             num_cpus=num_cpus,
         )
-        written: set[str] = set()
         learned = None
         if owner is not None and caller_options.get("adaptive"):
             # the rate the actors learned lives in the named actor: show it here too
@@ -291,6 +306,7 @@ def run(
             note_learned(stats, _state(learned), config.rpm)
         stats.total = stats.done
     finally:
+        written.close()
         ledger.close()
         reporter.stop(stats, time.monotonic() - t0)
         del owner

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Protocol, TypeVar
 
 from headway._clock import Clock, resolve_clock
+from headway._idset import IdSet
 from headway.batch.batchapi.plan import (
     BatchLimits,
     Kind,
@@ -260,7 +261,7 @@ class ProviderBatchRun:
         self.notes: list[str] = []
         self.state: BatchState | None = None
         self._ledger: Ledger | None = None
-        self._done: set[str] = set()
+        self._done = IdSet()  # the ledger's skip while it is open
         self._stop = asyncio.Event()
         self._not_before: dict[str, float] = {}
         self._seen: dict[str, tuple[float, int]] = {}
@@ -353,7 +354,7 @@ class ProviderBatchRun:
         )
         ledger.open()
         self.notes.extend(ledger.notes)
-        self._done = set(ledger.skip)
+        self._done = ledger.skip  # grows as results are written; closed with it
         detached = False
         try:
             if path is not None:
@@ -904,7 +905,7 @@ class ProviderBatchRun:
         state = self.state = self._load_state(None)
         ledger = self._ledger = Ledger(self.output, self.errors, fsync=self.fsync)
         ledger.open()
-        self._done = set(ledger.skip)
+        self._done = ledger.skip  # grows as results are written; closed with it
         try:
             async with open_remote(self.settings, clock=self.clock) as remote:
                 if cancel:
