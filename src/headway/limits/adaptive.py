@@ -208,7 +208,7 @@ class RateControl:
         self.others = 0.0  # what others draw from it, per minute (estimated)
         self._mark: tuple[float, float, float] | None = None
         self.frame: float | None = None  # the length of the server's fixed frames, if learned
-        # frame starts seen: (number, the earliest and the latest clock time it can have)
+        # frame starts seen: (number, clock time of the count before, of the jump)
         self._frame_starts: list[tuple[int, float, float]] = []
         self._frame_range = (0.0, math.inf)  # the frame lengths they allow
         self._frame_hint: tuple[float, float] | None = None  # where a 429 said one ends
@@ -441,9 +441,7 @@ class RateControl:
             return False
         # The earliest this frame can have started, from every start before it.
         first = max([after] + [lo_i + (index - i) * low for i, lo_i, _ in starts])
-        # ... and the latest.
-        last = min([now] + [hi_i + (index - i) * high for i, _, hi_i in starts])
-        starts.append((index, first, last))
+        starts.append((index, after, now))
         if len(starts) > _FRAME_STARTS:
             del starts[0]
         self._frame_range = (low, high)
@@ -454,9 +452,8 @@ class RateControl:
         # earliest and the latest this frame may have (never faster than over half the
         # longest length: a start seen late must not become a burst).
         early = first + low - now
-        late = max(last + high - now, early)
-        left = min(max(early + _FRAME_AIM * (late - early), _FRAME_PACE_SHARE * high), high)
-        self.advertised = max(self.capacity, 1.0) * 60.0 / left
+        left = max(early + _FRAME_AIM * (high - early), _FRAME_PACE_SHARE * high)
+        self.advertised = max(self.capacity, 1.0) * 60.0 / min(left, high)
         return self.update()
 
 
