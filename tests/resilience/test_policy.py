@@ -601,3 +601,16 @@ async def test_execute_takes_the_general_way_when_a_step_is_mocked_or_busy() -> 
         assert await policy.execute(Script()) == "ok"
     try_enter.assert_called_once()  # a mocked breaker is asked, not bypassed
     assert pool.in_use == 0
+
+
+async def test_execute_gives_the_slot_back_when_the_limiter_step_raises() -> None:
+    pool = ConcurrencyLimit(1)
+    limiter = TokenBucketRateLimiter(rate=10)
+    policy = full_policy(concurrency=pool, limiter=limiter)
+    with (
+        patch.object(limiter, "try_take", side_effect=RuntimeError("mocked")),
+        pytest.raises(RuntimeError, match="mocked"),
+    ):
+        await Policy(limiter=limiter, concurrency=pool).execute(Script())
+    assert pool.in_use == 0
+    assert await policy.execute(Script()) == "ok"

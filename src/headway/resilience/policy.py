@@ -500,11 +500,12 @@ class Policy:
         limiter; they are not passed to ``func``.
 
         The first attempt runs here when nothing stands in its way: the breaker is
-        closed with nothing to record (``closed_ticket``), a slot is free and the
-        limiter takes at once. Anything else (a busy pool, a limiter that would have the
-        call wait, a breaker not closed or mocked, deadlines, a measured pool, a limiter
-        that learns from successes, slow-call timing) goes through :meth:`_call`, and
-        so do the retries after a failed first attempt.
+        closed with nothing to record (``closed_ticket``), a slot is free
+        (``try_acquire()``) and the limiter takes at once (``try_take()``; these two
+        answer ``False`` rather than raise). Anything else (a busy pool, a limiter that
+        would have the call wait, a breaker not closed or mocked, deadlines, a measured
+        pool, a limiter that learns from successes, slow-call timing) goes through
+        :meth:`_call`, and so do the retries after a failed first attempt.
         """
         lean = self._lean
         if lean is None:
@@ -517,42 +518,46 @@ class Policy:
             return await timer.run(call)
         budget, breaker, pool, take = lean
         ticket = None if breaker is None else breaker.closed_ticket
+        taken = False  # whether the first attempt may go now (holding the slot it took)
         if (ticket is not None or breaker is None) and (pool is None or pool.try_acquire()):
-            if take is None or take(requests, tokens):
-                if budget is not None:  # counted, handed over in batches (_book)
-                    self._unbooked = unbooked = self._unbooked + 1
-                    if unbooked >= BOOK_EVERY:
-                        self._book()
-                try:
-                    if kwargs:
-                        result = await func(*args, **kwargs)
-                    else:  # no empty dict copied, no empty tuple unpacked
-                        result = await (func(*args) if args else func())
-                except BaseException as exc:
-                    _finish(pool, pool, breaker, ticket, exc, True, None)
-                    delay, counts = self._after_failure(exc, _NO_FAILURES, None)
-                    if delay is None:
-                        raise
-                else:
-                    if pool is not None:
-                        pool.release()
-                    if (
-                        ticket is not None
-                        and breaker is not None
-                        and (GLOBAL_LISTENERS or ticket != breaker.closed_ticket)
-                    ):  # else nothing to record
-                        breaker.record(ticket, None, None)
-                    return result
-                if delay > 0.0:
-                    await self._clock.sleep(delay)
-                retried: T = await self._call(
-                    func, args, kwargs, requests, tokens, None, None, False, 1, counts
-                )
-                return retried
+            try:
+                taken = take is None or take(requests, tokens)
+            finally:
+                if not taken and pool is not None:
+                    pool.release()  # taken just now, nothing ran since: _call takes it again
+        if not taken:
+            waited: T = await self._call(func, args, kwargs, requests, tokens, None, None, False)
+            return waited
+        if budget is not None:  # counted, handed over in batches (_book)
+            self._unbooked = unbooked = self._unbooked + 1
+            if unbooked >= BOOK_EVERY:
+                self._book()
+        try:
+            if kwargs:
+                result = await func(*args, **kwargs)
+            else:  # no empty dict copied, no empty tuple unpacked
+                result = await (func(*args) if args else func())
+        except BaseException as exc:
+            _finish(pool, pool, breaker, ticket, exc, True, None)
+            delay, counts = self._after_failure(exc, _NO_FAILURES, None)
+            if delay is None:
+                raise
+        else:
             if pool is not None:
-                pool.release()  # taken just now, nothing ran since: _call takes it again
-        waited: T = await self._call(func, args, kwargs, requests, tokens, None, None, False)
-        return waited
+                pool.release()
+            if (
+                ticket is not None
+                and breaker is not None
+                and (GLOBAL_LISTENERS or ticket != breaker.closed_ticket)
+            ):  # else nothing to record
+                breaker.record(ticket, None, None)
+            return result
+        if delay > 0.0:
+            await self._clock.sleep(delay)
+        retried: T = await self._call(
+            func, args, kwargs, requests, tokens, None, None, False, 1, counts
+        )
+        return retried
 
     def run(
         self,
@@ -564,7 +569,8 @@ class Policy:
     ) -> Coroutine[Any, Any, T]:
         """Call ``await attempt_fn(ctx)`` through the policy, with an :class:`AttemptContext`.
 
-        Like :meth:`execute`, returns the call's coroutine: ``await policy.run(...)``.
+        A plain method returning the call's coroutine (one frame cheaper than an
+        ``async def``): ``await policy.run(...)``, or make a task of it.
 
         >>> import asyncio
         >>> async def attempt(ctx: AttemptContext) -> int:
