@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 
@@ -22,6 +23,7 @@ from headway.errors import AuthenticationError
 from headway.events import RETRY_BUDGET_EXHAUSTED, RETRY_GAVE_UP, RETRY_SCHEDULED, TIMEOUT
 from headway.limits import MultiLimiter, TokenBucketRateLimiter
 from headway.resilience import AttemptContext, CircuitBreaker, CircuitState, Policy
+from headway.resilience.policy import BOOK_EVERY
 from headway.resilience.retry import RetryBudget, RetryPolicy
 from headway.testing import VirtualClock
 
@@ -512,3 +514,103 @@ async def test_a_lease_carries_the_breaker_verdict_until_it_closes() -> None:
         assert policy.concurrency.in_use == 0
     assert "closed" in repr(lease)
     lease.settle(10)  # no limiter: nothing to settle
+
+
+# -- execute()'s own first attempt, and what it leaves to the general pipeline ----------
+
+
+def full_policy(**kw: Any) -> Policy:
+    kw.setdefault("limiter", TokenBucketRateLimiter(rate=1e9, max_tokens=1e9))
+    kw.setdefault("concurrency", ConcurrencyLimit(2))
+    kw.setdefault("breaker", CircuitBreaker(failure_threshold=1))
+    return Policy(**kw)
+
+
+async def test_execute_hands_its_calls_to_the_budget_in_batches() -> None:
+    budget = RetryBudget(ratio=0.5, min_retries_per_second=0.0)
+    policy = full_policy(retry=fast_retry(base_delay=0.0, budget=budget), breaker=CircuitBreaker())
+    func = Script()
+    for _ in range(BOOK_EVERY + 1):
+        assert await policy.execute(func) == "ok"
+    assert budget.requests == BOOK_EVERY  # the last one is handed over with the next batch
+    flaky = Script(APIConnectionError())
+    assert await policy.execute(flaky) == "ok"  # asks the budget: everything counted first
+    assert flaky.calls == 2
+    assert budget.requests == BOOK_EVERY + 2
+    assert budget.retries == 1
+
+
+async def test_execute_waits_for_the_limiter_holding_one_slot(
+    virtual_clock: VirtualClock,
+) -> None:
+    pool = ConcurrencyLimit(1)
+    policy = full_policy(limiter=TokenBucketRateLimiter(rate=10, max_tokens=1), concurrency=pool)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    seen: list[tuple[float, int]] = []
+
+    async def call() -> None:
+        seen.append((round(loop.time() - t0, 6), pool.in_use))
+
+    for _ in range(3):
+        await policy.execute(call)
+    assert seen == [(0.0, 1), (0.1, 1), (0.2, 1)]
+    assert pool.in_use == 0
+
+
+async def test_execute_first_attempt_failure_goes_on_to_retries() -> None:
+    breaker = CircuitBreaker(failure_threshold=2)
+    pool = ConcurrencyLimit(1)
+    policy = full_policy(retry=fast_retry(base_delay=0.0), breaker=breaker, concurrency=pool)
+    func = Script(ServerError("down", status_code=503))
+    assert await policy.execute(func, 1, key="v") == "ok"
+    assert func.args == [((1,), {"key": "v"})] * 2
+    assert breaker.failure_count == 0  # the success after the failure reset the count
+    assert pool.in_use == 0
+    with pytest.raises(AuthenticationError):  # not retried: judged, slot given back
+        await policy.execute(Script(AuthenticationError("no", status_code=401)))
+    assert pool.in_use == 0
+
+
+async def test_execute_cancelled_first_attempt_gives_back_and_is_not_retried() -> None:
+    pool = ConcurrencyLimit(1)
+    breaker = CircuitBreaker(failure_threshold=1)
+    policy = full_policy(concurrency=pool, breaker=breaker)
+    func = Script(sleep=3600.0)
+    task = asyncio.create_task(policy.execute(func))
+    while not func.calls:
+        await asyncio.sleep(0)
+    assert pool.in_use == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert func.calls == 1
+    assert pool.in_use == 0
+    assert state(breaker) is CircuitState.CLOSED  # cancellation is no verdict
+
+
+async def test_execute_takes_the_general_way_when_a_step_is_mocked_or_busy() -> None:
+    pool = ConcurrencyLimit(1)
+    breaker = CircuitBreaker()
+    policy = full_policy(concurrency=pool, breaker=breaker)
+    with patch.object(pool, "try_acquire", return_value=False) as try_acquire:
+        assert await policy.execute(Script()) == "ok"  # waits for the slot with acquire()
+    assert try_acquire.call_count == 2  # execute() asked, then the pipeline
+    assert pool.in_use == 0
+    with patch.object(breaker, "try_enter", wraps=breaker.try_enter) as try_enter:
+        assert await policy.execute(Script()) == "ok"
+    try_enter.assert_called_once()  # a mocked breaker is asked, not bypassed
+    assert pool.in_use == 0
+
+
+async def test_execute_gives_the_slot_back_when_the_limiter_step_raises() -> None:
+    pool = ConcurrencyLimit(1)
+    limiter = TokenBucketRateLimiter(rate=10)
+    policy = full_policy(concurrency=pool, limiter=limiter)
+    with (
+        patch.object(limiter, "try_take", side_effect=RuntimeError("mocked")),
+        pytest.raises(RuntimeError, match="mocked"),
+    ):
+        await Policy(limiter=limiter, concurrency=pool).execute(Script())
+    assert pool.in_use == 0
+    assert await policy.execute(Script()) == "ok"

@@ -122,6 +122,14 @@ if TYPE_CHECKING:
     # after failed attempts: (failures, rate waits, the last backoff delay)
     _Counts = tuple[int, int, float]
 
+    # execute()'s own first attempt: retry budget, breaker, plain pool, limiter's try_take
+    _Lean = tuple[
+        RetryBudget | None,
+        CircuitBreaker | None,
+        ConcurrencyLimit | None,
+        Callable[[float, float], bool] | None,
+    ]
+
 __all__ = ["AttemptContext", "Lease", "Policy"]
 
 P = ParamSpec("P")
@@ -376,24 +384,41 @@ class Policy:
         # What the loop needs, in one tuple (one attribute load per call). A hook that
         # does nothing (a fixed limit's on_success) is left out, not called per attempt.
         engine = self._engine = None if retry is None else retry.engine()
-        self._plan: _Plan = (
-            None if engine is None else engine.budget,
-            breaker,
-            None if measured else conc,
-            conc if measured else None,
-            full,
-            _takes_nothing if full is None else getattr(full, "try_take", _takes_nothing),
-            # try_take() serves run()'s attempts too (they have nothing to settle)
-            full is not None and getattr(full, "takes_unsettled", False) is True,
-            full is not None and not _does_nothing(full.on_success),
-            breaker is not None and breaker.slow_call_duration is not None,
-            # One loop timer for every attempt's deadline, not one per attempt.
+        budget = None if engine is None else engine.budget
+        pool = None if measured else conc
+        take = _takes_nothing if full is None else getattr(full, "try_take", _takes_nothing)
+        learns = full is not None and not _does_nothing(full.on_success)
+        timed = breaker is not None and breaker.slow_call_duration is not None
+        # One loop timer for every attempt's deadline, not one per attempt.
+        timer = (
             None
             if attempt_timeout is None
             else DeadlineTimer(
                 attempt_timeout, scope="attempt", source=name, listeners=self._listeners
-            ),
+            )
+        )
+        self._plan: _Plan = (
+            budget,
+            breaker,
+            pool,
+            conc if measured else None,
+            full,
+            take,
+            # try_take() serves run()'s attempts too (they have nothing to settle)
+            full is not None and getattr(full, "takes_unsettled", False) is True,
+            learns,
+            timed,
+            timer,
             self._clock,
+        )
+        # What execute()'s own first attempt needs, or None when the policy has anything
+        # it leaves to _call: deadlines, a measured pool, a limiter that learns from
+        # successes or cannot take without a reservation, slow-call timing.
+        lean = not (measured or learns or timed or timer or total_timeout is not None)
+        if full is not None and take is _takes_nothing:
+            lean = False
+        self._lean: _Lean | None = (
+            (budget, breaker, pool, None if full is None else take) if lean else None
         )
         # One loop timer for the total deadlines of all calls (same length, so they fall
         # due in the order the calls started).
@@ -460,7 +485,7 @@ class Policy:
         return self._rate_limits
 
     # -- entry points ----------------------------------------------------------------------
-    def execute(
+    async def execute(
         self,
         func: Callable[..., Awaitable[T]],
         /,
@@ -468,16 +493,71 @@ class Policy:
         requests: float = 1.0,
         tokens: float = 0.0,
         **kwargs: Any,
-    ) -> Coroutine[Any, Any, T]:
-        """Call ``await func(*args, **kwargs)`` through the policy: ``await policy.execute(...)``.
+    ) -> T:
+        """Call ``await func(*args, **kwargs)`` through the policy.
 
         ``requests`` and ``tokens`` (an estimate) are what each attempt reserves on the
-        limiter; they are not passed to ``func``. (A plain method returning the call's
-        coroutine, one frame cheaper than an ``async def``; await it, or make a task.)
+        limiter; they are not passed to ``func``.
+
+        The first attempt runs here when nothing stands in its way: the breaker is
+        closed with nothing to record (``closed_ticket``), a slot is free
+        (``try_acquire()``) and the limiter takes at once (``try_take()``; these two
+        answer ``False`` rather than raise). Anything else (a busy pool, a limiter that
+        would have the call wait, a breaker not closed or mocked, deadlines, a measured
+        pool, a limiter that learns from successes, slow-call timing) goes through
+        :meth:`_call`, and so do the retries after a failed first attempt.
         """
-        if self._total_timeout is None:
-            return self._call(func, args, kwargs, requests, tokens, None, None, False)
-        return self._call_total(func, args, kwargs, requests, tokens, None, False)
+        lean = self._lean
+        if lean is None:
+            timer = self._total_timer
+            if timer is None:
+                plain: T = await self._call(func, args, kwargs, requests, tokens, None, None, False)
+                return plain
+            when = _loop_time() + timer.seconds  # when the timer's deadline falls due
+            call = self._call(func, args, kwargs, requests, tokens, when, None, False)
+            return await timer.run(call)
+        budget, breaker, pool, take = lean
+        ticket = None if breaker is None else breaker.closed_ticket
+        taken = False  # whether the first attempt may go now (holding the slot it took)
+        if (ticket is not None or breaker is None) and (pool is None or pool.try_acquire()):
+            try:
+                taken = take is None or take(requests, tokens)
+            finally:
+                if not taken and pool is not None:
+                    pool.release()  # taken just now, nothing ran since: _call takes it again
+        if not taken:
+            waited: T = await self._call(func, args, kwargs, requests, tokens, None, None, False)
+            return waited
+        if budget is not None:  # counted, handed over in batches (_book)
+            self._unbooked = unbooked = self._unbooked + 1
+            if unbooked >= BOOK_EVERY:
+                self._book()
+        try:
+            if kwargs:
+                result = await func(*args, **kwargs)
+            else:  # no empty dict copied, no empty tuple unpacked
+                result = await (func(*args) if args else func())
+        except BaseException as exc:
+            _finish(pool, pool, breaker, ticket, exc, True, None)
+            delay, counts = self._after_failure(exc, _NO_FAILURES, None)
+            if delay is None:
+                raise
+        else:
+            if pool is not None:
+                pool.release()
+            if (
+                ticket is not None
+                and breaker is not None
+                and (GLOBAL_LISTENERS or ticket != breaker.closed_ticket)
+            ):  # else nothing to record
+                breaker.record(ticket, None, None)
+            return result
+        if delay > 0.0:
+            await self._clock.sleep(delay)
+        retried: T = await self._call(
+            func, args, kwargs, requests, tokens, None, None, False, 1, counts
+        )
+        return retried
 
     def run(
         self,
@@ -489,7 +569,8 @@ class Policy:
     ) -> Coroutine[Any, Any, T]:
         """Call ``await attempt_fn(ctx)`` through the policy, with an :class:`AttemptContext`.
 
-        Like :meth:`execute`, returns the call's coroutine: ``await policy.run(...)``.
+        A plain method returning the call's coroutine (one frame cheaper than an
+        ``async def``): ``await policy.run(...)``, or make a task of it.
 
         >>> import asyncio
         >>> async def attempt(ctx: AttemptContext) -> int:
@@ -588,13 +669,17 @@ class Policy:
         total: float | None,
         ctx: AttemptContext | None,
         keep: bool,
+        attempt: int = 0,
+        counts: _Counts = _NO_FAILURES,
     ) -> Any:
+        """The attempts of a call, from attempt ``attempt + 1`` on (``counts``: after the
+        failed attempts before it; a call that made none is counted here)."""
         budget, breaker, pool, slots, limiter, take, free, learns, timed, timer, clock = self._plan
-        if budget is not None:  # counted here, handed to the budget in batches (_book)
+        if budget is not None and not attempt:  # counted, handed over in batches (_book)
             self._unbooked = unbooked = self._unbooked + 1
             if unbooked >= BOOK_EVERY:
                 self._book()
-        attempt, counts, started = 0, _NO_FAILURES, 0.0
+        started = 0.0
         while True:
             attempt += 1
             slot = reservation = ticket = None  # slot: the pool itself or a measured slot
