@@ -9,6 +9,7 @@ nothing was made.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 
 from headway.batch import batchapi
 from headway.batch.batchapi import BatchState
-from headway.errors import APIConnectionError
+from headway.errors import APIConnectionError, AuthenticationError
 from headway.testing import FakeAPI, Fault
 
 from .test_batchapi import assert_exactly_once, records, settings, write_input
@@ -150,6 +151,31 @@ async def test_a_run_killed_while_creating_finds_the_late_batch(tmp_path: Path, 
         assert len(made(api, kind)) == 1
         assert outcome.stats.succeeded == 6
     assert len(records(out)) == 6
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_create_refused_outright_is_not_looked_for_on_resume(
+    tmp_path: Path, kind: str
+) -> None:
+    # A 401 on the create: the provider made nothing, the run stops (check the key). The
+    # next run creates at once: no listing, no lookup window waited out (it was 120 s).
+    inp = write_input(tmp_path / "in.jsonl", 4, kind=kind)
+    out = tmp_path / "out.jsonl"
+    async with FakeAPI() as api:
+        api.script("POST", create_path(kind), ["401"])
+        with pytest.raises(AuthenticationError):
+            await batchapi.run(inp, out, settings(api, kind))
+        assert BatchState.load(out).parts[0].status == "uploaded"
+        listed = len(api.calls("GET", create_path(kind)))
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        outcome = await batchapi.run(inp, out, settings(api, kind))
+        assert loop.time() - t0 < 60.0  # virtual seconds: polls, not a lookup window
+        assert outcome.stats.succeeded == 4
+        assert len(made(api, kind)) == 1
+        # the resumed run lists once for its mark (Anthropic) and never looks for a batch
+        assert len(api.calls("GET", create_path(kind))) - listed <= 1
+    assert len(records(out)) == 4
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -602,13 +602,14 @@ class ProviderBatchRun:
                 and self._queued_tokens(part.model) + part.tokens > limit
             ):
                 return False  # the model's enqueued-token limit: wait for earlier batches
+            # Only a create an earlier run (or attempt) sent may have made a batch already.
+            look_first = resumed and part.status == "creating"
             if part.status == "uploaded":
                 # What the provider lists before the create: what it makes comes after.
                 part.create_mark = await remote.mark()
                 part.status = "creating"
                 part.created_after = time.time()  # wall time: recognises the batch later
                 state.save()
-            look_first = resumed and part.status == "creating"
             size = len(part.ids)
             after = part.created_after or 0.0
 
@@ -649,6 +650,11 @@ class ProviderBatchRun:
             return False
         except (APIClientError, HeadwayError) as exc:
             if not _refused(exc):
+                if part.status == "creating" and _answered_no(exc):
+                    # The provider answered the create with a refusal (a key, a path): it
+                    # made nothing, so a resume need not look for it before creating.
+                    part.status = "uploaded"
+                    state.save()
                 raise  # not about this part (a key, a server without the API...): stop
             what = "uploaded" if part.status == "uploading" else "created"
             self._fail_part(part, error_code(exc), f"the batch could not be {what}: {exc}")
@@ -976,6 +982,11 @@ def _refused(exc: BaseException) -> bool:
     retries) end the run instead: the state is saved and the next run resumes.
     """
     return isinstance(exc, APIClientError) and exc.status_code in (400, 413, 422)
+
+
+def _answered_no(exc: BaseException) -> bool:
+    """Whether the provider answered a request with a refusal (4xx): it made nothing."""
+    return isinstance(exc, APIClientError) and 400 <= (exc.status_code or 0) < 500
 
 
 def _unfinished_message(code: str) -> str:
