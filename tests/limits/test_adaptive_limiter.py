@@ -96,6 +96,15 @@ def rate_after(out: Outcome, start: float) -> float:
     return (len(times) - 1) / (times[-1] - times[0]) * 60.0
 
 
+def frames_after(admitted: list[float], start: float) -> tuple[dict[int, int], list[int]]:
+    """Admissions per 10 s frame as the server counted them, and the counts of the whole
+    frames from ``start`` on (the last, cut short by the end, left out)."""
+    per_frame: dict[int, int] = {}
+    for t in admitted:
+        per_frame[math.floor(t / 10.0)] = per_frame.get(math.floor(t / 10.0), 0) + 1
+    return per_frame, [n for k, n in sorted(per_frame.items()) if k * 10.0 >= start][:-1]
+
+
 LIMIT = 240.0  # the server's real limit, per minute
 
 
@@ -432,10 +441,7 @@ async def test_frame_server_without_a_limit_header_is_learned_from_its_counts() 
     # together to >= 97.5% (98.25-100% over 60 phases of the clock), each to >= 95% (the
     # bar). A few calls of a frame are lost when everyone waited for the latest start the
     # learned frames allow, or when the allowance ran out a little before the frame's end.
-    per_frame: dict[int, int] = {}
-    for t in admitted:
-        per_frame[math.floor(t / 10.0)] = per_frame.get(math.floor(t / 10.0), 0) + 1
-    full = [n for k, n in sorted(per_frame.items()) if k * 10.0 >= t0 + 40.0][:-1]
+    per_frame, full = frames_after(admitted, t0 + 40.0)
     assert full, per_frame
     assert sum(full) >= 0.975 * 200 * len(full), per_frame
     assert all(n >= 190 for n in full), per_frame
@@ -616,10 +622,7 @@ async def test_workers_sharing_a_limit_learn_a_frame_server_together() -> None:
     for lim in limiters:
         assert lim.requests.frame == pytest.approx(10.0, rel=0.025)
         assert 0.95 * limit <= lim.requests.rate <= 1.1 * limit
-    per_frame: dict[int, int] = {}
-    for t in admitted:
-        per_frame[math.floor(t / 10.0)] = per_frame.get(math.floor(t / 10.0), 0) + 1
-    full = [n for k, n in sorted(per_frame.items()) if k * 10.0 >= t0 + 20.0][:-1]
+    per_frame, full = frames_after(admitted, t0 + 20.0)
     assert full, per_frame
     assert sum(full) >= 0.975 * 200 * len(full), per_frame
     assert all(n >= 180 for n in full), per_frame

@@ -584,6 +584,12 @@ class LearningLimiter:
         """The bucket (or buckets) the calls are paced on."""
         raise NotImplementedError
 
+    def _wait_next_frame(self, now: float) -> None:
+        """The learned frame's allowance is used: nobody goes before the next frame."""
+        wait = self.requests.frame_wait(now, None)
+        if wait is not None:
+            self.pause_until(now + wait)
+
     def _rate_limited_pause(
         self, delay: float | None, booked: float = 0.0, old: float = 0.0
     ) -> None:
@@ -866,13 +872,8 @@ class AdaptiveLimiter(LearningLimiter):
             self._advertised(req_limit, tok_limit)
         if req_left is not None:
             self._remaining("requests", req_left, req_limit, req_reset is not None)
-            control = self.requests
-            if control.frame is not None and control.left < 1.0:
-                # The frame's allowance is used: nobody goes before the next frame.
-                now = self._clock.now()
-                wait = control.frame_wait(now, None)
-                if wait is not None:
-                    self.pause_until(now + wait)
+            if self.requests.frame is not None and self.requests.left < 1.0:
+                self._wait_next_frame(self._clock.now())
         if tok_left is not None and self._tpm_bucket is not None:
             self._remaining("tokens", tok_left, tok_limit)
 
@@ -1104,9 +1105,7 @@ class SharedLearningLimiter(LearningLimiter):
             if c.follow_frames(left, now):
                 self._apply("requests", "tracked")
             if c.frame is not None and left < 1.0:
-                wait = c.frame_wait(now, None)
-                if wait is not None:
-                    self.pause_until(now + wait)
+                self._wait_next_frame(now)
         else:
             if left > c.capacity:
                 c.capacity = left
