@@ -622,7 +622,9 @@ async def test_workers_sharing_a_limit_learn_a_frame_server_together() -> None:
     for lim in limiters:
         assert lim.requests.frame == pytest.approx(10.0, rel=0.025)
         assert 0.95 * limit <= lim.requests.rate <= 1.1 * limit
-    per_frame, full = frames_after(admitted, t0 + 20.0)
+    # the frames from the fifth frame start on (t0 + 40 s), as the one-limiter test
+    # counts them: learning a frame takes the first three or four, by the frames' phase
+    per_frame, full = frames_after(admitted, t0 + 40.0)
     assert full, per_frame
     assert sum(full) >= 0.975 * 200 * len(full), per_frame
-    assert all(n >= 180 for n in full), per_frame
+    assert all(n >= 190 for n in full), per_frame
