@@ -753,8 +753,8 @@ NOTES = [
     "kept the load average at 6-7, the same command took 2.6x the ideal (51.8 s).",
     "* Benchmarks 2 and 3 ran while other jobs kept the load average at 6-8 on the 2 CPUs, so "
     "their wall times and req/s are pessimistic; peak RSS and exactly-once do not depend on "
-    "load. Memory is dominated by the set of custom_ids (skip done ones, spot duplicates) and "
-    "one float per request for the latency percentiles.",
+    "load. Memory is dominated by the set of custom_ids (skip done ones, spot duplicates); "
+    "the latency percentiles take constant memory.",
     "* Benchmark 3 runs the demo at 30,000 RPM instead of the default 3,000 to finish in "
     "minutes; the fault profile is the demo's. Each chaos 429 carries `retry-after-ms: 100` "
     "and pauses the whole limiter, which is what bounds its throughput.",

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import io
+import math
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from rich.console import Console
 
 from headway.batch import BatchStats, NullProgress, PlainProgress, RichProgress, render_summary
 from headway.batch.ledger import Result
 from headway.batch.progress import Rates
-from headway.batch.summary import percentile, summary_text
+from headway.batch.summary import PERCENTILE_ACCURACY, Distribution, summary_text
 
 
 def test_rates_over_a_sliding_window() -> None:
@@ -79,7 +82,13 @@ def test_summary_counts_and_table() -> None:
     s = stats.summary(elapsed=2.0)
     assert s["total"] == 6
     assert (s["succeeded"], s["failed"], s["invalid"], s["rate_limited"]) == (1, 2, 1, 1)
-    assert s["latency_s"] == {"p50": 0.2, "p95": 3.0, "p99": 3.0, "max": 3.0}
+    close = pytest.approx  # the percentiles are within PERCENTILE_ACCURACY of the values
+    assert s["latency_s"] == {
+        "p50": close(0.2, rel=PERCENTILE_ACCURACY),
+        "p95": 3.0,  # never above the largest value seen
+        "p99": 3.0,
+        "max": 3.0,
+    }
     assert s["requests_per_s"] == 1.0
     assert s["tokens_per_min"] == 120.0
     buf = io.StringIO()
@@ -128,7 +137,6 @@ def test_empty_summary() -> None:
     buf = io.StringIO()
     render_summary(s, Console(file=buf, width=100))
     assert "- / - / -" in buf.getvalue()
-    assert percentile([5.0], 99) == 5.0
 
 
 # -- the live display at 80 and 120 columns ----------------------------------------------------
@@ -256,9 +264,9 @@ def test_latency_splits_into_waiting_and_server_time() -> None:
     stats.record(Result.success("a", 200, {}, latency=3.0), waited=2.9)
     stats.record(Result.success("b", 200, {}, latency=0.05), waited=0.0)
     s = stats.summary(elapsed=3.0)
-    assert s["waiting_s"]["p95"] == 2.9
-    assert s["server_s"]["p95"] == pytest.approx(0.1)
-    assert s["server_s"]["p50"] == pytest.approx(0.05)
+    assert s["waiting_s"]["p95"] == pytest.approx(2.9, rel=PERCENTILE_ACCURACY)
+    assert s["server_s"]["p95"] == pytest.approx(0.1, rel=PERCENTILE_ACCURACY)
+    assert s["server_s"]["p50"] == pytest.approx(0.05, rel=PERCENTILE_ACCURACY)
     buf = io.StringIO()
     s["retry_command"] = "headway run in.jsonl -o out.jsonl --retry-failed"
     render_summary(s, Console(file=buf, width=80), title="t")
@@ -266,3 +274,46 @@ def test_latency_splits_into_waiting_and_server_time() -> None:
     assert "waiting for the limit p50 / p95" in text
     assert "to retry the failures: headway run in.jsonl -o out.jsonl --retry-failed" in text
     assert all(len(line) <= 80 for line in text.splitlines())
+
+
+# -- the latency percentiles in constant memory -------------------------------------------------
+
+
+@given(
+    st.lists(st.floats(min_value=0.0, max_value=1e4, allow_nan=False), min_size=1, max_size=300),
+    st.sampled_from([50, 95, 99]),
+)
+def test_a_percentile_is_within_its_accuracy_of_a_value_at_its_rank(
+    values: list[float], q: int
+) -> None:
+    d = Distribution()
+    for v in values:
+        d.add(v)
+    got = d.percentile(q)
+    assert got is not None
+    ranked = sorted(values)
+    assert ranked[0] <= got <= ranked[-1]
+    # nearest-rank: the value at rank ceil(q% of n), within the sketch's accuracy
+    want = ranked[max(1, math.ceil(q / 100.0 * len(ranked))) - 1]
+    assert abs(got - want) <= PERCENTILE_ACCURACY * want + 1e-12, (got, want)
+    assert (d.count, d.min, d.max) == (len(values), ranked[0], ranked[-1])
+    assert d.total == pytest.approx(sum(values))
+
+
+def test_a_long_run_keeps_a_few_thousand_counters_not_a_float_per_request() -> None:
+    import pickle
+    import random
+
+    rng = random.Random(7)
+    short, long = Distribution(), Distribution()
+    for _ in range(1_000):
+        short.add(rng.lognormvariate(-1.0, 2.0))
+    for _ in range(100_000):
+        long.add(rng.lognormvariate(-1.0, 2.0))
+    # a hundred times the requests, the same size (a float per request would be 800 KB)
+    assert len(pickle.dumps(long)) < 2 * len(pickle.dumps(short)) + 4096
+    assert len(pickle.dumps(long)) < 64 * 1024
+    assert Distribution().percentile(50) is None
+    d = Distribution()
+    d.add(-0.001)  # a clock step backwards counts as 0, not as a negative time
+    assert (d.percentile(50), d.max, d.total) == (0.0, 0.0, 0.0)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import builtins
 import math
-from array import array
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,22 +32,83 @@ if TYPE_CHECKING:
 #: Answers looked at for the "every answer is a 404" warning.
 FIRST_ANSWERS = 10
 
-__all__ = ["BatchStats", "percentile", "render_summary", "summary_rows", "summary_text"]
+#: How close a percentile in the summary is to the true one: within 0.5% of it.
+PERCENTILE_ACCURACY = 0.005
+# Values fall in buckets (gamma**(k-1), gamma**k]; a bucket's middle, 2 gamma**k / (gamma+1),
+# is within PERCENTILE_ACCURACY of any value in it (the DDSketch mapping, Masson et al. 2019).
+_GAMMA = (1 + PERCENTILE_ACCURACY) / (1 - PERCENTILE_ACCURACY)
+_PER_LOG = 1.0 / math.log(_GAMMA)
+_MIDDLE = 2.0 / (_GAMMA + 1.0)
+_TINY = 1e-9  # a nanosecond and less counts as 0
+
+__all__ = ["BatchStats", "Distribution", "render_summary", "summary_rows", "summary_text"]
 
 
-def percentile(sorted_values: array[float] | list[float], q: float) -> float | None:
-    """The ``q``-th percentile (0-100) of already sorted values, nearest-rank; None if empty.
+class Distribution:
+    """Percentiles of a stream of non-negative values (seconds) in constant memory.
 
-    >>> percentile([1.0, 2.0, 3.0, 4.0], 50)
-    2.0
-    >>> percentile([], 99) is None
+    A run of a hundred million requests keeps a few thousand counters, not a float per
+    request: values are counted in logarithmic buckets (as DDSketch does), so that each
+    percentile is within :data:`PERCENTILE_ACCURACY` of the true one and never outside
+    the values seen; count, total, min and max are exact. Percentiles are nearest-rank
+    (the value at rank ``ceil(q% of n)``: of two values, p95 is the larger).
+
+    >>> d = Distribution()
+    >>> for v in (0.1, 0.2, 0.3, 4.0):
+    ...     d.add(v)
+    >>> d.count, round(d.total, 3), d.min, d.max
+    (4, 4.6, 0.1, 4.0)
+    >>> abs(d.percentile(50) - 0.2) <= 0.2 * PERCENTILE_ACCURACY, d.percentile(99)
+    (True, 4.0)
+    >>> Distribution().percentile(99) is None
     True
     """
-    n = len(sorted_values)
-    if n == 0:
-        return None
-    rank = max(1, math.ceil(q / 100.0 * n))
-    return float(sorted_values[min(rank, n) - 1])
+
+    __slots__ = ("_buckets", "_zeros", "count", "max", "min", "total")
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, int] = {}
+        self._zeros = 0
+        self.count = 0
+        self.total = 0.0
+        self.max = 0.0
+        self.min = math.inf
+
+    def add(self, value: float) -> None:
+        """Count one value (a negative one counts as 0)."""
+        if value > _TINY:
+            key = math.ceil(math.log(value) * _PER_LOG)
+            buckets = self._buckets
+            buckets[key] = buckets.get(key, 0) + 1
+        else:
+            value = max(value, 0.0)
+            self._zeros += 1
+        self.count += 1
+        self.total += value
+        if value > self.max:
+            self.max = value
+        if value < self.min:
+            self.min = value
+
+    def percentile(self, q: float) -> float | None:
+        """The ``q``-th percentile (0-100); ``None`` when no value was added."""
+        n = self.count
+        if n == 0:
+            return None
+        index = max(1, math.ceil(q / 100.0 * n)) - 1
+        if index == n - 1:
+            return self.max  # the ends are known exactly
+        if index == 0:
+            return self.min
+        seen = self._zeros
+        if index < seen:
+            return 0.0
+        for key in sorted(self._buckets):
+            seen += self._buckets[key]
+            if index < seen:
+                middle = _MIDDLE * _GAMMA**key
+                return min(max(middle, self.min), self.max)
+        return self.max  # pragma: no cover - the counts add up to n
 
 
 @dataclass(slots=True)
@@ -76,8 +136,9 @@ class BatchStats:
         learned: what the server advertised or probing found, per minute, by unit.
         stopped: why the run stopped early (a quota exhausted), if it did.
         answered / answered_404: of the first answers, how many; how many were 404s.
-        latencies / waits: per sent request, its latency and the part of it spent waiting
-            (rate limit and retry backoff); the rest is server time.
+        latency / waiting / server: per sent request, its latency, the part of it spent
+            waiting (rate limit and retry backoff) and the rest, the server's time, as
+            :class:`Distribution` objects (constant memory however long the run).
     """
 
     total: int | None = None
@@ -98,8 +159,9 @@ class BatchStats:
     cached_tokens: int = 0
     interrupted: bool = False
     abandoned: int = 0
-    latencies: array[float] = field(default_factory=lambda: array("d"))
-    waits: array[float] = field(default_factory=lambda: array("d"))
+    latency: Distribution = field(default_factory=Distribution)
+    waiting: Distribution = field(default_factory=Distribution)
+    server: Distribution = field(default_factory=Distribution)
     retries_by_cause: Counter[str] = field(default_factory=Counter)
     failures_seen: int = 0
     recent_failures: deque[tuple[int, str, str, str]] = field(
@@ -158,8 +220,7 @@ class BatchStats:
                 self.prompt_tokens += split.prompt
                 self.completion_tokens += split.completion
                 self.cached_tokens += split.cached
-            self.latencies.append(result.latency)
-            self.waits.append(min(waited, result.latency))
+            self._timed(result.latency, waited)
             return
         self.failed += 1
         error = result.error
@@ -173,8 +234,13 @@ class BatchStats:
             return
         if status == 429:
             self.rate_limited += 1
-        self.latencies.append(result.latency)
-        self.waits.append(min(waited, result.latency))
+        self._timed(result.latency, waited)
+
+    def _timed(self, latency: float, waited: float) -> None:
+        waited = min(waited, latency)
+        self.latency.add(latency)
+        self.waiting.add(waited)
+        self.server.add(latency - waited)
 
     def note_retry_cause(self, exc: BaseException | None, reason: str | None) -> None:
         """Count one retry under the error code of its cause."""
@@ -188,9 +254,7 @@ class BatchStats:
 
     def summary(self, *, elapsed: float) -> dict[str, Any]:
         """The summary as plain JSON-ready data."""
-        lat = array("d", sorted(self.latencies))
-        waits = array("d", sorted(self.waits))
-        server = array("d", sorted(a - w for a, w in zip(self.latencies, self.waits, strict=True)))
+        lat, waits, server = self.latency, self.waiting, self.server
         sent = self.written - self.invalid
         attempts = sent + self.retries
         return {
@@ -208,20 +272,20 @@ class BatchStats:
             "interrupted": self.interrupted,
             "abandoned": self.abandoned,
             "latency_s": {
-                "p50": percentile(lat, 50),
-                "p95": percentile(lat, 95),
-                "p99": percentile(lat, 99),
-                "max": lat[-1] if lat else None,
+                "p50": lat.percentile(50),
+                "p95": lat.percentile(95),
+                "p99": lat.percentile(99),
+                "max": lat.max if lat.count else None,
             },
             "waiting_s": {
-                "p50": percentile(waits, 50),
-                "p95": percentile(waits, 95),
-                "total": round(sum(waits), 3),
+                "p50": waits.percentile(50),
+                "p95": waits.percentile(95),
+                "total": round(waits.total, 3),
             },
             "server_s": {
-                "p50": percentile(server, 50),
-                "p95": percentile(server, 95),
-                "p99": percentile(server, 99),
+                "p50": server.percentile(50),
+                "p95": server.percentile(95),
+                "p99": server.percentile(99),
             },
             "retries_by_cause": dict(self.retries_by_cause.most_common()),
             "rate_limit": {"in_force": self.limit_text, "limited_by": self.limited_by},
