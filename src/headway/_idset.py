@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from hashlib import blake2b
 from typing import Self
 
-__all__ = ["BUFFER", "SPILL_AT", "IdSet"]
+__all__ = ["BUFFER", "SPILL_AT", "Digests", "IdSet"]
 
 #: Ids held in memory as a plain set before the set moves to disk.
 SPILL_AT = 1_000_000
@@ -242,3 +242,53 @@ class IdSet:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class Digests:
+    """What each earlier result answered (its ``request_digest``), in bounded memory.
+
+    One entry per result, ``"custom_id\\0digest"``, in an :class:`IdSet` (on disk past a
+    million), so that resuming a run of a hundred million lines does not hold a dict of
+    them; the custom_ids of results written without a digest (by older versions) in
+    another, normally empty. Whether a custom_id has a result at all is the ledger's
+    business: ask :meth:`answers` about those only. ``dir``: where a spilled set's file
+    goes (default: the temporary folder).
+
+    >>> d = Digests()
+    >>> d.add("a", "1f2e")
+    >>> d.add("b", None)
+    >>> d.answers("a", "1f2e"), d.answers("a", "9999"), d.answers("b", "9999")
+    (True, False, True)
+    >>> bool(d), bool(Digests())
+    (True, False)
+    """
+
+    __slots__ = ("_pairs", "_undigested")
+
+    def __init__(self, dir: str | None = None) -> None:
+        self._pairs = IdSet(dir=dir)
+        self._undigested = IdSet(dir=dir)
+
+    def add(self, custom_id: str, digest: str | None) -> None:
+        """Record that a result of ``custom_id`` answered the request of ``digest``
+        (``None``: the result does not say)."""
+        if digest is None:
+            self._undigested.add(custom_id)
+        else:
+            self._pairs.add(custom_id + "\0" + digest)
+
+    def answers(self, custom_id: str, digest: str | None) -> bool:
+        """Whether the results on record of ``custom_id`` may answer ``digest``: one of
+        them answered it, or one does not say what it answered."""
+        if digest is not None and custom_id + "\0" + digest in self._pairs:
+            return True
+        return custom_id in self._undigested
+
+    def __bool__(self) -> bool:
+        """Whether there is anything to check: a result with a digest."""
+        return bool(self._pairs)
+
+    def close(self) -> None:
+        """Forget them all and drop a spilled set's file (idempotent)."""
+        self._pairs.close()
+        self._undigested.close()

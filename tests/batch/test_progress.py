@@ -295,7 +295,7 @@ def test_a_percentile_is_within_its_accuracy_of_a_value_at_its_rank(
     assert ranked[0] <= got <= ranked[-1]
     # nearest-rank: the value at rank ceil(q% of n), within the sketch's accuracy
     want = ranked[max(1, math.ceil(q / 100.0 * len(ranked))) - 1]
-    assert abs(got - want) <= PERCENTILE_ACCURACY * want + 1e-12, (got, want)
+    assert abs(got - want) <= PERCENTILE_ACCURACY * want + 1e-9, (got, want)  # or 1 ns
     assert (d.count, d.min, d.max) == (len(values), ranked[0], ranked[-1])
     assert d.total == pytest.approx(sum(values))
 

@@ -362,6 +362,26 @@ async def test_resume_with_another_input_is_refused_naming_the_line(tmp_path: Pa
     assert stats.skipped == 3
 
 
+async def test_a_resume_past_a_million_digests_checks_them_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import headway._idset as idset_module
+
+    monkeypatch.setattr(idset_module, "SPILL_AT", 4)  # a million, for this test: four
+    a = write_input(tmp_path / "a.jsonl", 12)
+    out = tmp_path / "out.jsonl"
+    await BatchRunner(echo, a, out, target="http://a").run()
+    lines = a.read_text().splitlines()
+    changed = json.loads(lines[9])
+    changed["body"]["model"] = "another"
+    b = tmp_path / "b.jsonl"
+    b.write_text("\n".join([*lines[:9], json.dumps(changed), *lines[10:]]) + "\n")
+    with pytest.raises(ResumeMismatchError, match=r"line 10 of .*b\.jsonl"):
+        await BatchRunner(echo, b, out, target="http://a").run()
+    stats = await BatchRunner(echo, a, out, target="http://a").run()
+    assert (stats.skipped, stats.succeeded) == (12, 0)
+
+
 async def test_old_ledgers_without_digests_resume(tmp_path: Path) -> None:
     a = write_input(tmp_path / "a.jsonl", 2)
     out = tmp_path / "out.jsonl"

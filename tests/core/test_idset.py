@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import headway._idset as idset_module
-from headway._idset import IdSet
+from headway._idset import Digests, IdSet
 
 _ops = st.lists(
     st.tuples(
@@ -103,3 +103,32 @@ def test_default_threshold_is_read_when_made(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(idset_module, "SPILL_AT", 1)
     with IdSet(["a", "b"]) as ids:
         assert ids.spilled
+
+
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=8),
+        st.lists(st.sampled_from(["d1", "d2", "d3", None]), min_size=1, max_size=2),
+        max_size=30,
+    ),
+    st.sampled_from([0, 3, 1_000]),
+)
+@settings(max_examples=40)
+def test_digests_answer_the_same_in_memory_and_spilled(
+    recorded: dict[str, list[str | None]], spill_at: int
+) -> None:
+    with mock.patch.object(idset_module, "SPILL_AT", spill_at):
+        d = Digests()
+    try:
+        for cid, digests in recorded.items():
+            for digest in digests:
+                d.add(cid, digest)
+        assert bool(d) is any(x is not None for xs in recorded.values() for x in xs)
+        for cid, digests in recorded.items():
+            unsaid = None in digests  # a result that does not say: anything goes
+            for digest in ("d1", "d2", "d3", None):
+                assert d.answers(cid, digest) is (unsaid or (digest in digests)), (cid, digest)
+    finally:
+        d.close()
+    assert not d
+    d.close()  # idempotent

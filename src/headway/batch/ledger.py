@@ -42,7 +42,7 @@ from typing import Any, Self
 
 import orjson
 
-from headway._idset import IdSet
+from headway._idset import Digests, IdSet
 from headway._json import dumps
 from headway.batch.output import is_success, result_record
 from headway.errors import APIClientError, error_code
@@ -273,8 +273,13 @@ class _Scan:
         self.failed = IdSet(dir=dir)  # those with no success line (so far)
         self.succeeded = 0  # ids with a success line
         self.notes: list[str] = []
-        self.digests: dict[str, str] = {}
+        self.digests = Digests(dir)
         self.bad = 0
+
+    def close(self) -> None:
+        self.ids.close()
+        self.failed.close()
+        self.digests.close()
 
 
 def _scan(path: str, scan: _Scan) -> None:
@@ -304,8 +309,7 @@ def _scan(path: str, scan: _Scan) -> None:
                 bad_lines.append(n)
                 continue
             digest = record.get("request_digest")
-            if isinstance(digest, str):
-                scan.digests[cid] = digest
+            scan.digests.add(cid, digest if isinstance(digest, str) else None)
             if cid not in scan.ids:
                 scan.ids.add(cid)
                 if _is_success(record):
@@ -547,7 +551,8 @@ class Ledger:
         self.succeeded_before = 0
         self.failed_before = 0
         self.notes: list[str] = []
-        self.digests: dict[str, str] = {}
+        #: what the earlier results answered, checked by a resume (then closed)
+        self.digests = Digests()
         self.written = 0
         self.mask = _Masker(secrets)
         self.buffer = LineBuffer(fsync) if buffered else None
@@ -562,10 +567,10 @@ class Ledger:
             for path in paths:
                 _scan(path, scan)
         except BaseException:
-            scan.ids.close()
-            scan.failed.close()
+            scan.close()
             raise
         self.notes = scan.notes
+        self.digests.close()
         self.digests = scan.digests
         self.succeeded_before = scan.succeeded
         failed = scan.failed
@@ -666,6 +671,7 @@ class Ledger:
             self.flush()
         finally:
             self.skip.close()
+            self.digests.close()
             for name in ("_out_fd", "_err_fd"):
                 fd = getattr(self, name)
                 if fd is not None:

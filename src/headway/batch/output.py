@@ -30,7 +30,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-from headway._idset import IdSet
+from headway._idset import Digests, IdSet
 
 if TYPE_CHECKING:
     from headway.batch.ledger import Result
@@ -185,7 +185,7 @@ class StreamLedger:
         self.errors = errors
         self.mask = mask  # replaces known secret values in each line written
         self.output: str | None = None  # nothing to read back: no resume, no same-file check
-        self.digests: dict[str, str] = {}
+        self.digests = Digests()  # none: a stream is not read back
         self.written = 0
         self.skip = IdSet()  # nothing to skip: a stream is not read back
         self.notes: list[str] = []

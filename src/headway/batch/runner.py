@@ -347,6 +347,7 @@ class BatchRunner:
         try:
             if self.check_resume and self.ledger.digests:
                 self._check_resume()
+            self.ledger.digests.close()  # checked: not needed any more
             self.progress.start(stats, t0)
             loop = asyncio.get_running_loop()
             ticker = loop.create_task(self._tick())
@@ -442,15 +443,14 @@ class BatchRunner:
 
     def _check_resume(self) -> None:
         """Before sending anything: the output's results must answer this input's lines."""
-        digests = self.ledger.digests
+        digests, done = self.ledger.digests, self.ledger.skip
         target = self.target
         for item in read_requests(self.input, default_url=self.default_url):
-            if isinstance(item, InvalidLine):
+            if isinstance(item, InvalidLine) or item.custom_id not in done:
                 continue
-            recorded = digests.get(item.custom_id)
-            if recorded is None:
-                continue
-            if request_digest(item.method, item.url, item.body, target) != recorded:
+            if not digests.answers(
+                item.custom_id, request_digest(item.method, item.url, item.body, target)
+            ):
                 raise ResumeMismatchError(
                     f"{self.ledger.output} already holds a result for custom_id "
                     f"{item.custom_id!r} that answered a different request: line {item.line} "

@@ -49,9 +49,10 @@ class Distribution:
 
     A run of a hundred million requests keeps a few thousand counters, not a float per
     request: values are counted in logarithmic buckets (as DDSketch does), so that each
-    percentile is within :data:`PERCENTILE_ACCURACY` of the true one and never outside
-    the values seen; count, total, min and max are exact. Percentiles are nearest-rank
-    (the value at rank ``ceil(q% of n)``: of two values, p95 is the larger).
+    percentile is within :data:`PERCENTILE_ACCURACY` of the true one (or a nanosecond,
+    for the smallest values) and never outside the values seen; count, total, min and
+    max are exact. Percentiles are nearest-rank (the value at rank ``ceil(q% of n)``: of
+    two values, p95 is the larger).
 
     >>> d = Distribution()
     >>> for v in (0.1, 0.2, 0.3, 4.0):
@@ -102,7 +103,7 @@ class Distribution:
             return self.min
         seen = self._zeros
         if index < seen:
-            return 0.0
+            return self.min  # a nanosecond or less: the smallest value is as good
         for key in sorted(self._buckets):
             seen += self._buckets[key]
             if index < seen:
