@@ -528,3 +528,24 @@ def test_to_parquet_streams_a_ledger_in_chunks_and_skips_a_cut_line(tmp_path: Pa
     (tmp_path / "empty.jsonl").write_text("")
     assert hr.to_parquet(tmp_path / "empty.jsonl", tmp_path / "e.parquet") == 0
     assert pq.read_table(tmp_path / "e.parquet").num_rows == 0
+
+
+def test_done_rows_are_dropped_with_one_lookup_per_worker_and_run() -> None:
+    import pyarrow as pa
+
+    from headway.ray import _run
+
+    done = _run._id_array(iter(["a", "b", "b", "7"]), chunk=2)  # "b" twice: in two files
+    batch = pa.table({"custom_id": ["a", "c", None, "b"], "n": [1, 2, 3, 4]})
+    kept = _run._drop_done(batch, done, "custom_id", "run-1")
+    assert kept.column("n").to_pylist() == [2, 3]  # a null id is not done
+    first = _run._DONE_INDEX["run-1"]
+    numbers = pa.table({"custom_id": [7, 8]})  # ids that are not strings are compared as text
+    assert _run._drop_done(numbers, done, "custom_id", "run-1").column(0).to_pylist() == [8]
+    assert _run._DONE_INDEX["run-1"] is first  # built once for the run
+    other = _run._id_array(iter(["c"]))
+    kept = _run._drop_done(batch, other, "custom_id", "run-2")
+    assert kept.column("n").to_pylist() == [1, 3, 4]
+    assert list(_run._DONE_INDEX) == ["run-2"]  # the last run's only
+    assert _run._drop_done(batch, other, "custom_id").num_rows == 3  # no run: nothing kept
+    assert list(_run._DONE_INDEX) == []

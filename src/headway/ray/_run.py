@@ -7,6 +7,7 @@ import itertools
 import math
 import os
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -140,12 +141,29 @@ def _id_array(ids: Iterable[str], chunk: int = 65_536) -> Any:
     return pa.chunked_array(parts, type=pa.string())
 
 
-def _drop_done(batch: Any, done: Any, id_column: str) -> Any:
+# The done ids of a run as a pandas Index, per worker process: its hash table is built once
+# (a quarter second a million ids) and each batch is then looked up in it (a quarter
+# millisecond for 1,024 rows). pyarrow's is_in built that table again for every batch: with
+# a million ids done, 0.14-0.23 s per batch of 1,024 rows. Only the last run's is kept.
+_DONE_INDEX: dict[str, Any] = {}
+
+
+def _drop_done(batch: Any, done: Any, id_column: str, run: str = "") -> Any:
+    """``batch`` without the rows whose id is in ``done`` (``run``: names ``done``, so
+    that a worker process builds its lookup once per run)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    ids = pc.cast(batch[id_column], pa.string())
-    return batch.filter(pc.invert(pc.is_in(ids, value_set=done)))
+    index = _DONE_INDEX.get(run) if run else None
+    if index is None:
+        import pandas as pd
+
+        index = pd.Index(done.to_pandas(), dtype=object).drop_duplicates()  # an id twice
+        _DONE_INDEX.clear()
+        if run:
+            _DONE_INDEX[run] = index
+    ids = pc.cast(batch[id_column], pa.string()).to_pandas()
+    return batch.filter(pa.array(index.get_indexer(ids) < 0))
 
 
 def note_learned(stats: BatchStats, state: Mapping[str, str] | None, rpm: float | None) -> None:
@@ -259,7 +277,11 @@ def run(
         if done:
             pending = ds.map_batches(
                 _drop_done,
-                fn_kwargs={"done": _id_array(ledger.done_ids()), "id_column": id_column},
+                fn_kwargs={
+                    "done": _id_array(ledger.done_ids()),
+                    "id_column": id_column,
+                    "run": uuid.uuid4().hex,
+                },
                 batch_format="pyarrow",
             )
         if backend == "actor":
