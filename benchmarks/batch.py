@@ -34,6 +34,11 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 HEADWAY = [sys.executable, "-m", "headway.cli"]
+# The commands run as a user's would: with their bytecode cached. A shell that sets
+# PYTHONDONTWRITEBYTECODE (some sandboxes and CI images do) would make every run of an
+# editable checkout compile headway from source (~70 ms) while the installed peers load
+# their cached bytecode; the untimed warm-up runs below write it.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 def free_port() -> int:
