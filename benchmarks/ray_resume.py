@@ -6,10 +6,12 @@ One command (from the repository root; needs the ``ray`` extra)::
 
 A dataset of ``--rows`` ids in ``--blocks`` blocks (a folder of that many JSONL files reads
 as about that many) is filtered against ``--done`` ids already in the output, as a resume
-does before it sends anything: with headway's filter (a pandas Index of the done ids, built
-once per worker process and run) and with the filter it replaced (pyarrow's ``is_in``,
-which builds its hash table of the done ids again for every block). Alternating, ``--runs``
-rounds; prints the seconds of each and the rows left (the same for both).
+does before it sends anything, three ways: headway's lookup (a pandas Index of the done ids,
+built once per worker process and run; what a resume uses up to ``JOIN_AT`` done ids),
+headway's join (Ray Data's hash-shuffled anti-join, past ``JOIN_AT``), and the filter the
+lookup replaced (pyarrow's ``is_in``, which builds its hash table of the done ids again for
+every block). Alternating, ``--runs`` rounds; prints the seconds of each and the rows left
+(the same for all).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from typing import Any
 
 # benchmarks/ray.py would shadow the ray package for a script run from this folder
@@ -34,6 +35,16 @@ def is_in_per_block(batch: Any, done: Any, id_column: str) -> Any:
 
     ids = pc.cast(batch[id_column], pa.string())
     return batch.filter(pc.invert(pc.is_in(ids, value_set=done)))
+
+
+class _Done:
+    """What ``_without_done`` reads of a ledger: the count of done ids, and the ids."""
+
+    def __init__(self, n: int) -> None:
+        self.skip = range(n)
+
+    def done_ids(self) -> Any:
+        return (f"req-{i}" for i in range(len(self.skip)))
 
 
 def main() -> None:
@@ -57,20 +68,19 @@ def main() -> None:
         ids = pa.table({"custom_id": [f"req-{i}" for i in range(args.rows)]})
         rows = ray.data.from_arrow(ids).repartition(args.blocks).materialize()
         done = _run._id_array(f"req-{i}" for i in range(args.done))
-        times: dict[str, list[float]] = {"headway": [], "is_in per block": []}
+        ledger = _Done(args.done)
+        times: dict[str, list[float]] = {"lookup": [], "join": [], "is_in per block": []}
         for _ in range(args.runs):
             for name in times:
                 t0 = time.perf_counter()
-                if name == "headway":
-                    kwargs = {"done": done, "id_column": "custom_id", "run": uuid.uuid4().hex}
-                    left = rows.map_batches(
-                        _run._drop_done, fn_kwargs=kwargs, batch_format="pyarrow"
-                    ).count()
-                else:
+                if name == "is_in per block":
                     kwargs = {"done": done, "id_column": "custom_id"}
                     left = rows.map_batches(
                         is_in_per_block, fn_kwargs=kwargs, batch_format="pyarrow"
                     ).count()
+                else:
+                    _run.JOIN_AT = 0 if name == "join" else args.done
+                    left = _run._without_done(rows, ledger, "custom_id").count()  # type: ignore[arg-type]
                 times[name].append(time.perf_counter() - t0)
                 print(f"{name}: {left:,} of {args.rows:,} rows left in {times[name][-1]:.1f} s")
         print(

@@ -549,3 +549,29 @@ def test_done_rows_are_dropped_with_one_lookup_per_worker_and_run() -> None:
     assert list(_run._DONE_INDEX) == ["run-2"]  # the last run's only
     assert _run._drop_done(batch, other, "custom_id").num_rows == 3  # no run: nothing kept
     assert list(_run._DONE_INDEX) == []
+
+
+def test_a_large_resume_drops_the_done_rows_with_a_join(
+    ray_session: Any, served: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from headway.ray import _run
+
+    api = served()
+    rows = _rows(50, "j")
+    out = tmp_path / "results.jsonl"
+    config = _config(api.url, rpm=6000)
+    first = hr.run(ray_session.data.from_items(rows[:30]), config, output=out, actors=1)
+    assert first.succeeded == 30
+    # past JOIN_AT done ids (here: past 0), Ray Data's anti-join, in partitions of 8 ids
+    monkeypatch.setattr(_run, "JOIN_AT", 0)
+    monkeypatch.setattr(_run, "JOIN_PARTITION", 8)
+
+    def no_lookup(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the lookup path was taken")
+
+    monkeypatch.setattr(_run, "_drop_done", no_lookup)
+    stats = hr.run(ray_session.data.from_items(rows), config, output=out, actors=1)
+    assert (stats.skipped, stats.succeeded, stats.duplicates) == (30, 20, 0)
+    assert sorted(_output_ids(out)) == sorted(r["custom_id"] for r in rows)
+    sent = Counter(_sent_contents(api.requests()))
+    assert sent == Counter(f"j {i}" for i in range(50))  # each sent once, none again

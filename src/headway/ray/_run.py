@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import itertools
 import math
 import os
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -125,6 +126,15 @@ def to_parquet(
     return count
 
 
+def _id_chunks(ids: Iterable[str], chunk: int = 65_536) -> Iterator[Any]:
+    """The ids as Arrow string arrays of ``chunk`` ids each, one at a time."""
+    import pyarrow as pa
+
+    ids = iter(ids)
+    while part := list(itertools.islice(ids, chunk)):
+        yield pa.array(part, type=pa.string())
+
+
 def _id_array(ids: Iterable[str], chunk: int = 65_536) -> Any:
     """The ids as an Arrow string array (chunked), built a chunk at a time: no Python list
     of them all, and no 2 GiB limit of one string array.
@@ -134,17 +144,13 @@ def _id_array(ids: Iterable[str], chunk: int = 65_536) -> Any:
     """
     import pyarrow as pa
 
-    ids = iter(ids)
-    parts = []
-    while part := list(itertools.islice(ids, chunk)):
-        parts.append(pa.array(part, type=pa.string()))
-    return pa.chunked_array(parts, type=pa.string())
+    return pa.chunked_array(list(_id_chunks(ids, chunk)), type=pa.string())
 
 
 # The done ids of a run as a pandas Index, per worker process: its hash table is built once
-# (a quarter second a million ids) and each batch is then looked up in it (a quarter
-# millisecond for 1,024 rows). pyarrow's is_in built that table again for every batch: with
-# a million ids done, 0.14-0.23 s per batch of 1,024 rows. Only the last run's is kept.
+# (a quarter second a million ids) and each block is then looked up in it (a quarter
+# millisecond for 1,024 rows). pyarrow's is_in built that table again for every block: with
+# a million ids done, 0.14-0.23 s a block. Only the last run's is kept.
 _DONE_INDEX: dict[str, Any] = {}
 
 
@@ -164,6 +170,56 @@ def _drop_done(batch: Any, done: Any, id_column: str, run: str = "") -> Any:
             _DONE_INDEX[run] = index
     ids = pc.cast(batch[id_column], pa.string()).to_pandas()
     return batch.filter(pa.array(index.get_indexer(ids) < 0))
+
+
+#: Past this many done ids a resume drops them with Ray Data's anti-join (hash-shuffled:
+#: each join worker holds a share of the ids), not with a lookup of them all in every
+#: worker process. Needs ``polars`` (in the ``ray`` extra); without it, the lookup.
+JOIN_AT = 2_000_000
+#: Done ids per partition of that join.
+JOIN_PARTITION = 1_000_000
+_KEY = "__headway_id__"
+
+
+def _with_key(batch: Any, id_column: str) -> Any:
+    """``batch`` with its id as text in a column of its own, the join's key."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    return batch.append_column(_KEY, pc.cast(batch[id_column], pa.string()))
+
+
+def _without_done(ds: Any, ledger: Ledger, id_column: str) -> Any:
+    """``ds`` without the rows whose id the output already holds (``ledger.skip``)."""
+    done = len(ledger.skip)
+    if done > JOIN_AT and importlib.util.find_spec("polars") is not None:
+        import pyarrow as pa
+
+        import ray
+
+        refs: list[Any] = [
+            ray.put(pa.table({_KEY: part}))
+            for part in _id_chunks(ledger.done_ids(), chunk=JOIN_PARTITION)
+        ]
+        keyed = ds.map_batches(
+            _with_key, fn_kwargs={"id_column": id_column}, batch_format="pyarrow"
+        )
+        joined = keyed.join(
+            ray.data.from_arrow_refs(refs),
+            join_type="left_anti",
+            num_partitions=max(2, math.ceil(done / JOIN_PARTITION)),
+            on=(_KEY,),
+        )
+        return joined.drop_columns([_KEY])
+    return ds.map_batches(
+        _drop_done,
+        fn_kwargs={
+            "done": _id_array(ledger.done_ids()),
+            "id_column": id_column,
+            "run": uuid.uuid4().hex,
+        },
+        batch_format="pyarrow",
+    )
 
 
 def note_learned(stats: BatchStats, state: Mapping[str, str] | None, rpm: float | None) -> None:
@@ -273,17 +329,7 @@ def run(
     try:
         done = ledger.skip
         stats.skipped = len(done)
-        pending = ds
-        if done:
-            pending = ds.map_batches(
-                _drop_done,
-                fn_kwargs={
-                    "done": _id_array(ledger.done_ids()),
-                    "id_column": id_column,
-                    "run": uuid.uuid4().hex,
-                },
-                batch_format="pyarrow",
-            )
+        pending = _without_done(ds, ledger, id_column) if done else ds
         if backend == "actor":
             from headway.backends.ray import RayBackend
 
