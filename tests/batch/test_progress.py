@@ -316,4 +316,6 @@ def test_a_long_run_keeps_a_few_thousand_counters_not_a_float_per_request() -> N
     assert Distribution().percentile(50) is None
     d = Distribution()
     d.add(-0.001)  # a clock step backwards counts as 0, not as a negative time
-    assert (d.percentile(50), d.max, d.total) == (0.0, 0.0, 0.0)
+    d.add(math.nan)  # nor do a NaN or an infinity poison the summary's JSON
+    d.add(math.inf)
+    assert (d.count, d.percentile(50), d.max, d.total) == (3, 0.0, 0.0, 0.0)

@@ -76,13 +76,14 @@ class Distribution:
         self.min = math.inf
 
     def add(self, value: float) -> None:
-        """Count one value (a negative one counts as 0)."""
-        if value > _TINY:
+        """Count one value (a negative or non-finite one counts as 0)."""
+        if _TINY < value < math.inf:
             key = math.ceil(math.log(value) * _PER_LOG)
             buckets = self._buckets
             buckets[key] = buckets.get(key, 0) + 1
         else:
-            value = max(value, 0.0)
+            if not 0.0 <= value <= _TINY:  # a clock step back, a NaN or an infinity
+                value = 0.0
             self._zeros += 1
         self.count += 1
         self.total += value
