@@ -32,7 +32,7 @@ def test_plain_progress_eta_and_unknown_total() -> None:
     p.update(stats, 1.0)  # too soon: nothing printed
     assert out.getvalue() == ""
     p.update(stats, 5.0)
-    assert out.getvalue().startswith("[headway] 10/? | 2.0 req/s")
+    assert out.getvalue().startswith("[headway] 10/? | 2.0 results/s")
     assert "ETA ?" in out.getvalue()
     stats.total = 100_000
     stats.succeeded = 100

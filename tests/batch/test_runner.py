@@ -324,7 +324,7 @@ async def test_progress_is_ticked(tmp_path: Path) -> None:
     lines = buf.getvalue().splitlines()
     assert len(lines) >= 4
     assert lines[-1].startswith("[headway] 20/20 100%")
-    assert "req/s" in lines[1]
+    assert "results/s" in lines[1]
     assert "tok/min" in lines[1]
     assert "ETA" in lines[1]
 

@@ -20,7 +20,7 @@ is lower.
 >>> stats.succeeded = 4
 >>> p.update(stats, now=2.0)
 >>> print(out.getvalue().strip())
-[headway] 4/10 40% | 2.0 req/s | ok 4 failed 0 retrying 0 429s 0 | 0 tok/min | no limit | ETA 3s
+[headway] 4/10 40% | 2.0 results/s | ok 4 failed 0 retrying 0 429s 0 | 0 tok/min | no limit | ETA 3s
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class ProgressReporter(Protocol):
 
 
 class Rates:
-    """Requests/s and tokens/min over a sliding window of recent snapshots."""
+    """Results/s and tokens/min over a sliding window of recent snapshots."""
 
     __slots__ = ("_snaps", "window")
 
@@ -72,7 +72,7 @@ class Rates:
         self._snaps: deque[tuple[float, int, int]] = deque()
 
     def add(self, now: float, sent: int, tokens: int) -> tuple[float, float]:
-        """Record a snapshot; return (requests per second, tokens per minute)."""
+        """Record a snapshot; return (results per second, tokens per minute)."""
         snaps = self._snaps
         snaps.append((now, sent, tokens))
         while len(snaps) > 2 and now - snaps[1][0] >= self.window:
@@ -188,7 +188,7 @@ class PlainProgress:
         total = "?" if stats.total is None else str(stats.total)
         pct = f" {stats.done * 100 // stats.total}%" if stats.total else ""
         return (
-            f"[headway] {stats.done}/{total}{pct} | {rps:.1f} req/s | ok {stats.succeeded} "
+            f"[headway] {stats.done}/{total}{pct} | {rps:.1f} results/s | ok {stats.succeeded} "
             f"failed {stats.failed} retrying {stats.retrying} 429s {stats.rate_limited} | "
             f"{tpm:,.0f} tok/min | {limit_slot(stats)} | ETA {_eta(_remaining(stats), rps)}"
         )
