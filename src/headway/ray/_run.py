@@ -319,6 +319,7 @@ def run(
     path = output_file(output)
     ledger = Ledger(path, errors, retry_failed=retry_failed, fsync=fsync)
     ledger.open()
+    ledger.digests.close()  # what earlier results answered: not checked on Ray (yet)
     stats = BatchStats()
     reporter: ProgressReporter = progress or NullProgress()
     t0 = time.monotonic()

@@ -353,6 +353,7 @@ class ProviderBatchRun:
             self.output, self.errors, retry_failed=self.retry_failed, fsync=self.fsync
         )
         ledger.open()
+        ledger.digests.close()  # what earlier results answered: not checked here
         self.notes.extend(ledger.notes)
         self._done = ledger.skip  # grows as results are written; closed with it
         detached = False
@@ -911,6 +912,7 @@ class ProviderBatchRun:
         state = self.state = self._load_state(None)
         ledger = self._ledger = Ledger(self.output, self.errors, fsync=self.fsync)
         ledger.open()
+        ledger.digests.close()
         self._done = ledger.skip  # grows as results are written; closed with it
         try:
             async with open_remote(self.settings, clock=self.clock) as remote:
