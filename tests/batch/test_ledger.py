@@ -285,3 +285,17 @@ def test_resume_counts_alike_with_the_ids_on_disk(
             assert _skip(ledger) == {"a", "b", "c", "d"}
             assert ledger.failed_before == 2
     assert [p.name for p in tmp_path.iterdir() if "headway-ids" in p.name] == []
+
+
+def test_an_owner_that_does_not_check_digests_does_not_read_them(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    done = Result.success("a", 200, {})
+    done.digest = "1f2e"
+    out.write_bytes(done.to_line())
+    with Ledger(out) as checking:
+        assert checking.digests
+        assert checking.digests.answers("a", "1f2e")
+        assert not checking.digests.answers("a", "9999")
+    with Ledger(out, digests=False) as ledger:
+        assert "a" in ledger.skip
+        assert not ledger.digests  # nothing read back: nothing held

@@ -266,14 +266,15 @@ def _is_success(record: Any) -> bool:
 
 
 class _Scan:
-    __slots__ = ("bad", "digests", "failed", "ids", "notes", "succeeded")
+    __slots__ = ("bad", "digests", "failed", "ids", "notes", "read_digests", "succeeded")
 
-    def __init__(self, dir: str | None) -> None:
+    def __init__(self, dir: str | None, *, digests: bool = True) -> None:
         self.ids = IdSet(dir=dir)  # every custom_id with a result
         self.failed = IdSet(dir=dir)  # those with no success line (so far)
         self.succeeded = 0  # ids with a success line
         self.notes: list[str] = []
         self.digests = Digests(dir)
+        self.read_digests = digests
         self.bad = 0
 
     def close(self) -> None:
@@ -308,8 +309,9 @@ def _scan(path: str, scan: _Scan) -> None:
             except (ValueError, KeyError, TypeError, RecursionError):
                 bad_lines.append(n)
                 continue
-            digest = record.get("request_digest")
-            scan.digests.add(cid, digest if isinstance(digest, str) else None)
+            if scan.read_digests:
+                digest = record.get("request_digest")
+                scan.digests.add(cid, digest if isinstance(digest, str) else None)
             if cid not in scan.ids:
                 scan.ids.add(cid)
                 if _is_success(record):
@@ -523,6 +525,8 @@ class Ledger:
         buffered: keep lines in memory until :meth:`flush` (or :data:`FLUSH_BYTES` of
             them, or :meth:`close`), then write them with one ``write`` per file. The
             owner flushes every few milliseconds; a line is only ever written whole.
+        digests: read back what each earlier result answered into :attr:`digests`, for
+            a resume's check (``False``: an owner that does not check leaves it empty).
 
     After :meth:`open` (or entering the context), :attr:`skip` holds the custom_ids that
     must not be sent again, :attr:`succeeded_before` / :attr:`failed_before` count them,
@@ -540,6 +544,7 @@ class Ledger:
         fsync: bool = False,
         secrets: Iterable[str] = (),
         buffered: bool = False,
+        digests: bool = True,
     ) -> None:
         self.output = os.fspath(output)
         self.errors = None if errors is None else os.fspath(errors)
@@ -553,6 +558,7 @@ class Ledger:
         self.notes: list[str] = []
         #: what the earlier results answered, checked by a resume (then closed)
         self.digests = Digests()
+        self.read_digests = digests
         self.written = 0
         self.mask = _Masker(secrets)
         self.buffer = LineBuffer(fsync) if buffered else None
@@ -561,7 +567,7 @@ class Ledger:
 
     def open(self) -> Self:
         """Read earlier results, repair, and open the files for appending."""
-        scan = _Scan(self.scratch_dir)
+        scan = _Scan(self.scratch_dir, digests=self.read_digests)
         paths = [self.output] if self.errors is None else [self.output, self.errors]
         try:
             for path in paths:

@@ -247,7 +247,13 @@ class BatchRunner:
         self.sender = sender
         self.input = os.fspath(input)
         self.ledger = ledger or Ledger(
-            output, errors, retry_failed=retry_failed, fsync=fsync, secrets=secrets, buffered=True
+            output,
+            errors,
+            retry_failed=retry_failed,
+            fsync=fsync,
+            secrets=secrets,
+            buffered=True,
+            digests=check_resume,
         )
         self.judge = judge
         self.target = target

@@ -350,10 +350,13 @@ class ProviderBatchRun:
         path = None if input is None else os.fspath(input)
         state = self.state = self._load_state(path)
         ledger = self._ledger = Ledger(
-            self.output, self.errors, retry_failed=self.retry_failed, fsync=self.fsync
+            self.output,
+            self.errors,
+            retry_failed=self.retry_failed,
+            fsync=self.fsync,
+            digests=False,  # what earlier results answered: not checked here
         )
         ledger.open()
-        ledger.digests.close()  # what earlier results answered: not checked here
         self.notes.extend(ledger.notes)
         self._done = ledger.skip  # grows as results are written; closed with it
         detached = False
@@ -910,9 +913,8 @@ class ProviderBatchRun:
 
     async def _refresh(self, *, cancel: bool) -> BatchState:
         state = self.state = self._load_state(None)
-        ledger = self._ledger = Ledger(self.output, self.errors, fsync=self.fsync)
+        ledger = self._ledger = Ledger(self.output, self.errors, fsync=self.fsync, digests=False)
         ledger.open()
-        ledger.digests.close()
         self._done = ledger.skip  # grows as results are written; closed with it
         try:
             async with open_remote(self.settings, clock=self.clock) as remote:
